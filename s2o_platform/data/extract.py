@@ -1,0 +1,120 @@
+"""Turning one SAR/optical pair into validated store rows, window by window.
+
+A window is kept only if every SAR and optical pixel in it is valid (finite, not nodata) and the
+SAR is not constant (a constant SAR window is fill, not signal). Each rejected window is counted
+under its reason; a pair that cannot be read at all raises `InputError` with the reason.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from s2o_platform import storage
+from s2o_platform.data.normalization import OpticalNormalization, SarNormalization, SarScale, detect_sar_scale
+from s2o_platform.data.rasters import InputError, Raster, open_optical, open_sar
+from s2o_platform.data.sources import PairSource
+from s2o_platform.data.store import encode_tile
+from s2o_platform.geo.tiling import grid_windows, window_transform
+
+
+@dataclass(frozen=True)
+class TilingSettings:
+    tile_size: int = 256
+    stride: int | None = None  # defaults to tile_size (no overlap)
+    sar_scale: SarScale = SarScale.AUTO
+    sar_band: str | None = None  # polarisation name or 1-based index; VV by default
+
+
+@dataclass
+class PairReport:
+    """What happened to one pair."""
+
+    scale: str | None = None
+    scale_reason: str | None = None
+    windows: int = 0
+    windows_skipped: Counter = field(default_factory=Counter)
+
+
+def _invalid_optical(window: np.ndarray) -> np.ndarray:
+    """Per-pixel invalid mask: NaN in any band, or all bands zero (Sentinel-2's fill value)."""
+    return np.isnan(window).any(axis=0) | (np.nan_to_num(window) == 0).all(axis=0)
+
+
+def tiles_from_pair(
+    pair: PairSource,
+    split: str,
+    settings: TilingSettings,
+    sar_norm: SarNormalization,
+    optical_norm: OpticalNormalization,
+    options: storage.StorageOptions | None = None,
+    report: PairReport | None = None,
+) -> Iterator[dict]:
+    """Yield TILE_SCHEMA rows for one pair; raises InputError when the pair is unusable as a whole."""
+    report = report if report is not None else PairReport()
+    fs, _ = storage.resolve(pair.uri_prefix + pair.sar if pair.uri_prefix else pair.sar, options)
+    with open_sar(pair.sar, fs, settings.sar_band) as sar, open_optical(pair.optical, fs, onto=sar) as optical:
+        if not (sar.georeferenced and optical.georeferenced) and (sar.height, sar.width) != (optical.height, optical.width):
+            raise InputError(
+                f"SAR/optical size mismatch: SAR {sar.width}x{sar.height}, optical {optical.width}x{optical.height} "
+                "(and no georeference on both to resample with)"
+            )
+        sample = sar.sample()
+        if not np.isfinite(sample).any():
+            raise InputError("SAR is entirely nodata/NaN")
+        scale, reason = _resolve_scale(sar, sample, settings.sar_scale)
+        report.scale, report.scale_reason = scale.value, reason
+        windows = grid_windows(sar.height, sar.width, settings.tile_size, settings.stride)
+        if not windows:
+            raise InputError(f"scene {sar.width}x{sar.height} is smaller than the tile size {settings.tile_size}")
+        for window in windows:
+            report.windows += 1
+            sar_window = sar.read(window)
+            if not np.isfinite(sar_window).all():
+                report.windows_skipped["SAR nodata/NaN/inf in window"] += 1
+                continue
+            if np.ptp(sar_window) == 0:
+                report.windows_skipped["constant SAR window (fill)"] += 1
+                continue
+            optical_window = optical.read(window)
+            if _invalid_optical(optical_window).any():
+                report.windows_skipped["optical nodata in window"] += 1
+                continue
+            sar_model = sar_norm.to_model(sar_window[0], scale)
+            optical_u8 = optical_norm.to_uint8(_as_input_dtype(optical_window, optical.dtype)).transpose(1, 2, 0)
+            sar_bytes, optical_bytes, tile_id = encode_tile(sar_model, np.ascontiguousarray(optical_u8))
+            yield {
+                "tile_id": tile_id,
+                "scene_id": pair.scene_id,
+                "split": split,
+                "sar": sar_bytes,
+                "optical": optical_bytes,
+                "tile_size": settings.tile_size,
+                "sar_channels": 1,
+                "sar_scale": scale.value,
+                "row_off": window.row_off,
+                "col_off": window.col_off,
+                "crs": sar.crs if sar.georeferenced else None,
+                "transform": list(window_transform(sar.transform, window)) if sar.georeferenced else None,
+                "sar_path": pair.uri_prefix + pair.sar,
+                "optical_path": pair.uri_prefix + pair.optical,
+                "source_kind": pair.source_kind,
+            }
+
+
+def _as_input_dtype(window: np.ndarray, dtype: str) -> np.ndarray:
+    """Back to the file's dtype (valid windows have no NaN), so 8-bit and reflectance scale correctly."""
+    dt = np.dtype(dtype)
+    if np.issubdtype(dt, np.integer):
+        info = np.iinfo(dt)
+        return np.clip(np.rint(window), info.min, info.max).astype(dt)
+    return window
+
+
+def _resolve_scale(sar: Raster, sample: np.ndarray, requested: SarScale) -> tuple[SarScale, str]:
+    if requested is not SarScale.AUTO:
+        return requested, "given by --sar-scale"
+    return detect_sar_scale(sample, sar.dtype, sar.units_hint)

@@ -1,0 +1,182 @@
+"""SAR and optical scaling: every raw input is mapped to the model's range [-1, 1] the same way.
+
+Pure numpy, no I/O. The chain for SAR is
+
+    raw (uint8 | dB | linear power | DN)  --to_db-->  dB  --clip to [lo, hi]-->  [-1, 1]
+
+except for 8-bit input, which is taken as an already display-scaled SAR image and mapped
+[0, 255] -> [-1, 1] directly (SEN1-2 patches are dB clipped to a window and stretched to 8 bit,
+so this agrees with the dB window chain when the window is the same).
+
+The store records one `SarNormalization` in its metadata; training, evaluation, batch and online
+inference all build it from there, so the four can never disagree.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: Smallest linear power taken into log space; floors zeros instead of producing -inf dB.
+LINEAR_POWER_FLOOR = 1e-10
+
+
+class SarScale(str, enum.Enum):
+    """How raw SAR values are expressed in a file."""
+
+    AUTO = "auto"
+    UINT8 = "uint8"  # display-scaled 8-bit image, taken as [0, 255] over the model's range
+    DB = "db"  # backscatter in decibels (float)
+    LINEAR = "linear"  # backscatter as linear power, sigma0 / gamma0 (float)
+    DN = "dn"  # uint16 digital numbers (amplitude), as in Sentinel-1 GRD products
+
+
+@dataclass(frozen=True)
+class SarNormalization:
+    """dB window normalisation of SAR backscatter.
+
+    Args:
+        clip_db: (lo, hi) window in dB mapped onto [-1, 1]; [-25, 0] is the usual VV window.
+        dn_calibration_db: for DN input, dB = 20*log10(DN) - dn_calibration_db. 56 dB matches a
+            Sentinel-1 IW GRD sigma0 calibration constant of about 630; set it from the product's
+            calibration LUT when known.
+    """
+
+    clip_db: tuple[float, float] = (-25.0, 0.0)
+    dn_calibration_db: float = 56.0
+    kind: str = field(default="db_window")
+
+    def __post_init__(self) -> None:
+        lo, hi = self.clip_db
+        if not (np.isfinite(lo) and np.isfinite(hi)) or lo >= hi:
+            raise ValueError(f"clip_db must be two finite numbers LO < HI, got {self.clip_db!r}")
+        object.__setattr__(self, "clip_db", (float(lo), float(hi)))
+
+    def db_to_model(self, db: np.ndarray) -> np.ndarray:
+        """Clip dB values to the window and map linearly onto [-1, 1] (float32)."""
+        lo, hi = self.clip_db
+        clipped = np.clip(np.asarray(db, dtype=np.float32), lo, hi)
+        return (2.0 * (clipped - lo) / (hi - lo) - 1.0).astype(np.float32)
+
+    def model_to_db(self, x: np.ndarray) -> np.ndarray:
+        """Inverse of `db_to_model` inside the window."""
+        lo, hi = self.clip_db
+        return ((np.asarray(x, dtype=np.float32) + 1.0) * 0.5 * (hi - lo) + lo).astype(np.float32)
+
+    def to_model(self, raw: np.ndarray, scale: SarScale | str) -> np.ndarray:
+        """Map raw SAR values in the given scale onto the model's range [-1, 1]."""
+        scale = SarScale(scale)
+        if scale is SarScale.AUTO:
+            raise ValueError("resolve SarScale.AUTO with detect_sar_scale() before normalising")
+        if scale is SarScale.UINT8:
+            return uint8_to_model(raw)
+        return self.db_to_model(to_db(raw, scale, self.dn_calibration_db))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["clip_db"] = list(self.clip_db)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SarNormalization:
+        if d.get("kind", "db_window") != "db_window":
+            raise ValueError(f"unknown SAR normalisation kind {d.get('kind')!r}; this version knows 'db_window'")
+        return cls(clip_db=tuple(d["clip_db"]), dn_calibration_db=float(d.get("dn_calibration_db", 56.0)))
+
+
+def uint8_to_model(raw: np.ndarray) -> np.ndarray:
+    """[0, 255] -> [-1, 1] (float32)."""
+    return (np.asarray(raw, dtype=np.float32) / 127.5 - 1.0).astype(np.float32)
+
+
+def model_to_uint8(x: np.ndarray) -> np.ndarray:
+    """[-1, 1] -> [0, 255] uint8, rounding and clipping."""
+    return np.clip(np.rint((np.asarray(x, dtype=np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def to_db(raw: np.ndarray, scale: SarScale | str, dn_calibration_db: float = 56.0) -> np.ndarray:
+    """Convert raw SAR values to decibels (float32). Non-positive power/DN map to the floor."""
+    scale = SarScale(scale)
+    values = np.asarray(raw, dtype=np.float64)
+    if scale is SarScale.DB:
+        return values.astype(np.float32)
+    if scale is SarScale.LINEAR:
+        return (10.0 * np.log10(np.maximum(values, LINEAR_POWER_FLOOR))).astype(np.float32)
+    if scale is SarScale.DN:
+        # DN is amplitude: power ~ DN^2 / A^2, so dB = 20 log10(DN) - 20 log10(A).
+        amplitude_floor = np.sqrt(LINEAR_POWER_FLOOR)
+        return (20.0 * np.log10(np.maximum(values, amplitude_floor)) - dn_calibration_db).astype(np.float32)
+    raise ValueError(f"to_db() does not take scale {scale.value!r}")
+
+
+def detect_sar_scale(values: np.ndarray, dtype: str | np.dtype, units_hint: str | None = None) -> tuple[SarScale, str]:
+    """Guess how SAR values are expressed, and say why.
+
+    The rule, in order:
+      1. uint8 data -> 8-bit display-scaled image;
+      2. uint16 / int16 / uint32 integer data -> DN (amplitude digital numbers);
+      3. a units hint from file metadata ('db'/'decibel' or 'linear'/'power'/'amplitude') wins for floats;
+      4. floats with any negative finite value -> dB (power is never negative);
+      5. non-negative floats whose 99th percentile is below 10 -> linear power
+         (sigma0 rarely exceeds 10, i.e. +10 dB, except in rare corner reflectors);
+      6. otherwise -> dB (non-negative dB only happens for very bright targets).
+
+    Args:
+        values: a sample of the raw values (any shape; nodata already removed or masked as NaN).
+        dtype: the file's data type.
+        units_hint: free text from metadata (band description, units or tags), if any.
+    """
+    dt = np.dtype(dtype)
+    if dt == np.uint8:
+        return SarScale.UINT8, "8-bit data: taken as a display-scaled SAR image"
+    if np.issubdtype(dt, np.integer):
+        return SarScale.DN, f"{dt.name} integer data: taken as digital numbers (amplitude)"
+    if units_hint:
+        hint = units_hint.lower()
+        if "db" in hint or "decibel" in hint:
+            return SarScale.DB, f"metadata says {units_hint!r}: dB"
+        if any(word in hint for word in ("linear", "power", "gamma0", "sigma0", "beta0")):
+            return SarScale.LINEAR, f"metadata says {units_hint!r}: linear power"
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return SarScale.DB, "no finite values to inspect: assumed dB"
+    if finite.min() < 0:
+        return SarScale.DB, f"float data with negative values (min {finite.min():.1f}): dB"
+    p99 = float(np.percentile(finite, 99))
+    if p99 < 10.0:
+        return SarScale.LINEAR, f"non-negative float data, 99th percentile {p99:.3g} < 10: linear power"
+    return SarScale.DB, f"non-negative float data, 99th percentile {p99:.3g} >= 10: dB"
+
+
+@dataclass(frozen=True)
+class OpticalNormalization:
+    """Optical imagery to 8-bit RGB and from there to [-1, 1].
+
+    8-bit input is used as it is. Integer reflectance (Sentinel-2 L1C/L2A: reflectance x 10000)
+    and float reflectance are stretched linearly from 0 to `display_max_reflectance` onto [0, 255],
+    the usual true-colour stretch for Sentinel-2.
+    """
+
+    display_max_reflectance: float = 0.3
+    reflectance_scale: float = 10000.0
+
+    def to_uint8(self, raw: np.ndarray) -> np.ndarray:
+        raw = np.asarray(raw)
+        if raw.dtype == np.uint8:
+            return raw
+        reflectance = raw.astype(np.float64)
+        if np.issubdtype(raw.dtype, np.integer):
+            reflectance = reflectance / self.reflectance_scale
+        scaled = np.clip(reflectance / self.display_max_reflectance, 0.0, 1.0) * 255.0
+        return np.rint(scaled).astype(np.uint8)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> OpticalNormalization:
+        return cls(**d)

@@ -1,0 +1,31 @@
+"""Connecting to Ray: an existing cluster by address, or a local one started here."""
+
+from __future__ import annotations
+
+import os
+
+#: Logical CPUs of a local cluster: at least 4 even on a 2-core machine, so that Ray Train workers
+#: and the Ray Data tasks feeding them can run side by side (with 2 logical CPUs, 2 training
+#: workers starve the reads and `fit()` hangs). Work is still bounded by the physical cores.
+MIN_LOCAL_CPUS = 4
+
+
+def connect(address: str | None = None, num_cpus: int | None = None) -> str:
+    """Initialise Ray once per process; returns a description of the cluster used.
+
+    Args:
+        address: 'auto', 'ray://host:10001' or 'host:6379' of a running cluster; None uses
+            $RAY_ADDRESS when set, else starts a local cluster.
+        num_cpus: logical CPUs of a local cluster (default max(4, os.cpu_count())).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return "the Ray cluster this process is already connected to"
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level="WARNING")
+        return f"Ray cluster at {address}"
+    cpus = num_cpus or max(MIN_LOCAL_CPUS, os.cpu_count() or 1)
+    ray.init(num_cpus=cpus, include_dashboard=False, logging_level="WARNING")
+    return f"local Ray cluster ({cpus} logical CPUs)"

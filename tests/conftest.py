@@ -1,0 +1,65 @@
+"""Shared fixtures: one local Ray cluster and one S3 server (moto) on loopback for the whole session."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import pytest
+
+from tests.fixtures import shared_real_data
+
+# Dummy credentials for the loopback S3 server, set before any Ray worker starts so workers inherit them.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "s2o-test")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "s2o-test-secret")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray cluster shared by every end-to-end test (4 logical CPUs, as the CLI uses)."""
+    import ray
+
+    from s2o_platform.ray_cluster import connect
+
+    connect(num_cpus=4)
+    yield ray
+    ray.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's S3 server on 127.0.0.1; yields its endpoint URL with a bucket 's2o-test' created."""
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    for _ in range(50):
+        try:
+            client.create_bucket(Bucket="s2o-test")
+            break
+        except Exception:  # noqa: BLE001 - server still starting
+            time.sleep(0.1)
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def real_data():
+    path = shared_real_data()
+    if path is None:
+        pytest.skip("real samples not present: ../shared/data/real is absent (a user's clone has no ../shared)")
+    return path

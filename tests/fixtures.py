@@ -1,0 +1,107 @@
+"""Tiny seeded inputs for the tests, written with Pillow and rasterio (32-96 px, real EPSG codes)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from PIL import Image
+from rasterio.transform import Affine, from_origin
+
+UTM31 = "EPSG:32631"
+
+
+def write_png(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def sar_png(rng: np.random.Generator, size: int = 64) -> np.ndarray:
+    return rng.integers(20, 235, size=(size, size), dtype=np.uint8)
+
+
+def optical_png(rng: np.random.Generator, size: int = 64) -> np.ndarray:
+    return rng.integers(10, 245, size=(size, size, 3), dtype=np.uint8)
+
+
+def write_paired_folders(root: Path, n: int = 4, size: int = 64, seed: int = 0) -> Path:
+    """root/sar/pair_k.png + root/optical/pair_k.png."""
+    rng = np.random.default_rng(seed)
+    for k in range(n):
+        write_png(root / "sar" / f"pair_{k}.png", sar_png(rng, size))
+        write_png(root / "optical" / f"pair_{k}.png", optical_png(rng, size))
+    return root
+
+
+def write_sen12(root: Path, scenes: dict[str, int], size: int = 64, seed: int = 0) -> Path:
+    """SEN1-2 layout: ROIs1158_spring/s1_90/ROIs1158_spring_s1_90_p33.png etc.
+
+    scenes: {'ROIs1158_spring_90': n_patches, ...}
+    """
+    rng = np.random.default_rng(seed)
+    for scene, n in scenes.items():
+        roi, season, number = scene.split("_")
+        for p in range(n):
+            folder = root / f"{roi}_{season}"
+            write_png(folder / f"s1_{number}" / f"{roi}_{season}_s1_{number}_p{p}.png", sar_png(rng, size))
+            write_png(folder / f"s2_{number}" / f"{roi}_{season}_s2_{number}_p{p}.png", optical_png(rng, size))
+    return root
+
+
+def write_geotiff(
+    path: Path,
+    array: np.ndarray,
+    transform: Affine,
+    crs: str | None = UTM31,
+    nodata: float | None = None,
+    descriptions: list[str] | None = None,
+) -> Path:
+    """array: (bands, rows, cols)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    profile = {
+        "driver": "GTiff",
+        "width": array.shape[2],
+        "height": array.shape[1],
+        "count": array.shape[0],
+        "dtype": str(array.dtype),
+        "transform": transform,
+        "nodata": nodata,
+    }
+    if crs is not None:
+        profile["crs"] = crs
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(array)
+        for i, d in enumerate(descriptions or [], start=1):
+            dst.set_band_description(i, d)
+    return path
+
+
+def sar_db_scene(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
+    return rng.uniform(-22, -2, size=(1, rows, cols)).astype(np.float32)
+
+
+def write_geotiff_pair(root: Path, name: str = "scene", rows: int = 96, cols: int = 80, seed: int = 0, shift_px: int = 0) -> tuple[Path, Path]:
+    """A SAR dB scene and a 3-band uint16 reflectance optical scene on the same (or shifted) 10 m grid."""
+    rng = np.random.default_rng(seed)
+    transform = from_origin(600_000.0, 4_800_000.0, 10.0, 10.0)
+    sar = write_geotiff(root / "sar" / f"{name}.tif", sar_db_scene(rng, rows, cols), transform, descriptions=["VV"])
+    optical_transform = from_origin(600_000.0 - 10.0 * shift_px, 4_800_000.0 + 10.0 * shift_px, 10.0, 10.0)
+    reflectance = rng.integers(100, 3000, size=(3, rows + 2 * shift_px, cols + 2 * shift_px), dtype=np.uint16)
+    optical = write_geotiff(root / "optical" / f"{name}.tif", reflectance, optical_transform)
+    return sar, optical
+
+
+def truncate(path: Path, keep_fraction: float = 0.5) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep_fraction)])
+    return path
+
+
+def shared_real_data() -> Path | None:
+    """../shared/data/real beside the repository, when present."""
+    here = Path(__file__).resolve().parents[1]
+    candidate = Path(os.environ.get("S2O_SHARED_DATA", here.parent / "shared" / "data" / "real"))
+    return candidate if candidate.is_dir() else None

@@ -1,0 +1,87 @@
+import pytest
+
+from s2o_platform.config import ConfigError, IngestConfig, SynthConfig, dump_config, load_config, parse_override
+
+
+def test_defaults_without_file():
+    cfg = load_config(IngestConfig)
+    assert cfg.tile_size == 256 and cfg.split.test_fraction == 0.1
+
+
+def test_file_then_overrides(tmp_path):
+    path = tmp_path / "ingest.yaml"
+    path.write_text("tile_size: 64\nsplit:\n  seed: 3\n")
+    cfg = load_config(IngestConfig, path, ["split.seed=5", "clip_db=[-30, 5]"])
+    assert cfg.tile_size == 64 and cfg.split.seed == 5 and cfg.clip_db == (-30.0, 5.0)
+
+
+def test_unknown_key_names_key_value_and_source(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("tile_sise: 64\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(IngestConfig, path)
+    assert "tile_sise" in str(err.value) and "64" in str(err.value) and str(path) in str(err.value)
+
+
+def test_unknown_override_names_set():
+    with pytest.raises(ConfigError, match=r"unknown key 'split.sed'.*--set split.sed=4"):
+        load_config(IngestConfig, None, ["split.sed=4"])
+
+
+def test_wrong_type_names_key_value_and_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("tile_size: big\n")
+    with pytest.raises(ConfigError, match=r"tile_size.*'big'.*bad.yaml"):
+        load_config(IngestConfig, path)
+
+
+def test_constraint_violation_from_override():
+    with pytest.raises(ConfigError, match=r"split.test_fraction.*1.5.*--set"):
+        load_config(IngestConfig, None, ["split.test_fraction=1.5"])
+
+
+def test_clip_order_is_checked():
+    with pytest.raises(ConfigError, match="clip_db"):
+        load_config(IngestConfig, None, ["clip_db=[0, -25]"])
+
+
+def test_override_syntax():
+    assert parse_override("a.b=3") == (["a", "b"], 3)
+    assert parse_override("x=true") == (["x"], True)
+    assert parse_override("x=hello world") == (["x"], "hello world")
+    with pytest.raises(ConfigError, match="dotted.key=value"):
+        parse_override("novalue")
+    with pytest.raises(ConfigError, match="empty key"):
+        parse_override("a..b=1")
+
+
+def test_override_into_scalar_is_an_error():
+    with pytest.raises(ConfigError, match=r"tile_size.*--set tile_size.x=1"):
+        load_config(IngestConfig, None, ["tile_size.x=1"])
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        load_config(IngestConfig, None, ["tile_size=3", "tile_size.x=1"])
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(IngestConfig, tmp_path / "nope.yaml")
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(IngestConfig, bad)
+
+
+def test_dump_roundtrip(tmp_path):
+    cfg = load_config(SynthConfig, None, ["pairs=10"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(SynthConfig, path) == cfg
+
+
+@pytest.mark.parametrize("preset", ["tiny", "paper"])
+@pytest.mark.parametrize("stage,model", [("ingest", IngestConfig), ("synth", SynthConfig)])
+def test_presets_load(preset, stage, model):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / preset / f"{stage}.yaml"
+    load_config(model, path)

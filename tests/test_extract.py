@@ -1,0 +1,229 @@
+"""Reading pairs into tiles: georeference, resampling, normalisation and every bad-input case."""
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from s2o_platform import storage
+from s2o_platform.data.extract import PairReport, TilingSettings, tiles_from_pair
+from s2o_platform.data.normalization import OpticalNormalization, SarNormalization, SarScale
+from s2o_platform.data.rasters import InputError
+from s2o_platform.data.sources import PairSource
+from s2o_platform.data.store import decode_batch
+from tests.fixtures import optical_png, sar_png, truncate, write_geotiff, write_geotiff_pair, write_png
+
+NORM = SarNormalization()
+OPT = OpticalNormalization()
+
+
+def tiles(sar, optical, size=32, scale=SarScale.AUTO, report=None, kind="folders"):
+    pair = PairSource(str(sar), str(optical), "scene", kind)
+    return list(tiles_from_pair(pair, "train", TilingSettings(size, None, scale), NORM, OPT, None, report))
+
+
+def decoded(rows):
+    return decode_batch({k: np.asarray([r[k] for r in rows], dtype=object) for k in rows[0]})
+
+
+def test_png_pair_tiles_and_values(tmp_path):
+    rng = np.random.default_rng(0)
+    sar, opt = sar_png(rng, 64), optical_png(rng, 64)
+    rows = tiles(write_png(tmp_path / "s.png", sar), write_png(tmp_path / "o.png", opt))
+    assert len(rows) == 4 and all(r["crs"] is None and r["transform"] is None for r in rows)
+    assert {r["sar_scale"] for r in rows} == {"uint8"}
+    d = decoded(rows)
+    # tile 1 is the window at row 0, col 32: 8-bit SAR maps linearly onto [-1, 1]
+    np.testing.assert_allclose(d["sar"][1, 0], sar[:32, 32:] / 127.5 - 1, atol=2e-3)
+    np.testing.assert_allclose((d["optical"][1] + 1) * 127.5, opt[:32, 32:].transpose(2, 0, 1), atol=1e-3)
+
+
+def test_geotiff_window_georeference(tmp_path):
+    sar, opt = write_geotiff_pair(tmp_path, rows=96, cols=80)
+    rows = tiles(sar, opt, size=32)
+    # rows: 0, 32, 64; cols: 0, 32, 48 (edge-aligned)
+    assert [(r["row_off"], r["col_off"]) for r in rows][:3] == [(0, 0), (0, 32), (0, 48)]
+    assert len(rows) == 9 and rows[0]["crs"] == "EPSG:32631" and rows[0]["sar_scale"] == "db"
+    r = rows[5]  # row 32, col 48
+    assert r["transform"] == [10.0, 0.0, 600_000.0 + 480.0, 0.0, -10.0, 4_800_000.0 - 320.0]
+    with rasterio.open(sar) as src:
+        db = src.read(1)[32:64, 48:80]
+    np.testing.assert_allclose(decoded(rows)["sar"][5, 0], NORM.db_to_model(db), atol=2e-3)
+
+
+def test_optical_resampled_onto_sar_grid(tmp_path):
+    # Optical grid shifted by 3 px and larger: after resampling, tile pixels line up with the SAR grid.
+    sar, opt = write_geotiff_pair(tmp_path, rows=64, cols=64, shift_px=3)
+    rows = tiles(sar, opt, size=32)
+    assert len(rows) == 4
+    with rasterio.open(opt) as src:
+        expected = OPT.to_uint8(src.read()[:, 3:35, 3:35])
+    got = (decoded(rows)["optical"][0] + 1) * 127.5
+    np.testing.assert_allclose(got, expected, atol=1.01)
+
+
+def test_linear_and_dn_scenes_detected(tmp_path):
+    t = from_origin(0, 0, 10, 10)
+    linear = write_geotiff(tmp_path / "lin.tif", np.full((1, 32, 32), 0.1, np.float32) + np.eye(32, dtype=np.float32) * 0.01, t)
+    dn = write_geotiff(tmp_path / "dn.tif", np.full((1, 32, 32), 1000, np.uint16) + np.eye(32, dtype=np.uint16), t)
+    opt = write_geotiff(tmp_path / "opt.tif", np.full((3, 32, 32), 500, np.uint16), t)
+    report = PairReport()
+    rows = tiles(linear, opt, report=report)
+    assert report.scale == "linear"
+    assert decoded(rows)["sar"][0, 0, 0, 1] == pytest.approx(NORM.db_to_model(np.array([-10.0]))[0], abs=2e-3)
+    rows = tiles(dn, opt)
+    assert rows[0]["sar_scale"] == "dn"
+
+
+def test_nodata_windows_skipped_not_written(tmp_path):
+    t = from_origin(0, 0, 10, 10)
+    sar = np.random.default_rng(0).uniform(-20, -5, (1, 64, 64)).astype(np.float32)
+    sar[0, :32, :32] = -99  # nodata value
+    sar[0, 40, 40] = np.nan
+    s = write_geotiff(tmp_path / "s.tif", sar, t, nodata=-99)
+    opt = np.full((3, 64, 64), 400, np.uint16)
+    opt[:, 0, 63] = 0  # Sentinel-2 fill
+    o = write_geotiff(tmp_path / "o.tif", opt, t)
+    report = PairReport()
+    rows = tiles(s, o, report=report)
+    assert report.windows_skipped == {"SAR nodata/NaN/inf in window": 2, "optical nodata in window": 1}
+    assert len(rows) == 1 and (rows[0]["row_off"], rows[0]["col_off"]) == (32, 0)
+
+
+def test_entirely_nan_sar_rejected(tmp_path):
+    t = from_origin(0, 0, 10, 10)
+    s = write_geotiff(tmp_path / "s.tif", np.full((1, 32, 32), np.nan, np.float32), t)
+    o = write_geotiff(tmp_path / "o.tif", np.full((3, 32, 32), 400, np.uint16), t)
+    with pytest.raises(InputError, match="entirely nodata"):
+        tiles(s, o)
+
+
+def test_inf_sar_window_skipped(tmp_path):
+    t = from_origin(0, 0, 10, 10)
+    sar = np.random.default_rng(0).uniform(-20, -5, (1, 32, 32)).astype(np.float32)
+    sar[0, 3, 3] = np.inf
+    report = PairReport()
+    rows = tiles(write_geotiff(tmp_path / "s.tif", sar, t), write_geotiff(tmp_path / "o.tif", np.full((3, 32, 32), 400, np.uint16), t), report=report)
+    assert rows == [] and report.windows_skipped["SAR nodata/NaN/inf in window"] == 1
+
+
+def test_constant_sar_is_fill(tmp_path):
+    report = PairReport()
+    rows = tiles(write_png(tmp_path / "s.png", np.zeros((32, 32), np.uint8)), write_png(tmp_path / "o.png", optical_png(np.random.default_rng(0), 32)), report=report)
+    assert rows == [] and report.windows_skipped == {"constant SAR window (fill)": 1}
+
+
+def test_size_mismatch(tmp_path):
+    rng = np.random.default_rng(0)
+    with pytest.raises(InputError, match="size mismatch"):
+        tiles(write_png(tmp_path / "s.png", sar_png(rng, 64)), write_png(tmp_path / "o.png", optical_png(rng, 48)))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_corrupt_images(tmp_path, damage):
+    rng = np.random.default_rng(0)
+    s = write_png(tmp_path / "s.png", sar_png(rng, 64))
+    o = write_png(tmp_path / "o.png", optical_png(rng, 64))
+    if damage == "truncated":
+        truncate(s)
+    elif damage == "garbage":
+        s.write_bytes(b"definitely not a png" * 10)
+    else:
+        s.write_bytes(b"")
+    with pytest.raises(InputError, match="cannot decode|empty file"):
+        tiles(s, o)
+
+
+def test_truncated_geotiff(tmp_path):
+    sar, opt = write_geotiff_pair(tmp_path, rows=64, cols=64)
+    truncate(sar, 0.3)
+    with pytest.raises(InputError, match="cannot (open|read)"):
+        tiles(sar, opt)
+
+
+def test_wrong_band_counts(tmp_path):
+    rng = np.random.default_rng(0)
+    t = from_origin(0, 0, 10, 10)
+    two_band_optical = write_geotiff(tmp_path / "o2.tif", np.full((2, 32, 32), 400, np.uint16), t)
+    sar = write_geotiff(tmp_path / "s.tif", rng.uniform(-20, -5, (1, 32, 32)).astype(np.float32), t)
+    with pytest.raises(InputError, match="wrong band count for optical"):
+        tiles(sar, two_band_optical)
+    three_band_sar = write_geotiff(tmp_path / "s3.tif", rng.uniform(-20, -5, (3, 32, 32)).astype(np.float32), t)
+    with pytest.raises(InputError, match="wrong band count for SAR"):
+        tiles(three_band_sar, write_geotiff(tmp_path / "o.tif", np.full((3, 32, 32), 400, np.uint16), t))
+    grey_optical = write_png(tmp_path / "o.png", sar_png(rng, 32))
+    with pytest.raises(InputError, match="wrong band count for optical"):
+        tiles(write_png(tmp_path / "s.png", sar_png(rng, 32)), grey_optical)
+
+
+def test_dual_pol_sar_picks_vv_by_name(tmp_path):
+    t = from_origin(0, 0, 10, 10)
+    rng = np.random.default_rng(0)
+    vh = rng.uniform(-25, -15, (32, 32))
+    vv = rng.uniform(-12, -5, (32, 32))
+    s = write_geotiff(tmp_path / "s.tif", np.stack([vh, vv]).astype(np.float32), t, descriptions=["VH", "VV"])
+    rows = tiles(s, write_geotiff(tmp_path / "o.tif", np.full((3, 32, 32), 400, np.uint16), t))
+    np.testing.assert_allclose(decoded(rows)["sar"][0, 0], NORM.db_to_model(vv), atol=2e-3)
+
+
+def test_scene_smaller_than_tile(tmp_path):
+    rng = np.random.default_rng(0)
+    with pytest.raises(InputError, match="smaller than the tile size"):
+        tiles(write_png(tmp_path / "s.png", sar_png(rng, 16)), write_png(tmp_path / "o.png", optical_png(rng, 16)))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        tiles(tmp_path / "nope.png", tmp_path / "nope2.png")
+
+
+# --- real samples --------------------------------------------------------------------------------
+
+
+def test_real_sen12_pair(real_data):
+    rows = tiles(real_data / "sar" / "ROIs1868_summer_59_p30.png", real_data / "optical" / "ROIs1868_summer_59_p30.png", size=256)
+    assert len(rows) == 1 and rows[0]["sar_scale"] == "uint8"
+
+
+def test_real_ssl4eo_site_resampled(real_data):
+    site = real_data / "geotiff" / "ssl4eo_s12_0000200"
+    s1 = next((site / "s1").iterdir())
+    s2 = next((site / "s2_l2a").iterdir())
+    report = PairReport()
+    rows = tiles(s1, s2, size=64, report=report, kind="site")
+    assert report.scale == "db" and len(rows) >= 9
+    assert rows[0]["crs"] == "EPSG:4326"
+    with rasterio.open(s1 / "VV.tif") as src:
+        assert rows[0]["transform"][0] == pytest.approx(src.transform.a)
+
+
+@pytest.mark.parametrize("optical", ["bigearthnet", "eurosat"])
+def test_real_optical_formats_with_sar_on_their_grid(real_data, tmp_path, optical):
+    """Real Sentinel-2 optical (band files at 10/20/60 m; a 13-band stack) paired with a SAR on its grid."""
+    if optical == "bigearthnet":
+        path = next((real_data / "geotiff" / "bigearthnet_s2").iterdir())
+        ref = next(path.glob("*_B04.tif"))
+    else:
+        path = ref = real_data / "geotiff" / "eurosat_ms" / "AnnualCrop_1.tif"
+    with rasterio.open(ref) as src:
+        grid = (src.crs.to_string(), src.transform, src.height, src.width)
+        red = src.read(4 if optical == "eurosat" else 1)
+    sar = write_geotiff(tmp_path / "vv.tif", np.random.default_rng(0).uniform(-20, -5, (1, grid[2], grid[3])).astype(np.float32), grid[1], crs=grid[0])
+    rows = tiles(sar, path, size=32)
+    assert rows and rows[0]["crs"] == grid[0]
+    expected_red = OPT.to_uint8(red[:32, :32])
+    got_red = np.rint((decoded(rows)["optical"][0, 0] + 1) * 127.5)
+    np.testing.assert_allclose(got_red, expected_red, atol=1)
+
+
+def test_real_linear_and_db_sar_scales(real_data):
+    from s2o_platform.data.rasters import open_sar
+
+    fs, _ = storage.resolve("/")
+    from s2o_platform.data.normalization import detect_sar_scale
+
+    opera = next((real_data / "geotiff" / "opera_rtc_s1").glob("*_VV.tif"))
+    spatialist = next((real_data / "geotiff" / "spatialist").glob("*.tif"))
+    for path, expected in ((opera, SarScale.LINEAR), (spatialist, SarScale.DB)):
+        with open_sar(str(path), fs) as raster:
+            assert detect_sar_scale(raster.sample(), raster.dtype, raster.units_hint)[0] is expected

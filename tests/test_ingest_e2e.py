@@ -1,0 +1,173 @@
+"""End-to-end ingest, synth and info on the shared local Ray cluster, local disk and S3 (moto on loopback)."""
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from s2o_platform import storage
+from s2o_platform.cli import app
+from s2o_platform.data.ingest import run_ingest
+from s2o_platform.data.store import read_columns, read_metadata, read_tiles, split_counts
+from s2o_platform.data.synth_writer import run_synth
+from tests.fixtures import optical_png, sar_png, truncate, write_geotiff_pair, write_paired_folders, write_png, write_sen12
+
+pytestmark = pytest.mark.ray
+runner = CliRunner()
+
+
+@pytest.fixture
+def messy_source(tmp_path):
+    """Good pairs plus one of every bad-input case, in the sar/ + optical/ layout."""
+    root = tmp_path / "src"
+    write_paired_folders(root, n=4, size=64)
+    rng = np.random.default_rng(9)
+    truncate(write_png(root / "sar" / "truncated.png", sar_png(rng, 64)))
+    write_png(root / "optical" / "truncated.png", optical_png(rng, 64))
+    write_png(root / "sar" / "mismatch.png", sar_png(rng, 64))
+    write_png(root / "optical" / "mismatch.png", optical_png(rng, 48))
+    write_png(root / "sar" / "grey_optical.png", sar_png(rng, 64))
+    write_png(root / "optical" / "grey_optical.png", sar_png(rng, 64))
+    write_png(root / "sar" / "no_partner.png", sar_png(rng, 64))
+    write_png(root / "optical" / "no_sar.png", optical_png(rng, 64))
+    (root / "sar" / "garbage.png").write_bytes(b"not an image at all")
+    write_png(root / "optical" / "garbage.png", optical_png(rng, 64))
+    # A GeoTIFF scene whose SAR is all NaN.
+    sar, _ = write_geotiff_pair(root, name="nan_scene", rows=64, cols=64)
+    import rasterio
+
+    with rasterio.open(sar, "r+") as dst:
+        dst.write(np.full((1, 64, 64), np.nan, np.float32))
+    return root
+
+
+def test_ingest_isolates_bad_items_and_does_not_duplicate(ray_cluster, messy_source, tmp_path):
+    store = str(tmp_path / "store")
+    summary = run_ingest([str(messy_source), str(tmp_path / "missing")], store, tile_size=32, progress=False)
+    assert summary.pairs_ingested == 4
+    assert summary.total_written == 16  # 4 pairs x 4 tiles
+    reasons = {s["path"].rsplit("/", 1)[-1]: s["reason"] for s in summary.skipped}
+    assert "cannot decode" in reasons["truncated.png"]
+    assert "size mismatch" in reasons["mismatch.png"]
+    assert "wrong band count for optical" in reasons["grey_optical.png"]
+    assert reasons["no_partner.png"] == "SAR file without its optical partner"
+    assert reasons["no_sar.png"] == "optical file without its SAR partner"
+    assert "cannot decode" in reasons["garbage.png"]
+    assert "entirely nodata" in reasons["nan_scene.tif"]
+    assert "unreadable source" in reasons["missing"]
+    assert sum(split_counts(store).values()) == 16
+
+    again = run_ingest([str(messy_source)], store, tile_size=32, progress=False)
+    assert again.total_written == 0 and again.tiles_already_present == 16
+    ids = read_columns(store, ["tile_id"]).column("tile_id").to_pylist()
+    assert len(ids) == len(set(ids)) == 16
+
+
+def test_split_is_by_scene_and_readable_by_ray_data(ray_cluster, tmp_path):
+    src = write_sen12(tmp_path / "sen12", {f"ROIs1158_spring_{n}": 3 for n in range(10, 20)}, size=64)
+    store = str(tmp_path / "store")
+    run_ingest([str(src)], store, tile_size=32, test_fraction=0.2, val_fraction=0.1, seed=1, progress=False)
+    table = read_columns(store, ["scene_id", "split"])
+    scene_splits = {}
+    for scene, split in zip(table.column("scene_id").to_pylist(), table.column("split").to_pylist()):
+        scene_splits.setdefault(scene, set()).add(split)
+    assert all(len(s) == 1 for s in scene_splits.values())  # never split a scene
+    assert sorted(next(iter(s)) for s in scene_splits.values()).count("test") == 2
+    ds = read_tiles(store, "train", columns=["tile_id", "split"])
+    rows = ds.take_all()
+    assert rows and {r["split"] for r in rows} == {"train"}
+    assert len(rows) == split_counts(store)["train"]
+
+
+def test_store_rejects_other_tile_size(ray_cluster, tmp_path):
+    src = write_paired_folders(tmp_path / "src", n=1, size=64)
+    store = str(tmp_path / "store")
+    run_ingest([str(src)], store, tile_size=32, progress=False)
+    with pytest.raises(ValueError, match="tile_size=32"):
+        run_ingest([str(src)], store, tile_size=64, progress=False)
+
+
+def test_cli_ingest_exit_codes_and_summary(ray_cluster, tmp_path, messy_source):
+    store = tmp_path / "store"
+    result = runner.invoke(app, ["data", "ingest", str(messy_source), "--out", str(store), "--tile-size", "32", "--summary-json", str(tmp_path / "s.json")])
+    assert result.exit_code == 0, result.output
+    assert "pairs ingested:         4" in result.stdout and "truncated.png" in result.stdout
+    assert json.loads((tmp_path / "s.json").read_text())["pairs_ingested"] == 4
+
+    bad = tmp_path / "bad"
+    (bad / "sar").mkdir(parents=True)
+    (bad / "optical").mkdir()
+    (bad / "sar" / "x.png").write_bytes(b"junk")
+    (bad / "optical" / "x.png").write_bytes(b"junk")
+    result = runner.invoke(app, ["data", "ingest", str(bad), "--out", str(tmp_path / "s2"), "--tile-size", "32"])
+    assert result.exit_code == 1
+    assert "nothing valid to ingest" in result.stderr and "cannot decode" in result.stderr
+
+    result = runner.invoke(app, ["data", "ingest", str(bad), "--out", str(tmp_path / "s3"), "--set", "tile_sise=3"])
+    assert result.exit_code == 2 and "unknown key 'tile_sise'" in result.stderr
+
+
+def test_ingest_real_samples(ray_cluster, real_data, tmp_path):
+    store = str(tmp_path / "real")
+    site = real_data / "geotiff" / "ssl4eo_s12_0000200"
+    summary = run_ingest([str(real_data), str(site)], store, tile_size=64, progress=False)
+    assert summary.skipped == []
+    assert summary.pairs_ingested == 12  # 11 SEN1-2 pairs + the SSL4EO-S12 site
+    assert summary.total_written > 100
+    assert summary.scales["uint8"] == 11 and summary.scales["db"] == 1
+    meta = read_metadata(store)
+    assert meta.tile_size == 64 and meta.sar_normalization.clip_db == (-25.0, 0.0)
+
+
+def test_synth_store_scenes_and_info(ray_cluster, tmp_path):
+    store = tmp_path / "synth"
+    scenes = tmp_path / "scenes"
+    summary = run_synth(str(store), pairs=100, size=32, seed=4, scenes_dir=str(scenes), n_scene_files=3, scene_size=128, progress=False)
+    assert sum(summary.tiles.values()) == 100
+    assert summary.baselines["class_oracle"] > summary.baselines["mean_colour"] + 6
+    meta = read_metadata(str(store))
+    assert meta.extra["synthetic"]["baseline_psnr"] == summary.baselines
+    import rasterio
+
+    with rasterio.open(summary.scene_files[0]) as src:
+        assert src.crs.to_epsg() == 32631 and src.width == 128 and src.dtypes[0] == "float32"
+    # The scene folder is itself an ingest source (sar/ + optical/); the three encodings are detected.
+    ingested = run_ingest([str(scenes)], str(tmp_path / "from_scenes"), tile_size=32, progress=False)
+    assert ingested.pairs_ingested == 3 and set(ingested.scales) == {"db", "linear", "dn"}
+    assert ingested.windows_skipped  # the nodata corner
+
+    # Same seed -> same tiles: a second synth into the same store adds nothing.
+    again = run_synth(str(store), pairs=100, size=32, seed=4, progress=False)
+    assert sum(split_counts(str(store)).values()) == 100 and sum(again.tiles.values()) == 100
+
+    result = runner.invoke(app, ["data", "info", str(store)])
+    assert result.exit_code == 0, result.output
+    assert "tile size:      32 px" in result.stdout and "class oracle" in result.stdout
+    result = runner.invoke(app, ["data", "info", str(store), "--json"])
+    info = json.loads(result.stdout)
+    assert info["total_rows"] == 100 and info["schema"]["sar"] == "binary"
+    result = runner.invoke(app, ["data", "info", str(tmp_path / "nothing")])
+    assert result.exit_code == 2 and "no tile store" in result.stderr
+
+
+def test_s3_ingest_and_read_through_moto(ray_cluster, s3_endpoint, tmp_path):
+    options = storage.StorageOptions(s3_endpoint=s3_endpoint)
+    fs, _ = storage.resolve("s3://s2o-test/x", options)
+    # Sources on S3 too: upload a small paired-folder tree.
+    local = write_paired_folders(tmp_path / "src", n=3, size=64)
+    for path in local.rglob("*.png"):
+        with fs.open_output_stream(f"s2o-test/src/{path.relative_to(local)}") as f:
+            f.write(path.read_bytes())
+    store = "s3://s2o-test/stores/one"
+    summary = run_ingest(["s3://s2o-test/src"], store, tile_size=32, options=options, progress=False)
+    assert summary.pairs_ingested == 3 and summary.total_written == 12, summary.skipped
+    assert read_metadata(store, options).tile_size == 32
+    rows = read_tiles(store, options=options, columns=["tile_id", "sar_path"]).take_all()
+    assert len(rows) == 12 and rows[0]["sar_path"].startswith("s3://s2o-test/src/sar/")
+    result = runner.invoke(app, ["data", "synth", "--out", "s3://s2o-test/stores/synth", "--pairs", "40", "--s3-endpoint", s3_endpoint])
+    assert result.exit_code == 0, result.output
+    counts = split_counts("s3://s2o-test/stores/synth", options)
+    assert sum(counts.values()) == 40 and all(counts.values())  # 3 scenes: one per split
