@@ -18,6 +18,11 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Build and inspect tile stores of paired SAR/optical tiles.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+train_app = typer.Typer(
+    help="Train a stage on Ray Train + DeepSpeed. Re-running with the same --out resumes from the latest checkpoint.",
+    no_args_is_help=True,
+)
+app.add_typer(train_app, name="train")
 
 AddressOption = Annotated[
     Optional[str],
@@ -227,6 +232,109 @@ def data_info(
     except StoreError as err:
         fail(str(err))
     typer.echo(json.dumps(info, indent=2) if as_json else format_info(info))
+
+
+DataOption = Annotated[str, typer.Option("--data", help="The tile store to train on (folder or s3:// URI); its train split is used.")]
+OutOption = Annotated[
+    str,
+    typer.Option("--out", help="Run folder (or s3:// prefix): checkpoints, config and the final bundle at OUT/bundle. "
+                 "The same --out again resumes from its latest checkpoint."),
+]
+RequiredConfigOption = Annotated[Path, typer.Option("--config", help="YAML preset, e.g. configs/tiny/teacher.yaml (CPU) or configs/paper/teacher.yaml (GPU).")]
+
+
+def _train(stage: str, config: Path, set_: list[str] | None, data: str, out: str, address: str | None, s3_endpoint: str | None, extra: dict | None = None) -> None:
+    from s2o_platform import storage
+    from s2o_platform.config import ConfigError, load_config
+    from s2o_platform.train.harness import get_stage
+
+    model = get_stage(stage).config_model
+    try:
+        cfg = load_config(model, config, list(set_ or []))
+    except ConfigError as err:
+        fail(str(err))
+    from s2o_platform.bundle import BundleError
+    from s2o_platform.ray_cluster import connect
+    from s2o_platform.train.launcher import TrainingSetupError, run_training
+
+    typer.echo(f"[{stage}] training on {connect(address)}; run folder {out}", err=True)
+    try:
+        result = run_training(
+            stage, cfg, data, out, tile_size=_tile_size(cfg, extra), extra=extra, options=storage.StorageOptions.from_env(s3_endpoint),
+            log=lambda m: typer.echo(m, err=True),
+        )
+    except (TrainingSetupError, BundleError) as err:
+        fail(str(err))
+    metrics = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items() if isinstance(v, (int, float)))
+    typer.echo(f"[{stage}] done at step {result.step} in {result.seconds:.0f} s: {metrics}")
+    typer.echo(f"[{stage}] bundle: {result.bundle}")
+
+
+def _tile_size(cfg, extra: dict | None) -> int:
+    """The tile size a stage's model is built for: its config, or for distillation the teacher bundle."""
+    for section in ("model", "generator"):
+        if hasattr(cfg, section):
+            return getattr(cfg, section).sample_size
+    from s2o_platform.bundle import read_bundle_metadata
+
+    return read_bundle_metadata(extra["teacher"]).tile_size
+
+
+@train_app.command("teacher")
+def train_teacher(
+    config: RequiredConfigOption,
+    data: DataOption,
+    out: OutOption,
+    set_: SetOption = None,
+    address: AddressOption = None,
+    s3_endpoint: S3EndpointOption = None,
+) -> None:
+    """Train the conditional DDPM teacher (diffusers UNet2DModel over concat(noisy optical, SAR)).
+
+    Ray Train TorchTrainer workers run DeepSpeed (ZeRO 0-2; bf16/fp16 on GPU, fp32 on CPU) and
+    stream tiles from the store with Ray Data. Checkpoints every checkpoint.every_steps; the final
+    inference bundle is at OUT/bundle. Keys worth --set: train.max_steps, train.batch_size, train.lr,
+    scaling.num_workers, scaling.use_gpu, checkpoint.every_steps, deepspeed.zero_stage.
+    """
+    _train("teacher", config, set_, data, out, address, s3_endpoint)
+
+
+@train_app.command("distill")
+def train_distill(
+    config: RequiredConfigOption,
+    teacher: Annotated[str, typer.Option("--teacher", help="The teacher bundle (RUN/bundle of `s2o train teacher`), local or s3://.")],
+    data: DataOption,
+    out: OutOption,
+    set_: SetOption = None,
+    address: AddressOption = None,
+    s3_endpoint: S3EndpointOption = None,
+) -> None:
+    """Distil a teacher into a 1-8-step student by adversarial consistency distillation.
+
+    Student, EMA target (decay train.ema_decay, 0.95 in the paper) and frozen teacher start from the
+    teacher bundle; DDIM solver grid of distill.num_ddim_steps points; pseudo-Huber loss
+    (distill.huber_c); a discriminator built from the teacher's encoder (distill.real:
+    ground_truth|target, distill.gan_loss: non_saturating|hinge|wgan, distill.lambda_adv).
+    --set distill.adversarial=false trains the no-adversarial ablation. The student bundle (OUT/bundle)
+    samples with LCM in 1..8 steps (default distill.default_steps).
+    """
+    _train("distill", config, set_, data, out, address, s3_endpoint, extra={"teacher": teacher})
+
+
+@train_app.command("gan")
+def train_gan(
+    config: RequiredConfigOption,
+    data: DataOption,
+    out: OutOption,
+    set_: SetOption = None,
+    address: AddressOption = None,
+    s3_endpoint: S3EndpointOption = None,
+) -> None:
+    """Train the pix2pix baseline: U-Net generator + PatchGAN discriminator, L1 (gan.lambda_l1) + adversarial.
+
+    One step at inference; its bundle (OUT/bundle) loads in eval, batch and serve like a student's.
+    """
+    _train("gan", config, set_, data, out, address, s3_endpoint)
 
 
 if __name__ == "__main__":

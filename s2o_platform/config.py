@@ -163,3 +163,153 @@ def load_config(model: type[ConfigT], path: str | Path | None = None, overrides:
 def dump_config(config: BaseModel) -> str:
     """The resolved config as YAML (saved with every run and bundle)."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training stages (shared sections, then one model per stage)
+# ---------------------------------------------------------------------------------------------
+
+
+class UNetSection(Section):
+    """diffusers UNet2DModel architecture; input = concat(noisy optical, SAR), output = 3 channels."""
+
+    sample_size: int = Field(32, ge=8, description="tile side in pixels; must equal the store's tile size")
+    block_out_channels: tuple[int, ...] = (32, 64, 128)
+    layers_per_block: int = Field(1, ge=1)
+    down_block_types: tuple[str, ...] = ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D")
+    up_block_types: tuple[str, ...] = ("UpBlock2D", "AttnUpBlock2D", "UpBlock2D")
+    attention_head_dim: int = 8
+    norm_num_groups: int = 32
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+    @field_validator("up_block_types")
+    @classmethod
+    def _same_depth(cls, v: tuple[str, ...], info) -> tuple[str, ...]:
+        down = info.data.get("down_block_types")
+        if down is not None and len(down) != len(v):
+            raise ValueError(f"up_block_types has {len(v)} blocks but down_block_types has {len(down)}")
+        return v
+
+
+class DiffusionSection(Section):
+    """The noise schedule (diffusers DDPMScheduler arguments)."""
+
+    num_train_timesteps: int = Field(1000, ge=2)
+    beta_schedule: str = "linear"
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    prediction_type: str = Field("epsilon", pattern="^(epsilon|v_prediction)$")
+    clip_sample: bool = Field(True, description="samplers clip the predicted clean image to [-1, 1] (pixel space)")
+
+
+class TrainSection(Section):
+    max_steps: int = Field(1000, ge=1, description="optimizer steps")
+    batch_size: int = Field(16, ge=1, description="micro-batch per worker")
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(100, ge=0)
+    lr_schedule: str = Field("cosine", pattern="^(cosine|constant|linear)$")
+    grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    seed: int = 0
+    augment: bool = Field(True, description="random flips and 90-degree rotations, same for SAR and optical")
+    log_every_steps: int = Field(10, ge=1)
+
+
+class ScalingSection(Section):
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    torch_threads: int | None = Field(None, ge=1, description="CPU workers: torch threads; default cores / workers on the node")
+
+
+class DeepSpeedSection(Section):
+    zero_stage: int = Field(0, ge=0, le=2, description="ZeRO 0-2 (3 partitions parameters, which EMA export needs whole)")
+    precision: str = Field("auto", pattern="^(auto|fp32|bf16|fp16)$", description="auto: bf16 on GPUs that have it, else fp16 on GPU, fp32 on CPU")
+
+
+class CheckpointSection(Section):
+    every_steps: int = Field(200, ge=1)
+    num_to_keep: int = Field(2, ge=1)
+
+
+class FailureSection(Section):
+    max_failures: int = Field(2, ge=0, description="worker/node failures survived by restarting from the latest checkpoint")
+
+
+class DataSection(Section):
+    materialize_below_mb: float = Field(
+        2048, ge=0, description="a train split smaller than this is read once into the object store and fully "
+        "shuffled every epoch; a larger one is streamed from storage every epoch"
+    )
+    shuffle_buffer: int = Field(256, ge=0, description="rows in the local shuffle buffer of each worker (0: none)")
+
+
+class TrainingStageConfig(StageConfig):
+    """Sections every training stage has."""
+
+    train: TrainSection = TrainSection()
+    data: DataSection = DataSection()
+    scaling: ScalingSection = ScalingSection()
+    deepspeed: DeepSpeedSection = DeepSpeedSection()
+    checkpoint: CheckpointSection = CheckpointSection()
+    failure: FailureSection = FailureSection()
+
+
+class TeacherConfig(TrainingStageConfig):
+    """`s2o train teacher`: the conditional pixel-space DDPM (METHOD.md section 2)."""
+
+    model: UNetSection = UNetSection()
+    diffusion: DiffusionSection = DiffusionSection()
+    sample_steps: int = Field(50, ge=1, description="DDIM steps the bundle advertises as its default sampler")
+
+
+class DistillSection(Section):
+    """Adversarial consistency distillation (METHOD.md sections 3-4)."""
+
+    num_ddim_steps: int = Field(50, ge=2, description="solver grid points over the training timesteps (skip = T / N)")
+    huber_c: float = Field(0.001, gt=0, description="pseudo-Huber c; 0.001 as in the public code makes it nearly L1")
+    timestep_scaling: float = Field(10.0, gt=0, description="s in c_skip/c_out (sigma_data is 0.5, as in LCMScheduler)")
+    adversarial: bool = Field(True, description="false: consistency distillation only (the ablation)")
+    real: str = Field("ground_truth", pattern="^(ground_truth|target)$", description="what the discriminator sees as real")
+    gan_loss: str = Field("non_saturating", pattern="^(non_saturating|hinge|wgan)$")
+    lambda_adv: float = Field(1.0, ge=0)
+    discriminator_lr: float | None = Field(None, gt=0, description="default: train.lr")
+    default_steps: int = Field(4, ge=1, le=8, description="student steps the bundle advertises")
+
+
+class DistillConfig(TrainingStageConfig):
+    """`s2o train distill`: student, EMA target and frozen teacher from a teacher bundle.
+
+    The architecture comes from the teacher bundle. train.ema_decay is the target network's decay mu
+    (0.95 in the paper); the exported student is that EMA target.
+    """
+
+    distill: DistillSection = DistillSection()
+
+
+class GeneratorSection(Section):
+    sample_size: int = Field(32, ge=8, description="tile side; a power of two")
+    base_channels: int = Field(64, ge=4)
+    dropout: float = Field(0.5, ge=0, lt=1)
+
+
+class PatchDiscriminatorSection(Section):
+    base_channels: int = Field(64, ge=4)
+    n_layers: int = Field(3, ge=1, le=5, description="3 gives pix2pix's 70x70 patches at 256 px")
+
+
+class GanSection(Section):
+    lambda_l1: float = Field(100.0, ge=0)
+    gan_loss: str = Field("non_saturating", pattern="^(non_saturating|hinge|wgan)$")
+    discriminator_lr: float | None = Field(None, gt=0, description="default: train.lr")
+
+
+class GanConfig(TrainingStageConfig):
+    """`s2o train gan`: the pix2pix baseline (U-Net generator + PatchGAN, L1 + adversarial)."""
+
+    generator: GeneratorSection = GeneratorSection()
+    discriminator: PatchDiscriminatorSection = PatchDiscriminatorSection()
+    gan: GanSection = GanSection()

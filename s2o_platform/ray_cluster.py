@@ -27,5 +27,6 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
         ray.init(address=address, logging_level="WARNING")
         return f"Ray cluster at {address}"
     cpus = num_cpus or max(MIN_LOCAL_CPUS, os.cpu_count() or 1)
-    ray.init(num_cpus=cpus, include_dashboard=False, logging_level="WARNING")
+    # The dashboard stays on (loopback only): Ray Train V2 queries the State API it serves.
+    ray.init(num_cpus=cpus, logging_level="WARNING")
     return f"local Ray cluster ({cpus} logical CPUs)"

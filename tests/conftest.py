@@ -63,3 +63,13 @@ def real_data():
     if path is None:
         pytest.skip("real samples not present: ../shared/data/real is absent (a user's clone has no ../shared)")
     return path
+
+
+@pytest.fixture(scope="session")
+def synth_store_32(ray_cluster, tmp_path_factory):
+    """A small synthetic store of 32 px tiles shared by the training tests."""
+    from s2o_platform.data.synth_writer import run_synth
+
+    path = tmp_path_factory.mktemp("synth32") / "store"
+    run_synth(str(path), pairs=256, size=32, seed=1, progress=False)
+    return str(path)

@@ -32,10 +32,10 @@ CLASS_RGB = np.array(
     dtype=np.float64,
 )
 #: Mean VV backscatter per class in dB (water is a specular reflector, urban a double-bounce one).
-CLASS_DB = np.array([-21.0, -9.0, -13.5, -3.0, -16.5])
+CLASS_DB = np.array([-22.0, -7.5, -12.5, -1.5, -17.5])
 #: Texture amplitude per class: optical (8-bit units) and SAR (dB).
 CLASS_OPTICAL_TEXTURE = np.array([4.0, 14.0, 18.0, 22.0, 12.0])
-CLASS_SAR_TEXTURE = np.array([0.8, 1.5, 1.5, 2.5, 1.0])
+CLASS_SAR_TEXTURE = np.array([0.5, 1.0, 1.0, 1.5, 0.7])
 #: Class biases for the argmax, setting the class proportions.
 CLASS_BIAS = np.array([-0.05, 0.1, 0.05, -0.15, 0.0])
 

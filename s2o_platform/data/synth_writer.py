@@ -47,7 +47,8 @@ def scene_tiles(scene_index: int, n_tiles: int, size: int, seed: int, split: str
     """Rows and per-tile baseline statistics of one synthetic scene."""
     rng = np.random.default_rng([seed, scene_index])
     side = TILES_PER_SIDE * size
-    scene = synth.make_scene(rng, side, side, scale=size / 3)
+    # Land-cover patches about half a tile across: boundaries in most tiles, yet classes readable from the SAR.
+    scene = synth.make_scene(rng, side, side, scale=size / 2)
     transform = scene_transform(scene_index)
     rows, stats = [], []
     for window in grid_windows(side, side, size)[:n_tiles]:

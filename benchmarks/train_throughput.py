@@ -1,0 +1,107 @@
+"""Training throughput: Ray Train + DeepSpeed + Ray Data against a plain single-process PyTorch loop.
+
+Same model (the tiny teacher preset unless --config says otherwise), same micro-batch, same data
+(the train split of one store), same decode + augmentation, same torch thread count, measured in
+one run, one after the other. Prints samples/s of both and their ratio (target: >= 0.9 with one
+worker). Steady state only: the first --warmup-steps of each are not timed.
+
+    python benchmarks/train_throughput.py [--config configs/tiny/teacher.yaml] [--steps 120] [--warmup-steps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from s2o_platform import storage
+from s2o_platform.config import TeacherConfig, load_config
+from s2o_platform.data.store import shard_paths
+from s2o_platform.models.unet import build_unet
+from s2o_platform.train.harness import TRAIN_COLUMNS, PairCollate, cpu_threads
+from s2o_platform.train.stages.teacher import diffusion_loss, noise_scheduler
+
+
+def plain_pytorch(cfg: TeacherConfig, store: str, steps: int, warmup: int) -> float:
+    """samples/s of a bare loop: in-memory rows -> collate -> loss -> backward -> AdamW step."""
+    torch.set_num_threads(cpu_threads(cfg.scaling.torch_threads, 1))
+    fs, _ = storage.resolve(store)
+    table = pq.ParquetDataset(shard_paths(store, ["train"]), filesystem=fs).read(columns=TRAIN_COLUMNS)
+    rows = {c: table.column(c).to_numpy(zero_copy_only=False) for c in TRAIN_COLUMNS}
+    n = table.num_rows
+    torch.manual_seed(cfg.train.seed)
+    unet = build_unet(cfg.model)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay)
+    scheduler = noise_scheduler(cfg.diffusion)
+    collate = PairCollate(cfg.train.augment, np.random.default_rng(0), torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    b = cfg.train.batch_size
+    order = rng.permutation(n)
+    cursor, started = 0, None
+    for step in range(warmup + steps):
+        if step == warmup:
+            started = time.perf_counter()
+        if cursor + b > n:
+            order, cursor = rng.permutation(n), 0
+        idx = order[cursor : cursor + b]
+        cursor += b
+        batch = collate({c: v[idx] for c, v in rows.items()})
+        loss = diffusion_loss(unet, scheduler, batch["optical"], batch["sar"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.train.grad_clip)
+        optimizer.step()
+    return steps * b / (time.perf_counter() - started)
+
+
+def ray_train(cfg: TeacherConfig, store: str, steps: int, warmup: int) -> float:
+    """samples/s of `s2o train teacher` (one worker), from its own per-window measurements after warm-up."""
+    from s2o_platform.train.launcher import run_training
+
+    window = 10
+    run_cfg = cfg.model_copy(deep=True)
+    run_cfg.train.max_steps = warmup + steps
+    run_cfg.train.log_every_steps = window
+    run_cfg.checkpoint.every_steps = warmup + steps  # one checkpoint, at the end
+    with tempfile.TemporaryDirectory() as out:
+        result = run_training("teacher", run_cfg, store, out, run_cfg.model.sample_size, log=lambda m: None)
+    timed = [h for h in result.history if h["step"] > warmup]
+    # Each window covers `window` steps: the harmonic mean of rates is total samples / total time.
+    return len(timed) / sum(1.0 / h["samples_per_s"] for h in timed)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "configs", "tiny", "teacher.yaml"))
+    parser.add_argument("--data", help="tile store; default: a fresh synthetic one (1024 pairs)")
+    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--warmup-steps", type=int, default=20)
+    args = parser.parse_args()
+
+    from s2o_platform.ray_cluster import connect
+
+    cfg = load_config(TeacherConfig, args.config)
+    print(f"cluster: {connect()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        store = args.data
+        if store is None:
+            from s2o_platform.data.synth_writer import run_synth
+
+            store = os.path.join(tmp, "store")
+            run_synth(store, pairs=1024, size=cfg.model.sample_size, progress=False)
+        plain = plain_pytorch(cfg, store, args.steps, args.warmup_steps)
+        print(f"plain PyTorch loop:            {plain:8.1f} samples/s")
+        ray_rate = ray_train(cfg, store, args.steps, args.warmup_steps)
+        print(f"Ray Train + DeepSpeed (1 wkr): {ray_rate:8.1f} samples/s")
+    threads = cpu_threads(cfg.scaling.torch_threads, 1)
+    print(f"ratio Ray/plain:               {ray_rate / plain:8.3f}  (target >= 0.9; batch {cfg.train.batch_size}, "
+          f"{threads} torch threads, {os.cpu_count()} cores, device cpu)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Teacher samplers: ancestral DDPM over all training steps, and DDIM with N steps.
+
+Both reuse diffusers' schedulers, built from the scheduler config saved with the model (never
+from library defaults: a different beta schedule would silently break sampling). Noise comes from
+an explicit `torch.Generator`, drawn on the generator's device, so runs are reproducible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, LCMScheduler
+from diffusers.utils.torch_utils import randn_tensor
+
+from s2o_platform.models.unet import OPTICAL_CHANNELS, predict
+
+TEACHER_SAMPLERS = ("ddpm", "ddim")
+
+
+def initial_noise(sar: torch.Tensor, generator: torch.Generator | None, dtype: torch.dtype) -> torch.Tensor:
+    shape = (sar.shape[0], OPTICAL_CHANNELS, sar.shape[2], sar.shape[3])
+    return randn_tensor(shape, generator=generator, device=sar.device, dtype=dtype)
+
+
+@torch.no_grad()
+def sample_teacher(
+    unet: torch.nn.Module,
+    sar: torch.Tensor,
+    scheduler_config: dict[str, Any],
+    sampler: str = "ddim",
+    steps: int = 50,
+    generator: torch.Generator | None = None,
+    eta: float = 0.0,
+    on_step: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Translate a batch of SAR tiles (B, C, H, W) in [-1, 1] into optical (B, 3, H, W) in [-1, 1].
+
+    Args:
+        sampler: 'ddpm' (ancestral, `steps` is ignored: all training timesteps) or 'ddim'.
+        steps: DDIM steps.
+        eta: DDIM stochasticity (0 = deterministic given the initial noise).
+        on_step: called with (step_index, total_steps) after every step, for progress.
+    """
+    if sampler == "ddpm":
+        scheduler = DDPMScheduler.from_config(scheduler_config)
+        scheduler.set_timesteps(scheduler.config.num_train_timesteps)
+        step_kwargs: dict[str, Any] = {"generator": generator}
+    elif sampler == "ddim":
+        if not 1 <= steps <= scheduler_config["num_train_timesteps"]:
+            raise ValueError(f"DDIM steps must be in 1..{scheduler_config['num_train_timesteps']}, got {steps}")
+        scheduler = DDIMScheduler.from_config(scheduler_config)
+        scheduler.set_timesteps(steps)
+        step_kwargs = {"eta": eta, "generator": generator}
+    else:
+        raise ValueError(f"unknown teacher sampler {sampler!r}: choose from {TEACHER_SAMPLERS}")
+    dtype = next(unet.parameters()).dtype
+    x = initial_noise(sar, generator, dtype) * scheduler.init_noise_sigma
+    sar = sar.to(dtype)
+    total = len(scheduler.timesteps)
+    for i, t in enumerate(scheduler.timesteps):
+        model_output = predict(unet, x, sar, int(t))
+        x = scheduler.step(model_output, t, x, **step_kwargs).prev_sample
+        if on_step is not None:
+            on_step(i + 1, total)
+    return x.clamp(-1.0, 1.0)
+
+
+#: Student step counts the platform supports (METHOD.md section 5).
+STUDENT_STEPS = range(1, 9)
+
+
+@torch.no_grad()
+def sample_student(
+    unet: torch.nn.Module,
+    sar: torch.Tensor,
+    scheduler_config: dict[str, Any],
+    steps: int = 4,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """LCM multi-step sampling: at each of N timesteps taken evenly from the solver grid, denoise with the
+    boundary scalings (c_skip x + c_out x0_hat); between steps, re-noise the estimate to the next timestep.
+
+    The LCMScheduler is built from the config saved in the student's bundle (itself derived from the
+    teacher's noise schedule), never from library defaults.
+    """
+    if steps not in STUDENT_STEPS:
+        raise ValueError(f"student steps must be in 1..8, got {steps}")
+    scheduler = LCMScheduler.from_config(scheduler_config)
+    scheduler.set_timesteps(steps)
+    dtype = next(unet.parameters()).dtype
+    x = initial_noise(sar, generator, dtype) * scheduler.init_noise_sigma
+    sar = sar.to(dtype)
+    denoised = x
+    for t in scheduler.timesteps:
+        model_output = predict(unet, x, sar, int(t))
+        x, denoised = scheduler.step(model_output, t, x, generator=generator, return_dict=False)
+    return denoised.clamp(-1.0, 1.0)

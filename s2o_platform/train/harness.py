@@ -1,0 +1,239 @@
+"""The training harness shared by every stage: runs inside each Ray Train worker.
+
+    train_loop_per_worker(loop_config)
+      [1] parse the stage config; build the stage's models
+      [2] one DeepSpeed engine per trainable module (AdamW + warm-up/decay LR, ZeRO, precision)
+      [3] resume: DeepSpeed state, EMA and step from ray.train.get_checkpoint()
+      [4] stream tiles: ray.train.get_dataset_shard("train").iter_torch_batches, paired augmentation
+      [5] stage.step(...) per micro-batch; EMA after every optimizer step; progress on rank 0
+      [6] checkpoint: each rank saves its DeepSpeed shard -> barrier -> rank 0 adds EMA, state and
+          the exported bundle -> ray.train.report(metrics, checkpoint)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from s2o_platform.data.store import StoreMetadata, decode_batch
+from s2o_platform.data.transforms import augment_pairs
+from s2o_platform.train.deepspeed_config import deepspeed_config, resolve_precision
+from s2o_platform.train.ema import ema_update
+from s2o_platform.train.schedule import lr_factor
+
+TRAINER_STATE_FILE = "trainer_state.json"
+EMA_FILE = "ema.safetensors"
+DEEPSPEED_DIR = "deepspeed"
+BUNDLE_DIR = "bundle"
+DEEPSPEED_TAG = "state"
+#: The columns a training worker reads from the store.
+TRAIN_COLUMNS = ["tile_id", "sar", "optical", "tile_size", "sar_channels"]
+
+
+def get_stage(name: str):
+    from s2o_platform.train.stages.teacher import TeacherStage
+
+    stages = {"teacher": TeacherStage}
+    try:
+        from s2o_platform.train.stages.distill import DistillStage
+        from s2o_platform.train.stages.gan import GanStage
+
+        stages.update({"distill": DistillStage, "gan": GanStage})
+    except ImportError:
+        pass
+    if name not in stages:
+        raise ValueError(f"unknown training stage {name!r}; known: {sorted(stages)}")
+    return stages[name]()
+
+
+def _collate_base():
+    try:  # Ray Data's typed collate base (a plain function is deprecated there); plain object without Ray
+        from ray.data.collate_fn import NumpyBatchCollateFn
+
+        return NumpyBatchCollateFn
+    except ImportError:  # pragma: no cover
+        return object
+
+
+class PairCollate(_collate_base()):
+    """Store rows (numpy batch) -> {'sar', 'optical'} tensors on the device, augmented identically."""
+
+    def __init__(self, augment: bool, rng: np.random.Generator, device: torch.device) -> None:
+        super().__init__()
+        self.augment, self.rng, self.device = augment, rng, device
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        decoded = decode_batch(batch)
+        sar, optical = decoded["sar"], decoded["optical"]
+        if self.augment:
+            sar, optical = augment_pairs(sar, optical, self.rng)
+        return {
+            "sar": torch.from_numpy(sar).to(self.device, non_blocking=True),
+            "optical": torch.from_numpy(optical).to(self.device, non_blocking=True),
+        }
+
+
+def log(message: str) -> None:
+    # stderr: Ray Train V2 echoes a worker's stdout twice, stderr once.
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
+def cpu_threads(requested: int | None, local_workers: int) -> int:
+    """Torch threads for a CPU worker: as asked, else the node's cores shared among its workers.
+
+    Ray sets OMP_NUM_THREADS to a worker's CPU reservation (1 here), which would leave cores idle.
+    """
+    if requested:
+        return requested
+    return max(1, (os.cpu_count() or 1) // max(1, local_workers))
+
+
+def format_eta(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
+    import deepspeed
+    import ray.train
+    import ray.train.torch
+    from safetensors.torch import load_file, save_file
+
+    # [1] config and models --------------------------------------------------------------------
+    stage = get_stage(loop_config["stage"])
+    cfg = stage.config_model.model_validate(loop_config["config"])
+    store = StoreMetadata.from_dict(loop_config["store_metadata"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(cpu_threads(cfg.scaling.torch_threads, context.get_local_world_size()))
+    torch.manual_seed(cfg.train.seed + rank)
+    generator = torch.Generator(device=device).manual_seed(cfg.train.seed * 1000 + rank)
+    models = stage.build(cfg, store, loop_config.get("extra", {}), device)
+    on_gpu = device.type == "cuda"
+    precision = resolve_precision(cfg.deepspeed.precision, on_gpu, on_gpu and torch.cuda.is_bf16_supported())
+
+    # [2] DeepSpeed engines ----------------------------------------------------------------------
+    engines: dict[str, Any] = {}
+    for name, module in models.trainable.items():
+        lr = models.lr.get(name, cfg.train.lr)
+        optimizer = torch.optim.AdamW(
+            [p for p in module.parameters() if p.requires_grad], lr=lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, cfg.train.warmup_steps, cfg.train.max_steps, cfg.train.lr_schedule)
+        )
+        engine, _, _, _ = deepspeed.initialize(
+            model=module, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg, precision), dist_init_required=False
+        )
+        engines[name] = engine
+    main_name = next(iter(engines))
+    main = engines[main_name]
+    ema = copy.deepcopy(main.module).float().requires_grad_(False).eval()
+
+    # [3] resume ---------------------------------------------------------------------------------
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            for name, engine in engines.items():
+                path, _ = engine.load_checkpoint(os.path.join(ckpt_dir, DEEPSPEED_DIR, name), tag=DEEPSPEED_TAG)
+                if path is None:
+                    raise RuntimeError(f"checkpoint {ckpt_dir} has no DeepSpeed state for {name!r}")
+            ema.load_state_dict(load_file(os.path.join(ckpt_dir, EMA_FILE), device=str(device)))
+            state = json.loads(Path(ckpt_dir, TRAINER_STATE_FILE).read_text())
+        if rank == 0:
+            log(f"[{stage.name}] resuming from checkpoint at step {main.global_steps}")
+    else:
+        state = {"epoch": 0, "samples": 0, "history": []}
+    epoch, samples_seen, history = state["epoch"], state["samples"], state.get("history", [])
+
+    def save_checkpoint(metrics: dict[str, float]) -> None:
+        # [6] shard -> barrier -> rank 0 extras -> report
+        with tempfile.TemporaryDirectory(prefix="s2o-ckpt-") as tmp:
+            for name, engine in engines.items():
+                engine.save_checkpoint(os.path.join(tmp, DEEPSPEED_DIR, name), tag=DEEPSPEED_TAG)
+            if rank == 0:
+                save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, os.path.join(tmp, EMA_FILE))
+                train_state = {
+                    "step": main.global_steps,
+                    "epoch": epoch,
+                    "samples": samples_seen,
+                    "metrics": metrics,
+                    "history": history,
+                }
+                Path(tmp, TRAINER_STATE_FILE).write_text(json.dumps(train_state))
+                card = {
+                    "trained_steps": main.global_steps,
+                    "samples_seen": samples_seen,
+                    "data": loop_config.get("data_uri"),
+                    "final_metrics": {k: round(v, 6) for k, v in metrics.items()},
+                    "precision": precision,
+                    "workers": world,
+                }
+                stage.export(os.path.join(tmp, BUNDLE_DIR), ema, cfg, store, card)
+            if world > 1:
+                torch.distributed.barrier()
+            ray.train.report({**metrics, "step": main.global_steps}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    # [4] data -----------------------------------------------------------------------------------
+    shard = ray.train.get_dataset_shard("train")
+    collate = PairCollate(cfg.train.augment, np.random.default_rng(cfg.train.seed + 7919 * rank + epoch), device)
+    window: dict[str, list[float]] = {}
+    last_report_step = main.global_steps
+    started, start_step = time.perf_counter(), main.global_steps
+    window_start, window_samples = time.perf_counter(), 0
+    metrics: dict[str, float] = {}
+
+    # [5] loop ------------------------------------------------------------------------------------
+    while main.global_steps < cfg.train.max_steps:
+        batches = 0
+        for batch in shard.iter_torch_batches(batch_size=cfg.train.batch_size, collate_fn=collate, drop_last=True, local_shuffle_buffer_size=cfg.data.shuffle_buffer or None):
+            batches += 1
+            before = main.global_steps
+            step_metrics = stage.step(engines, models, ema, batch, generator)
+            for key, value in step_metrics.items():
+                window.setdefault(key, []).append(value)
+            n = batch["optical"].shape[0]
+            samples_seen += n * world
+            window_samples += n * world
+            if main.global_steps == before:
+                continue  # inside a gradient-accumulation cycle
+            ema_update(ema, main.module, cfg.train.ema_decay)
+            step = main.global_steps
+            if step % cfg.train.log_every_steps == 0 or step == cfg.train.max_steps:
+                elapsed = time.perf_counter() - window_start
+                metrics = {k: float(np.mean(v)) for k, v in window.items()}
+                metrics["samples_per_s"] = window_samples / max(elapsed, 1e-9)
+                metrics["lr"] = float(main.get_lr()[0])
+                history.append({"step": step, **metrics})
+                if rank == 0:
+                    rate = (step - start_step) / max(time.perf_counter() - started, 1e-9)
+                    eta = format_eta((cfg.train.max_steps - step) / max(rate, 1e-9))
+                    losses = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in ("samples_per_s", "lr"))
+                    log(
+                        f"[{stage.name}] step {step}/{cfg.train.max_steps} {losses} lr {metrics['lr']:.2e} "
+                        f"{metrics['samples_per_s']:.1f} samples/s ETA {eta}"
+                    )
+                window, window_start, window_samples = {}, time.perf_counter(), 0
+            if step % cfg.checkpoint.every_steps == 0 or step == cfg.train.max_steps:
+                save_checkpoint(metrics or {k: float(np.mean(v)) for k, v in window.items()})
+                last_report_step = step
+            if step >= cfg.train.max_steps:
+                break
+        if batches == 0:
+            raise RuntimeError("the training split yielded no full batch: lower train.batch_size or add data")
+        epoch += 1
+    if last_report_step != main.global_steps:
+        save_checkpoint(metrics)
+    return {"step": main.global_steps, "metrics": metrics}

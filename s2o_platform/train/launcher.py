@@ -1,0 +1,234 @@
+"""The driver side of training: validate everything, then one Ray Train `TorchTrainer` run.
+
+Layout of a run at OUT (local folder or s3:// prefix):
+
+    OUT/config.yaml          the resolved config of the latest launch
+    OUT/ray_train/           Ray Train's storage: checkpoint_*/ (DeepSpeed state, EMA, bundle)
+    OUT/bundle/              the final inference bundle, copied from the latest checkpoint
+    OUT/result.json          final step and metrics
+
+Running the same command again with the same OUT resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow.fs as pafs
+import yaml
+
+from s2o_platform import storage
+from s2o_platform.config import TrainingStageConfig, dump_config
+from s2o_platform.data.store import StoreError, StoreMetadata, read_metadata, read_tiles, split_counts
+from s2o_platform.train.harness import BUNDLE_DIR, TRAIN_COLUMNS, TRAINER_STATE_FILE, train_loop_per_worker
+
+RUN_NAME = "ray_train"
+#: Config sections whose change makes an existing checkpoint unusable.
+ARCHITECTURE_SECTIONS = ("model", "diffusion", "generator", "discriminator")
+
+
+class TrainingSetupError(ValueError):
+    """A problem found before any worker starts (config, data, checkpoint, resources)."""
+
+
+@dataclass
+class TrainingResult:
+    out: str
+    bundle: str
+    step: int
+    metrics: dict[str, Any]
+    resumed_from: int | None
+    seconds: float
+    history: list[dict[str, Any]]
+
+
+def latest_checkpoint_step(out: str, options: storage.StorageOptions | None = None) -> tuple[int | None, str | None]:
+    """(step, path) of the newest checkpoint under OUT/ray_train, or (None, None)."""
+    fs, root = storage.resolve(out, options)
+    best: tuple[int | None, str | None] = (None, None)
+    for path in storage.list_files(fs, storage.join(root, RUN_NAME)):
+        if not path.endswith("/" + TRAINER_STATE_FILE):
+            continue
+        try:
+            step = int(json.loads(storage.read_bytes(fs, path))["step"])
+        except (ValueError, KeyError, TypeError, OSError) as err:
+            raise TrainingSetupError(
+                f"corrupt checkpoint {path.rsplit('/', 1)[0]}: {err}. Remove that checkpoint folder to resume "
+                "from an earlier one, or train into a new --out"
+            ) from None
+        if best[0] is None or step > best[0]:
+            best = (step, path.rsplit("/", 1)[0])
+    return best
+
+
+def check_resources(cfg: TrainingStageConfig) -> None:
+    import ray
+
+    resources = ray.cluster_resources()
+    if cfg.scaling.use_gpu:
+        gpus = resources.get("GPU", 0)
+        if gpus < cfg.scaling.num_workers:
+            raise TrainingSetupError(
+                f"scaling.use_gpu=true with scaling.num_workers={cfg.scaling.num_workers} needs "
+                f"{cfg.scaling.num_workers} GPU(s), but the Ray cluster has {gpus:g}. "
+                "Set --set scaling.use_gpu=false to train on CPU, or connect to a GPU cluster with --address"
+            )
+    cpus_needed = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
+    if resources.get("CPU", 0) < cpus_needed:
+        raise TrainingSetupError(
+            f"{cfg.scaling.num_workers} worker(s) x {cfg.scaling.cpus_per_worker} CPU need {cpus_needed:g} CPUs, "
+            f"the Ray cluster has {resources.get('CPU', 0):g}: lower scaling.num_workers or scaling.cpus_per_worker"
+        )
+
+
+def check_store(data: str, tile_size: int, options: storage.StorageOptions | None) -> StoreMetadata:
+    try:
+        metadata = read_metadata(data, options)
+    except StoreError as err:
+        raise TrainingSetupError(str(err)) from None
+    counts = split_counts(data, options)
+    if counts["train"] == 0:
+        raise TrainingSetupError(f"the store {data} has no training tiles (rows per split: {counts})")
+    if metadata.tile_size != tile_size:
+        raise TrainingSetupError(
+            f"the store {data} has {metadata.tile_size} px tiles but the model is built for {tile_size} px "
+            f"(model.sample_size): use --set model.sample_size={metadata.tile_size} or a store ingested with "
+            f"--tile-size {tile_size}"
+        )
+    return metadata
+
+
+def check_teacher_bundle(teacher: str, store: StoreMetadata, data: str, options: storage.StorageOptions | None) -> None:
+    """A distillation teacher must be a teacher bundle made for this store's tiles and normalisation."""
+    from s2o_platform.bundle import BundleError, read_bundle_metadata
+
+    try:
+        meta = read_bundle_metadata(teacher, options)
+    except BundleError as err:
+        raise TrainingSetupError(str(err)) from None
+    if meta.stage != "teacher":
+        raise TrainingSetupError(f"{teacher} is a {meta.stage} bundle, not a teacher: pass the bundle of `s2o train teacher` (RUN/bundle)")
+    for name, theirs, ours in (
+        ("tile size", meta.tile_size, store.tile_size),
+        ("SAR channels", meta.sar_channels, store.sar_channels),
+        ("SAR normalisation", meta.sar_normalization, store.sar_normalization),
+    ):
+        if theirs != ours:
+            raise TrainingSetupError(f"the teacher {teacher} has {name} {theirs} but the store {data} has {ours}: distil on the store the teacher was trained for")
+
+
+def check_previous_run(out: str, cfg: TrainingStageConfig, stage: str, options: storage.StorageOptions | None) -> None:
+    """An existing run in OUT must have been the same stage and architecture, else resuming would fail inside workers."""
+    fs, root = storage.resolve(out, options)
+    try:
+        previous = yaml.safe_load(storage.read_bytes(fs, storage.join(root, "config.yaml")))
+        previous_stage = storage.read_bytes(fs, storage.join(root, "stage.txt")).decode().strip()
+    except (FileNotFoundError, OSError):
+        return
+    if previous_stage != stage:
+        raise TrainingSetupError(f"{out} holds a {previous_stage} run; train the {stage} stage into another --out")
+    current = cfg.model_dump(mode="json")
+    for section in ARCHITECTURE_SECTIONS:
+        if section in current and previous.get(section) != current[section]:
+            raise TrainingSetupError(
+                f"the checkpoints in {out} were trained with a different {section!r} section "
+                f"({previous.get(section)} vs {current[section]}): they are incompatible with this config. "
+                "Use a new --out, or the same settings to resume"
+            )
+
+
+def training_dataset(data: str, store: StoreMetadata, cfg: TrainingStageConfig, options: storage.StorageOptions | None):
+    """The train split as a Ray Dataset: materialised and fully shuffled per epoch when small, streamed when large."""
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    dataset = read_tiles(data, "train", options, columns=TRAIN_COLUMNS)
+    rows = split_counts(data, options)["train"]
+    size_mb = rows * store.tile_size**2 * (2 * store.sar_channels + store.optical_channels) / 1e6
+    if size_mb <= cfg.data.materialize_below_mb:
+        # Re-reading many small shards every epoch costs more than the training step on small sets.
+        return dataset.materialize().random_shuffle()
+    return dataset.randomize_block_order()
+
+
+def run_training(
+    stage: str,
+    cfg: TrainingStageConfig,
+    data: str,
+    out: str,
+    tile_size: int,
+    extra: dict[str, Any] | None = None,
+    options: storage.StorageOptions | None = None,
+    log=print,
+) -> TrainingResult:
+    """Validate, then train one stage on the connected Ray cluster; returns where the bundle is."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    options = options or storage.StorageOptions.from_env()
+    started = time.perf_counter()
+    check_resources(cfg)
+    store = check_store(data, tile_size, options)
+    if stage == "distill":
+        check_teacher_bundle((extra or {}).get("teacher", ""), store, data, options)
+    check_previous_run(out, cfg, stage, options)
+    resumed_from, _ = latest_checkpoint_step(out, options)
+    if resumed_from is not None:
+        if resumed_from >= cfg.train.max_steps:
+            log(f"[{stage}] the run in {out} already reached step {resumed_from} >= train.max_steps={cfg.train.max_steps}; "
+                "raise train.max_steps to train further")
+        log(f"[{stage}] resuming from checkpoint at step {resumed_from}")
+
+    fs, root = storage.resolve(out, options)
+    storage.write_bytes_atomic(fs, storage.join(root, "config.yaml"), dump_config(cfg).encode())
+    storage.write_bytes_atomic(fs, storage.join(root, "stage.txt"), stage.encode())
+
+    dataset = training_dataset(data, store, cfg, options)
+    storage_path = root if storage.is_uri(out) else os.path.abspath(root)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "stage": stage,
+            "config": cfg.model_dump(mode="json"),
+            "store_metadata": store.to_dict(),
+            "data_uri": data,
+            "extra": extra or {},
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scaling.num_workers,
+            use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=RUN_NAME,
+            storage_path=storage_path,
+            storage_filesystem=fs if storage.is_uri(out) else None,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.failure.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
+        ),
+        datasets={"train": dataset},
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training finished without a checkpoint in {out}")
+    bundle_uri = out.rstrip("/") + "/" + BUNDLE_DIR
+    _copy_tree(result.checkpoint.filesystem, storage.join(result.checkpoint.path, BUNDLE_DIR), fs, storage.join(root, BUNDLE_DIR))
+    metrics = dict(result.metrics or {})
+    step = int(metrics.get("step", cfg.train.max_steps))
+    ckpt_fs, ckpt_path = result.checkpoint.filesystem, result.checkpoint.path
+    history = json.loads(storage.read_bytes(ckpt_fs, storage.join(ckpt_path, TRAINER_STATE_FILE))).get("history", [])
+    summary = {"stage": stage, "step": step, "metrics": metrics, "bundle": bundle_uri, "resumed_from": resumed_from, "history": history}
+    storage.write_bytes_atomic(fs, storage.join(root, "result.json"), json.dumps(summary, indent=2, default=str).encode())
+    return TrainingResult(out, bundle_uri, step, metrics, resumed_from, time.perf_counter() - started, history)
+
+
+def _copy_tree(src_fs: pafs.FileSystem, src: str, dst_fs: pafs.FileSystem, dst: str) -> None:
+    """Replace dst with a copy of the folder src (any pyarrow filesystems)."""
+    if storage.exists(dst_fs, dst):
+        dst_fs.delete_dir(dst)
+    dst_fs.create_dir(dst, recursive=True)
+    pafs.copy_files(src, dst, source_filesystem=src_fs, destination_filesystem=dst_fs)

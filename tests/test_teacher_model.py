@@ -1,0 +1,116 @@
+"""The teacher's model, loss, samplers and bundle, without Ray."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+from s2o_platform.bundle import BundleError, load_bundle, read_bundle_metadata
+from s2o_platform.config import TeacherConfig, load_config
+from s2o_platform.data.normalization import SarNormalization
+from s2o_platform.data.store import StoreMetadata
+from s2o_platform.diffusion.sampling import sample_teacher
+from s2o_platform.inference import translate_tiles
+from s2o_platform.models.unet import build_unet, count_parameters
+from s2o_platform.train.stages.teacher import TeacherStage, diffusion_loss, noise_scheduler
+
+TINY = ["model.sample_size=16", "model.block_out_channels=[32, 32]", "model.down_block_types=[DownBlock2D, AttnDownBlock2D]",
+        "model.up_block_types=[AttnUpBlock2D, UpBlock2D]"]
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config(TeacherConfig, None, TINY)
+
+
+def test_tiny_preset_size():
+    from pathlib import Path
+
+    cfg = load_config(TeacherConfig, Path(__file__).resolve().parents[1] / "configs/tiny/teacher.yaml")
+    n = count_parameters(build_unet(cfg.model))
+    assert 1_000_000 <= n <= 6_000_000
+
+
+def test_paper_preset_matches_published_size():
+    from pathlib import Path
+
+    cfg = load_config(TeacherConfig, Path(__file__).resolve().parents[1] / "configs/paper/teacher.yaml")
+    n = count_parameters(build_unet(cfg.model))
+    assert 110e6 < n < 118e6  # METHOD.md: ~114 M
+    assert cfg.model.sample_size == 256
+
+
+def test_mismatched_block_lists_rejected():
+    from s2o_platform.config import ConfigError
+
+    with pytest.raises(ConfigError, match="up_block_types has 2 blocks"):
+        load_config(TeacherConfig, None, ["model.up_block_types=[UpBlock2D, UpBlock2D]"])
+
+
+def test_loss_is_noise_mse_and_differentiable(cfg):
+    torch.manual_seed(0)
+    unet = build_unet(cfg.model)
+    sched = noise_scheduler(cfg.diffusion)
+    optical = torch.rand(2, 3, 16, 16) * 2 - 1
+    sar = torch.rand(2, 1, 16, 16) * 2 - 1
+    loss = diffusion_loss(unet, sched, optical, sar, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert loss.item() > 0 and all(p.grad is not None for p in unet.parameters() if p.requires_grad)
+    # Same generator seed -> same loss (noise and timesteps drawn from it).
+    unet.zero_grad()
+    again = diffusion_loss(unet, sched, optical, sar, torch.Generator().manual_seed(0))
+    assert again.item() == pytest.approx(loss.item())
+
+
+def test_samplers_are_seeded_and_bounded(cfg):
+    unet = build_unet(cfg.model).eval()
+    sched = noise_scheduler(cfg.diffusion)
+    sar = torch.zeros(2, 1, 16, 16)
+    a = sample_teacher(unet, sar, dict(sched.config), "ddim", 5, torch.Generator().manual_seed(1))
+    b = sample_teacher(unet, sar, dict(sched.config), "ddim", 5, torch.Generator().manual_seed(1))
+    c = sample_teacher(unet, sar, dict(sched.config), "ddim", 5, torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == (2, 3, 16, 16) and a.abs().max() <= 1
+    steps = []
+    sample_teacher(unet, sar[:1], dict(sched.config), "ddpm", 0, torch.Generator().manual_seed(1), on_step=lambda i, n: steps.append(n))
+    assert len(steps) == 1000 and steps[0] == 1000  # ancestral sampling visits every training timestep
+    with pytest.raises(ValueError, match="unknown teacher sampler"):
+        sample_teacher(unet, sar, dict(sched.config), "euler", 5)
+
+
+def test_ddim_grid_comes_from_saved_config(cfg):
+    sched = noise_scheduler(cfg.diffusion)
+    ddim = DDIMScheduler.from_config(dict(sched.config))
+    ddim.set_timesteps(50)
+    assert ddim.config.beta_schedule == cfg.diffusion.beta_schedule
+    assert ddim.timesteps[0] == 980 and ddim.timesteps[-1] == 0 and len(ddim.timesteps) == 50
+
+
+def test_bundle_roundtrip_gives_same_outputs(cfg, tmp_path):
+    stage = TeacherStage()
+    store = StoreMetadata(tile_size=16, sar_channels=1, sar_normalization=SarNormalization(clip_db=(-30, 5)))
+    models = stage.build(cfg, store, {}, torch.device("cpu"))
+    unet = models.trainable["unet"].eval()
+    stage.export(str(tmp_path / "bundle"), unet, cfg, store, {"trained_steps": 0})
+    assert (tmp_path / "bundle" / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    assert not list((tmp_path / "bundle").rglob("*.bin")) and not list((tmp_path / "bundle").rglob("*.pt"))
+    meta = read_bundle_metadata(str(tmp_path / "bundle"))
+    assert meta.stage == "teacher" and meta.tile_size == 16 and meta.sar_normalization.clip_db == (-30.0, 5.0)
+    assert meta.sampler.name == "ddim" and meta.sampler.default_steps == 50
+    bundle = load_bundle(str(tmp_path / "bundle"))
+    sar = np.random.default_rng(0).uniform(-1, 1, (3, 1, 16, 16)).astype(np.float32)
+    direct = sample_teacher(unet, torch.from_numpy(sar), dict(stage.scheduler.config), "ddim", 4, torch.Generator().manual_seed(0))
+    loaded = translate_tiles(bundle, sar, "ddim", 4, seed=0)
+    np.testing.assert_allclose(loaded, direct.numpy(), atol=1e-5)
+    with pytest.raises(BundleError, match="cannot sample with 'lcm'"):
+        translate_tiles(bundle, sar, "lcm", 4)
+    with pytest.raises(BundleError, match="do not fit"):
+        translate_tiles(bundle, sar[:, :, :8, :8], "ddim", 2)
+
+
+def test_bundle_errors(tmp_path):
+    with pytest.raises(BundleError, match="no inference bundle"):
+        read_bundle_metadata(str(tmp_path))
+    (tmp_path / "s2o_bundle.json").write_text('{"format": "other"}')
+    with pytest.raises(BundleError, match="not an s2o inference bundle"):
+        read_bundle_metadata(str(tmp_path))

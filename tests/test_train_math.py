@@ -1,0 +1,98 @@
+"""Pure training helpers: LR schedule, EMA, paired augmentation, DeepSpeed config, CPU threads."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from s2o_platform.config import TeacherConfig, load_config
+from s2o_platform.data.transforms import augment_pairs, dihedral
+from s2o_platform.train.deepspeed_config import deepspeed_config, resolve_precision
+from s2o_platform.train.ema import ema_update
+from s2o_platform.train.harness import cpu_threads, format_eta
+from s2o_platform.train.schedule import lr_factor
+
+
+def test_warmup_is_linear_then_cosine():
+    assert lr_factor(0, 4, 104) == pytest.approx(1 / 5)
+    assert lr_factor(3, 4, 104) == pytest.approx(4 / 5)
+    assert lr_factor(4, 4, 104) == pytest.approx(1.0)
+    assert lr_factor(54, 4, 104) == pytest.approx(0.5)  # half-way through the cosine
+    assert lr_factor(104, 4, 104) == pytest.approx(0.0)
+    assert lr_factor(500, 4, 104) == pytest.approx(0.0)
+
+
+def test_constant_and_linear_schedules():
+    assert lr_factor(50, 0, 100, "constant") == 1.0
+    assert lr_factor(25, 0, 100, "linear") == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="unknown lr schedule"):
+        lr_factor(1, 0, 10, "step")
+
+
+def test_lambda_lr_steps_once_per_optimizer_update():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, 2, 10))
+    lrs = []
+    for _ in range(4):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
+
+
+def test_ema_update_hand_values():
+    online = torch.nn.Linear(1, 1, bias=False)
+    ema = copy.deepcopy(online)
+    with torch.no_grad():
+        ema.weight.fill_(1.0)
+        online.weight.fill_(3.0)
+    ema_update(ema, online, decay=0.9)
+    assert ema.weight.item() == pytest.approx(0.9 * 1.0 + 0.1 * 3.0)
+    ema_update(ema, online, decay=0.0)
+    assert ema.weight.item() == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="decay"):
+        ema_update(ema, online, 1.5)
+
+
+def test_dihedral_group_and_pairing():
+    x = np.arange(16).reshape(1, 4, 4)
+    images = {dihedral(x, k).tobytes() for k in range(8)}
+    assert len(images) == 8  # eight distinct symmetries
+    assert np.array_equal(dihedral(x, 1), np.rot90(x, 1, axes=(-2, -1)))
+    assert np.array_equal(dihedral(x, 4), x[..., ::-1])
+    sar = np.random.default_rng(0).normal(size=(6, 1, 8, 8))
+    optical = np.repeat(sar, 3, axis=1)  # optical = SAR copied: must stay equal after augmentation
+    s, o = augment_pairs(sar, optical, np.random.default_rng(1))
+    assert np.array_equal(np.repeat(s, 3, axis=1), o)
+    assert not np.array_equal(s, sar)
+
+
+def test_precision_resolution():
+    assert resolve_precision("auto", on_gpu=False, bf16_supported=False) == "fp32"
+    assert resolve_precision("auto", on_gpu=True, bf16_supported=True) == "bf16"
+    assert resolve_precision("auto", on_gpu=True, bf16_supported=False) == "fp16"
+    with pytest.raises(ValueError, match="needs a GPU"):
+        resolve_precision("bf16", on_gpu=False, bf16_supported=False)
+
+
+def test_deepspeed_config_from_ours():
+    cfg = load_config(TeacherConfig, None, ["train.batch_size=8", "train.grad_accum=2", "deepspeed.zero_stage=2", "train.grad_clip=0.5"])
+    ds = deepspeed_config(cfg, "bf16")
+    assert ds["train_micro_batch_size_per_gpu"] == 8 and ds["gradient_accumulation_steps"] == 2
+    assert ds["zero_optimization"] == {"stage": 2} and ds["gradient_clipping"] == 0.5
+    assert ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
+
+
+def test_zero3_rejected_with_reason():
+    from s2o_platform.config import ConfigError
+
+    with pytest.raises(ConfigError, match="deepspeed.zero_stage"):
+        load_config(TeacherConfig, None, ["deepspeed.zero_stage=3"])
+
+
+def test_cpu_threads_and_eta():
+    assert cpu_threads(3, 2) == 3
+    assert cpu_threads(None, 10_000) == 1
+    assert format_eta(125) == "2m05s" and format_eta(3725) == "1h02m"

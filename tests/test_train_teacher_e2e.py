@@ -1,0 +1,141 @@
+"""Teacher training end to end on the shared local Ray cluster: real Ray Train, real DeepSpeed."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from s2o_platform import storage
+from s2o_platform.bundle import load_bundle
+from s2o_platform.cli import app
+from s2o_platform.config import TeacherConfig, load_config
+from s2o_platform.data.store import StoreMetadata, decode_batch, read_tiles, write_metadata
+from s2o_platform.data.normalization import SarNormalization
+from s2o_platform.data.synth_writer import run_synth
+from s2o_platform.inference import translate_tiles
+from s2o_platform.train.launcher import TrainingSetupError, latest_checkpoint_step, run_training
+
+pytestmark = pytest.mark.ray
+REPO = Path(__file__).resolve().parents[1]
+TINY_PRESET = REPO / "configs" / "tiny" / "teacher.yaml"
+# A smaller network than the tiny preset keeps these tests quick; the preset itself is checked elsewhere.
+FAST = [
+    "model.block_out_channels=[32, 32]",
+    "model.down_block_types=[DownBlock2D, DownBlock2D]",
+    "model.up_block_types=[UpBlock2D, UpBlock2D]",
+    "train.batch_size=16",
+    "train.warmup_steps=5",
+    "train.lr=2e-3",
+    "train.log_every_steps=5",
+]
+
+
+@pytest.fixture(scope="module")
+def store(synth_store_32):
+    return synth_store_32
+
+
+def cfg(*overrides):
+    return load_config(TeacherConfig, TINY_PRESET, [*FAST, *overrides])
+
+
+def test_train_on_s3_loss_falls_and_bundle_loads(ray_cluster, s3_endpoint, store):
+    options = storage.StorageOptions(s3_endpoint=s3_endpoint)
+    s3_store = "s3://s2o-test/train-store"
+    run_synth(s3_store, pairs=256, size=32, seed=1, options=options, progress=False)
+    out = "s3://s2o-test/runs/teacher"
+    result = run_training("teacher", cfg("train.max_steps=40", "checkpoint.every_steps=20"), s3_store, out, 32, options=options, log=lambda m: None)
+    assert result.step == 40 and result.bundle == out + "/bundle"
+    losses = [h["loss"] for h in result.history]
+    assert len(losses) == 8 and np.mean(losses[-3:]) < 0.8 * losses[0], losses
+    bundle = load_bundle(result.bundle, options=options)
+    assert bundle.metadata.stage == "teacher" and bundle.metadata.model_card["trained_steps"] == 40
+    sar = decode_batch(read_tiles(store, "test").take_batch(4, batch_format="numpy"))["sar"]
+    out_tiles = translate_tiles(bundle, sar, "ddim", 5, seed=0)
+    assert out_tiles.shape == (4, 3, 32, 32) and np.isfinite(out_tiles).all()
+    fs, root = storage.resolve(out, options)
+    assert json.loads(storage.read_bytes(fs, root + "/result.json"))["step"] == 40
+
+
+def test_killed_run_resumes_past_its_last_checkpoint(ray_cluster, store, tmp_path):
+    """Kill the whole driver mid-training (two workers, ZeRO-2), then run the same command again."""
+    import ray
+
+    out = tmp_path / "run"
+    sets = [*FAST, "train.max_steps=400", "checkpoint.every_steps=10", "scaling.num_workers=2", "deepspeed.zero_stage=2"]
+    command = [sys.executable, "-m", "s2o_platform.cli", "train", "teacher", "--config", str(TINY_PRESET), "--data", store,
+               "--out", str(out), "--address", ray.get_runtime_context().gcs_address]
+    for s in sets:
+        command += ["--set", s]
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            step, _ = latest_checkpoint_step(str(out))
+            if step is not None and step >= 10:
+                break
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(1)
+        else:
+            pytest.fail("no checkpoint within 300 s:\n" + (tmp_path / "first.log").read_text()[-3000:])
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    killed_at, _ = latest_checkpoint_step(str(out))
+    assert killed_at is not None and killed_at < 400
+
+    # The same command again, with a reachable max_steps: it resumes instead of starting over.
+    time.sleep(2)  # let Ray reap the killed job's workers
+    messages = []
+    final = killed_at + 10
+    result = run_training("teacher", cfg(*sets[len(FAST):], f"train.max_steps={final}"), store, str(out), 32, log=messages.append)
+    assert result.resumed_from == killed_at
+    assert any(f"resuming from checkpoint at step {killed_at}" in m for m in messages)
+    assert result.step == final
+    steps = [h["step"] for h in result.history]
+    assert steps == sorted(set(steps)), steps  # strictly increasing: no restart from step 0
+    assert min(s for s in steps if s > killed_at) > killed_at and steps[-1] == final
+
+
+def test_setup_errors_before_any_worker(ray_cluster, store, tmp_path):
+    run = lambda c, data=store, out=tmp_path / "o": run_training("teacher", c, data, str(out), c.model.sample_size, log=lambda m: None)  # noqa: E731
+    with pytest.raises(TrainingSetupError, match="needs 1 GPU.*has 0"):
+        run(cfg("scaling.use_gpu=true"))
+    with pytest.raises(TrainingSetupError, match="no tile store"):
+        run(cfg(), data=str(tmp_path / "nowhere"))
+    empty = tmp_path / "empty"
+    write_metadata(str(empty), StoreMetadata(tile_size=32, sar_channels=1, sar_normalization=SarNormalization()))
+    with pytest.raises(TrainingSetupError, match="no training tiles"):
+        run(cfg(), data=str(empty))
+    with pytest.raises(TrainingSetupError, match="32 px tiles but the model is built for 64 px"):
+        run(cfg("model.sample_size=64"))
+    with pytest.raises(TrainingSetupError, match="need 20 CPUs"):
+        run(cfg("scaling.num_workers=20"))
+    # A run folder from another architecture, and a corrupt checkpoint.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "stage.txt").write_text("teacher")
+    (other / "config.yaml").write_text("model:\n  block_out_channels: [64, 64]\n")
+    with pytest.raises(TrainingSetupError, match="different 'model' section"):
+        run(cfg(), out=other)
+    corrupt = tmp_path / "corrupt" / "ray_train" / "checkpoint_x"
+    corrupt.mkdir(parents=True)
+    (corrupt / "trainer_state.json").write_text("{truncated")
+    with pytest.raises(TrainingSetupError, match="corrupt checkpoint"):
+        run(cfg(), out=tmp_path / "corrupt")
+    assert not (tmp_path / "o").exists()  # nothing was started
+
+
+def test_cli_reports_setup_errors_cleanly(ray_cluster, store, tmp_path):
+    result = CliRunner().invoke(app, ["train", "teacher", "--config", str(TINY_PRESET), "--data", store, "--out", str(tmp_path / "r"), "--set", "scaling.use_gpu=true"])
+    assert result.exit_code == 2 and "needs 1 GPU" in result.stderr and "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["train", "teacher", "--config", str(TINY_PRESET), "--data", store, "--out", str(tmp_path / "r"), "--set", "train.max_step=3"])
+    assert result.exit_code == 2 and "unknown key 'train.max_step'" in result.stderr
