@@ -11,6 +11,7 @@ worker). Steady state only: the first --warmup-steps of each are not timed.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import tempfile
 import time
@@ -23,12 +24,13 @@ from s2o_platform import storage
 from s2o_platform.config import TeacherConfig, load_config
 from s2o_platform.data.store import shard_paths
 from s2o_platform.models.unet import build_unet
+from s2o_platform.train.ema import ema_update
 from s2o_platform.train.harness import TRAIN_COLUMNS, PairCollate, cpu_threads
 from s2o_platform.train.stages.teacher import diffusion_loss, noise_scheduler
 
 
 def plain_pytorch(cfg: TeacherConfig, store: str, steps: int, warmup: int) -> float:
-    """samples/s of a bare loop: in-memory rows -> collate -> loss -> backward -> AdamW step."""
+    """samples/s of a bare loop: in-memory rows -> collate -> loss -> backward -> clip -> AdamW -> EMA."""
     torch.set_num_threads(cpu_threads(cfg.scaling.torch_threads, 1))
     fs, _ = storage.resolve(store)
     table = pq.ParquetDataset(shard_paths(store, ["train"]), filesystem=fs).read(columns=TRAIN_COLUMNS)
@@ -36,6 +38,7 @@ def plain_pytorch(cfg: TeacherConfig, store: str, steps: int, warmup: int) -> fl
     n = table.num_rows
     torch.manual_seed(cfg.train.seed)
     unet = build_unet(cfg.model)
+    ema = copy.deepcopy(unet).requires_grad_(False)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay)
     scheduler = noise_scheduler(cfg.diffusion)
     collate = PairCollate(cfg.train.augment, np.random.default_rng(0), torch.device("cpu"))
@@ -56,6 +59,7 @@ def plain_pytorch(cfg: TeacherConfig, store: str, steps: int, warmup: int) -> fl
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.train.grad_clip)
         optimizer.step()
+        ema_update(ema, unet, cfg.train.ema_decay)  # the platform keeps an EMA too: same work on both sides
     return steps * b / (time.perf_counter() - started)
 
 
