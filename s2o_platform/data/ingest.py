@@ -22,7 +22,7 @@ from s2o_platform import storage
 from s2o_platform.data.extract import PairReport, TilingSettings, tiles_from_pair
 from s2o_platform.data.normalization import OpticalNormalization, SarNormalization, SarScale
 from s2o_platform.data.rasters import InputError
-from s2o_platform.data.sources import PairSource, SkippedItem, discover_all
+from s2o_platform.data.sources import PairSource, discover_all
 from s2o_platform.data.splits import SPLITS, assign_splits
 from s2o_platform.data.store import (
     StoreError,

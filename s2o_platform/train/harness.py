@@ -40,16 +40,11 @@ TRAIN_COLUMNS = ["tile_id", "sar", "optical", "tile_size", "sar_channels"]
 
 
 def get_stage(name: str):
+    from s2o_platform.train.stages.distill import DistillStage
+    from s2o_platform.train.stages.gan import GanStage
     from s2o_platform.train.stages.teacher import TeacherStage
 
-    stages = {"teacher": TeacherStage}
-    try:
-        from s2o_platform.train.stages.distill import DistillStage
-        from s2o_platform.train.stages.gan import GanStage
-
-        stages.update({"distill": DistillStage, "gan": GanStage})
-    except ImportError:
-        pass
+    stages = {"teacher": TeacherStage, "distill": DistillStage, "gan": GanStage}
     if name not in stages:
         raise ValueError(f"unknown training stage {name!r}; known: {sorted(stages)}")
     return stages[name]()

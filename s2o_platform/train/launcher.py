@@ -85,7 +85,8 @@ def check_resources(cfg: TrainingStageConfig) -> None:
         )
 
 
-def check_store(data: str, tile_size: int, options: storage.StorageOptions | None) -> StoreMetadata:
+def check_store(data: str, tile_size: int, options: storage.StorageOptions | None) -> tuple[StoreMetadata, int]:
+    """The store's metadata and its number of training rows, after checking it can feed this model."""
     try:
         metadata = read_metadata(data, options)
     except StoreError as err:
@@ -99,7 +100,7 @@ def check_store(data: str, tile_size: int, options: storage.StorageOptions | Non
             f"(model.sample_size): use --set model.sample_size={metadata.tile_size} or a store ingested with "
             f"--tile-size {tile_size}"
         )
-    return metadata
+    return metadata, counts["train"]
 
 
 def check_teacher_bundle(teacher: str, store: StoreMetadata, data: str, options: storage.StorageOptions | None) -> None:
@@ -141,14 +142,13 @@ def check_previous_run(out: str, cfg: TrainingStageConfig, stage: str, options: 
             )
 
 
-def training_dataset(data: str, store: StoreMetadata, cfg: TrainingStageConfig, options: storage.StorageOptions | None):
+def training_dataset(data: str, store: StoreMetadata, train_rows: int, cfg: TrainingStageConfig, options: storage.StorageOptions | None):
     """The train split as a Ray Dataset: materialised and fully shuffled per epoch when small, streamed when large."""
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     dataset = read_tiles(data, "train", options, columns=TRAIN_COLUMNS)
-    rows = split_counts(data, options)["train"]
-    size_mb = rows * store.tile_size**2 * (2 * store.sar_channels + store.optical_channels) / 1e6
+    size_mb = train_rows * store.tile_size**2 * (2 * store.sar_channels + store.optical_channels) / 1e6
     if size_mb <= cfg.data.materialize_below_mb:
         # Re-reading many small shards every epoch costs more than the training step on small sets.
         return dataset.materialize().random_shuffle()
@@ -172,7 +172,7 @@ def run_training(
     options = options or storage.StorageOptions.from_env()
     started = time.perf_counter()
     check_resources(cfg)
-    store = check_store(data, tile_size, options)
+    store, train_rows = check_store(data, tile_size, options)
     if stage == "distill":
         check_teacher_bundle((extra or {}).get("teacher", ""), store, data, options)
     check_previous_run(out, cfg, stage, options)
@@ -187,7 +187,7 @@ def run_training(
     storage.write_bytes_atomic(fs, storage.join(root, "config.yaml"), dump_config(cfg).encode())
     storage.write_bytes_atomic(fs, storage.join(root, "stage.txt"), stage.encode())
 
-    dataset = training_dataset(data, store, cfg, options)
+    dataset = training_dataset(data, store, train_rows, cfg, options)
     storage_path = root if storage.is_uri(out) else os.path.abspath(root)
     trainer = TorchTrainer(
         train_loop_per_worker,
