@@ -15,6 +15,7 @@ Architecture comes from the bundle, never from command-line flags.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -172,8 +173,37 @@ def read_bundle_metadata(uri: str, options: storage.StorageOptions | None = None
         raise BundleError(f"corrupt bundle metadata in {uri}: {err}") from None
 
 
-def load_bundle(uri: str, device: str | torch.device = "cpu", options: storage.StorageOptions | None = None) -> Bundle:
-    """Load a bundle's network (safetensors only) and scheduler config."""
+@contextlib.contextmanager
+def _quiet_diffusers():
+    """diffusers logs advice about accelerate and fp32 modules on every load; it is noise for users here."""
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
+def read_scheduler_config(uri: str, options: storage.StorageOptions | None = None) -> dict[str, Any] | None:
+    """The bundle's noise-schedule config (None for a GAN bundle), read without loading the network."""
+    fs, root = storage.resolve(uri, options)
+    try:
+        return json.loads(storage.read_bytes(fs, storage.join(root, "scheduler", "scheduler_config.json")))
+    except (FileNotFoundError, OSError):
+        return None
+    except json.JSONDecodeError as err:
+        raise BundleError(f"corrupt scheduler config in {uri}: {err}") from None
+
+
+def load_bundle(
+    uri: str,
+    device: str | torch.device = "cpu",
+    options: storage.StorageOptions | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Bundle:
+    """Load a bundle's network (safetensors only, cast to `dtype` on `device`) and scheduler config."""
     from diffusers import UNet2DModel
 
     from s2o_platform.models.pix2pix import UNetGenerator
@@ -187,7 +217,9 @@ def load_bundle(uri: str, device: str | torch.device = "cpu", options: storage.S
         if not (model_dir / "diffusion_pytorch_model.safetensors").exists():
             raise BundleError(f"{uri} has no safetensors weights in {folder}/ (pickled weights are never loaded)")
         try:
-            model = model_class.from_pretrained(model_dir, use_safetensors=True)
+            with _quiet_diffusers():
+                model = model_class.from_pretrained(model_dir, use_safetensors=True, torch_dtype=dtype, low_cpu_mem_usage=False)
+                model = model.to(device=device, dtype=dtype).eval()
         except (OSError, ValueError, RuntimeError) as err:
             raise BundleError(f"cannot load the network of {uri}: {err}") from None
         scheduler_path = Path(local) / "scheduler" / "scheduler_config.json"
@@ -197,4 +229,4 @@ def load_bundle(uri: str, device: str | torch.device = "cpu", options: storage.S
     finally:
         if tmp is not None:
             tmp.cleanup()
-    return Bundle(metadata=metadata, model=model.to(device).eval(), scheduler_config=scheduler_config, path=uri)
+    return Bundle(metadata=metadata, model=model, scheduler_config=scheduler_config, path=uri)

@@ -337,5 +337,74 @@ def train_gan(
     _train("gan", config, set_, data, out, address, s3_endpoint)
 
 
+@app.command("eval")
+def evaluate(
+    data: Annotated[str, typer.Option("--data", help="The tile store (folder or s3:// URI) to evaluate on.")],
+    model: Annotated[
+        list[str],
+        typer.Option(
+            "--model",
+            help="NAME=BUNDLE[@SAMPLER[:STEPS[,STEPS...]]], repeatable; one report row per step count. Samplers: "
+            "ddpm (teacher, all training steps), ddim:N (teacher), lcm:1..8 (student), none for pix2pix. "
+            "Without @SAMPLER the bundle's default. E.g. --model acd=runs/s/bundle@lcm:1,2,4,8",
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Report folder: report.json, report.md, tradeoff.png, samples.png.")],
+    split: Annotated[str, typer.Option("--split", help="Store split to evaluate on.")] = "test",
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate the first N tiles (by tile id) of the split.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Tiles per forward pass; throughput is measured at this size.")] = 32,
+    fid_weights: Annotated[
+        Optional[Path],
+        typer.Option("--fid-weights", help="Inception-v3 FID network: TorchScript (e.g. inception-2015-12-05.pt) or a "
+                     "torch-fidelity weights file. Nothing is downloaded; without it FID is reported as skipped."),
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu or cuda.")] = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16.")] = "auto",
+    seed: Annotated[int, typer.Option("--seed", help="Noise seed: batch i uses seed + i, the same for every model.")] = 0,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed calls per latency measurement (median; after one warm-up).")] = 3,
+    ddpm_limit: Annotated[int, typer.Option("--ddpm-limit", help="Tiles scored with ancestral DDPM (1000 steps per tile).")] = 32,
+    address: Annotated[
+        Optional[str],
+        typer.Option("--address", help="Score on a Ray cluster ('auto', 'host:6379', or 'local' for a local one): Ray Data "
+                     "streams the split through --workers actors per model (1 GPU each where the cluster has GPUs). "
+                     "Speed is always timed in this process. Default: everything in this process."),
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Ray Data actors per model setting (with --address).")] = 1,
+    speed_references: Annotated[
+        bool,
+        typer.Option("--speed-references/--no-speed-references",
+                     help="Time teacher DDPM (all steps) and DDIM-50 for the speed-ups when a teacher is given but "
+                     "those settings are not listed."),
+    ] = True,
+    s3_endpoint: S3EndpointOption = None,
+) -> None:
+    """Quality and speed of several models on the same test tiles and seeds, in one run.
+
+    Quality: PSNR and SSIM (images in [0, 1]), mean per-channel colour error (0-255), FID with
+    --fid-weights. Speed: latency per image at batch 1 after warm-up (synchronised on GPU), throughput
+    at --batch-size, and the speed-up of every setting against the teacher with DDPM (all steps) and
+    DDIM-50, timed in the same run even when not listed (quality of those is only measured when listed).
+    """
+    from s2o_platform import storage
+    from s2o_platform.evaluation.report import console_table
+    from s2o_platform.evaluation.runner import EvalError, EvalOptions, evaluate as run
+
+    options = EvalOptions(
+        data=data, models=model, out=str(out), split=split, limit=limit, batch_size=batch_size,
+        fid_weights=str(fid_weights) if fid_weights else None, device=device, dtype=dtype, seed=seed,
+        repeats=repeats, ddpm_limit=ddpm_limit, address=address, workers=workers,
+        references=speed_references,
+        storage=storage.StorageOptions.from_env(s3_endpoint),
+    )
+    try:
+        report, written = run(options, log=lambda m: typer.echo(m, err=True))
+    except EvalError as err:
+        fail(str(err))
+    typer.echo(console_table(report))
+    typer.echo("report: " + ", ".join(str(p) for p in written))
+    if any(r.error for r in report.rows):
+        raise typer.Exit(1)
+
+
 if __name__ == "__main__":
     app()

@@ -5,16 +5,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from s2o_platform.bundle import Bundle, BundleError
+from s2o_platform.bundle import Bundle, BundleError, BundleMetadata
 from s2o_platform.diffusion.sampling import STUDENT_STEPS, TEACHER_SAMPLERS, sample_student, sample_teacher
 
 
 def resolve_sampler(bundle: Bundle, sampler: str | None, steps: int | None) -> tuple[str, int]:
     """The sampler and step count to use: as asked, else the bundle's defaults; checked against the bundle."""
-    spec = bundle.metadata.sampler
+    return resolve_sampler_for(bundle.metadata, bundle.path, sampler, steps)
+
+
+def resolve_sampler_for(metadata: BundleMetadata, where: str, sampler: str | None, steps: int | None) -> tuple[str, int]:
+    """`resolve_sampler` from a bundle's metadata alone (checks before any network is loaded)."""
+    spec = metadata.sampler
     name = sampler or spec.name
     if name not in spec.allowed:
-        raise BundleError(f"{bundle.path} ({bundle.metadata.stage}) cannot sample with {name!r}; allowed: {spec.allowed}")
+        raise BundleError(f"{where} ({metadata.stage}) cannot sample with {name!r}; allowed: {spec.allowed}")
     n = int(steps if steps is not None else spec.default_steps)
     if name == "lcm" and n not in STUDENT_STEPS:
         raise BundleError(f"a student samples with 1..8 steps; {n} was asked for")
@@ -37,7 +42,8 @@ def translate_tiles(
     Seeded: the same inputs, seed and batch size give the same outputs.
     """
     name, n_steps = resolve_sampler(bundle, sampler, steps)
-    device = next(bundle.model.parameters()).device
+    first = next(bundle.model.parameters())
+    device, dtype = first.device, first.dtype
     sar_t = torch.as_tensor(np.asarray(sar, dtype=np.float32))
     if sar_t.ndim != 4 or sar_t.shape[-1] != bundle.metadata.tile_size or sar_t.shape[1] != bundle.metadata.sar_channels:
         raise BundleError(
@@ -47,7 +53,7 @@ def translate_tiles(
     generator = torch.Generator(device=device).manual_seed(seed)
     outputs = []
     for start in range(0, len(sar_t), batch_size):
-        chunk = sar_t[start : start + batch_size].to(device)
+        chunk = sar_t[start : start + batch_size].to(device=device, dtype=dtype)
         if name in TEACHER_SAMPLERS:
             out = sample_teacher(bundle.model, chunk, bundle.scheduler_config, name, n_steps, generator)
         elif name == "lcm":

@@ -1,0 +1,117 @@
+"""The quality pass of `s2o eval` on a Ray cluster: Ray Data streams the split's tiles through one
+actor pool per model setting (`map_batches`), each actor holding the model (on a GPU where the cluster
+has them) and returning per-tile scores; the driver only aggregates.
+
+Seeds: each batch is seeded with the evaluation seed plus a hash of its first tile id, so a tile's
+noise does not depend on which actor scores it. Batches are formed in tile-id order.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import numpy as np
+
+from s2o_platform.bundle import Bundle, load_bundle
+from s2o_platform.data.store import decode_batch, read_tiles
+from s2o_platform.evaluation.quality import tile_scores, to_unit
+from s2o_platform.evaluation.spec import ModelSetting
+
+SCORE_COLUMNS = ("tile_id", "psnr", "ssim", "colour_error", "finite")
+
+
+def batch_seed(seed: int, first_tile_id: str) -> int:
+    return (seed + zlib.crc32(first_tile_id.encode())) % (2**31)
+
+
+class TileScorer:
+    """A Ray Data actor: store rows -> per-tile scores (and FID features) of one model setting."""
+
+    def __init__(self, bundle: str, sampler: str, steps: int, seed: int, device: str, dtype: str,
+                 fid_weights: str | None, storage_options: Any = None):
+        import torch
+
+        from s2o_platform.evaluation.quality import load_fid_network
+        from s2o_platform.evaluation.speed import resolve_device, resolve_dtype
+
+        self.device = resolve_device(device)
+        self.bundle: Bundle = load_bundle(bundle, device=self.device, options=storage_options,
+                                          dtype=resolve_dtype(dtype, self.device))
+        self.sampler, self.steps, self.seed = sampler, steps, seed
+        self.fid = load_fid_network(fid_weights, self.device) if fid_weights else None
+        torch.set_grad_enabled(False)
+
+    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from s2o_platform.evaluation.runner import inception_features
+        from s2o_platform.inference import translate_tiles
+
+        batch = decode_batch(rows)
+        order = np.argsort(batch["tile_id"])
+        ids = batch["tile_id"][order]
+        prediction = translate_tiles(self.bundle, batch["sar"][order], self.sampler, self.steps,
+                                     seed=batch_seed(self.seed, str(ids[0])), batch_size=len(ids))
+        unit, target = to_unit(prediction), to_unit(batch["optical"][order])
+        out: dict[str, np.ndarray] = {"tile_id": ids.astype(str), **tile_scores(unit, target)}
+        if self.fid is not None:
+            out["features"] = inception_features(self.fid, unit).astype(np.float32)
+            out["real_features"] = inception_features(self.fid, target).astype(np.float32)
+        return out
+
+
+class RayQuality:
+    """The quality pass over Ray Data actors (same interface as runner.LocalQuality)."""
+
+    def __init__(self, options):
+        import ray
+
+        from s2o_platform.data.store import split_counts
+        from s2o_platform.ray_cluster import connect
+
+        self.options = options
+        connect(None if options.address == "local" else options.address)
+        self.gpus = int(ray.cluster_resources().get("GPU", 0))
+        self.available = split_counts(options.data, options.storage)[options.split]
+        self.n_tiles = min(self.available, options.limit or self.available)
+        self.where = (f"on Ray Data, {options.workers} actor(s) per setting"
+                      + (f" with 1 GPU each ({self.gpus} in the cluster)" if self.gpus else " on CPU"))
+
+    def dataset(self, count: int):
+        ds = read_tiles(self.options.data, self.options.split, self.options.storage).sort("tile_id")
+        return ds.limit(count) if count < self.available else ds
+
+    def run(self, bundle: Bundle, setting: ModelSetting, count: int, keep: int):
+        import ray.data
+
+        from s2o_platform.evaluation.runner import SettingOutput
+        from s2o_platform.inference import translate_tiles
+
+        o = self.options
+        scored = self.dataset(count).map_batches(
+            TileScorer,
+            fn_constructor_kwargs=dict(bundle=setting.bundle, sampler=setting.sampler, steps=setting.steps, seed=o.seed,
+                                       device="cuda" if self.gpus else "cpu", dtype=o.dtype if self.gpus else "fp32",
+                                       fid_weights=o.fid_weights, storage_options=o.storage),
+            batch_size=o.batch_size,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, o.workers)),
+            num_gpus=1 if self.gpus else 0,
+        )
+        columns: dict[str, list[np.ndarray]] = {}
+        for batch in scored.iter_batches(batch_format="numpy", batch_size=None):
+            for key, value in batch.items():
+                columns.setdefault(key, []).append(value)
+        merged = {k: np.concatenate(v) for k, v in columns.items()}
+        order = np.argsort(merged["tile_id"])
+        merged = {k: v[order] for k, v in merged.items()}
+        scores = {k: merged[k].astype(np.float64) for k in ("psnr", "ssim", "colour_error", "finite")}
+        # the sample grid: the first tiles, translated here with the driver's copy of the model
+        from s2o_platform.evaluation.runner import load_test_tiles
+
+        first = load_test_tiles(o.data, o.split, keep, o.storage)
+        preview = to_unit(translate_tiles(bundle, first["sar"], setting.sampler, setting.steps, seed=o.seed)).numpy()
+        return SettingOutput(
+            scores=scores,
+            features=merged["features"].astype(np.float64) if "features" in merged else None,
+            predictions=preview,
+            real_features=merged["real_features"].astype(np.float64) if "real_features" in merged else None,
+        )

@@ -1,0 +1,145 @@
+"""Quality of translated tiles against ground truth, on images in [0, 1].
+
+Per tile: PSNR and SSIM (torchmetrics, data range 1) and the mean per-channel colour error (|mean
+predicted colour - mean true colour| averaged over R, G, B, in 0-255 units: the colour cast METHOD.md
+warns about). FID: features from a user-supplied Inception-v3 FID network, accumulated as moments and
+compared by torchmetrics' FrechetInceptionDistance; never a number from another network.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+#: A tile predicted exactly has infinite PSNR; capped so that means and JSON stay finite.
+PSNR_CAP_DB = 100.0
+FID_SKIPPED = "FID skipped: no Inception weights (pass --fid-weights PATH)"
+
+
+def to_unit(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Model space [-1, 1] -> [0, 1] float32 tensor (non-finite values kept, so they can be detected)."""
+    t = torch.as_tensor(np.asarray(x, dtype=np.float32))
+    return ((t + 1.0) / 2.0).clamp(0.0, 1.0).where(torch.isfinite(t), t)
+
+
+def tile_scores(prediction: torch.Tensor, target: torch.Tensor) -> dict[str, np.ndarray]:
+    """Per-tile scores of (N, 3, H, W) images in [0, 1].
+
+    Returns float64 arrays of length N: psnr (dB, capped at PSNR_CAP_DB), ssim, colour_error (0-255) and finite (1.0 when
+    every pixel of the prediction is finite). Scores of non-finite tiles are NaN.
+    """
+    finite = torch.isfinite(prediction).flatten(1).all(dim=1)
+    safe = torch.where(finite[:, None, None, None], prediction, torch.zeros_like(prediction))
+    psnr = peak_signal_noise_ratio(safe, target, data_range=1.0, reduction="none", dim=(1, 2, 3)).clamp(max=PSNR_CAP_DB)
+    ssim = structural_similarity_index_measure(safe, target, data_range=1.0, reduction="none")
+    colour = (safe.mean(dim=(2, 3)) - target.mean(dim=(2, 3))).abs().mean(dim=1) * 255.0
+    nan = torch.full_like(psnr, float("nan"))
+    return {
+        "psnr": torch.where(finite, psnr, nan).double().numpy(),
+        "ssim": torch.where(finite, ssim, nan).double().numpy(),
+        "colour_error": torch.where(finite, colour, nan).double().numpy(),
+        "finite": finite.double().numpy(),
+    }
+
+
+def to_uint8_images(unit: torch.Tensor) -> torch.Tensor:
+    """[0, 1] float -> uint8 (N, 3, H, W), the input the standard FID network takes."""
+    return (unit.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# FID
+# ---------------------------------------------------------------------------------------------
+
+
+class FidError(ValueError):
+    """--fid-weights that cannot be used."""
+
+
+class InceptionFeatures(torch.nn.Module):
+    """uint8 images (N, 3, H, W) -> pool features (N, D) of an Inception-v3 FID network.
+
+    Accepted weights: a TorchScript FID network (e.g. NVIDIA's `inception-2015-12-05.pt`, called with
+    `return_features=True`, resizing to 299 px itself), or a torch-fidelity weights file
+    (`pt_inception-2015-12-05-*.pth`) where torch-fidelity is installed.
+    """
+
+    def __init__(self, network: torch.nn.Module, takes_return_features: bool):
+        super().__init__()
+        self.network = network
+        self.takes_return_features = takes_return_features
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype != torch.uint8:
+            raise TypeError("InceptionFeatures takes uint8 images in [0, 255]")
+        if self.takes_return_features:
+            return self.network(images, return_features=True).float()
+        return self.network(images).float()
+
+
+def load_fid_network(path: str | Path, device: torch.device) -> InceptionFeatures:
+    path = Path(path)
+    if not path.is_file():
+        raise FidError(f"--fid-weights {path}: no such file")
+    try:
+        network = torch.jit.load(str(path), map_location=device).eval()
+    except (RuntimeError, ValueError) as jit_error:
+        return _torch_fidelity_network(path, device, jit_error)
+    probe = torch.zeros(1, 3, 299, 299, dtype=torch.uint8, device=device)
+    with torch.no_grad():
+        for takes in (True, False):
+            try:
+                out = (network(probe, return_features=True) if takes else network(probe))
+            except (RuntimeError, TypeError):
+                continue
+            if isinstance(out, torch.Tensor) and out.ndim == 2:
+                return InceptionFeatures(network, takes)
+    raise FidError(f"--fid-weights {path}: a TorchScript module, but not one that maps uint8 images to (N, D) features")
+
+
+def _torch_fidelity_network(path: Path, device: torch.device, jit_error: Exception) -> InceptionFeatures:
+    from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
+
+    if not _TORCH_FIDELITY_AVAILABLE:
+        raise FidError(
+            f"--fid-weights {path} is not a TorchScript FID network ({jit_error}); weights files in "
+            "torch-fidelity's format need torch-fidelity installed"
+        ) from None
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    try:
+        network = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(path))
+    except Exception as err:  # noqa: BLE001 - torch-fidelity raises many kinds
+        raise FidError(f"--fid-weights {path}: cannot load as a torch-fidelity Inception weights file: {err}") from None
+    return InceptionFeatures(network.to(device).eval(), takes_return_features=False)
+
+
+class _PassThrough(torch.nn.Module):
+    """Features are computed once (locally or in Ray actors); torchmetrics only compares their moments."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+def fid_metric(num_features: int):
+    """A torchmetrics FrechetInceptionDistance fed with precomputed features via `.update(features, real)`."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    return FrechetInceptionDistance(feature=_PassThrough(num_features), reset_real_features=False)
+
+
+def fid_from_features(real: np.ndarray, fake: np.ndarray) -> float:
+    """FID between two feature sets (N, D) with torchmetrics' computation (needs N >= 2 on both sides)."""
+    if len(real) < 2 or len(fake) < 2:
+        raise FidError("FID needs at least 2 images on each side")
+    metric = fid_metric(real.shape[1])
+    metric.update(torch.as_tensor(real, dtype=torch.float64), real=True)
+    metric.update(torch.as_tensor(fake, dtype=torch.float64), real=False)
+    return float(metric.compute())

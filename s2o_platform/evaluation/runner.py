@@ -1,0 +1,372 @@
+"""`s2o eval`: every model setting on the same test tiles and seeds, in this process.
+
+Every check that can fail (spec syntax, bundles present and fit for the store, sampler and steps
+allowed, FID weights readable) runs before any tile is translated. A setting that fails while it runs
+(non-finite output, an exception) becomes an error row; the others are still evaluated.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from s2o_platform import storage
+from s2o_platform.bundle import Bundle, BundleError, BundleMetadata, load_bundle, read_bundle_metadata, read_scheduler_config
+from s2o_platform.data.store import SPLITS, StoreMetadata, decode_batch, read_metadata, shard_paths
+from s2o_platform.evaluation.quality import (
+    FID_SKIPPED,
+    InceptionFeatures,
+    fid_from_features,
+    load_fid_network,
+    tile_scores,
+    to_uint8_images,
+    to_unit,
+)
+from s2o_platform.evaluation.report import REFERENCE_DDIM_STEPS, Report, Row, add_speedups
+from s2o_platform.evaluation.spec import ModelSetting, parse_model_spec, unique_labels
+from s2o_platform.evaluation.speed import device_name, dtype_name, resolve_device, resolve_dtype, time_calls
+from s2o_platform.inference import resolve_sampler_for, translate_tiles
+
+
+class EvalError(ValueError):
+    """Input that makes the evaluation impossible; raised before any work."""
+
+
+@dataclass
+class EvalOptions:
+    data: str
+    models: list[str]
+    out: str
+    split: str = "test"
+    limit: int | None = None
+    batch_size: int = 32
+    fid_weights: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    seed: int = 0
+    repeats: int = 3
+    ddpm_limit: int = 32  # ancestral DDPM walks every training step: its quality is measured on a subset
+    sample_tiles: int = 4
+    references: bool = True  # time teacher DDPM and DDIM-50 for the speed-ups even when not asked for
+    address: str | None = None  # a Ray cluster: the quality pass runs on Ray Data actors there
+    workers: int = 1  # Ray Data actors per model setting (each takes a GPU where the cluster has them)
+    storage: storage.StorageOptions = field(default_factory=storage.StorageOptions)
+
+
+@dataclass
+class PlannedSetting:
+    setting: ModelSetting  # sampler and steps resolved
+    metadata: BundleMetadata
+    speed_only: bool = False
+
+
+def check_fits_store(metadata: BundleMetadata, where: str, store: StoreMetadata, data: str) -> None:
+    for name in ("tile_size", "sar_channels", "sar_normalization", "optical_normalization"):
+        theirs, ours = getattr(metadata, name), getattr(store, name)
+        if theirs != ours:
+            raise EvalError(
+                f"the bundle {where} has {name}={theirs!r} but the store {data} has {ours!r}: it was trained for "
+                "other tiles; evaluate it on a store ingested with the same settings"
+            )
+
+
+def plan(options: EvalOptions) -> tuple[StoreMetadata, list[PlannedSetting]]:
+    """Resolve and check every setting against its bundle and the store; no network is loaded."""
+    if options.split not in SPLITS:
+        raise EvalError(f"--split {options.split!r}: choose from {list(SPLITS)}")
+    if options.batch_size < 1 or (options.limit is not None and options.limit < 1):
+        raise EvalError("--batch-size and --limit must be >= 1")
+    if not options.models:
+        raise EvalError("no --model given: pass at least one NAME=BUNDLE[@SAMPLER:STEPS]")
+    try:
+        store = read_metadata(options.data, options.storage)
+    except ValueError as err:
+        raise EvalError(str(err)) from None
+    settings = [s for text in options.models for s in _parse(text)]
+    planned: list[PlannedSetting] = []
+    metadata_cache: dict[str, tuple[BundleMetadata, dict | None]] = {}
+    for s in settings:
+        if s.bundle not in metadata_cache:
+            try:
+                metadata_cache[s.bundle] = (read_bundle_metadata(s.bundle, options.storage), read_scheduler_config(s.bundle, options.storage))
+            except BundleError as err:
+                raise EvalError(f"--model {s.name}: {err}") from None
+            check_fits_store(metadata_cache[s.bundle][0], s.bundle, store, options.data)
+        metadata, scheduler = metadata_cache[s.bundle]
+        planned.append(PlannedSetting(_resolve(s, metadata, scheduler), metadata))
+    try:
+        unique_labels([p.setting for p in planned])
+    except ValueError as err:
+        raise EvalError(str(err)) from None
+    if options.references:
+        planned += _speed_references(planned, metadata_cache)
+    return store, planned
+
+
+def _parse(text: str) -> list[ModelSetting]:
+    try:
+        return parse_model_spec(text)
+    except ValueError as err:
+        raise EvalError(str(err)) from None
+
+
+def _resolve(setting: ModelSetting, metadata: BundleMetadata, scheduler: dict | None) -> ModelSetting:
+    try:
+        sampler, steps = resolve_sampler_for(metadata, setting.bundle, setting.sampler, setting.steps)
+    except BundleError as err:
+        raise EvalError(f"--model {setting.name}: {err}") from None
+    if sampler == "ddpm":
+        all_steps = int(scheduler["num_train_timesteps"])
+        if setting.steps is not None and setting.steps != all_steps:
+            raise EvalError(
+                f"--model {setting.name}: ancestral DDPM walks all {all_steps} training steps of {setting.bundle}; "
+                f"ask for ddpm:{all_steps} (or ddim:{setting.steps} for fewer steps)"
+            )
+        steps = all_steps
+    return replace(setting, sampler=sampler, steps=steps)
+
+
+def _speed_references(planned: list[PlannedSetting], cache: dict) -> list[PlannedSetting]:
+    teacher = next((p for p in planned if p.metadata.stage == "teacher"), None)
+    if teacher is None:
+        return []
+    extra = []
+    scheduler = cache[teacher.setting.bundle][1]
+    wanted = [("ddpm", int(scheduler["num_train_timesteps"])), ("ddim", REFERENCE_DDIM_STEPS)]
+    for sampler, steps in wanted:
+        if not any(p.metadata.stage == "teacher" and p.setting.sampler == sampler and p.setting.steps == steps for p in planned):
+            s = ModelSetting(teacher.setting.name, teacher.setting.bundle, sampler, steps)
+            extra.append(PlannedSetting(s, teacher.metadata, speed_only=True))
+    return extra
+
+
+def load_test_tiles(data: str, split: str, limit: int | None, options: storage.StorageOptions) -> dict[str, np.ndarray]:
+    """The split's tiles sorted by tile id (the same set on every run), the first `limit` of them."""
+    paths = shard_paths(data, [split], options)
+    if not paths:
+        raise EvalError(f"the store {data} has no tiles in its {split!r} split; choose another --split")
+    fs, _ = storage.resolve(data, options)
+    table = pq.ParquetDataset(paths, filesystem=fs).read().sort_by("tile_id")
+    if limit is not None:
+        table = table.slice(0, limit)
+    return decode_batch({c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names})
+
+
+@dataclass
+class SettingOutput:
+    scores: dict[str, np.ndarray]  # per tile
+    features: np.ndarray | None  # FID features of the predictions (N, D)
+    predictions: np.ndarray  # the first few predictions, [0, 1], (n, 3, H, W)
+    real_features: np.ndarray | None = None  # FID features of the same tiles' ground truth
+
+
+class LocalQuality:
+    """The quality pass in this process, over tiles already in memory."""
+
+    def __init__(self, tiles: dict[str, np.ndarray], options: EvalOptions, fid_network: InceptionFeatures | None):
+        self.tiles, self.options, self.fid_network = tiles, options, fid_network
+        self.n_tiles = len(tiles["sar"])
+        self.where = "in this process"
+        self._real: np.ndarray | None = None
+
+    def run(self, bundle: Bundle, setting: ModelSetting, count: int, keep: int) -> SettingOutput:
+        o = self.options
+        out = translate_and_score(bundle, setting, self.tiles["sar"][:count], self.tiles["optical"][:count], o.seed,
+                                  o.batch_size, self.fid_network, keep=keep)
+        if self.fid_network is not None:
+            if self._real is None:
+                self._real = np.concatenate([
+                    inception_features(self.fid_network, to_unit(self.tiles["optical"][s : s + o.batch_size]))
+                    for s in range(0, self.n_tiles, o.batch_size)
+                ])
+            out.real_features = self._real[:count]
+        return out
+
+
+def translate_and_score(
+    bundle: Bundle,
+    setting: ModelSetting,
+    sar: np.ndarray,
+    optical: np.ndarray,
+    seed: int,
+    batch_size: int,
+    fid_network: InceptionFeatures | None = None,
+    keep: int = 0,
+    first_batch_index: int = 0,
+) -> SettingOutput:
+    """Translate tiles batch by batch (batch i seeded with seed + i) and score each tile."""
+    scores: dict[str, list[np.ndarray]] = {}
+    features, kept = [], []
+    for i, start in enumerate(range(0, len(sar), batch_size)):
+        prediction = translate_tiles(
+            bundle, sar[start : start + batch_size], setting.sampler, setting.steps,
+            seed=seed + first_batch_index + i, batch_size=batch_size,
+        )
+        unit = to_unit(prediction)
+        for key, value in tile_scores(unit, to_unit(optical[start : start + batch_size])).items():
+            scores.setdefault(key, []).append(value)
+        if fid_network is not None:
+            features.append(inception_features(fid_network, unit))
+        if sum(len(k) for k in kept) < keep:
+            kept.append(unit.nan_to_num(0.0).numpy())
+    return SettingOutput(
+        scores={k: np.concatenate(v) for k, v in scores.items()},
+        features=np.concatenate(features) if features else None,
+        predictions=np.concatenate(kept)[:keep] if kept else np.zeros((0,)),
+    )
+
+
+@torch.no_grad()
+def inception_features(network: InceptionFeatures, unit: torch.Tensor) -> np.ndarray:
+    device = next(network.parameters(), torch.empty(0)).device
+    images = to_uint8_images(unit.nan_to_num(0.0)).to(device)
+    return network(images).double().cpu().numpy()
+
+
+def _translate(bundle: Bundle, tiles: np.ndarray, sampler: str, steps: int) -> np.ndarray:
+    return translate_tiles(bundle, tiles, sampler, steps, batch_size=len(tiles))
+
+
+def measure_latency(bundle: Bundle, setting: ModelSetting, sar: np.ndarray, device: torch.device, repeats: int) -> float:
+    """Milliseconds per image at batch 1: median of `repeats` calls after a warm-up call.
+
+    Ancestral DDPM walks every training step in each call: it is warmed up with a 2-step DDIM call
+    (same network, same shapes) and timed once.
+    """
+    one = sar[:1]
+    if setting.sampler == "ddpm":
+        _translate(bundle, one, "ddim", 2)
+        return time_calls(lambda: _translate(bundle, one, "ddpm", setting.steps), device, repeats=1, warmup=0).median * 1000.0
+    return time_calls(lambda: _translate(bundle, one, setting.sampler, setting.steps), device, repeats).median * 1000.0
+
+
+def measure_throughput(bundle: Bundle, setting: ModelSetting, sar: np.ndarray, batch_size: int, device: torch.device) -> float:
+    """Images per second translating one batch of `batch_size` tiles (after a warm-up at that shape on GPU)."""
+    batch = np.resize(sar, (batch_size, *sar.shape[1:])) if len(sar) < batch_size else sar[:batch_size]
+    if device.type == "cuda":  # a new batch shape: let cuDNN pick its kernels before timing
+        _translate(bundle, batch, "ddim", 2) if setting.sampler == "ddpm" else _translate(bundle, batch, setting.sampler, setting.steps)
+    seconds = time_calls(lambda: _translate(bundle, batch, setting.sampler, setting.steps), device, repeats=1, warmup=0).median
+    return batch_size / seconds
+
+
+def summarise(row: Row, scores: dict[str, np.ndarray]) -> None:
+    n = len(scores["finite"])
+    bad = int(n - scores["finite"].sum())
+    row.tiles = n
+    if bad:
+        row.error = f"non-finite output (NaN/inf) in {bad} of {n} tiles"
+        return
+    for key in ("psnr", "ssim", "colour_error"):
+        setattr(row, key, float(np.mean(scores[key])))
+
+
+def run_evaluation(options: EvalOptions, log: Callable[[str], None] = print) -> tuple[Report, dict[str, np.ndarray]]:
+    store, planned = plan(options)
+    device = _checked(resolve_device, options.device)
+    dtype = _checked(resolve_dtype, options.dtype, device)
+    fid_network = None
+    if options.fid_weights:
+        try:
+            fid_network = load_fid_network(options.fid_weights, device)
+        except ValueError as err:
+            raise EvalError(str(err)) from None
+    if options.address:
+        from s2o_platform.evaluation.distributed import RayQuality
+
+        quality = RayQuality(options)
+        # the driver keeps only what speed and the sample grid need
+        tiles = load_test_tiles(options.data, options.split, min(options.limit or 10**9, max(options.batch_size, options.sample_tiles)), options.storage)
+    else:
+        tiles = load_test_tiles(options.data, options.split, options.limit, options.storage)
+        quality = LocalQuality(tiles, options, fid_network)
+    n_tiles = quality.n_tiles
+    log(f"[eval] {n_tiles} {options.split} tiles from {options.data}; {len(planned)} settings; quality {quality.where}, "
+        f"speed on {device_name(device)} ({dtype_name(dtype)})")
+    keep = min(options.sample_tiles, len(tiles["sar"]))
+    samples = {
+        "SAR (first channel)": ((tiles["sar"][:keep, :1] + 1) / 2).clip(0, 1).transpose(0, 2, 3, 1),
+        "ground truth": ((tiles["optical"][:keep] + 1) / 2).clip(0, 1).transpose(0, 2, 3, 1),
+    }
+    rows: list[Row] = []
+    notes: list[str] = []
+    bundles: dict[str, Bundle] = {}
+    for p in planned:
+        s = p.setting
+        row = Row(model=s.name, label=s.label, bundle=s.bundle, stage=p.metadata.stage, sampler=s.sampler, steps=s.steps,
+                  speed_only=p.speed_only)
+        rows.append(row)
+        started = time.perf_counter()
+        try:
+            if s.bundle not in bundles:
+                bundles[s.bundle] = load_bundle(s.bundle, device=device, options=options.storage, dtype=dtype)
+            bundle = bundles[s.bundle]
+            if not p.speed_only:
+                count = min(n_tiles, options.ddpm_limit) if s.sampler == "ddpm" else n_tiles
+                if count < n_tiles:
+                    row.notes.append(f"quality on the first {count} of {n_tiles} tiles (ancestral DDPM is slow; --ddpm-limit)")
+                out = quality.run(bundle, s, count, keep)
+                summarise(row, out.scores)
+                if not row.error:
+                    samples[s.label] = out.predictions.transpose(0, 2, 3, 1)
+                    _fid(row, out.features, out.real_features)
+            if not row.error:
+                timed_batch = None if p.speed_only or (s.sampler == "ddpm" and device.type == "cpu") else options.batch_size
+                if s.sampler == "ddpm" and not p.speed_only and timed_batch is None:
+                    row.notes.append("throughput not timed: ancestral DDPM at a full batch takes too long on CPU")
+                row.latency_ms = measure_latency(bundle, s, tiles["sar"], device, options.repeats)
+                if timed_batch:
+                    row.throughput = measure_throughput(bundle, s, tiles["sar"], timed_batch, device)
+        except Exception as err:  # noqa: BLE001 - one broken model must not stop the report
+            row.error = f"{type(err).__name__}: {err}"
+        log(f"[eval] {row.label}{' (speed reference)' if p.speed_only else ''}: " + (
+            f"error: {row.error}" if row.error else
+            f"PSNR {_f(row.psnr)} dB, SSIM {_f(row.ssim, '.3f')}, colour err {_f(row.colour_error)}, "
+            f"{row.latency_ms:.1f} ms/img at batch 1") + f" ({time.perf_counter() - started:.0f} s)")
+    used = add_speedups(rows)
+    for key, label in used.items():
+        if label is None:
+            notes.append(f"speed-up vs teacher {key.upper()}: not measured (no teacher bundle among the models)")
+    context = {
+        "data": options.data, "split": options.split, "tiles": n_tiles, "seed": options.seed,
+        "device": str(device), "device_name": device_name(device), "dtype": dtype_name(dtype),
+        "threads": torch.get_num_threads(), "batch_size": options.batch_size, "repeats": options.repeats,
+        "fid_status": f"FID with {options.fid_weights}" if options.fid_weights else FID_SKIPPED,
+        "quality_pass": quality.where,
+        "speedup_references": used, "notes": notes,
+    }
+    return Report(rows=rows, context=context), samples
+
+
+def _fid(row: Row, fake: np.ndarray | None, real: np.ndarray | None) -> None:
+    if fake is None or real is None:
+        row.fid_note = FID_SKIPPED
+        return
+    try:
+        row.fid = fid_from_features(real, fake)
+    except ValueError as err:
+        row.fid_note = f"FID not computed: {err}"
+
+
+def _f(value: float | None, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _checked(fn, *args):
+    try:
+        return fn(*args)
+    except ValueError as err:
+        raise EvalError(str(err)) from None
+
+
+def evaluate(options: EvalOptions, log: Callable[[str], None] = print) -> tuple[Report, list[Path]]:
+    """Run the evaluation and write REPORT_DIR; returns the report and the files written."""
+    from s2o_platform.evaluation.report import write_report
+
+    report, samples = run_evaluation(options, log)
+    return report, write_report(report, Path(options.out), samples)

@@ -1,0 +1,73 @@
+"""Where and how fast: device and dtype choice, timing synchronised on GPU."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA GPU here; use --device auto or cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """auto: fp16 on GPU (diffusers' usual inference precision), fp32 on CPU (half is slow there)."""
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"--dtype must be auto, fp32, fp16 or bf16, got {name!r}")
+    if device.type == "cpu" and name != "fp32":
+        raise ValueError(f"--dtype {name} is for GPUs; on CPU use fp32")
+    return DTYPES[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {v: k for k, v in DTYPES.items()}[dtype]
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({os.cpu_count()} cores)"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Timing:
+    seconds: list[float]  # one entry per timed call
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+
+def time_calls(fn: Callable[[], object], device: torch.device, repeats: int = 3, warmup: int = 1) -> Timing:
+    """Wall time of `fn` per call after `warmup` untimed calls, synchronising the GPU around each call
+    (kernels are asynchronous: without it a GPU call would look instantaneous)."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        synchronize(device)
+        seconds.append(time.perf_counter() - started)
+    return Timing(seconds)

@@ -1,0 +1,198 @@
+"""The pure parts of evaluation: model specs, per-tile scores, FID moments, speed-ups, device choice, report."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from s2o_platform.data.normalization import SarNormalization
+from s2o_platform.data.store import StoreMetadata
+from s2o_platform.evaluation.quality import (
+    FID_SKIPPED,
+    FidError,
+    fid_from_features,
+    load_fid_network,
+    tile_scores,
+    to_uint8_images,
+    to_unit,
+)
+from s2o_platform.evaluation.report import Report, Row, add_speedups, console_table, markdown
+from s2o_platform.evaluation.runner import EvalError, check_fits_store
+from s2o_platform.evaluation.spec import ModelSetting, SpecError, parse_model_spec, unique_labels
+from s2o_platform.evaluation.speed import resolve_device, resolve_dtype, time_calls
+from s2o_platform.bundle import BundleMetadata, SamplerSpec
+
+
+# --- spec ------------------------------------------------------------------------------------------
+
+def test_spec_expands_step_counts():
+    settings = parse_model_spec("acd=runs/s/bundle@lcm:1,2,4")
+    assert [(s.name, s.bundle, s.sampler, s.steps) for s in settings] == [
+        ("acd", "runs/s/bundle", "lcm", 1), ("acd", "runs/s/bundle", "lcm", 2), ("acd", "runs/s/bundle", "lcm", 4)]
+    assert settings[1].label == "acd lcm-2"
+
+
+def test_spec_without_sampler_uses_bundle_defaults_and_keeps_at_signs_in_paths():
+    assert parse_model_spec("pix2pix=runs/g/bundle") == [ModelSetting("pix2pix", "runs/g/bundle")]
+    assert parse_model_spec("t=s3://b/a@b/bundle@ddim:5") == [ModelSetting("t", "s3://b/a@b/bundle", "ddim", 5)]
+    assert parse_model_spec("t=x@ddpm") == [ModelSetting("t", "x", "ddpm", None)]
+
+
+@pytest.mark.parametrize("text,words", [
+    ("runs/bundle", "NAME=BUNDLE"), ("a b=x", "name"), ("t=x@ddim:five", "integers"), ("t=x@ddim:0", ">= 1"), ("t=x@:4", "no sampler"),
+])
+def test_spec_errors_say_what_is_wrong(text, words):
+    with pytest.raises(SpecError, match=words):
+        parse_model_spec(text)
+
+
+def test_duplicate_labels_are_refused():
+    with pytest.raises(SpecError, match="twice"):
+        unique_labels(parse_model_spec("a=x@lcm:1,1"))
+
+
+# --- quality ---------------------------------------------------------------------------------------
+
+def test_to_unit_maps_model_space_and_keeps_non_finite_values():
+    out = to_unit(np.array([-1.0, 0.0, 1.0, 1.5, np.nan, np.inf]))
+    assert out[:4].tolist() == [0.0, 0.5, 1.0, 1.0]
+    assert torch.isnan(out[4]) and torch.isinf(out[5])
+
+
+def test_tile_scores_against_hand_values():
+    target = torch.full((2, 3, 16, 16), 0.5)
+    target[:, :, :8] = 0.25  # some structure, so SSIM is defined
+    prediction = target.clone()
+    prediction[0] += 0.1  # MSE 0.01 -> PSNR 20 dB; mean colour off by 0.1 -> 25.5 in 0-255
+    scores = tile_scores(prediction, target)
+    assert scores["psnr"][0] == pytest.approx(20.0, abs=1e-4)
+    assert scores["colour_error"][0] == pytest.approx(25.5, abs=1e-3)
+    assert scores["ssim"][1] == pytest.approx(1.0, abs=1e-6)  # identical tile
+    assert scores["colour_error"][1] == pytest.approx(0.0, abs=1e-6)
+    assert scores["psnr"][1] == pytest.approx(100.0)  # exact: capped, so means stay finite
+    assert scores["finite"].tolist() == [1.0, 1.0]
+
+
+def test_tile_scores_flag_non_finite_tiles_without_spoiling_others():
+    target = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    prediction = target.clone()
+    prediction[1, 0, 0, 0] = float("nan")
+    prediction[2, 1, 2, 3] = float("inf")
+    scores = tile_scores(prediction, target)
+    assert scores["finite"].tolist() == [1.0, 0.0, 0.0]
+    assert np.isnan(scores["psnr"][1:]).all() and np.isfinite(scores["psnr"][0])
+
+
+def test_to_uint8_rounds():
+    assert to_uint8_images(torch.tensor([0.0, 0.5, 1.0, 0.999])).tolist() == [0, 128, 255, 255]
+
+
+def test_fid_of_one_dimensional_gaussians_by_hand():
+    # means 1 and 4, unbiased variances 2 and 2: FID = (4 - 1)^2 + 2 + 2 - 2*sqrt(2*2) = 9
+    real = np.array([[0.0], [2.0]])
+    fake = np.array([[3.0], [5.0]])
+    assert fid_from_features(real, fake) == pytest.approx(9.0, abs=1e-6)
+
+
+def test_fid_of_a_set_with_itself_is_zero_and_grows_with_shift():
+    x = np.random.default_rng(0).normal(size=(200, 4))
+    assert fid_from_features(x, x) == pytest.approx(0.0, abs=1e-6)
+    assert fid_from_features(x, x + 1.0) == pytest.approx(4.0, abs=1e-6)  # |mean shift|^2, same covariance
+
+
+def test_fid_needs_two_images_per_side():
+    with pytest.raises(FidError, match="at least 2"):
+        fid_from_features(np.zeros((1, 4)), np.zeros((5, 4)))
+
+
+class _TinyFeatureNet(torch.nn.Module):
+    """A scripted stand-in with the FID network's calling convention (uint8 in, (N, D) out)."""
+
+    def forward(self, images: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        x = images.float() / 255.0
+        return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1)
+
+
+def test_fid_network_from_torchscript(tmp_path):
+    path = tmp_path / "net.pt"
+    torch.jit.script(_TinyFeatureNet()).save(str(path))
+    net = load_fid_network(path, torch.device("cpu"))
+    features = net(torch.randint(0, 255, (5, 3, 16, 16), dtype=torch.uint8))
+    assert features.shape == (5, 6)
+
+
+def test_fid_weights_errors_name_the_file(tmp_path):
+    with pytest.raises(FidError, match="no such file"):
+        load_fid_network(tmp_path / "missing.pt", torch.device("cpu"))
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a network")
+    with pytest.raises(FidError, match="junk.pth"):
+        load_fid_network(junk, torch.device("cpu"))
+
+
+# --- speed ------------------------------------------------------------------------------------------
+
+def test_device_and_dtype_choice():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
+    with pytest.raises(ValueError, match="GPUs"):
+        resolve_dtype("fp16", torch.device("cpu"))
+    with pytest.raises(ValueError, match="auto, cpu or cuda"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA"):
+            resolve_device("cuda")
+
+
+def test_time_calls_warms_up_then_times_each_repeat():
+    calls = []
+    timing = time_calls(lambda: calls.append(1), torch.device("cpu"), repeats=3, warmup=2)
+    assert len(calls) == 5 and len(timing.seconds) == 3 and timing.median >= 0
+
+
+# --- report -----------------------------------------------------------------------------------------
+
+def _row(label, stage, sampler, steps, latency, **kw):
+    return Row(model=label.split()[0], label=label, bundle="b", stage=stage, sampler=sampler, steps=steps, latency_ms=latency, **kw)
+
+
+def test_speedups_against_teacher_ddpm_and_ddim50():
+    rows = [_row("t ddim-50", "teacher", "ddim", 50, 100.0), _row("s lcm-1", "student", "lcm", 1, 2.0),
+            _row("t ddpm-1000", "teacher", "ddpm", 1000, 2000.0, speed_only=True), _row("t ddim-10", "teacher", "ddim", 10, 20.0)]
+    used = add_speedups(rows)
+    assert used == {"ddpm": "t ddpm-1000", "ddim": "t ddim-50"}
+    assert rows[1].speedup_vs_ddpm == pytest.approx(1000.0) and rows[1].speedup_vs_ddim == pytest.approx(50.0)
+    assert rows[3].speedup_vs_ddim == pytest.approx(5.0) and rows[0].speedup_vs_ddim == pytest.approx(1.0)
+
+
+def test_no_teacher_no_speedups():
+    rows = [_row("s lcm-1", "student", "lcm", 1, 2.0)]
+    assert add_speedups(rows) == {"ddpm": None, "ddim": None}
+    assert rows[0].speedup_vs_ddpm is None
+
+
+def test_report_renderings_show_errors_and_fid_status():
+    rows = [_row("s lcm-1", "student", "lcm", 1, 2.0, psnr=20.5, ssim=0.5, colour_error=3.0, tiles=8, throughput=100.0),
+            _row("bad lcm-2", "student", "lcm", 2, None, error="non-finite output (NaN/inf) in 8 of 8 tiles", tiles=8)]
+    context = {"data": "store", "split": "test", "tiles": 8, "seed": 0, "device": "cpu", "device_name": "CPU (2 cores)",
+               "dtype": "fp32", "threads": 2, "batch_size": 4, "repeats": 3, "fid_status": FID_SKIPPED}
+    report = Report(rows, context)
+    md = markdown(report)
+    assert "| s lcm-1 | 8 | 20.50 | 0.500 | 3.00 | - | 2.0 | 100.0 |" in md
+    assert "non-finite" in md and FID_SKIPPED in md
+    table = console_table(report)
+    assert "bad lcm-2" in table and "error: non-finite" in table
+
+
+def test_bundle_that_does_not_fit_the_store_is_refused():
+    store = StoreMetadata(tile_size=32, sar_channels=1, sar_normalization=SarNormalization())
+    bundle = BundleMetadata.for_store("student", StoreMetadata(tile_size=64, sar_channels=1, sar_normalization=SarNormalization()),
+                                      64, SamplerSpec("lcm", 4, ["lcm"]), {})
+    with pytest.raises(EvalError, match="tile_size=64.*32"):
+        check_fits_store(bundle, "b", store, "store")
+    other = BundleMetadata.for_store("student", StoreMetadata(tile_size=32, sar_channels=1, sar_normalization=SarNormalization(clip_db=(-30.0, 5.0))),
+                                     32, SamplerSpec("lcm", 4, ["lcm"]), {})
+    with pytest.raises(EvalError, match="sar_normalization"):
+        check_fits_store(other, "b", store, "store")
