@@ -63,6 +63,57 @@ def plain_pytorch(cfg: TeacherConfig, store: str, steps: int, warmup: int) -> fl
     return steps * b / (time.perf_counter() - started)
 
 
+def deepspeed_alone(cfg: TeacherConfig, store: str, steps: int, warmup: int) -> float:
+    """samples/s of the plain loop with the model in a DeepSpeed engine built from the platform's config, no Ray:
+    separates DeepSpeed's per-step cost from Ray's (Data iterator, Train worker)."""
+    import socket
+
+    import deepspeed
+    import torch.distributed as dist
+
+    from s2o_platform.train.deepspeed_config import deepspeed_config
+    from s2o_platform.train.schedule import lr_factor
+
+    torch.set_num_threads(cpu_threads(cfg.scaling.torch_threads, 1))
+    if not dist.is_initialized():
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    fs, _ = storage.resolve(store)
+    table = pq.ParquetDataset(shard_paths(store, ["train"]), filesystem=fs).read(columns=TRAIN_COLUMNS)
+    rows = {c: table.column(c).to_numpy(zero_copy_only=False) for c in TRAIN_COLUMNS}
+    n = table.num_rows
+    torch.manual_seed(cfg.train.seed)
+    unet = build_unet(cfg.model)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, cfg.train.warmup_steps, cfg.train.max_steps, cfg.train.lr_schedule))
+    engine, _, _, _ = deepspeed.initialize(model=unet, optimizer=optimizer, lr_scheduler=lr_sched,
+                                           config=deepspeed_config(cfg, "fp32"), dist_init_required=False)
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    scheduler = noise_scheduler(cfg.diffusion)
+    collate = PairCollate(cfg.train.augment, np.random.default_rng(0), torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    b = cfg.train.batch_size
+    order = rng.permutation(n)
+    cursor, started = 0, None
+    for step in range(warmup + steps):
+        if step == warmup:
+            started = time.perf_counter()
+        if cursor + b > n:
+            order, cursor = rng.permutation(n), 0
+        idx = order[cursor : cursor + b]
+        cursor += b
+        batch = collate({c: v[idx] for c, v in rows.items()})
+        loss = diffusion_loss(engine, scheduler, batch["optical"], batch["sar"])
+        engine.backward(loss)
+        engine.step()
+        ema_update(ema, engine.module, cfg.train.ema_decay)
+    return steps * b / (time.perf_counter() - started)
+
+
 def ray_train(cfg: TeacherConfig, store: str, steps: int, warmup: int) -> float:
     """samples/s of `s2o train teacher` (one worker), from its own per-window measurements after warm-up."""
     from s2o_platform.train.launcher import run_training
@@ -85,6 +136,7 @@ def main() -> None:
     parser.add_argument("--data", help="tile store; default: a fresh synthetic one (1024 pairs)")
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--warmup-steps", type=int, default=20)
+    parser.add_argument("--decompose", action="store_true", help="also time the DeepSpeed engine without Ray")
     args = parser.parse_args()
 
     from s2o_platform.ray_cluster import connect
@@ -98,11 +150,21 @@ def main() -> None:
 
             store = os.path.join(tmp, "store")
             run_synth(store, pairs=1024, size=cfg.model.sample_size, progress=False)
-        plain = plain_pytorch(cfg, store, args.steps, args.warmup_steps)
-        print(f"plain PyTorch loop:            {plain:8.1f} samples/s")
+        # The plain loop runs before and after the others and the ratio uses the mean of both:
+        # this machine is shared and drifts, and a single measurement on one side biases the ratio.
+        plain_before = plain_pytorch(cfg, store, args.steps, args.warmup_steps)
+        print(f"plain PyTorch loop (before):   {plain_before:8.1f} samples/s", flush=True)
+        if args.decompose:
+            alone = deepspeed_alone(cfg, store, args.steps, args.warmup_steps)
+            print(f"DeepSpeed engine, no Ray:      {alone:8.1f} samples/s", flush=True)
         ray_rate = ray_train(cfg, store, args.steps, args.warmup_steps)
-        print(f"Ray Train + DeepSpeed (1 wkr): {ray_rate:8.1f} samples/s")
+        print(f"Ray Train + DeepSpeed (1 wkr): {ray_rate:8.1f} samples/s", flush=True)
+        plain_after = plain_pytorch(cfg, store, args.steps, args.warmup_steps)
+        print(f"plain PyTorch loop (after):    {plain_after:8.1f} samples/s", flush=True)
+    plain = (plain_before + plain_after) / 2
     threads = cpu_threads(cfg.scaling.torch_threads, 1)
+    if args.decompose:
+        print(f"ratio DeepSpeed alone/plain:   {alone / plain:8.3f}")
     print(f"ratio Ray/plain:               {ray_rate / plain:8.3f}  (target >= 0.9; batch {cfg.train.batch_size}, "
           f"{threads} torch threads, {os.cpu_count()} cores, device cpu)")
 
