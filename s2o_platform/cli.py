@@ -337,6 +337,66 @@ def train_gan(
     _train("gan", config, set_, data, out, address, s3_endpoint)
 
 
+@app.command("translate")
+def translate(
+    source: Annotated[str, typer.Argument(help="SAR scenes: a folder (recursive), a glob ('archive/**/*.tif'), a .txt file "
+                                         "listing paths/URIs, an s3:// prefix, or one GeoTIFF.")],
+    model: Annotated[str, typer.Option("--model", help="The bundle to translate with (a student's OUT/bundle; any stage works).")],
+    out: Annotated[str, typer.Option("--out", help="Destination folder or s3:// prefix: DEST/<scene name>.tif COGs and "
+                                     "DEST/_s2o_manifest.jsonl. Running again skips scenes already done.")],
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Sampling steps (student: 1..8); default: the bundle's.")] = None,
+    overlap: Annotated[Optional[int], typer.Option("--overlap", help="Overlap of neighbouring windows in px, blended "
+                                                   "smoothly (default: a quarter of the tile).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Tiles per forward pass.")] = 32,
+    actors: Annotated[int, typer.Option("--actors", help="Model actors (each takes a GPU where the cluster has them).")] = 1,
+    band: Annotated[Optional[str], typer.Option("--band", help="SAR band by name (VV, VH) or 1-based index. Default: "
+                                                "the band described VV, else the first.")] = None,
+    sar_scale: Annotated[SarScale, typer.Option("--sar-scale", help="How SAR values are expressed. auto decides per scene: "
+                                                "uint8 -> display-scaled image; other integers -> DN; float metadata "
+                                                "saying dB/linear wins; floats with negatives -> dB; non-negative floats "
+                                                "with 99th percentile < 10 -> linear power; else dB.")] = SarScale.AUTO,
+    output_dtype: Annotated[str, typer.Option("--output-dtype", help="uint8 RGB (nodata 0) or float32 in [0, 1] (nodata NaN).")] = "uint8",
+    seed: Annotated[int, typer.Option("--seed", help="Noise seed (each batch seeded from it and its first tile).")] = 0,
+    address: AddressOption = None,
+    s3_endpoint: S3EndpointOption = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
+    split: Annotated[str, typer.Option("--split", help="For a tile store SOURCE: the split to translate into Parquet.")] = "test",
+) -> None:
+    """Translate an archive of SAR GeoTIFF scenes into georeferenced optical Cloud-Optimised GeoTIFFs.
+
+    When SOURCE is a tile store, its --split is translated into Parquet files of predicted tiles
+    under DEST instead (tile_id, predicted and ground-truth optical tiles).
+
+    Ray Data reads each scene window row by window row, the model runs in an actor pool, and each
+    scene is blended (overlaps cross-fade: no seams) and written as a COG with the source CRS,
+    transform and nodata. Memory per scene is two window rows across its width, whatever its height.
+    A scene that cannot be read is recorded in the manifest with its reason; the others go on; the
+    exit code is 1 when any failed.
+    """
+    from s2o_platform import storage
+    from s2o_platform.translate.pipeline import TranslateError, TranslateOptions, run_translate, run_translate_store
+
+    options = TranslateOptions(
+        source=source, model=model, dest=out, steps=steps, overlap=overlap, batch_size=batch_size, actors=actors,
+        band=band, sar_scale=sar_scale.value, output_dtype=output_dtype, seed=seed, address=address, progress=progress,
+        storage=storage.StorageOptions.from_env(s3_endpoint),
+    )
+    from s2o_platform.data.store import METADATA_FILE
+
+    fs, root = storage.resolve(source, options.storage)
+    is_store = storage.exists(fs, storage.join(root, METADATA_FILE))
+    try:
+        if is_store:
+            summary = run_translate_store(options, split, log=lambda m: typer.echo(m, err=True))
+        else:
+            summary = run_translate(options, log=lambda m: typer.echo(m, err=True))
+    except TranslateError as err:
+        fail(str(err))
+    typer.echo(summary.text())
+    if summary.failed:
+        raise typer.Exit(1)
+
+
 @app.command("eval")
 def evaluate(
     data: Annotated[str, typer.Option("--data", help="The tile store (folder or s3:// URI) to evaluate on.")],

@@ -92,3 +92,30 @@ def list_files(fs: pafs.FileSystem, path: str, recursive: bool = True) -> list[s
         return [path]
     selector = pafs.FileSelector(path, recursive=recursive)
     return sorted(i.path for i in fs.get_file_info(selector) if i.type == pafs.FileType.File)
+
+
+def gdal_path(uri: str, options: StorageOptions | None = None) -> tuple[str, dict[str, str]]:
+    """(path, GDAL config) for rasterio to read `uri` window by window: a local path, or GDAL's
+    /vsis3/ with the endpoint of `options` (range requests: nothing is downloaded whole)."""
+    parsed = urlparse(str(uri))
+    if parsed.scheme not in ("s3", "s3a"):
+        return resolve(uri, options)[1], {}
+    options = options or StorageOptions.from_env()
+    env = {"AWS_REGION": options.s3_region or "us-east-1", "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+    if options.s3_endpoint:
+        endpoint = urlparse(options.s3_endpoint)
+        env.update(AWS_S3_ENDPOINT=endpoint.netloc or endpoint.path, AWS_HTTPS="NO" if endpoint.scheme == "http" else "YES",
+                   AWS_VIRTUAL_HOSTING="FALSE")
+    return f"/vsis3/{parsed.netloc}{parsed.path}", env
+
+
+def put_file_atomic(local_path: str, fs: pafs.FileSystem, path: str) -> None:
+    """Copy a local file to `path` so that readers never see a partial file (streamed, not loaded whole)."""
+    parent = path.rsplit("/", 1)[0]
+    fs.create_dir(parent, recursive=True)
+    target = f"{parent}/.tmp-{uuid.uuid4().hex}" if isinstance(fs, pafs.LocalFileSystem) else path
+    with open(local_path, "rb") as src, fs.open_output_stream(target) as dst:
+        while chunk := src.read(8 << 20):
+            dst.write(chunk)
+    if target != path:
+        fs.move(target, path)

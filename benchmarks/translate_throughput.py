@@ -1,0 +1,107 @@
+"""Archive translation: end-to-end tiles/s against the bare model, and peak memory of a small vs a large scene.
+
+    python benchmarks/translate_throughput.py [--model BUNDLE] [--size 1024] [--large 4096] [--batch-size 32]
+
+1. Throughput, one run, same tiles, same batch size: the bare model (`translate_tiles` in this
+   process over the scene's own tiles, read into memory beforehand; timed before and after the
+   pipeline, mean of both, as this machine drifts) against `s2o translate` on the scene (read,
+   normalise, infer in a Ray Data actor, blend, write the COG), the whole run from the call to the
+   COG written, start-up included. Target: ratio >= 0.8 on CPU with the tiny student.
+2. Memory: `s2o translate` of a --size and a --large scene with the pix2pix bundle (fast), peak of
+   the memory the driver allocates (tracemalloc: numpy buffers included) while it mosaics and
+   writes; the model actors hold one batch at a time whatever the scene size.
+Without --model, freshly initialised tiny-preset bundles are used (speed does not depend on weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tracemalloc
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from s2o_platform.bundle import load_bundle, read_bundle_metadata  # noqa: E402
+from s2o_platform.data.normalization import SarNormalization  # noqa: E402
+from s2o_platform.data.store import StoreMetadata  # noqa: E402
+from s2o_platform.data.synth_writer import write_scene_geotiffs  # noqa: E402
+from s2o_platform.evaluation.untrained import write_untrained_bundles  # noqa: E402
+from s2o_platform.inference import resolve_sampler, translate_tiles  # noqa: E402
+from s2o_platform.translate.pipeline import TranslateOptions, run_translate  # noqa: E402
+from s2o_platform.translate.scene import inspect_scene, read_strip  # noqa: E402
+
+
+def bare_model(bundle_path: str, tiles: np.ndarray, batch_size: int, steps: int | None) -> float:
+    torch.set_num_threads(os.cpu_count() or 1)
+    bundle = load_bundle(bundle_path)
+    translate_tiles(bundle, tiles[:batch_size], steps=steps, batch_size=batch_size)  # warm-up
+    started = time.perf_counter()
+    translate_tiles(bundle, tiles, steps=steps, batch_size=batch_size)
+    return len(tiles) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="student bundle (default: an untrained tiny student)")
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--large", type=int, default=4096)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=None, help="student steps (default: the bundle's)")
+    args = parser.parse_args()
+
+    from s2o_platform.ray_cluster import connect
+
+    print(f"cluster: {connect()}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="s2o-tr-bench-") as tmp:
+        tmp = Path(tmp)
+        store = StoreMetadata(tile_size=32, sar_channels=1, sar_normalization=SarNormalization())
+        untrained = write_untrained_bundles(ROOT / "configs" / "tiny", tmp / "bundles", store)
+        model = args.model or untrained["student"]
+        metadata = read_bundle_metadata(model)
+        tile = metadata.tile_size
+        small = Path(write_scene_geotiffs(str(tmp / "small"), 1, args.size, seed=0)[0]).parent
+        scene = next(small.glob("*.tif"))
+        info = inspect_scene(str(scene), "s", None, "auto", tile, tile // 4, metadata.sar_normalization)
+        tiles = np.concatenate([read_strip(info, r)[0] for r in info.row_starts])
+        steps = resolve_sampler(load_bundle(model), None, args.steps)[1]
+        print(f"scene {args.size}x{args.size}: {len(tiles)} tiles of {tile} px (overlap {tile // 4}), batch {args.batch_size}, "
+              f"{steps} step(s), {os.cpu_count()} cores", flush=True)
+
+        before = bare_model(model, tiles, args.batch_size, args.steps)
+        print(f"bare model (before):          {before:8.1f} tiles/s", flush=True)
+        summary = run_translate(TranslateOptions(source=str(small), model=model, dest=str(tmp / "out"), steps=args.steps,
+                                                 batch_size=args.batch_size, progress=False), log=lambda m: None)
+        assert not summary.failed, summary.failed
+        pipeline = summary.tiles / summary.seconds
+        print(f"s2o translate (whole run):    {pipeline:8.1f} tiles/s  (including Ray Data start-up and the model "
+              f"actor's start and load)", flush=True)
+        after = bare_model(model, tiles, args.batch_size, args.steps)
+        print(f"bare model (after):           {after:8.1f} tiles/s", flush=True)
+        print(f"ratio pipeline/bare:          {pipeline / ((before + after) / 2):8.3f}  (target >= 0.8)", flush=True)
+
+        large = Path(write_scene_geotiffs(str(tmp / "large"), 1, args.large, seed=0)[0]).parent
+        memory = {}
+        for label, folder in (("small", small), ("large", large)):
+            tracemalloc.start()
+            started = time.perf_counter()
+            result = run_translate(TranslateOptions(source=str(folder), model=untrained["gan"], dest=str(tmp / f"mem-{label}"),
+                                                    batch_size=256, progress=False), log=lambda m: None)
+            assert not result.failed, result.failed
+            memory[label] = (tracemalloc.get_traced_memory()[1] / 2**20, time.perf_counter() - started, result.tiles)
+            tracemalloc.stop()
+        (s_mb, s_t, s_n), (l_mb, l_t, l_n) = memory["small"], memory["large"]
+        print(f"driver peak allocations: {args.size}^2 scene {s_mb:6.1f} MB ({s_n} tiles, {s_t:.0f} s); "
+              f"{args.large}^2 scene {l_mb:6.1f} MB ({l_n} tiles, {l_t:.0f} s); ratio {l_mb / s_mb:.2f} for "
+              f"{(args.large / args.size) ** 2:.0f}x the pixels")
+
+
+if __name__ == "__main__":
+    main()

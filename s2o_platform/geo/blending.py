@@ -1,0 +1,81 @@
+"""Seamless mosaicking of overlapping tile predictions, with memory bounded by scene width.
+
+Every tile is weighted by a separable taper that falls linearly towards its edges inside the
+overlap (never to zero, so pixels at the scene border, covered by one tile only, keep their value);
+the mosaic is the weighted sum divided by the summed weights, so neighbouring tiles cross-fade
+instead of meeting at a seam.
+
+`StripMosaic` takes tiles window row by window row (row-major order) and hands back finished bands
+of output rows as soon as no later window can touch them: it never holds more than two window
+heights of rows, i.e. about 2 * tile * width * (channels + 1) * 4 bytes, whatever the scene height.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+
+def taper_1d(length: int, overlap: int) -> np.ndarray:
+    """Weights along one axis: 1 in the middle, falling linearly to 0.5/overlap at the edges."""
+    if overlap <= 0:
+        return np.ones(length, np.float32)
+    distance_to_edge = np.minimum(np.arange(length) + 0.5, length - np.arange(length) - 0.5)
+    return np.clip(distance_to_edge / overlap, 0.0, 1.0).astype(np.float32)
+
+
+def blend_weights(tile: int, overlap: int) -> np.ndarray:
+    """(tile, tile) weights: the outer product of two tapers."""
+    t = taper_1d(tile, overlap)
+    return np.outer(t, t)
+
+
+class StripMosaic:
+    """Accumulate (channels, tile, tile) predictions at (row, col) into a scene of `height` x `width`.
+
+    Tiles must arrive with non-decreasing row offsets; `add` returns the output bands finished by
+    it, `finish` the rest. Each band is (first_row, array of shape (channels, rows, width)).
+    """
+
+    def __init__(self, height: int, width: int, channels: int, tile: int, overlap: int):
+        self.height, self.width, self.channels, self.tile = height, width, channels, tile
+        self.weights = blend_weights(tile, overlap)
+        self.start = 0  # first row held in the buffers
+        self.current_row = 0
+        self.sum = np.zeros((channels, 0, width), np.float32)
+        self.weight = np.zeros((0, width), np.float32)
+
+    def _ensure_rows(self, end: int) -> None:
+        have = self.start + self.weight.shape[0]
+        if end > have:
+            extra = end - have
+            self.sum = np.concatenate([self.sum, np.zeros((self.channels, extra, self.width), np.float32)], axis=1)
+            self.weight = np.concatenate([self.weight, np.zeros((extra, self.width), np.float32)], axis=0)
+
+    def _flush(self, upto: int) -> Iterator[tuple[int, np.ndarray]]:
+        n = upto - self.start
+        if n <= 0:
+            return
+        band = self.sum[:, :n] / np.maximum(self.weight[:n], 1e-12)
+        yield self.start, band
+        self.sum, self.weight = self.sum[:, n:], self.weight[n:]
+        self.start = upto
+
+    def add(self, row: int, col: int, prediction: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        if row < self.current_row:
+            raise ValueError(f"tiles must arrive in row order: row {row} after row {self.current_row}")
+        done = list(self._flush(row)) if row > self.current_row else []
+        self.current_row = row
+        self._ensure_rows(row + self.tile)
+        r = row - self.start
+        self.sum[:, r : r + self.tile, col : col + self.tile] += prediction.astype(np.float32) * self.weights
+        self.weight[r : r + self.tile, col : col + self.tile] += self.weights
+        return done
+
+    def finish(self) -> list[tuple[int, np.ndarray]]:
+        return list(self._flush(self.height))
+
+    @property
+    def rows_held(self) -> int:
+        return self.weight.shape[0]

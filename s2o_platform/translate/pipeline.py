@@ -1,0 +1,353 @@
+"""`s2o translate`: SAR scenes -> optical COGs on Ray Data.
+
+    strips (scene, row)  --map_batches: StripTranslator (actor pool, one model each):
+                             read the window row with rasterio, normalise, translate-->  optical tiles
+    driver: per-scene StripMosaic (rows in order) -> tiled GeoTIFF -> COG -> DEST, manifest line
+
+Order is preserved end to end so each scene's mosaic receives its tiles row by row and holds at most
+two window rows (memory bounded by scene width, not area). A scene that cannot be read is recorded as
+failed with its reason; the others go on. Scenes already done (manifest + output present) are skipped.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from s2o_platform import storage
+from s2o_platform.bundle import read_bundle_metadata
+from s2o_platform.data.normalization import SarScale
+from s2o_platform.data.rasters import InputError
+from s2o_platform.inference import resolve_sampler_for
+from s2o_platform.translate.manifest import Manifest, SceneRecord
+from s2o_platform.translate.scene import SceneInfo, inspect_scene, read_strip
+from s2o_platform.translate.sources import discover_scenes
+from s2o_platform.translate.writer import OUTPUT_DTYPES, SceneWriter
+
+
+class TranslateError(ValueError):
+    """Arguments that make the whole run impossible (raised before any scene is read)."""
+
+
+@dataclass
+class TranslateOptions:
+    source: str
+    model: str
+    dest: str
+    steps: int | None = None
+    overlap: int | None = None  # default: a quarter of the tile
+    batch_size: int = 32
+    actors: int = 1
+    band: str | None = None
+    sar_scale: str = "auto"
+    output_dtype: str = "uint8"
+    seed: int = 0
+    device: str = "auto"
+    address: str | None = None
+    progress: bool = True
+    storage: storage.StorageOptions = field(default_factory=storage.StorageOptions)
+
+
+@dataclass
+class TranslateSummary:
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    tiles: int = 0
+    seconds: float = 0.0
+    stream_seconds: float = 0.0  # from the first translated tile to the last output written (steady state)
+
+    @property
+    def tiles_per_s(self) -> float:
+        return self.tiles / self.seconds if self.seconds else 0.0
+
+    def text(self) -> str:
+        lines = [f"[translate] {len(self.done)} scene(s) translated, {len(self.skipped)} skipped (already done), "
+                 f"{len(self.failed)} failed; {self.tiles} tiles in {self.seconds:.1f} s ({self.tiles_per_s:.1f} tiles/s)"]
+        lines += [f"[translate] failed: {scene}: {reason}" for scene, reason in self.failed]
+        return "\n".join(lines)
+
+
+def read_strip_tiles(batch: dict[str, np.ndarray], infos: list[SceneInfo]) -> dict[str, np.ndarray]:
+    """Ray Data task: (scene, row) strips -> one row per tile; an unreadable strip -> one error row."""
+    out: dict[str, list] = {"scene": [], "row": [], "col": [], "sar": [], "valid": [], "error": []}
+    for scene, row in zip(batch["scene"], batch["row"]):
+        info = infos[int(scene)]
+        t = info.tile
+        try:
+            tiles, masks = read_strip(info, int(row))
+            cols = info.col_starts
+        except Exception as err:  # noqa: BLE001 - recorded against the scene, the run goes on
+            tiles, masks, cols = np.zeros((1, 1, t, t), np.float32), np.zeros((1, t, t), bool), [-1]
+            message = f"{type(err).__name__}: {err}"
+        else:
+            message = ""
+        for k, col in enumerate(cols):
+            out["scene"].append(int(scene))
+            out["row"].append(int(row))
+            out["col"].append(int(col))
+            out["sar"].append(tiles[k])
+            out["valid"].append(masks[k])
+            out["error"].append(message)
+    return {k: np.stack(v) if k in ("sar", "valid") else np.asarray(v) for k, v in out.items()}
+
+
+class ModelActor:
+    """A Ray Data actor holding one model (on a GPU where the actor has one)."""
+
+    def __init__(self, bundle: str, steps: int | None, seed: int, device: str, storage_options=None, cpu_share: int = 1,
+                 batch_size: int = 32):
+        import os
+
+        import torch
+
+        from s2o_platform.bundle import load_bundle
+        from s2o_platform.evaluation.speed import resolve_device, resolve_dtype
+
+        dev = resolve_device(device)
+        if dev.type == "cpu":  # Ray starts actors with one torch thread; share the node's cores among the actors
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, cpu_share)))
+        self.bundle = load_bundle(bundle, device=dev, options=storage_options, dtype=resolve_dtype("auto", dev))
+        self.steps, self.seed, self.batch_size = steps, seed, batch_size
+
+    def translate(self, sar: np.ndarray, key: str) -> np.ndarray:
+        from s2o_platform.inference import translate_tiles
+
+        seed = (self.seed + zlib.crc32(key.encode())) % 2**31
+        return translate_tiles(self.bundle, sar, steps=self.steps, seed=seed, batch_size=self.batch_size)
+
+
+class StripTranslator(ModelActor):
+    """(scene, row) strips -> their tiles, read with rasterio and translated: one output block per call,
+    so blocks stay one window row in size (the actor pool is fed strips, not whole scenes).
+    Optical tiles are float16 in [-1, 1]; an unreadable strip passes through as an error row."""
+
+    def __init__(self, infos: list[SceneInfo], **kwargs):
+        super().__init__(**kwargs)
+        self.infos = infos
+
+    def __call__(self, strips: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batch = read_strip_tiles(strips, self.infos)
+        ok = batch["error"] == ""
+        n, t = len(ok), batch["sar"].shape[-1]
+        optical = np.zeros((n, 3, t, t), np.float16)
+        if ok.any():
+            first = int(np.argmax(ok))
+            optical[ok] = self.translate(batch["sar"][ok], f"{batch['scene'][first]}:{batch['row'][first]}").astype(np.float16)
+        del batch["sar"]
+        return {**batch, "optical": optical}
+
+
+def check_options(options: TranslateOptions):
+    metadata = read_bundle_metadata(options.model, options.storage)
+    if metadata.sar_channels != 1:
+        raise TranslateError(f"{options.model} takes {metadata.sar_channels} SAR channels; archive translation reads one band (--band)")
+    _, steps = resolve_sampler_for(metadata, options.model, None, options.steps)
+    tile = metadata.tile_size
+    overlap = tile // 4 if options.overlap is None else options.overlap
+    if not 0 <= overlap < tile:
+        raise TranslateError(f"--overlap must be in 0..{tile - 1} px for the model's {tile} px tiles, got {overlap}")
+    if options.output_dtype not in OUTPUT_DTYPES:
+        raise TranslateError(f"--output-dtype must be one of {OUTPUT_DTYPES}")
+    if options.sar_scale not in [s.value for s in SarScale]:
+        raise TranslateError(f"--sar-scale must be one of {[s.value for s in SarScale]}")
+    if options.batch_size < 1 or options.actors < 1:
+        raise TranslateError("--batch-size and --actors must be >= 1")
+    return metadata, steps, overlap
+
+
+def run_translate(options: TranslateOptions, log: Callable[[str], None] = print) -> TranslateSummary:
+    from s2o_platform.bundle import BundleError
+    from s2o_platform.translate.sources import SourceError
+
+    try:
+        metadata, steps, overlap = check_options(options)
+        scenes = discover_scenes(options.source, options.storage)
+    except (BundleError, SourceError) as err:
+        raise TranslateError(str(err)) from None
+    started = time.perf_counter()
+    summary = TranslateSummary()
+    manifest = Manifest(options.dest, options.storage)
+    dest_fs, dest_root = storage.resolve(options.dest, options.storage)
+    infos: list[SceneInfo] = []
+    for scene in scenes:
+        if manifest.is_done(scene.uri):
+            summary.skipped.append(scene.uri)
+            continue
+        try:
+            info = inspect_scene(scene.uri, scene.name, options.band, options.sar_scale, metadata.tile_size, overlap,
+                                 metadata.sar_normalization, options.storage)
+        except InputError as err:
+            _fail(manifest, summary, scene.uri, str(err), log)
+            continue
+        log(f"[translate] {scene.uri}: {info.width}x{info.height} px, {info.n_tiles} tiles, SAR scale {info.scale} ({info.scale_reason})")
+        infos.append(info)
+    if infos:
+        _stream(infos, options, steps, manifest, summary, dest_fs, dest_root, log)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _fail(manifest: Manifest, summary: TranslateSummary, uri: str, reason: str, log, tiles: int = 0) -> None:
+    manifest.record(SceneRecord(scene=uri, status="failed", reason=reason, tiles=tiles))
+    summary.failed.append((uri, reason))
+    log(f"[translate] FAILED {uri}: {reason}")
+
+
+def _stream(infos, options, steps, manifest, summary, dest_fs, dest_root, log) -> None:
+    import ray
+    import ray.data
+    from tqdm import tqdm
+
+    from s2o_platform.ray_cluster import connect
+
+    connect(None if options.address == "local" else options.address)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # each scene's tiles reach its mosaic row by row
+    context.enable_progress_bars = False  # ours (tiles of all scenes) says more
+    context.enable_progress_bar_name_truncation = True
+    strips = [{"scene": i, "row": r} for i, info in enumerate(infos) for r in info.row_starts]
+    # The model actors read their strips themselves (a strip is milliseconds of rasterio): each call
+    # returns one block of a few window rows, so blocks, and the driver's buffers, stay small.
+    strips_per_call = max(1, options.batch_size // max(1, min(len(i.col_starts) for i in infos)))
+    translated = ray.data.from_items(strips).map_batches(
+        StripTranslator,
+        fn_constructor_kwargs=dict(infos=infos, bundle=options.model, steps=steps, seed=options.seed,
+                                   device="cuda" if gpus else ("cpu" if options.device == "auto" else options.device),
+                                   storage_options=options.storage, cpu_share=options.actors, batch_size=options.batch_size),
+        batch_size=strips_per_call,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=options.actors),
+        num_gpus=1 if gpus else 0,
+    )
+    writers: dict[int, SceneWriter] = {}
+    received = [0] * len(infos)
+    failed: set[int] = set()
+    finished: set[int] = set()
+    progress = tqdm(total=sum(i.n_tiles for i in infos), unit="tile", disable=not options.progress, desc="translate")
+    scene_started: dict[int, float] = {}
+    first_tile_at = None
+    with tempfile.TemporaryDirectory(prefix="s2o-translate-") as workdir:
+        try:
+            for batch in translated.iter_batches(batch_format="numpy", batch_size=None):
+                for k in range(len(batch["scene"])):
+                    i = int(batch["scene"][k])
+                    if i in failed:
+                        continue
+                    info = infos[i]
+                    if batch["error"][k]:
+                        failed.add(i)
+                        if i in writers:
+                            writers.pop(i).abort()
+                        _fail(manifest, summary, info.uri, f"reading row {int(batch['row'][k])}: {batch['error'][k]}", log)
+                        continue
+                    if first_tile_at is None:
+                        first_tile_at = time.perf_counter()
+                    if i not in writers:
+                        scene_started[i] = time.perf_counter()
+                        writers[i] = SceneWriter(info, workdir, options.output_dtype)
+                    writers[i].add(int(batch["row"][k]), int(batch["col"][k]), batch["optical"][k], batch["valid"][k])
+                    received[i] += 1
+                    summary.tiles += 1
+                    progress.update(1)
+                    if received[i] == info.n_tiles:
+                        _complete(i, infos, writers, manifest, summary, dest_fs, dest_root, options.dest if storage.is_uri(options.dest) else dest_root, scene_started, log)
+                        finished.add(i)
+        except Exception as err:  # noqa: BLE001 - the pipeline itself broke: record what was left, keep what is done
+            for i, info in enumerate(infos):
+                if i not in finished and i not in failed:
+                    if i in writers:
+                        writers.pop(i).abort()
+                    _fail(manifest, summary, info.uri, f"pipeline error: {type(err).__name__}: {err}", log)
+        finally:
+            progress.close()
+            for writer in writers.values():
+                writer.abort()
+            if first_tile_at is not None:
+                summary.stream_seconds = time.perf_counter() - first_tile_at
+
+
+def _complete(i, infos, writers, manifest, summary, dest_fs, dest_root, dest_uri, scene_started, log) -> None:
+    info = infos[i]
+    writer = writers.pop(i)
+    dest_path = storage.join(dest_root, f"{info.name}.tif")
+    output_uri = storage.join(dest_uri, f"{info.name}.tif")
+    try:
+        writer.finish(dest_fs, dest_path)
+    except Exception as err:  # noqa: BLE001
+        writer.abort()
+        _fail(manifest, summary, info.uri, f"writing the output: {type(err).__name__}: {err}", log)
+        return
+    seconds = time.perf_counter() - scene_started[i]
+    manifest.record(SceneRecord(scene=info.uri, status="done", output=output_uri, tiles=writer.tiles, seconds=round(seconds, 3),
+                                scale=f"{info.scale} ({info.scale_reason})"))
+    summary.done.append(info.uri)
+    log(f"[translate] done {info.uri} -> {output_uri} ({writer.tiles} tiles, written {seconds:.1f} s after its first tile)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tile stores: Parquet in, Parquet out
+# ---------------------------------------------------------------------------------------------
+
+
+class StoreTileTranslator(ModelActor):
+    """Store rows -> predicted tiles: tile_id, the predicted optical tile (uint8 HWC bytes, as the store
+    encodes optical tiles), and its ground truth, so evaluation at scale can score them."""
+
+    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from s2o_platform.data.normalization import model_to_uint8
+        from s2o_platform.data.store import decode_batch
+
+        batch = decode_batch(rows)
+        optical = self.translate(batch["sar"], str(batch["tile_id"][0]))
+        predicted = model_to_uint8(optical).transpose(0, 2, 3, 1)
+        return {
+            "tile_id": batch["tile_id"].astype(str),
+            "tile_size": rows["tile_size"],
+            "predicted": np.array([np.ascontiguousarray(t).tobytes() for t in predicted], dtype=object),
+            "optical": rows["optical"],
+        }
+
+
+def run_translate_store(options: TranslateOptions, split: str = "test", log: Callable[[str], None] = print) -> TranslateSummary:
+    """Translate a tile store's split into Parquet files of predicted tiles under DEST (one run; DEST is replaced)."""
+    import ray
+    import ray.data
+
+    from s2o_platform.bundle import BundleError
+    from s2o_platform.data.store import read_metadata, read_tiles, split_counts
+    from s2o_platform.ray_cluster import connect
+
+    try:
+        metadata, steps, _ = check_options(options)
+    except BundleError as err:
+        raise TranslateError(str(err)) from None
+    store = read_metadata(options.source, options.storage)
+    if (store.tile_size, store.sar_channels, store.sar_normalization) != (metadata.tile_size, metadata.sar_channels, metadata.sar_normalization):
+        raise TranslateError(f"{options.model} was trained for other tiles than the store {options.source} holds "
+                             f"(tile size {metadata.tile_size} vs {store.tile_size}, or SAR channels/normalisation)")
+    total = split_counts(options.source, options.storage).get(split, 0)
+    if not total:
+        raise TranslateError(f"the store {options.source} has no tiles in its {split!r} split")
+    started = time.perf_counter()
+    connect(None if options.address == "local" else options.address)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    log(f"[translate] {total} {split} tiles of {options.source} -> Parquet in {options.dest}")
+    predicted = read_tiles(options.source, split, options.storage).map_batches(
+        StoreTileTranslator,
+        fn_constructor_kwargs=dict(bundle=options.model, steps=steps, seed=options.seed,
+                                   device="cuda" if gpus else "cpu", storage_options=options.storage, cpu_share=options.actors,
+                                   batch_size=options.batch_size),
+        batch_size=options.batch_size,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=options.actors),
+        num_gpus=1 if gpus else 0,
+    )
+    fs, root = storage.resolve(options.dest, options.storage)
+    predicted.write_parquet(root, filesystem=fs, mode="overwrite")
+    summary = TranslateSummary(done=[options.source], tiles=total, seconds=time.perf_counter() - started)
+    return summary

@@ -1,0 +1,112 @@
+"""One SAR scene: checks, scale choice, window grid and strip reads (rasterio, window by window)."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from s2o_platform import storage
+from s2o_platform.data.normalization import SarNormalization, SarScale, detect_sar_scale
+from s2o_platform.data.rasters import InputError, _select_sar_band, _units_hint
+from s2o_platform.geo.tiling import window_starts
+
+SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+
+
+@dataclass
+class SceneInfo:
+    """Everything a reader task needs about a scene (plain data: it travels to Ray tasks)."""
+
+    uri: str
+    name: str
+    path: str  # what rasterio opens (a local path or /vsis3/...)
+    env: dict[str, str]
+    band: int
+    height: int
+    width: int
+    dtype: str
+    crs_wkt: str
+    transform: tuple[float, ...]
+    scale: str
+    scale_reason: str
+    tile: int
+    overlap: int
+    normalization: dict = field(default_factory=dict)
+
+    @property
+    def row_starts(self) -> list[int]:
+        return window_starts(self.height, self.tile, self.tile - self.overlap)
+
+    @property
+    def col_starts(self) -> list[int]:
+        return window_starts(self.width, self.tile, self.tile - self.overlap)
+
+    @property
+    def n_tiles(self) -> int:
+        return len(self.row_starts) * len(self.col_starts)
+
+
+@contextlib.contextmanager
+def open_dataset(path: str, env: dict[str, str]) -> Iterator[object]:
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    with rasterio.Env(**env), warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
+            ds = rasterio.open(path)
+        except RasterioIOError as err:
+            raise InputError(f"cannot open {path}: {err}") from None
+        try:
+            yield ds
+        finally:
+            ds.close()
+
+
+def inspect_scene(uri: str, name: str, band: str | int | None, sar_scale: str, tile: int, overlap: int,
+                  normalization: SarNormalization, options: storage.StorageOptions | None = None) -> SceneInfo:
+    """Open a scene, check it can be translated, and choose its SAR scale. Raises InputError with the reason."""
+    path, env = storage.gdal_path(uri, options)
+    with open_dataset(path, env) as ds:
+        if ds.crs is None:
+            raise InputError(f"{uri} has no CRS: archive translation writes georeferenced outputs, so it needs a georeferenced scene")
+        index = _select_sar_band(ds, uri, band)
+        dtype = ds.dtypes[index - 1]
+        if dtype not in SUPPORTED_DTYPES:
+            raise InputError(f"{uri} band {index} has data type {dtype}; supported: {', '.join(SUPPORTED_DTYPES)}")
+        if ds.height < tile or ds.width < tile:
+            raise InputError(f"{uri} is {ds.width}x{ds.height} px, smaller than the model's {tile} px tile")
+        if sar_scale == SarScale.AUTO.value:
+            step = max(1, max(ds.height, ds.width) // 512)
+            sample = ds.read(index, out_shape=(max(1, ds.height // step), max(1, ds.width // step)), masked=True)
+            values = np.asarray(sample.filled(np.nan) if np.issubdtype(sample.dtype, np.floating) else sample.compressed(), dtype=np.float64)
+            scale, reason = detect_sar_scale(values, dtype, _units_hint(ds, index))
+        else:
+            scale, reason = SarScale(sar_scale), f"--sar-scale {sar_scale}"
+        return SceneInfo(
+            uri=uri, name=name, path=path, env=env, band=index, height=ds.height, width=ds.width, dtype=dtype,
+            crs_wkt=ds.crs.to_wkt(), transform=tuple(ds.transform)[:6], scale=scale.value, scale_reason=reason,
+            tile=tile, overlap=overlap, normalization=normalization.to_dict(),
+        )
+
+
+def read_strip(info: SceneInfo, row: int) -> tuple[np.ndarray, np.ndarray]:
+    """The tiles of one window row: (n_cols, 1, T, T) float32 in the model's range (nodata filled with -1)
+    and (n_cols, T, T) bool validity. Memory: one strip of T rows across the scene."""
+    from rasterio.windows import Window
+
+    norm = SarNormalization.from_dict(info.normalization)
+    with open_dataset(info.path, info.env) as ds:
+        masked = ds.read(info.band, window=Window(0, row, info.width, info.tile), masked=True)
+    raw = np.asarray(masked.filled(0), dtype=np.float64)
+    valid = ~np.ma.getmaskarray(masked) & np.isfinite(raw)
+    model = norm.to_model(np.where(valid, raw, 1.0), info.scale)
+    model = np.where(valid, model, -1.0).astype(np.float32)
+    cols = info.col_starts
+    tiles = np.stack([model[:, c : c + info.tile] for c in cols])[:, None]
+    masks = np.stack([valid[:, c : c + info.tile] for c in cols])
+    return tiles, masks

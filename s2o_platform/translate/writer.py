@@ -1,0 +1,81 @@
+"""One scene's output: blended bands written into a tiled GeoTIFF as they finish, then converted to a
+Cloud-Optimised GeoTIFF (tiled, DEFLATE, overviews) and put in DEST atomically.
+
+Writing the COG directly would hold the whole raster in memory until close (GDAL's COG driver is a
+copy-only driver); writing a tiled GeoTIFF by windows and converting keeps memory independent of
+the scene size (PLATFORM-NOTES: 8192x8192x3, 371 MB against 97 MB).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from s2o_platform import storage
+from s2o_platform.geo.blending import StripMosaic
+from s2o_platform.translate.scene import SceneInfo
+
+OUTPUT_DTYPES = ("uint8", "float32")
+
+
+class SceneWriter:
+    def __init__(self, info: SceneInfo, workdir: str, output_dtype: str = "uint8"):
+        import rasterio
+        from rasterio.crs import CRS
+        from rasterio.transform import Affine
+
+        if output_dtype not in OUTPUT_DTYPES:
+            raise ValueError(f"output dtype must be one of {OUTPUT_DTYPES}, got {output_dtype!r}")
+        self.info, self.output_dtype = info, output_dtype
+        self.tmp_path = os.path.join(workdir, f"{abs(hash(info.uri))}.tif")
+        # RGB + validity: validity blends exactly (every tile sees the same pixel's validity)
+        self.mosaic = StripMosaic(info.height, info.width, 4, info.tile, info.overlap)
+        self.nodata = 0 if output_dtype == "uint8" else float("nan")
+        self.dataset = rasterio.open(
+            self.tmp_path, "w", driver="GTiff", width=info.width, height=info.height, count=3, dtype=output_dtype,
+            crs=CRS.from_wkt(info.crs_wkt), transform=Affine(*info.transform), nodata=self.nodata,
+            tiled=True, blockxsize=256, blockysize=256, photometric="RGB" if output_dtype == "uint8" else None,
+            BIGTIFF="IF_SAFER",
+        )
+        self.tiles = 0
+
+    def add(self, row: int, col: int, optical: np.ndarray, valid: np.ndarray) -> None:
+        """optical (3, T, T) in [-1, 1]; valid (T, T) bool."""
+        stacked = np.concatenate([(optical.astype(np.float32) + 1.0) / 2.0, valid[None].astype(np.float32)])
+        for start, band in self.mosaic.add(row, col, stacked):
+            self._write(start, band)
+        self.tiles += 1
+
+    def _write(self, start: int, band: np.ndarray) -> None:
+        from rasterio.windows import Window
+
+        rgb, valid = np.clip(band[:3], 0.0, 1.0), band[3] > 0.5
+        if self.output_dtype == "uint8":
+            data = np.where(valid, np.clip(np.rint(rgb * 255.0), 1, 255), 0).astype(np.uint8)
+        else:
+            data = np.where(valid, rgb, np.nan).astype(np.float32)
+        self.dataset.write(data, window=Window(0, start, self.info.width, band.shape[1]))
+
+    def finish(self, dest_fs, dest_path: str) -> None:
+        """Flush the last rows, convert to a COG and put it at dest_path (never a partial file there)."""
+        from rasterio.shutil import copy as rio_copy
+
+        for start, band in self.mosaic.finish():
+            self._write(start, band)
+        self.dataset.close()
+        cog = self.tmp_path[:-4] + ".cog.tif"
+        try:
+            rio_copy(self.tmp_path, cog, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE="512", OVERVIEW_RESAMPLING="AVERAGE",
+                     BIGTIFF="IF_SAFER")
+            storage.put_file_atomic(cog, dest_fs, dest_path)
+        finally:
+            for path in (self.tmp_path, cog):
+                if os.path.exists(path):
+                    os.remove(path)
+
+    def abort(self) -> None:
+        if not self.dataset.closed:
+            self.dataset.close()
+        if os.path.exists(self.tmp_path):
+            os.remove(self.tmp_path)

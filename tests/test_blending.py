@@ -1,0 +1,59 @@
+"""Pure blending: tapers by hand, and mosaics that are seamless and bounded in memory."""
+
+import numpy as np
+import pytest
+
+from s2o_platform.geo.blending import StripMosaic, blend_weights, taper_1d
+from s2o_platform.geo.tiling import grid_windows
+
+
+def test_taper_by_hand():
+    assert taper_1d(8, 2).tolist() == [0.25, 0.75, 1, 1, 1, 1, 0.75, 0.25]
+    assert taper_1d(4, 0).tolist() == [1, 1, 1, 1]
+    w = blend_weights(8, 2)
+    assert w[0, 0] == pytest.approx(0.0625) and w[4, 4] == 1.0 and w.shape == (8, 8)
+
+
+def mosaic_of(scene: np.ndarray, tile: int, overlap: int, predict=lambda x: x):
+    channels, height, width = scene.shape
+    mosaic = StripMosaic(height, width, channels, tile, overlap)
+    out = np.full_like(scene, np.nan)
+    most_rows = 0
+    for w in grid_windows(height, width, tile, tile - overlap):
+        piece = predict(scene[:, w.row_off : w.row_off + tile, w.col_off : w.col_off + tile])
+        for start, band in mosaic.add(w.row_off, w.col_off, piece):
+            out[:, start : start + band.shape[1]] = band
+        most_rows = max(most_rows, mosaic.rows_held)
+    for start, band in mosaic.finish():
+        out[:, start : start + band.shape[1]] = band
+    return out, most_rows
+
+
+def test_identity_predictions_reassemble_the_scene_exactly():
+    scene = np.random.default_rng(0).random((3, 70, 53)).astype(np.float32)
+    out, _ = mosaic_of(scene, tile=16, overlap=4)
+    np.testing.assert_allclose(out, scene, atol=1e-5)
+
+
+def test_tiles_that_disagree_cross_fade_without_a_seam():
+    # neighbouring tiles predict constants 0.5 apart: without blending the row would jump by 0.5
+    scene = np.zeros((1, 32, 96), np.float32)
+    counter = iter(range(100))
+    out, _ = mosaic_of(scene, tile=32, overlap=16, predict=lambda x: np.full_like(x, 0.5 * next(counter)))
+    row = out[0, 16]
+    assert np.all(np.isfinite(row)) and row[0] == pytest.approx(0.0) and row[-1] == pytest.approx(2.0)
+    assert np.max(np.abs(np.diff(row))) < 0.05
+    assert np.all(np.diff(row) >= -1e-6)  # monotone: a cross-fade, not an overshoot
+
+
+def test_memory_is_bounded_by_two_tile_heights():
+    scene = np.zeros((1, 400, 40), np.float32)
+    _, most_rows = mosaic_of(scene, tile=16, overlap=4)
+    assert most_rows <= 2 * 16
+
+
+def test_rows_must_arrive_in_order():
+    m = StripMosaic(64, 64, 1, 16, 0)
+    m.add(16, 0, np.zeros((1, 16, 16)))
+    with pytest.raises(ValueError, match="row order"):
+        m.add(0, 0, np.zeros((1, 16, 16)))
