@@ -92,6 +92,8 @@ def deepspeed_alone(cfg: TeacherConfig, store: str, steps: int, warmup: int) -> 
         optimizer, lambda step: lr_factor(step, cfg.train.warmup_steps, cfg.train.max_steps, cfg.train.lr_schedule))
     engine, _, _, _ = deepspeed.initialize(model=unet, optimizer=optimizer, lr_scheduler=lr_sched,
                                            config=deepspeed_config(cfg, "fp32"), dist_init_required=False)
+    if cfg.deepspeed.zero_stage == 0:
+        engine.enable_backward_allreduce = False  # as the harness does with one worker
     ema = copy.deepcopy(unet).requires_grad_(False)
     scheduler = noise_scheduler(cfg.diffusion)
     collate = PairCollate(cfg.train.augment, np.random.default_rng(0), torch.device("cpu"))

@@ -244,7 +244,8 @@ class DataSection(Section):
         2048, ge=0, description="a train split smaller than this is read once into the object store and fully "
         "shuffled every epoch; a larger one is streamed from storage every epoch"
     )
-    shuffle_buffer: int = Field(256, ge=0, description="rows in the local shuffle buffer of each worker (0: none)")
+    shuffle_buffer: int = Field(256, ge=0, description="rows in the local shuffle buffer of each worker "
+                                "for a streamed split (0: none; a materialised split is fully shuffled instead)")
 
 
 class TrainingStageConfig(StageConfig):

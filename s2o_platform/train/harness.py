@@ -132,6 +132,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         engine, _, _, _ = deepspeed.initialize(
             model=module, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg, precision), dist_init_required=False
         )
+        if world == 1 and cfg.deepspeed.zero_stage == 0:
+            engine.enable_backward_allreduce = False  # an all-reduce over one rank only copies the gradients
         engines[name] = engine
     main_name = next(iter(engines))
     main = engines[main_name]
@@ -183,6 +185,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
 
     # [4] data -----------------------------------------------------------------------------------
     shard = ray.train.get_dataset_shard("train")
+    shuffle_buffer = (cfg.data.shuffle_buffer or None) if loop_config.get("local_shuffle", True) else None
     collate = PairCollate(cfg.train.augment, np.random.default_rng(cfg.train.seed + 7919 * rank + epoch), device)
     window: dict[str, list[float]] = {}
     last_report_step = main.global_steps
@@ -193,7 +196,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     # [5] loop ------------------------------------------------------------------------------------
     while main.global_steps < cfg.train.max_steps:
         batches = 0
-        for batch in shard.iter_torch_batches(batch_size=cfg.train.batch_size, collate_fn=collate, drop_last=True, local_shuffle_buffer_size=cfg.data.shuffle_buffer or None):
+        for batch in shard.iter_torch_batches(batch_size=cfg.train.batch_size, collate_fn=collate, drop_last=True, local_shuffle_buffer_size=shuffle_buffer):
             batches += 1
             before = main.global_steps
             step_metrics = stage.step(engines, models, ema, batch, generator)

@@ -142,14 +142,18 @@ def check_previous_run(out: str, cfg: TrainingStageConfig, stage: str, options: 
             )
 
 
+def materialized(store: StoreMetadata, train_rows: int, cfg: TrainingStageConfig) -> bool:
+    size_mb = train_rows * store.tile_size**2 * (2 * store.sar_channels + store.optical_channels) / 1e6
+    return size_mb <= cfg.data.materialize_below_mb
+
+
 def training_dataset(data: str, store: StoreMetadata, train_rows: int, cfg: TrainingStageConfig, options: storage.StorageOptions | None):
     """The train split as a Ray Dataset: materialised and fully shuffled per epoch when small, streamed when large."""
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     dataset = read_tiles(data, "train", options, columns=TRAIN_COLUMNS)
-    size_mb = train_rows * store.tile_size**2 * (2 * store.sar_channels + store.optical_channels) / 1e6
-    if size_mb <= cfg.data.materialize_below_mb:
+    if materialized(store, train_rows, cfg):
         # Re-reading many small shards every epoch costs more than the training step on small sets.
         return dataset.materialize().random_shuffle()
     return dataset.randomize_block_order()
@@ -197,6 +201,8 @@ def run_training(
             "store_metadata": store.to_dict(),
             "data_uri": data,
             "extra": extra or {},
+            # a fully shuffled split needs no local shuffle buffer on top (it only costs copies per batch)
+            "local_shuffle": not materialized(store, train_rows, cfg),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers,
