@@ -29,18 +29,14 @@ from s2o_platform.train.harness import TRAIN_COLUMNS, PairCollate, cpu_threads
 from s2o_platform.train.stages.teacher import diffusion_loss, noise_scheduler
 
 
-def plain_pytorch(cfg: TeacherConfig, store: str, steps: int, warmup: int) -> float:
-    """samples/s of a bare loop: in-memory rows -> collate -> loss -> backward -> clip -> AdamW -> EMA."""
+def in_memory_loop(cfg: TeacherConfig, store: str, steps: int, warmup: int, train_step) -> float:
+    """samples/s of `train_step(batch)` over in-memory rows of the train split, shuffled per epoch, with the
+    platform's decode + paired augmentation; the first `warmup` steps are not timed."""
     torch.set_num_threads(cpu_threads(cfg.scaling.torch_threads, 1))
     fs, _ = storage.resolve(store)
     table = pq.ParquetDataset(shard_paths(store, ["train"]), filesystem=fs).read(columns=TRAIN_COLUMNS)
     rows = {c: table.column(c).to_numpy(zero_copy_only=False) for c in TRAIN_COLUMNS}
     n = table.num_rows
-    torch.manual_seed(cfg.train.seed)
-    unet = build_unet(cfg.model)
-    ema = copy.deepcopy(unet).requires_grad_(False)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay)
-    scheduler = noise_scheduler(cfg.diffusion)
     collate = PairCollate(cfg.train.augment, np.random.default_rng(0), torch.device("cpu"))
     rng = np.random.default_rng(0)
     b = cfg.train.batch_size
@@ -53,18 +49,31 @@ def plain_pytorch(cfg: TeacherConfig, store: str, steps: int, warmup: int) -> fl
             order, cursor = rng.permutation(n), 0
         idx = order[cursor : cursor + b]
         cursor += b
-        batch = collate({c: v[idx] for c, v in rows.items()})
+        train_step(collate({c: v[idx] for c, v in rows.items()}))
+    return steps * b / (time.perf_counter() - started)
+
+
+def plain_pytorch(cfg: TeacherConfig, store: str, steps: int, warmup: int) -> float:
+    """samples/s of a bare loop: in-memory rows -> collate -> loss -> backward -> clip -> AdamW -> EMA."""
+    torch.manual_seed(cfg.train.seed)
+    unet = build_unet(cfg.model)
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay)
+    scheduler = noise_scheduler(cfg.diffusion)
+
+    def train_step(batch):
         loss = diffusion_loss(unet, scheduler, batch["optical"], batch["sar"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.train.grad_clip)
         optimizer.step()
         ema_update(ema, unet, cfg.train.ema_decay)  # the platform keeps an EMA too: same work on both sides
-    return steps * b / (time.perf_counter() - started)
+
+    return in_memory_loop(cfg, store, steps, warmup, train_step)
 
 
 def deepspeed_alone(cfg: TeacherConfig, store: str, steps: int, warmup: int) -> float:
-    """samples/s of the plain loop with the model in a DeepSpeed engine built from the platform's config, no Ray:
+    """samples/s of the same loop with the model in a DeepSpeed engine built from the platform's config, no Ray:
     separates DeepSpeed's per-step cost from Ray's (Data iterator, Train worker)."""
     import socket
 
@@ -74,17 +83,12 @@ def deepspeed_alone(cfg: TeacherConfig, store: str, steps: int, warmup: int) -> 
     from s2o_platform.train.deepspeed_config import deepspeed_config
     from s2o_platform.train.schedule import lr_factor
 
-    torch.set_num_threads(cpu_threads(cfg.scaling.torch_threads, 1))
     if not dist.is_initialized():
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    fs, _ = storage.resolve(store)
-    table = pq.ParquetDataset(shard_paths(store, ["train"]), filesystem=fs).read(columns=TRAIN_COLUMNS)
-    rows = {c: table.column(c).to_numpy(zero_copy_only=False) for c in TRAIN_COLUMNS}
-    n = table.num_rows
     torch.manual_seed(cfg.train.seed)
     unet = build_unet(cfg.model)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay)
@@ -96,24 +100,14 @@ def deepspeed_alone(cfg: TeacherConfig, store: str, steps: int, warmup: int) -> 
         engine.enable_backward_allreduce = False  # as the harness does with one worker
     ema = copy.deepcopy(unet).requires_grad_(False)
     scheduler = noise_scheduler(cfg.diffusion)
-    collate = PairCollate(cfg.train.augment, np.random.default_rng(0), torch.device("cpu"))
-    rng = np.random.default_rng(0)
-    b = cfg.train.batch_size
-    order = rng.permutation(n)
-    cursor, started = 0, None
-    for step in range(warmup + steps):
-        if step == warmup:
-            started = time.perf_counter()
-        if cursor + b > n:
-            order, cursor = rng.permutation(n), 0
-        idx = order[cursor : cursor + b]
-        cursor += b
-        batch = collate({c: v[idx] for c, v in rows.items()})
+
+    def train_step(batch):
         loss = diffusion_loss(engine, scheduler, batch["optical"], batch["sar"])
         engine.backward(loss)
         engine.step()
         ema_update(ema, engine.module, cfg.train.ema_decay)
-    return steps * b / (time.perf_counter() - started)
+
+    return in_memory_loop(cfg, store, steps, warmup, train_step)
 
 
 def ray_train(cfg: TeacherConfig, store: str, steps: int, warmup: int) -> float:

@@ -102,16 +102,15 @@ class ModelActor:
 
     def __init__(self, bundle: str, steps: int | None, seed: int, device: str, storage_options=None, cpu_share: int = 1,
                  batch_size: int = 32):
-        import os
-
         import torch
 
         from s2o_platform.bundle import load_bundle
         from s2o_platform.evaluation.speed import resolve_device, resolve_dtype
+        from s2o_platform.train.harness import cpu_threads
 
         dev = resolve_device(device)
         if dev.type == "cpu":  # Ray starts actors with one torch thread; share the node's cores among the actors
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, cpu_share)))
+            torch.set_num_threads(cpu_threads(None, cpu_share))
         self.bundle = load_bundle(bundle, device=dev, options=storage_options, dtype=resolve_dtype("auto", dev))
         self.steps, self.seed, self.batch_size = steps, seed, batch_size
 
