@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import torch
 
@@ -64,3 +66,32 @@ def translate_tiles(
             raise BundleError(f"unknown sampler {name!r} in {bundle.path}")
         outputs.append(out.float().cpu().numpy())
     return np.concatenate(outputs) if outputs else np.zeros((0, 3, *sar_t.shape[-2:]), np.float32)
+
+
+def batch_seed(seed: int, key: str) -> int:
+    """The seed of one batch: the run's seed plus a hash of the batch's first item, so an item's noise
+    does not depend on which actor or replica translates it."""
+    return (seed + zlib.crc32(key.encode())) % (2**31)
+
+
+class LoadedModel:
+    """A bundle loaded once onto a device and dtype, translating batch after batch: the base of the
+    Ray Data actors (archive translation, evaluation) and of the Serve replicas."""
+
+    def __init__(self, bundle: str, device: str = "auto", dtype: str = "auto", sampler: str | None = None,
+                 steps: int | None = None, seed: int = 0, batch_size: int = 32, cpu_share: int = 1,
+                 storage_options=None):
+        from s2o_platform.bundle import load_bundle
+        from s2o_platform.evaluation.speed import resolve_device, resolve_dtype
+        from s2o_platform.train.harness import cpu_threads
+
+        self.device = resolve_device(device)
+        if self.device.type == "cpu":  # Ray starts actors with one torch thread; share the node's cores among them
+            torch.set_num_threads(cpu_threads(None, cpu_share))
+        self.bundle = load_bundle(bundle, device=self.device, options=storage_options, dtype=resolve_dtype(dtype, self.device))
+        self.sampler, self.steps, self.seed, self.batch_size = sampler, steps, seed, batch_size
+
+    def translate(self, sar: np.ndarray, key: str, steps: int | None = None) -> np.ndarray:
+        """Translate tiles seeded by `key` (see `batch_seed`), with this model's sampler and steps unless given."""
+        return translate_tiles(self.bundle, sar, self.sampler, self.steps if steps is None else steps,
+                               seed=batch_seed(self.seed, key), batch_size=self.batch_size)

@@ -8,49 +8,36 @@ noise does not depend on which actor scores it. Batches are formed in tile-id or
 
 from __future__ import annotations
 
-import zlib
-from typing import Any
-
 import numpy as np
 
-from s2o_platform.bundle import Bundle, load_bundle
+from s2o_platform.bundle import Bundle
 from s2o_platform.data.store import decode_batch, read_tiles
 from s2o_platform.evaluation.quality import tile_scores, to_unit
 from s2o_platform.evaluation.spec import ModelSetting
+from s2o_platform.inference import LoadedModel, translate_tiles
 
 SCORE_COLUMNS = ("tile_id", "psnr", "ssim", "colour_error", "finite")
 
 
-def batch_seed(seed: int, first_tile_id: str) -> int:
-    return (seed + zlib.crc32(first_tile_id.encode())) % (2**31)
-
-
-class TileScorer:
+class TileScorer(LoadedModel):
     """A Ray Data actor: store rows -> per-tile scores (and FID features) of one model setting."""
 
-    def __init__(self, bundle: str, sampler: str, steps: int, seed: int, device: str, dtype: str,
-                 fid_weights: str | None, storage_options: Any = None):
+    def __init__(self, fid_weights: str | None, **kwargs):
         import torch
 
         from s2o_platform.evaluation.quality import load_fid_network
-        from s2o_platform.evaluation.speed import resolve_device, resolve_dtype
 
-        self.device = resolve_device(device)
-        self.bundle: Bundle = load_bundle(bundle, device=self.device, options=storage_options,
-                                          dtype=resolve_dtype(dtype, self.device))
-        self.sampler, self.steps, self.seed = sampler, steps, seed
+        super().__init__(**kwargs)
         self.fid = load_fid_network(fid_weights, self.device) if fid_weights else None
         torch.set_grad_enabled(False)
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from s2o_platform.evaluation.runner import inception_features
-        from s2o_platform.inference import translate_tiles
 
         batch = decode_batch(rows)
         order = np.argsort(batch["tile_id"])
         ids = batch["tile_id"][order]
-        prediction = translate_tiles(self.bundle, batch["sar"][order], self.sampler, self.steps,
-                                     seed=batch_seed(self.seed, str(ids[0])), batch_size=len(ids))
+        prediction = self.translate(batch["sar"][order], str(ids[0]))
         unit, target = to_unit(prediction), to_unit(batch["optical"][order])
         out: dict[str, np.ndarray] = {"tile_id": ids.astype(str), **tile_scores(unit, target)}
         if self.fid is not None:
@@ -84,14 +71,14 @@ class RayQuality:
         import ray.data
 
         from s2o_platform.evaluation.runner import SettingOutput
-        from s2o_platform.inference import translate_tiles
 
         o = self.options
         scored = self.dataset(count).map_batches(
             TileScorer,
             fn_constructor_kwargs=dict(bundle=setting.bundle, sampler=setting.sampler, steps=setting.steps, seed=o.seed,
                                        device="cuda" if self.gpus else "cpu", dtype=o.dtype if self.gpus else "fp32",
-                                       fid_weights=o.fid_weights, storage_options=o.storage),
+                                       fid_weights=o.fid_weights, storage_options=o.storage,
+                                       batch_size=o.batch_size, cpu_share=max(1, o.workers)),
             batch_size=o.batch_size,
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, o.workers)),
             num_gpus=1 if self.gpus else 0,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import tempfile
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -23,9 +22,9 @@ from s2o_platform import storage
 from s2o_platform.bundle import read_bundle_metadata
 from s2o_platform.data.normalization import SarScale
 from s2o_platform.data.rasters import InputError
-from s2o_platform.inference import resolve_sampler_for
+from s2o_platform.inference import LoadedModel, resolve_sampler_for
 from s2o_platform.translate.manifest import Manifest, SceneRecord
-from s2o_platform.translate.scene import SceneInfo, inspect_scene, read_strip
+from s2o_platform.translate.scene import SceneInfo, SceneReader, inspect_scene
 from s2o_platform.translate.sources import discover_scenes
 from s2o_platform.translate.writer import OUTPUT_DTYPES, SceneWriter
 
@@ -73,14 +72,14 @@ class TranslateSummary:
         return "\n".join(lines)
 
 
-def read_strip_tiles(batch: dict[str, np.ndarray], infos: list[SceneInfo]) -> dict[str, np.ndarray]:
-    """Ray Data task: (scene, row) strips -> one row per tile; an unreadable strip -> one error row."""
+def read_strip_tiles(batch: dict[str, np.ndarray], infos: list[SceneInfo], reader: SceneReader) -> dict[str, np.ndarray]:
+    """(scene, row) strips -> one row per tile; an unreadable strip -> one error row."""
     out: dict[str, list] = {"scene": [], "row": [], "col": [], "sar": [], "valid": [], "error": []}
     for scene, row in zip(batch["scene"], batch["row"]):
         info = infos[int(scene)]
         t = info.tile
         try:
-            tiles, masks = read_strip(info, int(row))
+            tiles, masks = reader.read_strip(info, int(row))
             cols = info.col_starts
         except Exception as err:  # noqa: BLE001 - recorded against the scene, the run goes on
             tiles, masks, cols = np.zeros((1, 1, t, t), np.float32), np.zeros((1, t, t), bool), [-1]
@@ -97,31 +96,7 @@ def read_strip_tiles(batch: dict[str, np.ndarray], infos: list[SceneInfo]) -> di
     return {k: np.stack(v) if k in ("sar", "valid") else np.asarray(v) for k, v in out.items()}
 
 
-class ModelActor:
-    """A Ray Data actor holding one model (on a GPU where the actor has one)."""
-
-    def __init__(self, bundle: str, steps: int | None, seed: int, device: str, storage_options=None, cpu_share: int = 1,
-                 batch_size: int = 32):
-        import torch
-
-        from s2o_platform.bundle import load_bundle
-        from s2o_platform.evaluation.speed import resolve_device, resolve_dtype
-        from s2o_platform.train.harness import cpu_threads
-
-        dev = resolve_device(device)
-        if dev.type == "cpu":  # Ray starts actors with one torch thread; share the node's cores among the actors
-            torch.set_num_threads(cpu_threads(None, cpu_share))
-        self.bundle = load_bundle(bundle, device=dev, options=storage_options, dtype=resolve_dtype("auto", dev))
-        self.steps, self.seed, self.batch_size = steps, seed, batch_size
-
-    def translate(self, sar: np.ndarray, key: str) -> np.ndarray:
-        from s2o_platform.inference import translate_tiles
-
-        seed = (self.seed + zlib.crc32(key.encode())) % 2**31
-        return translate_tiles(self.bundle, sar, steps=self.steps, seed=seed, batch_size=self.batch_size)
-
-
-class StripTranslator(ModelActor):
+class StripTranslator(LoadedModel):
     """(scene, row) strips -> their tiles, read with rasterio and translated: one output block per call,
     so blocks stay one window row in size (the actor pool is fed strips, not whole scenes).
     Optical tiles are float16 in [-1, 1]; an unreadable strip passes through as an error row."""
@@ -129,9 +104,10 @@ class StripTranslator(ModelActor):
     def __init__(self, infos: list[SceneInfo], **kwargs):
         super().__init__(**kwargs)
         self.infos = infos
+        self.reader = SceneReader()
 
     def __call__(self, strips: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        batch = read_strip_tiles(strips, self.infos)
+        batch = read_strip_tiles(strips, self.infos, self.reader)
         ok = batch["error"] == ""
         n, t = len(ok), batch["sar"].shape[-1]
         optical = np.zeros((n, 3, t, t), np.float16)
@@ -294,7 +270,7 @@ def _complete(i, infos, writers, manifest, summary, dest_fs, dest_root, dest_uri
 # ---------------------------------------------------------------------------------------------
 
 
-class StoreTileTranslator(ModelActor):
+class StoreTileTranslator(LoadedModel):
     """Store rows -> predicted tiles: tile_id, the predicted optical tile (uint8 HWC bytes, as the store
     encodes optical tiles), and its ground truth, so evaluation at scale can score them."""
 

@@ -94,14 +94,19 @@ def inspect_scene(uri: str, name: str, band: str | int | None, sar_scale: str, t
         )
 
 
-def read_strip(info: SceneInfo, row: int) -> tuple[np.ndarray, np.ndarray]:
+def read_strip(info: SceneInfo, row: int, dataset=None) -> tuple[np.ndarray, np.ndarray]:
     """The tiles of one window row: (n_cols, 1, T, T) float32 in the model's range (nodata filled with -1)
-    and (n_cols, T, T) bool validity. Memory: one strip of T rows across the scene."""
+    and (n_cols, T, T) bool validity. Memory: one strip of T rows across the scene. Reads from `dataset`
+    where given (see SceneReader), else opens the scene for this one row."""
     from rasterio.windows import Window
 
     norm = SarNormalization.from_dict(info.normalization)
-    with open_dataset(info.path, info.env) as ds:
-        masked = ds.read(info.band, window=Window(0, row, info.width, info.tile), masked=True)
+    window = Window(0, row, info.width, info.tile)
+    if dataset is None:
+        with open_dataset(info.path, info.env) as ds:
+            masked = ds.read(info.band, window=window, masked=True)
+    else:
+        masked = dataset.read(info.band, window=window, masked=True)
     raw = np.asarray(masked.filled(0), dtype=np.float64)
     valid = ~np.ma.getmaskarray(masked) & np.isfinite(raw)
     model = norm.to_model(np.where(valid, raw, 1.0), info.scale)
@@ -110,3 +115,30 @@ def read_strip(info: SceneInfo, row: int) -> tuple[np.ndarray, np.ndarray]:
     tiles = np.stack([model[:, c : c + info.tile] for c in cols])[:, None]
     masks = np.stack([valid[:, c : c + info.tile] for c in cols])
     return tiles, masks
+
+
+class SceneReader:
+    """Reads window rows, keeping the current scene open between them: a scene's rows arrive one after
+    another, so a remote (/vsis3/) scene's header is fetched once per actor, not once per row."""
+
+    def __init__(self):
+        self._path: str | None = None
+        self._open: contextlib.ExitStack | None = None
+        self._dataset = None
+
+    def read_strip(self, info: SceneInfo, row: int) -> tuple[np.ndarray, np.ndarray]:
+        if info.path != self._path:
+            self.close()
+            stack = contextlib.ExitStack()
+            self._dataset = stack.enter_context(open_dataset(info.path, info.env))
+            self._open, self._path = stack, info.path
+        try:
+            return read_strip(info, row, self._dataset)
+        except Exception:
+            self.close()  # a failed read may leave the handle unusable; the next row reopens it
+            raise
+
+    def close(self) -> None:
+        if self._open is not None:
+            self._open.close()
+        self._open, self._path, self._dataset = None, None, None
