@@ -468,3 +468,48 @@ def evaluate(
 
 if __name__ == "__main__":
     app()
+
+
+@app.command("serve")
+def serve_command(
+    model: Annotated[Optional[str], typer.Option("--model", help="The bundle to serve (a student's OUT/bundle). "
+                                                 "Default: args.model of the Serve config.")] = None,
+    host: Annotated[str, typer.Option("--host", help="Interface the HTTP proxy listens on (0.0.0.0 for all).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="HTTP port.")] = 8000,
+    config: Annotated[Path, typer.Option("--config", help="Serve config: batching, limits, replicas, autoscaling, "
+                                         "queue limits (the file `serve deploy` takes).")] = Path("serve/config.yaml"),
+    address: AddressOption = None,
+) -> None:
+    """Serve a model over HTTP with Ray Serve until interrupted (Ctrl-C).
+
+    POST /v1/translate?steps=N&format=png|tiff with a SAR image as the body (image/png, image/jpeg
+    or image/tiff; a GeoTIFF keeps its georeference in a tiff answer); GET /healthz; GET /v1/model;
+    OpenAPI docs at /docs. Requests are batched dynamically across clients; beyond the config's queue
+    limits, requests get 503 with Retry-After instead of waiting without bound.
+
+    Example: curl -X POST --data-binary @sar.png -H 'Content-Type: image/png'
+             'http://127.0.0.1:8000/v1/translate?steps=4' -o optical.png
+    """
+    import time
+
+    from s2o_platform.serving.runner import plan_serving, start_serving
+    from s2o_platform.serving.settings import DEFAULT_CONFIG, ServeConfigError
+
+    if not config.exists() and config == Path("serve/config.yaml") and DEFAULT_CONFIG.exists():
+        config = DEFAULT_CONFIG  # run from outside the repository: the packaged default
+    try:
+        plan = plan_serving(config, model=model, host=host, port=port)
+    except ServeConfigError as err:
+        fail(str(err))
+    typer.echo(f"[serve] starting Ray Serve with {plan.settings.model} (config {config}) ...", err=True)
+    url = start_serving(plan, address)
+    typer.echo(f"[serve] ready: POST {url}/v1/translate  |  GET {url}/healthz  |  docs {url}/docs  (Ctrl-C stops)")
+    from ray import serve
+
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        typer.echo("[serve] shutting down", err=True)
+    finally:
+        serve.shutdown()

@@ -80,14 +80,14 @@ class LoadedModel:
 
     def __init__(self, bundle: str, device: str = "auto", dtype: str = "auto", sampler: str | None = None,
                  steps: int | None = None, seed: int = 0, batch_size: int = 32, cpu_share: int = 1,
-                 storage_options=None):
+                 storage_options=None, threads: int | None = None):
         from s2o_platform.bundle import load_bundle
         from s2o_platform.evaluation.speed import resolve_device, resolve_dtype
         from s2o_platform.train.harness import cpu_threads
 
         self.device = resolve_device(device)
         if self.device.type == "cpu":  # Ray starts actors with one torch thread; share the node's cores among them
-            torch.set_num_threads(cpu_threads(None, cpu_share))
+            torch.set_num_threads(cpu_threads(threads, cpu_share))
         self.bundle = load_bundle(bundle, device=self.device, options=storage_options, dtype=resolve_dtype(dtype, self.device))
         self.sampler, self.steps, self.seed, self.batch_size = sampler, steps, seed, batch_size
 

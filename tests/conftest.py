@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 
 import pytest
 
-from tests.fixtures import shared_real_data
+from tests.fixtures import free_port, shared_real_data
 
 # Dummy credentials for the loopback S3 server, set before any Ray worker starts so workers inherit them.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "s2o-test")
@@ -30,19 +29,13 @@ def ray_cluster():
     ray.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """moto's S3 server on 127.0.0.1; yields its endpoint URL with a bucket 's2o-test' created."""
     boto3 = pytest.importorskip("boto3")
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"

@@ -11,6 +11,7 @@ PURE_MODULES = [
     "data/splits.py",
     "data/synth.py",
     "geo/tiling.py",
+    "geo/blending.py",
     "config.py",
 ]
 FORBIDDEN = {"ray", "deepspeed", "rasterio", "fastapi", "starlette", "boto3", "pyarrow"}

@@ -79,3 +79,37 @@ class StripMosaic:
     @property
     def rows_held(self) -> int:
         return self.weight.shape[0]
+
+
+def cut_image(image: np.ndarray, tile: int, overlap: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """A (channels, H, W) image -> (N, channels, tile, tile) windows and their (row, col) offsets,
+    row-major, covering it with `overlap` px between neighbours (the last window aligned to the edge).
+    An image smaller than a tile along an axis is padded by reflection up to one tile there
+    (crop the mosaic back to the image's size)."""
+    from s2o_platform.geo.tiling import window_starts
+
+    _, height, width = image.shape
+    pad_h, pad_w = max(0, tile - height), max(0, tile - width)
+    if pad_h or pad_w:
+        mode = "reflect" if pad_h < height and pad_w < width else "symmetric"
+        image = np.pad(image, ((0, 0), (0, pad_h), (0, pad_w)), mode=mode)
+    stride = tile - overlap
+    positions = [(r, c) for r in window_starts(image.shape[1], tile, stride) for c in window_starts(image.shape[2], tile, stride)]
+    tiles = np.stack([image[:, r : r + tile, c : c + tile] for r, c in positions])
+    return tiles, positions
+
+
+def mosaic_image(predictions: np.ndarray, positions: list[tuple[int, int]], height: int, width: int, overlap: int) -> np.ndarray:
+    """Blend (N, channels, tile, tile) predictions made at `positions` (from `cut_image`) into a
+    (channels, height, width) image, cropping away any padding."""
+    n, channels, tile, _ = predictions.shape
+    full_h, full_w = max(height, tile), max(width, tile)
+    mosaic = StripMosaic(full_h, full_w, channels, tile, overlap)
+    out = np.zeros((channels, full_h, full_w), np.float32)
+    bands = []
+    for (row, col), prediction in zip(positions, predictions):
+        bands += mosaic.add(row, col, prediction)
+    bands += mosaic.finish()
+    for first_row, band in bands:
+        out[:, first_row : first_row + band.shape[1]] = band
+    return out[:, :height, :width]

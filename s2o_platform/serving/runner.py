@@ -1,0 +1,68 @@
+"""Running the Serve application from serve/config.yaml on a local or existing Ray cluster
+(`s2o serve`, tests and the serving benchmark): the same application, args and deployment options
+that `serve run serve/config.yaml` would use, with the bundle, host and port as given."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from s2o_platform.serving.settings import DEFAULT_CONFIG, ServeConfigError, ServeSettings, load_serve_config, settings_from_args
+
+
+@dataclass
+class ServingPlan:
+    settings: ServeSettings
+    deployment_options: dict[str, Any]
+    app_name: str
+    route_prefix: str
+    host: str
+    port: int
+    request_timeout_s: float | None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}{self.route_prefix.rstrip('/')}"
+
+
+def plan_serving(config: str | Path = DEFAULT_CONFIG, model: str | None = None, host: str | None = None,
+                 port: int | None = None, overrides: dict[str, Any] | None = None) -> ServingPlan:
+    """Read and check everything before Ray starts: the config, the settings and the bundle."""
+    from s2o_platform.bundle import BundleError, read_bundle_metadata
+    from s2o_platform.serving.app import DEPLOYMENT
+
+    schema = load_serve_config(config)
+    app = schema.applications[0]
+    args = {**(app.args or {}), **({"model": model} if model else {}), **(overrides or {})}
+    if not args.get("model"):
+        raise ServeConfigError("no model bundle: pass --model BUNDLE (or set args.model in the Serve config)")
+    settings = settings_from_args(args)
+    try:
+        read_bundle_metadata(settings.model)
+    except BundleError as err:
+        raise ServeConfigError(str(err)) from None
+    options: dict[str, Any] = {}
+    for deployment in app.deployments:
+        if deployment.name != DEPLOYMENT:
+            raise ServeConfigError(f"{config}: unknown deployment {deployment.name!r}; the application has {DEPLOYMENT!r}")
+        options = deployment.model_dump(exclude_unset=True, exclude={"name"})
+    http = schema.http_options
+    return ServingPlan(settings, options, app.name, app.route_prefix or "/", host or http.host or "127.0.0.1",
+                       int(port if port is not None else http.port), http.request_timeout_s)
+
+
+def start_serving(plan: ServingPlan, address: str | None = None) -> str:
+    """Start Serve (HTTP on plan.host:plan.port) and deploy the application; returns its base URL once ready."""
+    from ray import serve
+
+    from s2o_platform.ray_cluster import connect
+    from s2o_platform.serving.app import application
+
+    connect(address)
+    http_options: dict[str, Any] = {"host": plan.host, "port": plan.port}
+    if plan.request_timeout_s:
+        http_options["request_timeout_s"] = plan.request_timeout_s
+    serve.start(http_options=http_options)
+    serve.run(application(plan.settings, plan.deployment_options), name=plan.app_name, route_prefix=plan.route_prefix)
+    return plan.url

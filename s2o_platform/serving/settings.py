@@ -1,0 +1,64 @@
+"""The service's settings (the `args` of the Serve application) and reading serve/config.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "serve" / "config.yaml"
+
+
+class ServeConfigError(ValueError):
+    """serve/config.yaml or the service's settings are unusable (said before anything starts)."""
+
+
+class ServeSettings(BaseModel):
+    """What one replica does with a request. Deployment options (replicas, autoscaling, queue limits)
+    are Serve's own and live beside these in serve/config.yaml."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="inference bundle (a student's OUT/bundle; any stage's bundle works)")
+    steps: int | None = Field(None, description="default sampling steps; None: the bundle's default")
+    overlap: int | None = Field(None, ge=0, description="px between neighbouring tiles of a large image; None: a quarter tile")
+    max_image_side: int = Field(1024, ge=8, description="largest accepted width or height, px")
+    max_body_mb: float = Field(16.0, gt=0, description="largest accepted request body, MB (checked before decoding)")
+    max_batch_size: int = Field(16, ge=1, description="requests per dynamic batch (1 turns batching off)")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, description="how long a batch waits to fill")
+    model_batch_tiles: int = Field(64, ge=1, description="tiles per forward pass inside a batch")
+    seed: int = 0
+    device: str = Field("auto", description="auto | cpu | cuda")
+    torch_threads: int | None = Field(None, ge=1, description="CPU replicas: torch threads; None: the CPUs the "
+                                      "replica reserves (ray_actor_options.num_cpus), leaving the rest to the HTTP proxy")
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+
+def settings_from_args(args: dict[str, Any]) -> ServeSettings:
+    try:
+        return ServeSettings(**args)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        raise ServeConfigError(f"bad serve application args: {problems}") from None
+
+
+def load_serve_config(path: str | Path):
+    """serve/config.yaml as a validated `ServeDeploySchema` (what `serve deploy` would accept)."""
+    from ray.serve.schema import ServeDeploySchema
+
+    path = Path(path)
+    if not path.is_file():
+        raise ServeConfigError(f"no Serve config at {path}; pass --config serve/config.yaml (the repository's) or your copy of it")
+    try:
+        raw = yaml.safe_load(path.read_text())
+        config = ServeDeploySchema.model_validate(raw)
+    except (yaml.YAMLError, ValidationError) as err:
+        raise ServeConfigError(f"{path} is not a valid Serve config: {err}") from None
+    if len(config.applications) != 1:
+        raise ServeConfigError(f"{path} must hold exactly one application (the translator), found {len(config.applications)}")
+    return config
