@@ -120,3 +120,22 @@ def test_quality_pass_on_ray_data_matches_the_local_one(ray_cluster, synth_store
     assert distributed.rows[0].ssim == pytest.approx(local.rows[0].ssim, abs=1e-6)
     assert distributed.rows[1].error is None and distributed.rows[1].tiles == 12
     assert samples["acd lcm-1"].shape == (4, 32, 32, 3)
+
+
+def test_eval_job_uploads_its_report_to_s3(ray_cluster, synth_store_32, bundles, s3_endpoint, monkeypatch):
+    """jobs/evaluate.py (the RayJob's entrypoint) with an s3:// --out: the driver's disk goes with its pod."""
+    import runpy
+
+    import boto3
+
+    monkeypatch.setenv("S2O_S3_ENDPOINT", s3_endpoint)
+    job = runpy.run_path(str(Path(__file__).resolve().parents[1] / "jobs" / "evaluate.py"), run_name="evaluate_job")
+    with pytest.raises(SystemExit) as exit_info:
+        job["main"](["--data", synth_store_32, "--out", "s3://s2o-test/reports/run1", *FAST, "--model", f"pix2pix={bundles['gan']}"])
+    assert exit_info.value.code == 0
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    listed = client.list_objects_v2(Bucket="s2o-test", Prefix="reports/run1/")["Contents"]
+    keys = {o["Key"] for o in listed if not o["Key"].endswith("/")}  # pyarrow leaves a directory marker
+    assert keys == {f"reports/run1/{name}" for name in ("report.json", "report.md", "tradeoff.png", "samples.png")}
+    report = json.loads(client.get_object(Bucket="s2o-test", Key="reports/run1/report.json")["Body"].read())
+    assert report["rows"][0]["tiles"] == 8 and "Ray Data" in report["quality_pass"]
