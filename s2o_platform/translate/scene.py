@@ -119,26 +119,33 @@ def read_strip(info: SceneInfo, row: int, dataset=None) -> tuple[np.ndarray, np.
 
 class SceneReader:
     """Reads window rows, keeping the current scene open between them: a scene's rows arrive one after
-    another, so a remote (/vsis3/) scene's header is fetched once per actor, not once per row."""
+    another, so a remote (/vsis3/) scene's header is fetched once per actor, not once per row.
+    GDAL's options (info.env) are set around each open and read, not held across calls."""
 
     def __init__(self):
         self._path: str | None = None
-        self._open: contextlib.ExitStack | None = None
         self._dataset = None
 
     def read_strip(self, info: SceneInfo, row: int) -> tuple[np.ndarray, np.ndarray]:
-        if info.path != self._path:
-            self.close()
-            stack = contextlib.ExitStack()
-            self._dataset = stack.enter_context(open_dataset(info.path, info.env))
-            self._open, self._path = stack, info.path
-        try:
-            return read_strip(info, row, self._dataset)
-        except Exception:
-            self.close()  # a failed read may leave the handle unusable; the next row reopens it
-            raise
+        import rasterio
+        from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+        with rasterio.Env(**info.env), warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            if info.path != self._path:
+                self.close()
+                try:
+                    self._dataset = rasterio.open(info.path)
+                except RasterioIOError as err:
+                    raise InputError(f"cannot open {info.path}: {err}") from None
+                self._path = info.path
+            try:
+                return read_strip(info, row, self._dataset)
+            except Exception:
+                self.close()  # a failed read may leave the handle unusable; the next row reopens it
+                raise
 
     def close(self) -> None:
-        if self._open is not None:
-            self._open.close()
-        self._open, self._path, self._dataset = None, None, None
+        if self._dataset is not None:
+            self._dataset.close()
+        self._path, self._dataset = None, None
