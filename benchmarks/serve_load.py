@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import io
 import json
-import socket
 import statistics
 import sys
 import tempfile
@@ -46,13 +45,8 @@ from s2o_platform.data.store import StoreMetadata  # noqa: E402
 from s2o_platform.evaluation.speed import device_name  # noqa: E402
 from s2o_platform.evaluation.untrained import write_untrained_bundles  # noqa: E402
 from s2o_platform.inference import LoadedModel  # noqa: E402
+from s2o_platform.serving.runner import free_port  # noqa: E402
 from s2o_platform.serving.settings import DEFAULT_CONFIG  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def plan_threads(config: Path) -> float:

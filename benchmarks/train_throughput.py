@@ -2,10 +2,10 @@
 
 Same model (the tiny teacher preset unless --config says otherwise), same micro-batch, same data
 (the train split of one store), same decode + augmentation, same torch thread count, measured in
-one run, one after the other. Prints samples/s of both and their ratio (target: >= 0.9 with one
+one run, alternating in rounds. Prints samples/s of both and their ratio (target: >= 0.9 with one
 worker). Steady state only: the first --warmup-steps of each are not timed.
 
-    python benchmarks/train_throughput.py [--config configs/tiny/teacher.yaml] [--steps 120] [--warmup-steps 20]
+    python benchmarks/train_throughput.py [--config configs/tiny/teacher.yaml] [--rounds 3] [--steps 60] [--decompose]
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import statistics
 import tempfile
 import time
 
@@ -130,15 +131,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "configs", "tiny", "teacher.yaml"))
     parser.add_argument("--data", help="tile store; default: a fresh synthetic one (1024 pairs)")
-    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved plain/Ray rounds (the ratio is their median)")
+    parser.add_argument("--steps", type=int, default=60, help="timed steps per loop and round")
     parser.add_argument("--warmup-steps", type=int, default=20)
-    parser.add_argument("--decompose", action="store_true", help="also time the DeepSpeed engine without Ray")
+    parser.add_argument("--decompose", action="store_true", help="also time the DeepSpeed engine without Ray in each round")
     args = parser.parse_args()
 
     from s2o_platform.ray_cluster import connect
 
     cfg = load_config(TeacherConfig, args.config)
-    print(f"cluster: {connect()}")
+    threads = cpu_threads(cfg.scaling.torch_threads, 1)
+    print(f"cluster: {connect()}; batch {cfg.train.batch_size}, {threads} torch threads, {os.cpu_count()} cores, device cpu")
     with tempfile.TemporaryDirectory() as tmp:
         store = args.data
         if store is None:
@@ -146,23 +149,32 @@ def main() -> None:
 
             store = os.path.join(tmp, "store")
             run_synth(store, pairs=1024, size=cfg.model.sample_size, progress=False)
-        # The plain loop runs before and after the others and the ratio uses the mean of both:
-        # this machine is shared and drifts, and a single measurement on one side biases the ratio.
-        plain_before = plain_pytorch(cfg, store, args.steps, args.warmup_steps)
-        print(f"plain PyTorch loop (before):   {plain_before:8.1f} samples/s", flush=True)
-        if args.decompose:
-            alone = deepspeed_alone(cfg, store, args.steps, args.warmup_steps)
-            print(f"DeepSpeed engine, no Ray:      {alone:8.1f} samples/s", flush=True)
-        ray_rate = ray_train(cfg, store, args.steps, args.warmup_steps)
-        print(f"Ray Train + DeepSpeed (1 wkr): {ray_rate:8.1f} samples/s", flush=True)
-        plain_after = plain_pytorch(cfg, store, args.steps, args.warmup_steps)
-        print(f"plain PyTorch loop (after):    {plain_after:8.1f} samples/s", flush=True)
-    plain = (plain_before + plain_after) / 2
-    threads = cpu_threads(cfg.scaling.torch_threads, 1)
+        # This machine is shared and its speed drifts over minutes, more than the effect measured.
+        # So the loops alternate in short rounds (plain, [DeepSpeed alone], Ray, ..., plain) and each
+        # Ray figure is compared with the plain runs just before and after it; the median over rounds
+        # is the result. The Ray cluster is up throughout, so both sides run beside its processes.
+        plain = [plain_pytorch(cfg, store, args.steps, args.warmup_steps)]
+        print(f"round 0: plain {plain[0]:6.1f} samples/s", flush=True)
+        ray_rates, alone_rates = [], []
+        for round_no in range(1, args.rounds + 1):
+            line = f"round {round_no}:"
+            if args.decompose:
+                alone_rates.append(deepspeed_alone(cfg, store, args.steps, args.warmup_steps))
+                line += f" DeepSpeed alone {alone_rates[-1]:6.1f}"
+            ray_rates.append(ray_train(cfg, store, args.steps, args.warmup_steps))
+            plain.append(plain_pytorch(cfg, store, args.steps, args.warmup_steps))
+            print(f"{line} Ray Train + DeepSpeed (1 worker) {ray_rates[-1]:6.1f}, plain {plain[-1]:6.1f} samples/s", flush=True)
+
+    def ratios(rates: list[float]) -> list[float]:
+        return [rate / ((plain[i] + plain[i + 1]) / 2) for i, rate in enumerate(rates)]
+
+    ray_ratios = ratios(ray_rates)
+    print(f"plain PyTorch loop:            {statistics.median(plain):6.1f} samples/s (median of {len(plain)})")
+    print(f"Ray Train + DeepSpeed (1 wkr): {statistics.median(ray_rates):6.1f} samples/s (median of {len(ray_rates)})")
     if args.decompose:
-        print(f"ratio DeepSpeed alone/plain:   {alone / plain:8.3f}")
-    print(f"ratio Ray/plain:               {ray_rate / plain:8.3f}  (target >= 0.9; batch {cfg.train.batch_size}, "
-          f"{threads} torch threads, {os.cpu_count()} cores, device cpu)")
+        alone_ratios = ratios(alone_rates)
+        print(f"ratio DeepSpeed alone/plain:   {statistics.median(alone_ratios):6.3f}  (rounds: {' '.join(f'{r:.3f}' for r in alone_ratios)})")
+    print(f"ratio Ray/plain:               {statistics.median(ray_ratios):6.3f}  (rounds: {' '.join(f'{r:.3f}' for r in ray_ratios)}; target >= 0.9)")
 
 
 if __name__ == "__main__":

@@ -173,12 +173,12 @@ class Demo:
         import requests
         from ray import serve
 
-        from s2o_platform.serving.runner import plan_serving, start_serving
+        from s2o_platform.serving.runner import free_port, plan_serving, start_serving
         from s2o_platform.serving.settings import DEFAULT_CONFIG
 
         folder = self.out / "served"
         folder.mkdir(exist_ok=True)
-        plan = plan_serving(DEFAULT_CONFIG, model=model, host="127.0.0.1", port=_free_port())
+        plan = plan_serving(DEFAULT_CONFIG, model=model, host="127.0.0.1", port=free_port())
         if self.preset.use_gpu:  # serve/config.yaml's replicas are CPU ones; the GPU preset serves on the GPU
             plan.deployment_options.setdefault("ray_actor_options", {})["num_gpus"] = 1
         url = start_serving(plan)
@@ -290,27 +290,16 @@ def _fmt(value, spec: str, suffix: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{suffix}"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _geotiff_crop(scenes: str, size: int = 96) -> bytes:
     """The top-left corner of the first synthetic SAR scene as GeoTIFF bytes (georeference kept)."""
     import rasterio
-    from rasterio.io import MemoryFile
     from rasterio.windows import Window
+
+    from s2o_platform.serving.codec import geotiff_bytes
 
     first = sorted(Path(scenes).rglob("*.tif"))[0]
     with rasterio.open(first) as ds:
         window = Window(0, 0, min(size, ds.width), min(size, ds.height))
         data = ds.read(1, window=window)[None]
-        profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=1, dtype=data.dtype,
-                       crs=ds.crs, transform=ds.window_transform(window), nodata=ds.nodata)
-    with MemoryFile() as memfile:
-        with memfile.open(**profile) as out:
-            out.write(data)
-        return memfile.read()
+        crs, transform, nodata = ds.crs, ds.window_transform(window), ds.nodata
+    return geotiff_bytes(data, crs=crs, transform=transform, nodata=nodata)

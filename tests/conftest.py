@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from tests.fixtures import free_port, shared_real_data
+from s2o_platform.serving.runner import free_port
+from tests.fixtures import shared_real_data
 
 # Dummy credentials for the loopback S3 server, set before any Ray worker starts so workers inherit them.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "s2o-test")

@@ -107,10 +107,3 @@ def shared_real_data() -> Path | None:
     return candidate if candidate.is_dir() else None
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (for servers the tests start on loopback)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

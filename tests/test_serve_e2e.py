@@ -20,7 +20,7 @@ from s2o_platform.data.store import read_metadata
 from s2o_platform.evaluation.untrained import write_untrained_bundles
 from s2o_platform.serving.runner import plan_serving, start_serving
 from s2o_platform.serving.settings import DEFAULT_CONFIG, ServeConfigError, load_serve_config
-from tests.fixtures import free_port
+from s2o_platform.serving.runner import free_port
 from tests.test_serving_codec import png_bytes, tiff_bytes
 
 pytestmark = pytest.mark.ray

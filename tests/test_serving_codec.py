@@ -19,6 +19,7 @@ from s2o_platform.serving.codec import (
     decode_sar,
     encode_png,
     encode_tiff,
+    geotiff_bytes,
     media_kind,
     parse_format,
     parse_steps,
@@ -35,16 +36,7 @@ def png_bytes(array: np.ndarray) -> bytes:
 
 
 def tiff_bytes(array: np.ndarray, crs: str | None = UTM31, nodata=None) -> bytes:
-    from rasterio.io import MemoryFile
-
-    profile = dict(driver="GTiff", width=array.shape[2], height=array.shape[1], count=array.shape[0], dtype=str(array.dtype),
-                   transform=from_origin(600_000.0, 4_800_000.0, 10.0, 10.0), nodata=nodata)
-    if crs:
-        profile["crs"] = crs
-    with MemoryFile() as memfile:
-        with memfile.open(**profile) as ds:
-            ds.write(array)
-        return memfile.read()
+    return geotiff_bytes(array, crs=crs, transform=from_origin(600_000.0, 4_800_000.0, 10.0, 10.0), nodata=nodata)
 
 
 def refused(fn, *args) -> RequestError:

@@ -67,7 +67,7 @@ def test_adversarial_distillation_trains_checkpoints_and_resumes(ray_cluster, sy
 def test_ablation_has_no_discriminator(ray_cluster, synth_store_32, teacher_bundle, tmp_path):
     result = run_training("distill", distill_cfg("train.max_steps=2", "distill.adversarial=false"), synth_store_32, str(tmp_path / "cd"), 32,
                           extra={"teacher": teacher_bundle}, log=quiet)
-    assert set(result.history[-1]) == {"step", "loss_cd", "samples_per_s", "lr"}
+    assert set(result.history[-1]) == {"step", "loss_cd", "samples_per_s", "data_wait_frac", "lr"}
     checkpoint = sorted(p for p in (tmp_path / "cd" / "ray_train").glob("checkpoint_*") if p.is_dir())[-1]
     assert {p.name for p in (checkpoint / "deepspeed").iterdir()} == {"student"}
     assert "no adversarial" in load_bundle(result.bundle).metadata.model_card["method"]

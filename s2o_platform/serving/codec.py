@@ -168,21 +168,30 @@ def encode_png(optical: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def encode_tiff(optical: np.ndarray, crs_wkt: str | None, transform: tuple[float, ...] | None) -> bytes:
-    """(3, H, W) in [-1, 1] -> 3-band uint8 GeoTIFF bytes, with the request's georeference where it had one."""
+def geotiff_bytes(array: np.ndarray, crs=None, transform=None, nodata=None, **creation) -> bytes:
+    """A (bands, H, W) array as in-memory GeoTIFF bytes; crs (rasterio CRS, 'EPSG:n' or WKT) and an
+    affine transform are written where given, extra creation options (compress=, photometric=) pass through."""
     import rasterio
     from affine import Affine
     from rasterio.errors import NotGeoreferencedWarning
     from rasterio.io import MemoryFile
 
-    rgb = model_to_uint8(optical)
-    profile = dict(driver="GTiff", width=rgb.shape[2], height=rgb.shape[1], count=3, dtype="uint8",
-                   photometric="RGB", compress="deflate")
-    if crs_wkt is not None and transform is not None:
-        profile.update(crs=rasterio.crs.CRS.from_wkt(crs_wkt), transform=Affine(*transform))
+    profile = dict(driver="GTiff", width=array.shape[2], height=array.shape[1], count=array.shape[0],
+                   dtype=str(array.dtype), nodata=nodata, **creation)
+    if crs is not None:
+        profile["crs"] = crs if isinstance(crs, rasterio.crs.CRS) else rasterio.crs.CRS.from_user_input(crs)
+    if transform is not None:
+        profile["transform"] = transform if isinstance(transform, Affine) else Affine(*transform)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with MemoryFile() as memfile:
             with memfile.open(**profile) as ds:
-                ds.write(rgb)
+                ds.write(array)
             return memfile.read()
+
+
+def encode_tiff(optical: np.ndarray, crs_wkt: str | None, transform: tuple[float, ...] | None) -> bytes:
+    """(3, H, W) in [-1, 1] -> 3-band uint8 GeoTIFF bytes, with the request's georeference where it had one."""
+    georeferenced = crs_wkt is not None and transform is not None
+    return geotiff_bytes(model_to_uint8(optical), crs=crs_wkt if georeferenced else None,
+                         transform=transform if georeferenced else None, photometric="RGB", compress="deflate")

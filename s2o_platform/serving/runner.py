@@ -26,6 +26,15 @@ class ServingPlan:
         return f"http://{self.host}:{self.port}{self.route_prefix.rstrip('/')}"
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` right now (for the loopback servers the demo, tests and benchmarks start)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 def plan_serving(config: str | Path = DEFAULT_CONFIG, model: str | None = None, host: str | None = None,
                  port: int | None = None, overrides: dict[str, Any] | None = None) -> ServingPlan:
     """Read and check everything before Ray starts: the config, the settings and the bundle."""

@@ -190,13 +190,20 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     window: dict[str, list[float]] = {}
     last_report_step = main.global_steps
     started, start_step = time.perf_counter(), main.global_steps
-    window_start, window_samples = time.perf_counter(), 0
+    window_start, window_samples, window_wait = time.perf_counter(), 0, 0.0
     metrics: dict[str, float] = {}
 
     # [5] loop ------------------------------------------------------------------------------------
     while main.global_steps < cfg.train.max_steps:
         batches = 0
-        for batch in shard.iter_torch_batches(batch_size=cfg.train.batch_size, collate_fn=collate, drop_last=True, local_shuffle_buffer_size=shuffle_buffer):
+        batch_iter = iter(shard.iter_torch_batches(batch_size=cfg.train.batch_size, collate_fn=collate, drop_last=True, local_shuffle_buffer_size=shuffle_buffer))
+        while True:
+            # Time blocked on the data pipeline: the share of a window not spent training.
+            waited = time.perf_counter()
+            batch = next(batch_iter, None)
+            window_wait += time.perf_counter() - waited
+            if batch is None:
+                break
             batches += 1
             before = main.global_steps
             step_metrics = stage.step(engines, models, ema, batch, generator)
@@ -213,17 +220,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                 elapsed = time.perf_counter() - window_start
                 metrics = {k: float(np.mean(v)) for k, v in window.items()}
                 metrics["samples_per_s"] = window_samples / max(elapsed, 1e-9)
+                metrics["data_wait_frac"] = window_wait / max(elapsed, 1e-9)
                 metrics["lr"] = float(main.get_lr()[0])
                 history.append({"step": step, **metrics})
                 if rank == 0:
                     rate = (step - start_step) / max(time.perf_counter() - started, 1e-9)
                     eta = format_eta((cfg.train.max_steps - step) / max(rate, 1e-9))
-                    losses = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in ("samples_per_s", "lr"))
+                    losses = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in ("samples_per_s", "lr", "data_wait_frac"))
                     log(
                         f"[{stage.name}] step {step}/{cfg.train.max_steps} {losses} lr {metrics['lr']:.2e} "
-                        f"{metrics['samples_per_s']:.1f} samples/s ETA {eta}"
+                        f"{metrics['samples_per_s']:.1f} samples/s (data wait {metrics['data_wait_frac']:.0%}) ETA {eta}"
                     )
-                window, window_start, window_samples = {}, time.perf_counter(), 0
+                window, window_start, window_samples, window_wait = {}, time.perf_counter(), 0, 0.0
             if step % cfg.checkpoint.every_steps == 0 or step == cfg.train.max_steps:
                 save_checkpoint(metrics or {k: float(np.mean(v)) for k, v in window.items()})
                 last_report_step = step
