@@ -12,6 +12,7 @@ PURE_MODULES = [
     "data/synth.py",
     "geo/tiling.py",
     "geo/blending.py",
+    "serving/coalescing.py",
     "config.py",
 ]
 FORBIDDEN = {"ray", "deepspeed", "rasterio", "fastapi", "starlette", "boto3", "pyarrow"}

@@ -6,15 +6,18 @@
     GET  /docs                                   OpenAPI (FastAPI's default)
 
 A request is checked and decoded (codec), cut into model tiles with overlap (geo.blending.cut_image),
-and its tiles join a dynamic batch (`@serve.batch`) with other requests' tiles; batches are grouped by
-step count, run in a worker thread so the event loop keeps accepting requests, then each request's
-tiles are blended back (mosaic_image) and encoded. Overload is shed by Serve itself:
+and its tiles join a dynamic batch (`@serve.batch`) with other requests' tiles. Serve's batches go to
+a CoalescingRunner: one model thread (the event loop keeps accepting requests), and every batch that
+waited while it was busy is merged into its next forward pass (same step count, up to
+max_batch_size requests), so the forward-pass size follows the load. Each request's tiles are then
+blended back (mosaic_image) and encoded. Overload is shed by Serve itself:
 `max_ongoing_requests` per replica plus `max_queued_requests` answer 503 + Retry-After
 (serve/config.yaml). Bad input is a 4xx JSON answer {"error": kind, "detail": message}.
 """
 
 # No `from __future__ import annotations`: FastAPI must see real types (Request) on the ingress methods.
 import asyncio
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -34,12 +37,24 @@ from s2o_platform.serving.codec import (
     parse_format,
     parse_steps,
 )
+from s2o_platform.serving.coalescing import CoalescingRunner
 from s2o_platform.serving.settings import ServeSettings, settings_from_args
 
 DEPLOYMENT = "SarTranslator"
 LATENCY_BOUNDARIES_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 INLINE_BYTES = 64 * 1024  # bodies (and outputs, in values) below this are decoded/encoded on the event loop
 BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+#: Serve batches let through to the CoalescingRunner at once. High on purpose: a batch held back by
+#: Serve's semaphore cannot be merged into the next forward pass.
+MAX_PENDING_BATCHES = 64
+
+
+class _DropBatchBoundWarning(logging.Filter):
+    """Serve warns when max_batch_size * max_concurrent_batches > max_ongoing_requests, assuming each
+    batch is a forward pass; here batches are merged, and max_batch_size bounds the merged pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "max_concurrent_batches" not in record.getMessage()
 
 api = FastAPI(
     title="s2o-platform: SAR to optical translation",
@@ -118,6 +133,8 @@ class SarTranslator:
         self.translate_batch.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
         self.metrics = Metrics()
         self.batches = 0
+        self.runner = CoalescingRunner(self._run_group, s.max_batch_size, self.executor, on_run=self._observe_group)
+        logging.getLogger("ray.serve").addFilter(_DropBatchBoundWarning())
         # Ready only after a real forward pass: a replica that cannot translate never takes traffic.
         probe = np.zeros((1, self.metadata.sar_channels, self.tile, self.tile), np.float32)
         warm = self.executor.submit(self.model.translate, probe, "warm-up").result()
@@ -184,7 +201,7 @@ class SarTranslator:
         from s2o_platform.geo.blending import cut_image, mosaic_image
 
         tiles, positions = cut_image(image.values, self.tile, self.overlap)
-        predictions, model_s = await self.translate_batch((tiles, n_steps))
+        predictions, model_s, merged = await self.translate_batch((tiles, n_steps))
         t2 = time.perf_counter()
         optical = mosaic_image(predictions, positions, image.height, image.width, self.overlap)
         large = optical.size > INLINE_BYTES
@@ -196,7 +213,7 @@ class SarTranslator:
         # Server-Timing: where the replica's time went (the batch's model time is shared by its requests)
         timing = f"decode;dur={1000 * (t1 - t0):.1f}, batch;dur={1000 * (t2 - t1):.1f}, model;dur={1000 * model_s:.1f}, encode;dur={1000 * (t3 - t2):.1f}"
         headers = {"X-S2O-Steps": str(n_steps), "X-S2O-Tiles": str(len(tiles)), "X-S2O-SAR-Scale": image.scale,
-                   "Server-Timing": timing}
+                   "X-S2O-Batch-Requests": str(merged), "Server-Timing": timing}
         return Response(content=content, media_type=media, headers=headers)
 
     @staticmethod
@@ -214,28 +231,23 @@ class SarTranslator:
         except BundleError as err:
             raise RequestError(422, "bad_steps", str(err)) from None
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def translate_batch(self, items: list[tuple[np.ndarray, int]]) -> list[tuple[np.ndarray, float]]:
-        """Tiles of several requests -> their predictions (and the batch's model seconds), one forward pass per step count."""
-        self.metrics.batch_requests.observe(len(items))
-        self.metrics.batch_tiles.observe(sum(len(tiles) for tiles, _ in items))
-        self.batches += 1
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self._run_batch, items)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01, max_concurrent_batches=MAX_PENDING_BATCHES)
+    async def translate_batch(self, items: list[tuple[np.ndarray, int]]) -> list[tuple[np.ndarray, float, int]]:
+        """Tiles of several requests -> their predictions, and their forward pass's model seconds and request count."""
+        return await self.runner.submit([(n_steps, tiles) for tiles, n_steps in items])
 
-    def _run_batch(self, items: list[tuple[np.ndarray, int]]) -> list[tuple[np.ndarray, float]]:
+    def _observe_group(self, tile_sets: list[np.ndarray]) -> None:
+        self.metrics.batch_requests.observe(len(tile_sets))
+        self.metrics.batch_tiles.observe(sum(len(tiles) for tiles in tile_sets))
+
+    def _run_group(self, tile_sets: list[np.ndarray], n_steps: int) -> list[tuple[np.ndarray, float, int]]:
+        """One forward pass over the tiles of several requests with the same step count (model thread)."""
         started = time.perf_counter()
-        results: list[np.ndarray | None] = [None] * len(items)
-        for n_steps in sorted({steps for _, steps in items}):
-            members = [i for i, (_, steps) in enumerate(items) if steps == n_steps]
-            tiles = np.concatenate([items[i][0] for i in members])
-            out = self.model.translate(tiles, f"batch-{self.batches}-{n_steps}", steps=n_steps)
-            start = 0
-            for i in members:
-                count = len(items[i][0])
-                results[i] = out[start : start + count]
-                start += count
+        self.batches += 1
+        out = self.model.translate(np.concatenate(tile_sets), f"batch-{self.batches}-{n_steps}", steps=n_steps)
         seconds = time.perf_counter() - started
-        return [(r, seconds) for r in results]
+        bounds = np.cumsum([0] + [len(tiles) for tiles in tile_sets])
+        return [(out[a:b], seconds, len(tile_sets)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def application(settings: ServeSettings, deployment_options: dict[str, Any] | None = None):
