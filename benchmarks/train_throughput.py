@@ -135,11 +135,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60, help="timed steps per loop and round")
     parser.add_argument("--warmup-steps", type=int, default=20)
     parser.add_argument("--decompose", action="store_true", help="also time the DeepSpeed engine without Ray in each round")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="torch threads on both sides (default: the config's scaling.torch_threads, else all cores)")
     args = parser.parse_args()
 
     from s2o_platform.ray_cluster import connect
 
     cfg = load_config(TeacherConfig, args.config)
+    if args.torch_threads:
+        cfg.scaling.torch_threads = args.torch_threads
     threads = cpu_threads(cfg.scaling.torch_threads, 1)
     print(f"cluster: {connect()}; batch {cfg.train.batch_size}, {threads} torch threads, {os.cpu_count()} cores, device cpu")
     with tempfile.TemporaryDirectory() as tmp:
