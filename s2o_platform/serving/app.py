@@ -132,7 +132,6 @@ class SarTranslator:
         self.translate_batch.set_max_batch_size(s.max_batch_size)
         self.translate_batch.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
         self.metrics = Metrics()
-        self.batches = 0
         self.runner = CoalescingRunner(self._run_group, s.max_batch_size, self.executor, on_run=self._observe_group)
         logging.getLogger("ray.serve").addFilter(_DropBatchBoundWarning())
         # Ready only after a real forward pass: a replica that cannot translate never takes traffic.
@@ -243,8 +242,8 @@ class SarTranslator:
     def _run_group(self, tile_sets: list[np.ndarray], n_steps: int) -> list[tuple[np.ndarray, float, int]]:
         """One forward pass over the tiles of several requests with the same step count (model thread)."""
         started = time.perf_counter()
-        self.batches += 1
-        out = self.model.translate(np.concatenate(tile_sets), f"batch-{self.batches}-{n_steps}", steps=n_steps)
+        key = f"batch-{self.runner.calls}-{n_steps}"  # the runner counted this call before handing it over
+        out = self.model.translate(np.concatenate(tile_sets), key, steps=n_steps)
         seconds = time.perf_counter() - started
         bounds = np.cumsum([0] + [len(tiles) for tiles in tile_sets])
         return [(out[a:b], seconds, len(tile_sets)) for a, b in zip(bounds[:-1], bounds[1:])]

@@ -57,11 +57,14 @@ class CoalescingRunner:
         return list(await asyncio.gather(*(e.future for e in entries)))
 
     def take_group(self) -> list[_Pending]:
-        """The oldest waiting item's key, and up to `max_items` waiting items with that key (oldest first)."""
+        """The oldest waiting item's key, and up to `max_items` waiting items with that key (oldest first);
+        items whose caller went away (future already done) are dropped."""
         key = self.pending[0].key
         group, rest = [], deque()
         while self.pending:
             entry = self.pending.popleft()
+            if entry.future.done():
+                continue
             if entry.key == key and len(group) < self.max_items:
                 group.append(entry)
             else:
@@ -72,14 +75,15 @@ class CoalescingRunner:
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         while self.pending:
-            group = [e for e in self.take_group() if not e.future.done()]  # done: the caller went away
+            group = self.take_group()
             if not group:
                 continue
             self.calls += 1
+            values = [e.value for e in group]
             if self.on_run is not None:
-                self.on_run([e.value for e in group])
+                self.on_run(values)
             try:
-                results = await loop.run_in_executor(self.executor, self.run, [e.value for e in group], group[0].key)
+                results = await loop.run_in_executor(self.executor, self.run, values, group[0].key)
                 if len(results) != len(group):
                     raise RuntimeError(f"run returned {len(results)} results for {len(group)} items")
             except Exception as err:  # noqa: BLE001 - handed to exactly the awaiters of this call
