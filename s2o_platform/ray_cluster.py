@@ -8,6 +8,9 @@ import os
 #: and the Ray Data tasks feeding them can run side by side (with 2 logical CPUs, 2 training
 #: workers starve the reads and `fit()` hangs). Work is still bounded by the physical cores.
 MIN_LOCAL_CPUS = 4
+#: Process priority of a local cluster's workers (Ray's own default is 15). Overridable by setting
+#: RAY_worker_niceness before connecting.
+LOCAL_WORKER_NICENESS = 0
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> str:
@@ -27,6 +30,11 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
         ray.init(address=address, logging_level="WARNING")
         return f"Ray cluster at {address}"
     cpus = num_cpus or max(MIN_LOCAL_CPUS, os.cpu_count() or 1)
+    # Ray lowers its workers' priority so that a crowded node's raylet stays responsive. On a
+    # machine running one job that backfires: the training worker's torch threads yield to every
+    # Ray background process (dashboard, agents, log monitor, all at niceness 0), and one preempted
+    # OpenMP thread holds the others at the next barrier. The raylet reads this when it starts.
+    os.environ.setdefault("RAY_worker_niceness", str(LOCAL_WORKER_NICENESS))
     # The dashboard stays on (loopback only): Ray Train V2 queries the State API it serves.
     ray.init(num_cpus=cpus, logging_level="WARNING")
     return f"local Ray cluster ({cpus} logical CPUs)"
