@@ -13,6 +13,11 @@ MIN_LOCAL_CPUS = 4
 LOCAL_WORKER_NICENESS = 0
 
 
+def local_cpus(num_cpus: int | None = None) -> int:
+    """Logical CPUs of a local cluster: as asked, else the machine's cores but at least MIN_LOCAL_CPUS."""
+    return num_cpus or max(MIN_LOCAL_CPUS, os.cpu_count() or 1)
+
+
 def connect(address: str | None = None, num_cpus: int | None = None) -> str:
     """Initialise Ray once per process; returns a description of the cluster used.
 
@@ -29,7 +34,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
     if address:
         ray.init(address=address, logging_level="WARNING")
         return f"Ray cluster at {address}"
-    cpus = num_cpus or max(MIN_LOCAL_CPUS, os.cpu_count() or 1)
+    cpus = local_cpus(num_cpus)
     # Ray lowers its workers' priority so that a crowded node's raylet stays responsive. On a
     # machine running one job that backfires: the training worker's torch threads yield to every
     # Ray background process (dashboard, agents, log monitor, all at niceness 0), and one preempted

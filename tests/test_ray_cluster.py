@@ -6,11 +6,17 @@ import os
 
 import pytest
 
-from s2o_platform.ray_cluster import LOCAL_WORKER_NICENESS, MIN_LOCAL_CPUS
-
-pytestmark = pytest.mark.ray
+from s2o_platform.ray_cluster import LOCAL_WORKER_NICENESS, MIN_LOCAL_CPUS, local_cpus
 
 
+@pytest.mark.parametrize("cores,asked,expected", [(2, None, 4), (1, None, 4), (None, None, 4), (16, None, 16), (2, 6, 6), (16, 3, 3)])
+def test_local_cluster_cpus_are_the_cores_but_at_least_the_minimum(monkeypatch, cores, asked, expected):
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    assert MIN_LOCAL_CPUS == 4
+    assert local_cpus(asked) == expected
+
+
+@pytest.mark.ray
 def test_local_cluster_workers_run_at_normal_priority(ray_cluster):
     ray = ray_cluster
 
@@ -21,7 +27,3 @@ def test_local_cluster_workers_run_at_normal_priority(ray_cluster):
     assert os.environ["RAY_worker_niceness"] == str(LOCAL_WORKER_NICENESS)
     # Ray's default would be 15: a worker that yields the CPU to every Ray background process.
     assert ray.get(niceness.remote()) == LOCAL_WORKER_NICENESS == 0
-
-
-def test_local_cluster_has_room_for_workers_and_their_data_tasks(ray_cluster):
-    assert ray_cluster.cluster_resources()["CPU"] >= MIN_LOCAL_CPUS
