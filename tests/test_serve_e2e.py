@@ -150,18 +150,25 @@ def test_concurrent_requests_are_batched_and_counted(server):
     # Requests that waited while the model was busy shared a forward pass (the CoalescingRunner merges them).
     merged = [int(a.headers["X-S2O-Batch-Requests"]) for a in answers]
     assert max(merged) > 1 and max(merged) <= 16, merged
+    # A refused request in this test too, so the error counter does not rest on another test's traffic.
+    assert post(server, tile, query="?steps=99").status_code == 422
     port = ray.nodes()[0]["MetricsExportPort"]
-    deadline, found = time.time() + 60, {}
+    wanted = {"ray_s2o_serve_requests_total": 32, "ray_s2o_serve_errors_total": 1, "ray_s2o_serve_batch_requests_count": 1}
+    deadline, found, resent = time.time() + 90, {}, 0
     while time.time() < deadline:
         text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
         found = {name: _metric_total(text, name, label) for name, label in
                  (("ray_s2o_serve_requests_total", 'status="200"'), ("ray_s2o_serve_errors_total", 'kind="bad_steps"'),
-                  ("ray_s2o_serve_batch_requests_count", ""), ("ray_s2o_serve_batch_requests_sum", ""))}
-        if found["ray_s2o_serve_requests_total"] >= 32 and found["ray_s2o_serve_batch_requests_count"] > 0:
+                  ("ray_s2o_serve_batch_requests_count", ""))}
+        if all(found[name] >= least for name, least in wanted.items()):
             break
+        if found["ray_s2o_serve_errors_total"] == 0 and time.time() > deadline - 60 + 20 * resent:
+            # Workers push counter increments to Ray's metrics agent, and a lost push is not made up later: in one
+            # CI run the bad-steps count of an earlier request never arrived. A fresh refusal gets a fresh push.
+            assert post(server, tile, query="?steps=99").status_code == 422
+            resent += 1
         time.sleep(2)
-    assert found["ray_s2o_serve_requests_total"] >= 32, found
-    assert found["ray_s2o_serve_errors_total"] >= 1, found  # from the bad-input test, on the same replica
+    assert all(found[name] >= least for name, least in wanted.items()), found
     assert "ray_serve_num_http_requests" in text or "ray_serve_deployment_request_counter" in text  # Serve's own
 
 
