@@ -91,6 +91,11 @@ def test_killed_run_resumes_past_its_last_checkpoint(ray_cluster, store, tmp_pat
         proc.wait()
     killed_at, _ = latest_checkpoint_step(str(out))
     assert killed_at is not None and killed_at < 400
+    # A kill can land while a checkpoint is being written: such a folder is not registered, and is passed over.
+    half_written = out / "ray_train" / "checkpoint_9999-12-31_23-59-59.999999"
+    half_written.mkdir()
+    (half_written / "trainer_state.json").write_text("")
+    assert latest_checkpoint_step(str(out))[0] == killed_at
 
     # The same command again, with a reachable max_steps: it resumes instead of starting over.
     time.sleep(2)  # let Ray reap the killed job's workers
@@ -103,6 +108,12 @@ def test_killed_run_resumes_past_its_last_checkpoint(ray_cluster, store, tmp_pat
     steps = [h["step"] for h in result.history]
     assert steps == sorted(set(steps)), steps  # strictly increasing: no restart from step 0
     assert min(s for s in steps if s > killed_at) > killed_at and steps[-1] == final
+
+    # A registered checkpoint damaged afterwards is named before any worker starts.
+    _, latest = latest_checkpoint_step(str(out))
+    Path(latest, "trainer_state.json").write_text("{truncated")
+    with pytest.raises(TrainingSetupError, match="corrupt checkpoint .*train into a new --out"):
+        run_training("teacher", cfg(*sets[len(FAST):], f"train.max_steps={final + 10}"), store, str(out), 32, log=messages.append)
 
 
 def test_setup_errors_before_any_worker(ray_cluster, store, tmp_path):
@@ -119,18 +130,19 @@ def test_setup_errors_before_any_worker(ray_cluster, store, tmp_path):
         run(cfg("model.sample_size=64"))
     with pytest.raises(TrainingSetupError, match="need 20 CPUs"):
         run(cfg("scaling.num_workers=20"))
-    # A run folder from another architecture, and a corrupt checkpoint.
+    # A run folder from another architecture.
     other = tmp_path / "other"
     other.mkdir()
     (other / "stage.txt").write_text("teacher")
     (other / "config.yaml").write_text("model:\n  block_out_channels: [64, 64]\n")
     with pytest.raises(TrainingSetupError, match="different 'model' section"):
         run(cfg(), out=other)
-    corrupt = tmp_path / "corrupt" / "ray_train" / "checkpoint_x"
-    corrupt.mkdir(parents=True)
-    (corrupt / "trainer_state.json").write_text("{truncated")
-    with pytest.raises(TrainingSetupError, match="corrupt checkpoint"):
-        run(cfg(), out=tmp_path / "corrupt")
+    # A run folder whose Ray Train run record is damaged.
+    record = tmp_path / "damaged" / "ray_train" / "checkpoint_manager_snapshot.json"
+    record.parent.mkdir(parents=True)
+    record.write_text("{not json")
+    with pytest.raises(TrainingSetupError, match="run record .* is unreadable"):
+        run(cfg(), out=tmp_path / "damaged")
     assert not (tmp_path / "o").exists()  # nothing was started
 
 

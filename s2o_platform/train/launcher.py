@@ -47,22 +47,44 @@ class TrainingResult:
 
 
 def latest_checkpoint_step(out: str, options: storage.StorageOptions | None = None) -> tuple[int | None, str | None]:
-    """(step, path) of the newest checkpoint under OUT/ray_train, or (None, None)."""
+    """(step, path) of the checkpoint a new launch into OUT resumes from, or (None, None).
+
+    That is the newest checkpoint Ray Train *registered* (after every worker finished writing its
+    part), read through Ray's own run record. A checkpoint folder still being written when the run was
+    killed is not registered: Ray does not resume from it, and neither does this report it.
+    """
+    import logging
+
+    import ray.train
+
     fs, root = storage.resolve(out, options)
-    best: tuple[int | None, str | None] = (None, None)
-    for path in storage.list_files(fs, storage.join(root, RUN_NAME)):
-        if not path.endswith("/" + TRAINER_STATE_FILE):
-            continue
-        try:
-            step = int(json.loads(storage.read_bytes(fs, path))["step"])
-        except (ValueError, KeyError, TypeError, OSError) as err:
-            raise TrainingSetupError(
-                f"corrupt checkpoint {path.rsplit('/', 1)[0]}: {err}. Remove that checkpoint folder to resume "
-                "from an earlier one, or train into a new --out"
-            ) from None
-        if best[0] is None or step > best[0]:
-            best = (step, path.rsplit("/", 1)[0])
-    return best
+    run_dir = storage.join(root, RUN_NAME)
+    if not storage.exists(fs, run_dir):
+        return None, None
+    ray_log = logging.getLogger("ray.train")
+    level = ray_log.level
+    ray_log.setLevel(logging.WARNING)  # from_path announces the record it found at INFO; we say it our way
+    try:
+        result = ray.train.Result.from_path(run_dir, storage_filesystem=fs)
+    except RuntimeError:
+        return None, None  # no run record: the run stopped before its first checkpoint was registered
+    except Exception as err:  # noqa: BLE001 - a damaged record is reported by name, not as Ray's stack trace
+        raise TrainingSetupError(
+            f"the Ray Train run record in {run_dir} is unreadable ({type(err).__name__}: {err}); train into a new --out"
+        ) from None
+    finally:
+        ray_log.setLevel(level)
+    if result.checkpoint is None:
+        return None, None
+    path = result.checkpoint.path
+    try:
+        step = int(json.loads(storage.read_bytes(fs, storage.join(path, TRAINER_STATE_FILE)))["step"])
+    except (ValueError, KeyError, TypeError, OSError) as err:
+        raise TrainingSetupError(
+            f"corrupt checkpoint {path}: {err}. This run cannot resume from it: train into a new --out "
+            "(the inference bundle of every kept checkpoint is in its bundle/ folder)"
+        ) from None
+    return step, path
 
 
 def check_resources(cfg: TrainingStageConfig) -> None:
