@@ -213,6 +213,11 @@ class TrainSection(Section):
     lr_schedule: str = Field("cosine", pattern="^(cosine|constant|linear)$")
     grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
     ema_decay: float = Field(0.999, ge=0, lt=1)
+    ema_warmup: bool = Field(True, description="cap the EMA decay at (1 + step) / (10 + step), so the average "
+                             "forgets its starting weights early (a random initialisation would linger otherwise)")
+    autocast: str = Field("off", pattern="^(off|bf16)$", description="bf16: forward passes under torch.autocast "
+                          "in bfloat16 with fp32 weights, optimizer and EMA (CPUs with AVX512-BF16/AMX and GPUs); "
+                          "applies where deepspeed.precision resolves to fp32")
     seed: int = 0
     augment: bool = Field(True, description="random flips and 90-degree rotations, same for SAR and optical")
     log_every_steps: int = Field(10, ge=1)
@@ -259,11 +264,17 @@ class TrainingStageConfig(StageConfig):
     failure: FailureSection = FailureSection()
 
 
+class TeacherLossSection(Section):
+    min_snr_gamma: float | None = Field(None, gt=0, description="Min-SNR-gamma loss weighting (Hang et al. 2023; "
+                                        "5 is their choice); null: the plain MSE")
+
+
 class TeacherConfig(TrainingStageConfig):
     """`s2o train teacher`: the conditional pixel-space DDPM (METHOD.md section 2)."""
 
     model: UNetSection = UNetSection()
     diffusion: DiffusionSection = DiffusionSection()
+    loss: TeacherLossSection = TeacherLossSection()
     sample_steps: int = Field(50, ge=1, description="DDIM steps the bundle advertises as its default sampler")
 
 

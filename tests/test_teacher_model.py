@@ -9,10 +9,10 @@ from s2o_platform.bundle import BundleError, load_bundle, read_bundle_metadata
 from s2o_platform.config import TeacherConfig, load_config
 from s2o_platform.data.normalization import SarNormalization
 from s2o_platform.data.store import StoreMetadata
-from s2o_platform.diffusion.sampling import sample_teacher
+from s2o_platform.diffusion.sampling import ddim_scheduler, sample_teacher
 from s2o_platform.inference import translate_tiles
 from s2o_platform.models.unet import build_unet, count_parameters
-from s2o_platform.train.stages.teacher import TeacherStage, diffusion_loss, noise_scheduler
+from s2o_platform.train.stages.teacher import TeacherStage, diffusion_loss, min_snr_weight, noise_scheduler
 
 TINY = ["model.sample_size=16", "model.block_out_channels=[32, 32]", "model.down_block_types=[DownBlock2D, AttnDownBlock2D]",
         "model.up_block_types=[AttnUpBlock2D, UpBlock2D]"]
@@ -78,12 +78,47 @@ def test_samplers_are_seeded_and_bounded(cfg):
         sample_teacher(unet, sar, dict(sched.config), "euler", 5)
 
 
-def test_ddim_grid_comes_from_saved_config(cfg):
+def test_ddim_grid_comes_from_saved_config_with_trailing_spacing(cfg):
     sched = noise_scheduler(cfg.diffusion)
-    ddim = DDIMScheduler.from_config(dict(sched.config))
+    ddim = ddim_scheduler(dict(sched.config))
     ddim.set_timesteps(50)
     assert ddim.config.beta_schedule == cfg.diffusion.beta_schedule
-    assert ddim.timesteps[0] == 980 and ddim.timesteps[-1] == 0 and len(ddim.timesteps) == 50
+    # trailing: DDIM-50 starts from pure noise at 999 (diffusers' default "leading" would start at 980)
+    assert ddim.timesteps[0] == 999 and ddim.timesteps[-1] == 19 and len(ddim.timesteps) == 50
+    leading = DDIMScheduler.from_config(dict(sched.config))
+    leading.set_timesteps(50)
+    assert leading.timesteps[0] == 980
+
+
+def test_min_snr_weights_by_hand(cfg):
+    sched = noise_scheduler(cfg.diffusion.model_copy(update={"prediction_type": "v_prediction"}))
+    t = torch.tensor([0, 500, 999])
+    abar = sched.alphas_cumprod[t].double()
+    snr = abar / (1 - abar)
+    v = min_snr_weight(sched, t, 5.0)  # v-prediction: min(snr, 5) / (snr + 1)
+    assert v.tolist() == pytest.approx((snr.clamp(max=5) / (snr + 1)).tolist(), rel=1e-5)
+    assert v[0].item() == pytest.approx(5 / (snr[0].item() + 1), rel=1e-5)
+    assert v[2].item() == pytest.approx(snr[2].item() / (snr[2].item() + 1), rel=1e-5)
+    eps = min_snr_weight(noise_scheduler(cfg.diffusion), t, 5.0)  # epsilon: min(snr, 5) / snr, 1 at high noise
+    assert eps[2].item() == pytest.approx(1.0) and eps[0].item() == pytest.approx(5 / snr[0].item(), rel=1e-5)
+
+
+def test_min_snr_loss_is_the_weighted_per_sample_mse(cfg):
+    torch.manual_seed(0)
+    unet = build_unet(cfg.model)
+    sched = noise_scheduler(cfg.diffusion.model_copy(update={"prediction_type": "v_prediction"}))
+    optical, sar = torch.rand(8, 3, 16, 16) * 2 - 1, torch.rand(8, 1, 16, 16) * 2 - 1
+    weighted = diffusion_loss(unet, sched, optical, sar, torch.Generator().manual_seed(3), min_snr_gamma=5.0)
+    # by hand, with the same draws: noise first, then timesteps
+    g = torch.Generator().manual_seed(3)
+    noise = torch.randn(optical.shape, generator=g)
+    t = torch.randint(0, 1000, (8,), generator=g)
+    with torch.no_grad():
+        out = unet(torch.cat([sched.add_noise(optical, noise, t), sar], 1), t).sample
+    per_sample = ((out - sched.get_velocity(optical, noise, t)) ** 2).flatten(1).mean(1)
+    assert weighted.item() == pytest.approx((per_sample * min_snr_weight(sched, t, 5.0)).mean().item(), rel=1e-5)
+    assert diffusion_loss(unet, sched, optical, sar, torch.Generator().manual_seed(3)).item() == pytest.approx(
+        per_sample.mean().item(), rel=1e-5)
 
 
 def test_bundle_roundtrip_gives_same_outputs(cfg, tmp_path):

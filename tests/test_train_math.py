@@ -9,7 +9,7 @@ import torch
 from s2o_platform.config import TeacherConfig, load_config
 from s2o_platform.data.transforms import augment_pairs, dihedral
 from s2o_platform.train.deepspeed_config import deepspeed_config, resolve_precision
-from s2o_platform.train.ema import ema_update
+from s2o_platform.train.ema import ema_decay_at, ema_update
 from s2o_platform.train.harness import cpu_threads, format_eta
 from s2o_platform.train.schedule import lr_factor
 
@@ -54,6 +54,31 @@ def test_ema_update_hand_values():
     assert ema.weight.item() == pytest.approx(3.0)
     with pytest.raises(ValueError, match="decay"):
         ema_update(ema, online, 1.5)
+
+
+def test_ema_decay_warms_up_then_holds():
+    assert ema_decay_at(1, 0.99) == pytest.approx(2 / 11)
+    assert ema_decay_at(90, 0.99) == pytest.approx(91 / 100)
+    assert ema_decay_at(10_000, 0.99) == 0.99  # the cap passes 0.99 at step 890
+    assert ema_decay_at(1, 0.95, warmup=False) == 0.95
+    with pytest.raises(ValueError, match=">= 1"):
+        ema_decay_at(0, 0.99)
+
+
+def test_ema_with_warmup_forgets_its_random_start():
+    # 300 steps towards a fixed online weight: with the fixed decay 0.99, 0.99^300 = 4.9% of the start remains;
+    # with the warm-up, the product of the decays, (2/11)(3/12)... is below 1e-3
+    online = torch.nn.Linear(1, 1, bias=False)
+    plain, warm = copy.deepcopy(online), copy.deepcopy(online)
+    with torch.no_grad():
+        online.weight.fill_(1.0)
+        plain.weight.fill_(0.0)
+        warm.weight.fill_(0.0)
+    for step in range(1, 301):
+        ema_update(plain, online, 0.99)
+        ema_update(warm, online, ema_decay_at(step, 0.99))
+    assert 1 - plain.weight.item() == pytest.approx(0.99**300, rel=1e-3)
+    assert 1 - warm.weight.item() < 1e-3
 
 
 def test_dihedral_group_and_pairing():

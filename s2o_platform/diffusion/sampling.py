@@ -24,6 +24,13 @@ def initial_noise(sar: torch.Tensor, generator: torch.Generator | None, dtype: t
     return randn_tensor(shape, generator=generator, device=sar.device, dtype=dtype)
 
 
+def ddim_scheduler(scheduler_config: dict[str, Any]) -> DDIMScheduler:
+    """DDIM with "trailing" timestep spacing: N steps start at the last training timestep (999), so the
+    first step sees pure noise as in training (Lin et al. 2024, "Common diffusion noise schedules and
+    sample steps are flawed"). diffusers' default "leading" spacing starts DDIM-50 at t=980."""
+    return DDIMScheduler.from_config(scheduler_config, timestep_spacing="trailing")
+
+
 @torch.no_grad()
 def sample_teacher(
     unet: torch.nn.Module,
@@ -50,7 +57,7 @@ def sample_teacher(
     elif sampler == "ddim":
         if not 1 <= steps <= scheduler_config["num_train_timesteps"]:
             raise ValueError(f"DDIM steps must be in 1..{scheduler_config['num_train_timesteps']}, got {steps}")
-        scheduler = DDIMScheduler.from_config(scheduler_config)
+        scheduler = ddim_scheduler(scheduler_config)
         scheduler.set_timesteps(steps)
         step_kwargs = {"eta": eta, "generator": generator}
     else:

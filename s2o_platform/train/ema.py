@@ -1,8 +1,20 @@
-"""Exponential moving average of weights: ema <- decay * ema + (1 - decay) * online."""
+"""Exponential moving average of weights: ema <- decay * ema + (1 - decay) * online.
+
+With a fixed decay d the average still holds d^n of its starting weights after n steps (0.99 after
+300 steps: 4.9% of a random initialisation). `ema_decay_at` warms the decay up instead, as diffusers'
+EMAModel does: min(d, (1 + n) / (10 + n)), so early steps move the average most of the way.
+"""
 
 from __future__ import annotations
 
 import torch
+
+
+def ema_decay_at(step: int, decay: float, warmup: bool = True) -> float:
+    """The decay to use after optimizer step `step` (1-based): `decay`, capped by (1 + step) / (10 + step)."""
+    if step < 1:
+        raise ValueError(f"EMA step must be >= 1, got {step}")
+    return min(decay, (1.0 + step) / (10.0 + step)) if warmup else decay
 
 
 @torch.no_grad()

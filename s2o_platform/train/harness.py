@@ -27,7 +27,7 @@ import torch
 from s2o_platform.data.store import StoreMetadata, decode_batch
 from s2o_platform.data.transforms import augment_pairs
 from s2o_platform.train.deepspeed_config import deepspeed_config, resolve_precision
-from s2o_platform.train.ema import ema_update
+from s2o_platform.train.ema import ema_decay_at, ema_update
 from s2o_platform.train.schedule import lr_factor
 
 TRAINER_STATE_FILE = "trainer_state.json"
@@ -93,6 +93,12 @@ def cpu_threads(requested: int | None, local_workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, local_workers))
 
 
+def autocast_applies(autocast: str, precision: str) -> bool:
+    """Whether steps run under bf16 autocast over fp32 weights: when asked for and DeepSpeed trains in fp32
+    (with bf16/fp16 engines the weights are already half precision)."""
+    return autocast == "bf16" and precision == "fp32"
+
+
 def format_eta(seconds: float) -> str:
     seconds = max(0, int(seconds))
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
@@ -138,6 +144,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     main_name = next(iter(engines))
     main = engines[main_name]
     ema = copy.deepcopy(main.module).float().requires_grad_(False).eval()
+    autocast_on = autocast_applies(cfg.train.autocast, precision)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_on)
+    if rank == 0 and cfg.train.autocast != "off" and not autocast_on:
+        log(f"[{stage.name}] train.autocast={cfg.train.autocast} not applied: DeepSpeed already trains in {precision}")
 
     # [3] resume ---------------------------------------------------------------------------------
     checkpoint = ray.train.get_checkpoint()
@@ -206,7 +216,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                 break
             batches += 1
             before = main.global_steps
-            step_metrics = stage.step(engines, models, ema, batch, generator)
+            with autocast:
+                step_metrics = stage.step(engines, models, ema, batch, generator)
             for key, value in step_metrics.items():
                 window.setdefault(key, []).append(value)
             n = batch["optical"].shape[0]
@@ -214,7 +225,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             window_samples += n * world
             if main.global_steps == before:
                 continue  # inside a gradient-accumulation cycle
-            ema_update(ema, main.module, cfg.train.ema_decay)
+            ema_update(ema, main.module, ema_decay_at(main.global_steps, cfg.train.ema_decay, cfg.train.ema_warmup))
             step = main.global_steps
             if step % cfg.train.log_every_steps == 0 or step == cfg.train.max_steps:
                 elapsed = time.perf_counter() - window_start

@@ -36,8 +36,14 @@ def diffusion_loss(
     optical: torch.Tensor,
     sar: torch.Tensor,
     generator: torch.Generator | None = None,
+    min_snr_gamma: float | None = None,
 ) -> torch.Tensor:
-    """The DDPM training loss for clean optical x0 (B, 3, H, W) given SAR (B, C, H, W), both in [-1, 1]."""
+    """The DDPM training loss for clean optical x0 (B, 3, H, W) given SAR (B, C, H, W), both in [-1, 1].
+
+    min_snr_gamma: Min-SNR-gamma weighting (Hang et al. 2023): each sample's MSE is weighted so that
+    its effective x0-space weight is min(SNR_t, gamma), which stops the easy low-noise steps from
+    dominating the gradient. None: the plain (unweighted) MSE.
+    """
     batch = optical.shape[0]
     noise = torch.randn(optical.shape, generator=generator, device=optical.device, dtype=optical.dtype)
     timesteps = torch.randint(
@@ -50,7 +56,22 @@ def diffusion_loss(
         target = scheduler.get_velocity(optical, noise, timesteps)
     dtype = next(unet.parameters()).dtype
     prediction = predict(unet, noisy.to(dtype), sar.to(dtype), timesteps)
-    return F.mse_loss(prediction.float(), target.float())
+    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)
+    if min_snr_gamma is None:
+        return per_sample.mean()
+    return (per_sample * min_snr_weight(scheduler, timesteps, min_snr_gamma)).mean()
+
+
+def min_snr_weight(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-sample loss weight of Min-SNR-gamma: min(SNR, gamma) / SNR for epsilon, / (SNR + 1) for v.
+
+    SNR_t = abar_t / (1 - abar_t); the epsilon and v losses already weight x0 errors by SNR and SNR + 1.
+    """
+    abar = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].double()
+    snr = abar / (1.0 - abar)
+    clipped = snr.clamp(max=gamma)
+    weight = clipped / snr if scheduler.config.prediction_type == "epsilon" else clipped / (snr + 1.0)
+    return weight.float()
 
 
 class TeacherStage:
@@ -59,11 +80,12 @@ class TeacherStage:
 
     def build(self, cfg: TeacherConfig, store: StoreMetadata, extra: dict[str, Any], device: torch.device) -> StageModels:
         self.scheduler = noise_scheduler(cfg.diffusion)
+        self.min_snr_gamma = cfg.loss.min_snr_gamma
         return StageModels(trainable={"unet": build_unet(cfg.model, store.sar_channels).to(device)})
 
     def step(self, engines, models, ema, batch, generator) -> dict[str, float]:
         engine = engines["unet"]
-        loss = diffusion_loss(engine, self.scheduler, batch["optical"], batch["sar"], generator)
+        loss = diffusion_loss(engine, self.scheduler, batch["optical"], batch["sar"], generator, self.min_snr_gamma)
         engine.backward(loss)
         engine.step()
         return {"loss": loss.item()}
