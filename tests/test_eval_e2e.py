@@ -45,6 +45,16 @@ def test_eval_writes_report_table_and_plots(synth_store_32, bundles, tmp_path):
         assert row["fid"] is None and row["fid_note"] == FID_SKIPPED
         assert row["speedup_vs_ddpm"] is None
     assert rows["teacher ddim-50"]["speedup_vs_ddim"] == pytest.approx(1.0)
+    # the metrics beyond PSNR: paired against the teacher's DDIM-50, sharpness, identity, land cover
+    assert report["paired_reference"] == "teacher ddim-50"
+    assert rows["teacher ddim-50"]["paired"] == {"reference": "teacher ddim-50", "tiles": 8, "delta_psnr": 0.0, "ci95": [0.0, 0.0]}
+    lo, hi = rows["acd lcm-1"]["paired"]["ci95"]
+    assert lo <= rows["acd lcm-1"]["paired"]["delta_psnr"] <= hi
+    lc = report["landcover_classifier"]  # the synthetic store carries class maps
+    assert lc["status"] == "fitted" and lc["heldout_accuracy"] > 0.8 and lc["classes"][0] == "water"
+    for row in rows.values():
+        assert row["sharpness_ratio"] > 0 and row["identity_ratio"] > 0
+        assert 0 <= row["landcover_accuracy"] <= 1 and 0 <= row["landcover_miou"] <= 1
     # one network call against fifty: faster by far on any machine
     assert rows["acd lcm-1"]["speedup_vs_ddim"] > 5
     assert report["fid_status"] == FID_SKIPPED and report["device"] == "cpu" and report["dtype"] == "fp32"
@@ -118,6 +128,8 @@ def test_quality_pass_on_ray_data_matches_the_local_one(ray_cluster, synth_store
     assert distributed.rows[0].tiles == 12
     assert distributed.rows[0].psnr == pytest.approx(local.rows[0].psnr, abs=1e-6)
     assert distributed.rows[0].ssim == pytest.approx(local.rows[0].ssim, abs=1e-6)
+    for key in ("sharpness_ratio", "identity_ratio", "landcover_accuracy", "landcover_miou"):
+        assert getattr(distributed.rows[0], key) == pytest.approx(getattr(local.rows[0], key), abs=1e-6), key
     assert distributed.rows[1].error is None and distributed.rows[1].tiles == 12
     assert samples["acd lcm-1"].shape == (4, 32, 32, 3)
 

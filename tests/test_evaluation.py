@@ -8,17 +8,21 @@ import torch
 
 from s2o_platform.data.normalization import SarNormalization
 from s2o_platform.data.store import StoreMetadata
+from s2o_platform.evaluation import landcover
 from s2o_platform.evaluation.quality import (
     FID_SKIPPED,
     FidError,
     fid_from_features,
+    gradient_magnitude,
     load_fid_network,
+    paired_difference,
+    ratio_of_means,
     tile_scores,
     to_uint8_images,
     to_unit,
 )
 from s2o_platform.evaluation.report import Report, Row, add_speedups, console_table, markdown
-from s2o_platform.evaluation.runner import EvalError, check_fits_store
+from s2o_platform.evaluation.runner import EvalError, add_paired, check_fits_store, summarise
 from s2o_platform.evaluation.spec import ModelSetting, SpecError, parse_model_spec, unique_labels
 from s2o_platform.evaluation.speed import resolve_device, resolve_dtype, time_calls
 from s2o_platform.bundle import BundleMetadata, SamplerSpec
@@ -82,6 +86,103 @@ def test_tile_scores_flag_non_finite_tiles_without_spoiling_others():
     scores = tile_scores(prediction, target)
     assert scores["finite"].tolist() == [1.0, 0.0, 0.0]
     assert np.isnan(scores["psnr"][1:]).all() and np.isfinite(scores["psnr"][0])
+
+
+def test_gradient_magnitude_by_hand():
+    ramp = torch.arange(4.0).repeat(4, 1)[None, None] * 0.1  # +0.1 per column, flat down the rows
+    assert gradient_magnitude(ramp).item() == pytest.approx(0.1)
+    assert gradient_magnitude(torch.zeros(1, 3, 5, 5)).item() == 0.0
+
+
+def _scored(prediction, target, sar):
+    row = Row(model="m", label="m", bundle="b", stage="student", sampler="lcm", steps=1)
+    summarise(row, tile_scores(prediction, target, sar))
+    return row
+
+
+def test_exact_prediction_is_as_sharp_as_the_truth_and_blur_is_less_sharp():
+    def blur(x):
+        return torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+
+    target = blur(torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1)))  # smooth, like imagery
+    sar = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    assert _scored(target.clone(), target, sar).sharpness_ratio == pytest.approx(1.0)
+    blurred = blur(target)
+    assert _scored(blurred, target, sar).sharpness_ratio < 0.7
+    noisy = (target + 0.2 * torch.randn(target.shape, generator=torch.Generator().manual_seed(3))).clamp(0, 1)
+    assert _scored(noisy, target, sar).sharpness_ratio > 1.2
+
+
+def test_identity_ratio_flags_a_model_that_copies_its_input():
+    target = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    sar = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    copy = sar.expand(-1, 3, -1, -1).clone()
+    assert _scored(copy, target, sar).identity_ratio == pytest.approx(0.0)
+    # by hand: prediction 0.5 everywhere, SAR 0.25, truth 0.75 -> |0.25| / |0.25| = 1; truth 0.6 -> 0.25 / 0.1
+    half = torch.full((1, 3, 16, 16), 0.5)
+    assert _scored(half, torch.full_like(half, 0.6), torch.full((1, 1, 16, 16), 0.25)).identity_ratio == pytest.approx(2.5)
+    assert ratio_of_means(np.array([1.0]), np.array([0.0])) is None
+
+
+def test_paired_difference_of_a_setting_with_itself_is_zero():
+    psnr = np.random.default_rng(0).normal(20, 2, size=64)
+    assert paired_difference(psnr, psnr) == {"delta": 0.0, "ci95": [0.0, 0.0]}
+
+
+def test_paired_difference_interval_covers_a_known_shift():
+    rng = np.random.default_rng(0)
+    reference = rng.normal(20, 2, size=400)
+    values = reference + 1.0 + rng.normal(0, 0.5, size=400)  # one dB better, per-tile noise 0.5 dB
+    result = paired_difference(values, reference)
+    low, high = result["ci95"]
+    assert low < result["delta"] < high and low < 1.0 < high and high - low < 0.2
+    assert paired_difference(values, reference) == result  # seeded: reproducible
+    with pytest.raises(ValueError, match="equal"):
+        paired_difference(values[:3], reference)
+
+
+def test_paired_rows_use_the_teacher_ddim50_and_compare_on_shared_tiles():
+    rows = [_row("s lcm-1", "student", "lcm", 1, 1.0), _row("t ddim-50", "teacher", "ddim", 50, 1.0),
+            _row("t ddpm-1000", "teacher", "ddpm", 1000, 1.0)]
+    psnr = {"s lcm-1": np.array([21.0, 22.0, 23.0, 24.0]), "t ddim-50": np.array([20.0, 20.0, 20.0, 20.0]),
+            "t ddpm-1000": np.array([19.0, 19.0])}
+    assert add_paired(rows, psnr) == "t ddim-50"
+    assert rows[0].paired["reference"] == "t ddim-50" and rows[0].paired["delta_psnr"] == pytest.approx(2.5)
+    assert rows[1].paired["delta_psnr"] == 0.0 and rows[1].paired["ci95"] == [0.0, 0.0]
+    assert rows[2].paired["tiles"] == 2 and rows[2].paired["delta_psnr"] == pytest.approx(-1.0)
+    assert "reference" in markdown(Report(rows, {"data": "s", "split": "test", "tiles": 4, "seed": 0, "device": "cpu",
+                                                 "device_name": "CPU", "dtype": "fp32", "threads": 2, "batch_size": 4,
+                                                 "repeats": 1, "fid_status": FID_SKIPPED, "paired_reference": "t ddim-50"}))
+
+
+def test_landcover_metrics_by_hand():
+    confusion = np.array([[8, 2], [0, 6]])  # true class rows: class 0 has 8 right, 2 called 1
+    assert landcover.accuracy(confusion) == pytest.approx(14 / 16)
+    # IoU class 0: 8 / (8 + 2) = 0.8; class 1: 6 / (6 + 2) = 0.75
+    assert landcover.mean_iou(confusion.ravel()) == pytest.approx((0.8 + 0.75) / 2)
+
+
+def test_landcover_classifier_scores_the_ground_truth_at_its_heldout_accuracy():
+    from s2o_platform.data.synth import CLASS_RGB, make_scene
+
+    rng = np.random.default_rng(0)
+    scenes = [make_scene(rng, 64, 64, scale=8.0) for _ in range(6)]
+    optical = np.stack([s.optical for s in scenes]).transpose(0, 3, 1, 2) / 255.0
+    classes = np.stack([s.classes for s in scenes])
+    fitted = landcover.fit_classifier(optical[:4], classes[:4], num_classes=len(CLASS_RGB), steps=150)
+    assert fitted.train_accuracy > 0.85  # class colours are far apart; texture and edges cost a little
+    heldout = landcover.confusion_per_tile(fitted.model, torch.as_tensor(optical[4:]), classes[4:])
+    held_accuracy = landcover.accuracy(heldout.sum(axis=0))
+    assert held_accuracy > 0.8
+    # the ground truth, scored as if it were a translation, gets exactly that accuracy; a flat mean colour does not
+    row = _scored(torch.as_tensor(optical[4:], dtype=torch.float32), torch.as_tensor(optical[4:], dtype=torch.float32),
+                  torch.zeros(2, 1, 64, 64))
+    scores = tile_scores(torch.as_tensor(optical[4:], dtype=torch.float32), torch.as_tensor(optical[4:], dtype=torch.float32))
+    scores["landcover_confusion"] = heldout
+    summarise(row, scores)
+    assert row.landcover_accuracy == pytest.approx(held_accuracy) and row.sharpness_ratio == pytest.approx(1.0)
+    flat = torch.as_tensor(optical[4:].mean(axis=(0, 2, 3)), dtype=torch.float32)[None, :, None, None].expand(2, 3, 64, 64)
+    assert landcover.accuracy(landcover.confusion_per_tile(fitted.model, flat, classes[4:]).sum(axis=0)) < held_accuracy - 0.3
 
 
 def test_to_uint8_rounds():
@@ -180,7 +281,7 @@ def test_report_renderings_show_errors_and_fid_status():
                "dtype": "fp32", "threads": 2, "batch_size": 4, "repeats": 3, "fid_status": FID_SKIPPED}
     report = Report(rows, context)
     md = markdown(report)
-    assert "| s lcm-1 | 8 | 20.50 | 0.500 | 3.00 | - | 2.0 | 100.0 |" in md
+    assert "| s lcm-1 | 8 | 20.50 | - | 0.500 | 3.00 | - | - | - | - | - | 2.0 | 100.0 |" in md
     assert "non-finite" in md and FID_SKIPPED in md
     table = console_table(report)
     assert "bad lcm-2" in table and "error: non-finite" in table

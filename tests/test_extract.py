@@ -227,3 +227,50 @@ def test_real_linear_and_db_sar_scales(real_data):
     for path, expected in ((opera, SarScale.LINEAR), (spatialist, SarScale.DB)):
         with open_sar(str(path), fs) as raster:
             assert detect_sar_scale(raster.sample(), raster.dtype, raster.units_hint)[0] is expected
+
+
+def _labelled(sar, optical, labels, size=32):
+    pair = PairSource(str(sar), str(optical), "scene", "folders", labels=str(labels))
+    return list(tiles_from_pair(pair, "train", TilingSettings(size, None, SarScale.AUTO), NORM, OPT, None, None))
+
+
+def test_class_map_png_is_stored_with_each_tile(tmp_path):
+    rng = np.random.default_rng(0)
+    classes = rng.integers(0, 5, size=(64, 64), dtype=np.uint8)
+    rows = _labelled(write_png(tmp_path / "s.png", sar_png(rng, 64)), write_png(tmp_path / "o.png", optical_png(rng, 64)),
+                     write_png(tmp_path / "l.png", classes))
+    d = decoded(rows)
+    assert d["landcover"].shape == (4, 32, 32) and d["landcover"].dtype == np.uint8
+    np.testing.assert_array_equal(d["landcover"][1], classes[:32, 32:])  # the same window as the SAR and optical
+
+
+def test_class_map_geotiff_is_resampled_by_nearest_and_nodata_is_unlabelled(tmp_path):
+    # labels on a grid shifted by 3 px: nearest resampling keeps whole classes; nodata (99) -> unlabelled (255)
+    sar, opt = write_geotiff_pair(tmp_path, rows=64, cols=64)
+    classes = np.random.default_rng(1).integers(0, 7, size=(1, 70, 70)).astype(np.uint8)
+    classes[0, 3, 3] = 99
+    labels = write_geotiff(tmp_path / "labels" / "scene.tif", classes, from_origin(600_000.0 - 30.0, 4_800_000.0 + 30.0, 10.0, 10.0),
+                           nodata=99)
+    d = decoded(_labelled(sar, opt, labels))
+    expected = classes[0, 3:35, 3:35].copy()
+    expected[expected == 99] = 255
+    np.testing.assert_array_equal(d["landcover"][0], expected)
+
+
+def test_class_map_with_other_values_is_refused_with_its_path(tmp_path):
+    rng = np.random.default_rng(0)
+    sar, opt = write_png(tmp_path / "s.png", sar_png(rng, 64)), write_png(tmp_path / "o.png", optical_png(rng, 64))
+    with pytest.raises(InputError, match=r"l\.png.*whole class numbers"):
+        _labelled(sar, opt, write_png(tmp_path / "l.png", np.full((64, 64), 255, np.uint8)))
+    with pytest.raises(InputError, match="one band"):
+        _labelled(sar, opt, write_png(tmp_path / "rgb.png", optical_png(rng, 64)))
+
+
+def test_folders_layout_finds_labels_beside_sar_and_optical(tmp_path):
+    from s2o_platform.data.sources import discover
+    from tests.fixtures import write_paired_folders
+
+    root = write_paired_folders(tmp_path / "src", n=2, size=32)
+    write_png(root / "labels" / "pair_0.png", np.zeros((32, 32), np.uint8))
+    pairs, skipped = discover(str(root))
+    assert [(p.labels or "").endswith("labels/pair_0.png") for p in pairs] == [True, False] and not skipped

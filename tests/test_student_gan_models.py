@@ -82,3 +82,73 @@ def test_gan_bundle_loads_like_a_student(tmp_path):
     assert out.shape == (2, 3, 16, 16)
     # one step whatever is asked
     np.testing.assert_allclose(translate_tiles(bundle, np.zeros((2, 1, 16, 16), np.float32), steps=8), out)
+
+
+class _PlainEngine:
+    """The part of a DeepSpeed engine a stage's step uses (call, .module, backward, step), over a plain
+    torch optimizer, so the step function itself runs here without a process group."""
+
+    def __init__(self, module: torch.nn.Module, lr: float, on_backward=None):
+        self.module, self.on_backward = module, on_backward
+        self.optimizer = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=lr)
+
+    def __call__(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+        if self.on_backward is not None:
+            self.on_backward()
+
+    def step(self) -> None:
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def _distill_step(tmp_path, adversarial: bool):
+    """One real DistillStage.step from an exported (untrained) teacher bundle; returns the student's
+    parameter change and the discriminator's gradients as they stood right after the generator's backward."""
+    import copy
+
+    from s2o_platform.train.stages.distill import DistillStage
+    from s2o_platform.train.stages.teacher import TeacherStage
+
+    store = StoreMetadata(tile_size=16, sar_channels=1, sar_normalization=SarNormalization())
+    teacher_cfg = load_config(TeacherConfig, None, [*TINY, "diffusion.prediction_type=v_prediction"])
+    torch.manual_seed(0)
+    teacher_stage = TeacherStage()
+    unet = teacher_stage.build(teacher_cfg, store, {}, torch.device("cpu")).trainable["unet"]
+    bundle = tmp_path / f"teacher-{adversarial}"
+    teacher_stage.export(str(bundle), unet, teacher_cfg, store, {"trained_steps": 0})
+    cfg = load_config(DistillConfig, None, [f"distill.adversarial={str(adversarial).lower()}", "distill.lambda_adv=1.0"])
+    stage = DistillStage()
+    models = stage.build(cfg, store, {"teacher": str(bundle)}, torch.device("cpu"))
+    student = models.trainable["student"]
+    before = {k: v.detach().clone() for k, v in student.named_parameters()}
+    seen: dict[str, list] = {}
+    disc = models.trainable.get("discriminator")
+
+    def record_disc_grads():
+        if disc is not None:
+            seen["disc_grads"] = [p.grad for p in disc.parameters()]
+
+    engines = {"student": _PlainEngine(student, lr=1e-2, on_backward=record_disc_grads)}
+    if disc is not None:
+        engines["discriminator"] = _PlainEngine(disc, lr=1e-3)
+    ema = copy.deepcopy(student).requires_grad_(False)
+    g = torch.Generator().manual_seed(0)
+    batch = {"optical": torch.rand(4, 3, 16, 16, generator=g) * 2 - 1, "sar": torch.rand(4, 1, 16, 16, generator=g) * 2 - 1}
+    metrics = stage.step(engines, models, ema, batch, torch.Generator().manual_seed(1))
+    delta = torch.cat([(p.detach() - before[k]).flatten() for k, p in student.named_parameters()])
+    return delta, seen, metrics
+
+
+def test_adversarial_term_changes_the_student_update_and_never_trains_the_discriminator(tmp_path):
+    plain, _, plain_metrics = _distill_step(tmp_path, adversarial=False)
+    adversarial, seen, metrics = _distill_step(tmp_path, adversarial=True)
+    # the same draws (seeded) and the same consistency loss: only the adversarial term differs
+    assert metrics["loss_cd"] == pytest.approx(plain_metrics["loss_cd"], rel=1e-5)
+    assert plain.abs().max() > 0 and "loss_g_adv" in metrics and "loss_g_adv" not in plain_metrics
+    assert not torch.allclose(adversarial, plain, atol=1e-7)
+    # right after the generator's backward, no discriminator parameter holds a gradient from it
+    assert seen["disc_grads"] and all(g is None or not g.any() for g in seen["disc_grads"])

@@ -7,6 +7,7 @@ under its reason; a pair that cannot be read at all raises `InputError` with the
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ import numpy as np
 
 from s2o_platform import storage
 from s2o_platform.data.normalization import OpticalNormalization, SarNormalization, SarScale, detect_sar_scale
-from s2o_platform.data.rasters import InputError, Raster, open_optical, open_sar
+from s2o_platform.data.rasters import InputError, Raster, class_map_window, open_labels, open_optical, open_sar
 from s2o_platform.data.sources import PairSource
 from s2o_platform.data.store import encode_tile
 from s2o_platform.geo.tiling import grid_windows, window_transform
@@ -56,7 +57,13 @@ def tiles_from_pair(
     """Yield TILE_SCHEMA rows for one pair; raises InputError when the pair is unusable as a whole."""
     report = report if report is not None else PairReport()
     fs, _ = storage.resolve(pair.uri_prefix + pair.sar if pair.uri_prefix else pair.sar, options)
-    with open_sar(pair.sar, fs, settings.sar_band) as sar, open_optical(pair.optical, fs, onto=sar) as optical:
+    with contextlib.ExitStack() as stack:
+        sar = stack.enter_context(open_sar(pair.sar, fs, settings.sar_band))
+        optical = stack.enter_context(open_optical(pair.optical, fs, onto=sar))
+        labels = stack.enter_context(open_labels(pair.labels, fs, onto=sar)) if pair.labels else None
+        if labels is not None and (labels.height, labels.width) != (sar.height, sar.width):
+            raise InputError(f"class map {pair.labels} is {labels.width}x{labels.height}, the SAR {sar.width}x{sar.height} "
+                             "(and no georeference on both to resample with)")
         if not (sar.georeferenced and optical.georeferenced) and (sar.height, sar.width) != (optical.height, optical.width):
             raise InputError(
                 f"SAR/optical size mismatch: SAR {sar.width}x{sar.height}, optical {optical.width}x{optical.height} "
@@ -86,6 +93,7 @@ def tiles_from_pair(
             sar_model = sar_norm.to_model(sar_window[0], scale)
             optical_u8 = optical_norm.to_uint8(_as_input_dtype(optical_window, optical.dtype)).transpose(1, 2, 0)
             sar_bytes, optical_bytes, tile_id = encode_tile(sar_model, np.ascontiguousarray(optical_u8))
+            landcover = class_map_window(labels.read(window), pair.labels).tobytes() if labels is not None else None
             yield {
                 "tile_id": tile_id,
                 "scene_id": pair.scene_id,
@@ -102,6 +110,7 @@ def tiles_from_pair(
                 "sar_path": pair.uri_prefix + pair.sar,
                 "optical_path": pair.uri_prefix + pair.optical,
                 "source_kind": pair.source_kind,
+                "landcover": landcover,
             }
 
 

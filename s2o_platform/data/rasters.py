@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from s2o_platform import storage
+from s2o_platform.data.store import UNLABELLED
 from s2o_platform.geo.tiling import AffineCoefficients, Window
 
 PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -194,10 +195,11 @@ def find_sar_band_file(paths: list[str], band: str | None) -> str | None:
     return tifs[0] if len(tifs) == 1 else None
 
 
-def _rasterio_reader(stack: contextlib.ExitStack, bands: list[tuple[object, int]], target=None):
+def _rasterio_reader(stack: contextlib.ExitStack, bands: list[tuple[object, int]], target=None, resampling: str = "bilinear"):
     """A window reader over (dataset, band) pairs, each warped onto `target` grid when given.
 
     target: (crs, transform, width, height) of the grid to read on, or None for the first band's own grid.
+    resampling: rasterio's Resampling name for the warp (class maps need "nearest").
     """
     from rasterio.enums import Resampling
     from rasterio.vrt import WarpedVRT
@@ -210,7 +212,7 @@ def _rasterio_reader(stack: contextlib.ExitStack, bands: list[tuple[object, int]
             same_grid = ds.crs == crs and ds.transform == transform and (ds.width, ds.height) == (width, height)
             if not same_grid:
                 ds = stack.enter_context(
-                    WarpedVRT(ds, crs=crs, transform=transform, width=width, height=height, resampling=Resampling.bilinear)
+                    WarpedVRT(ds, crs=crs, transform=transform, width=width, height=height, resampling=Resampling[resampling])
                 )
         sources.append((ds, band))
 
@@ -333,3 +335,49 @@ def open_optical(path: str, fs: pafs.FileSystem, onto: Raster | None = None) -> 
             transform=_affine(target[1]) if target else None,
             _reader=_rasterio_reader(stack, bands, target),
         )
+
+
+
+
+@contextlib.contextmanager
+def open_labels(path: str, fs: pafs.FileSystem, onto: Raster | None = None) -> Iterator[Raster]:
+    """Open a land-cover class map (one band of integer classes 0..254; PNG or GeoTIFF).
+
+    With `onto` a georeferenced SAR raster, a georeferenced class map is resampled onto the SAR grid by
+    nearest neighbour (classes must not be blended). Nodata pixels read as NaN.
+    """
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise InputError(f"label file not found: {path}")
+    if _suffix(path) in PLAIN_IMAGE_SUFFIXES:
+        array = _decode_plain(storage.read_bytes(fs, path), path)
+        if array.shape[0] != 1 and not (array.shape[0] in (3, 4) and np.array_equal(array[0], array[1])
+                                        and np.array_equal(array[1], array[2])):
+            raise InputError(f"a class map has one band of class numbers: {path} has {array.shape[0]} different channels")
+        yield Raster(array.shape[1], array.shape[2], str(array.dtype), array=array[:1].astype(np.float64))
+        return
+    with contextlib.ExitStack() as stack, _open_rasterio(path, fs) as ds:
+        if ds.count != 1:
+            raise InputError(f"a class map has one band of class numbers: {path} has {ds.count} bands")
+        target = None
+        if onto is not None and onto.georeferenced and ds.crs is not None:
+            from rasterio.crs import CRS
+            from rasterio.transform import Affine
+
+            target = (CRS.from_user_input(onto.crs), Affine(*onto.transform), onto.width, onto.height)
+        height, width = (onto.height, onto.width) if target else (ds.height, ds.width)
+        yield Raster(height, width, ds.dtypes[0], crs=_crs_text(ds.crs),
+                     transform=_affine(ds.transform) if ds.crs is not None else None,
+                     _reader=_rasterio_reader(stack, [(ds, 1)], target, resampling="nearest"))
+
+
+def class_map_window(window: np.ndarray, path: str) -> np.ndarray:
+    """A label window (1, H, W) float with NaN nodata -> (H, W) uint8, nodata as UNLABELLED; refuses non-classes."""
+    values = window[0]
+    valid = np.isfinite(values)
+    if valid.any():
+        v = values[valid]
+        if (v != np.rint(v)).any() or v.min() < 0 or v.max() >= UNLABELLED:
+            raise InputError(f"class map {path} holds values other than whole class numbers 0..{UNLABELLED - 1} "
+                             f"(found {v.min():g}..{v.max():g})")
+    return np.where(valid, np.nan_to_num(values), UNLABELLED).astype(np.uint8)

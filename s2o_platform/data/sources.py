@@ -4,7 +4,8 @@ Accepted SOURCE forms (local path or s3:// URI):
 - a SEN1-2 folder: ROIs1158_spring/s1_90/ROIs1158_spring_s1_90_p33.png paired with
   ROIs1158_spring/s2_90/ROIs1158_spring_s2_90_p33.png; scene = ROI + season + scene number;
 - a folder with `sar/` and `optical/` sub-folders of same-named files (PNG, JPEG, TIFF/GeoTIFF; an
-  optical entry may also be a folder of band files of the same name); scene = the file's stem, or
+  optical entry may also be a folder of band files of the same name), and optionally `labels/`: a
+  land-cover class map per pair (same names; one band of class numbers), stored with its tiles; scene = the file's stem, or
   the SEN1-2 scene when the name follows SEN1-2's pattern;
 - an SSL4EO-S12-style site folder: `s1/<product>/VV.tif` with `s2*/<product>/B4.tif,B3.tif,B2.tif`;
 - CSV lists as the authors' code uses them: two CSV files in a row (SAR paths, then optical paths,
@@ -38,6 +39,7 @@ class PairSource:
     scene_id: str
     source_kind: str  # sen12 | folders | site | csv
     uri_prefix: str = ""  # "s3://" for object-store sources, "" for local paths
+    labels: str | None = None  # a land-cover class map of the same scene (folders layout: labels/), if any
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -112,7 +114,8 @@ def _discover_folders(fs: pafs.FileSystem, root: str) -> tuple[list[PairSource],
         return out
 
     sar, optical = entries("sar"), entries("optical")
-    pairs = [PairSource(sar[s], optical[s], scene_of(s), "folders") for s in sorted(sar.keys() & optical.keys())]
+    labels = entries("labels") if fs.get_file_info(storage.join(root, "labels")).type == pafs.FileType.Directory else {}
+    pairs = [PairSource(sar[s], optical[s], scene_of(s), "folders", labels=labels.get(s)) for s in sorted(sar.keys() & optical.keys())]
     skipped = [SkippedItem(sar[s], "SAR file without its optical partner") for s in sorted(sar.keys() - optical.keys())]
     skipped += [SkippedItem(optical[s], "optical file without its SAR partner") for s in sorted(optical.keys() - sar.keys())]
     return pairs, skipped

@@ -49,10 +49,13 @@ TILE_SCHEMA = pa.schema(
         pa.field("sar_path", pa.string(), nullable=False),
         pa.field("optical_path", pa.string(), nullable=False),
         pa.field("source_kind", pa.string(), nullable=False),  # sen12 | folders | csv | geotiff | synth
+        pa.field("landcover", pa.binary()),  # optional class map, uint8 H x W; null where the source has none
     ]
 )
 
 OPTICAL_CHANNELS = 3
+#: The `landcover` value of an unlabelled pixel (nodata in a label file): ignored when fitting and scoring.
+UNLABELLED = 255
 
 
 class StoreError(ValueError):
@@ -153,17 +156,26 @@ def decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
     Returns:
         {"sar": float32 (B, C_sar, H, W) in [-1, 1], "optical": float32 (B, 3, H, W) in [-1, 1],
-         "tile_id": object (B,)}
+         "tile_id": object (B,)}, and "landcover": uint8 (B, H, W) when every row carries a class map.
     """
     sizes = batch["tile_size"]
     channels = batch["sar_channels"]
     sar = np.stack([decode_sar(b, int(s), int(c)) for b, s, c in zip(batch["sar"], sizes, channels)])
     optical = np.stack([decode_optical(b, int(s)) for b, s in zip(batch["optical"], sizes)])
-    return {
+    decoded = {
         "sar": np.ascontiguousarray(sar.transpose(0, 3, 1, 2)),
         "optical": np.ascontiguousarray(optical.transpose(0, 3, 1, 2), dtype=np.float32) / 127.5 - 1.0,
         "tile_id": np.asarray(batch["tile_id"], dtype=object),
     }
+    landcover = batch.get("landcover")
+    if landcover is not None and len(landcover) and all(v is not None for v in landcover):
+        decoded["landcover"] = np.stack([decode_landcover(b, int(s)) for b, s in zip(landcover, sizes)])
+    return decoded
+
+
+def decode_landcover(data: bytes, tile_size: int) -> np.ndarray:
+    """(H, W) uint8 class indices."""
+    return np.frombuffer(data, dtype=np.uint8).reshape(tile_size, tile_size)
 
 
 # ---------------------------------------------------------------------------------------------

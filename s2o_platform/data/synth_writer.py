@@ -73,6 +73,7 @@ def scene_tiles(scene_index: int, n_tiles: int, size: int, seed: int, split: str
                 "sar_path": f"synth://seed={seed}/scene={scene_index}",
                 "optical_path": f"synth://seed={seed}/scene={scene_index}",
                 "source_kind": "synth",
+                "landcover": np.ascontiguousarray(scene.classes[rs, cs], dtype=np.uint8).tobytes(),
             }
         )
         stats.append(synth.tile_statistics(optical, scene.classes[rs, cs]))
@@ -166,6 +167,7 @@ def run_synth(
 
     metadata = read_metadata(out, options)
     metadata.extra["synthetic"] = {"seed": seed, "pairs": pairs, "baseline_psnr": summary.baselines}
+    metadata.extra["landcover_classes"] = list(synth.CLASSES)  # the class map column's index -> name
     metadata.history.append(
         {"action": "synth", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seed": seed, "tiles": dict(summary.tiles)}
     )

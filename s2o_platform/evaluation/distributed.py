@@ -12,23 +12,30 @@ import numpy as np
 
 from s2o_platform.bundle import Bundle
 from s2o_platform.data.store import decode_batch, read_tiles
+from s2o_platform.evaluation.landcover import confusion_per_tile
 from s2o_platform.evaluation.quality import tile_scores, to_unit
 from s2o_platform.evaluation.spec import ModelSetting
 from s2o_platform.inference import LoadedModel, translate_tiles
 
-SCORE_COLUMNS = ("tile_id", "psnr", "ssim", "colour_error", "finite")
+SCORE_COLUMNS = ("psnr", "ssim", "colour_error", "finite", "grad_pred", "grad_true", "abs_to_sar", "abs_to_truth")
 
 
 class TileScorer(LoadedModel):
     """A Ray Data actor: store rows -> per-tile scores (and FID features) of one model setting."""
 
-    def __init__(self, fid_weights: str | None, **kwargs):
+    def __init__(self, fid_weights: str | None, classifier: dict | None = None, **kwargs):
         import torch
 
+        from s2o_platform.evaluation.landcover import PixelClassifier
         from s2o_platform.evaluation.quality import load_fid_network
 
         super().__init__(**kwargs)
         self.fid = load_fid_network(fid_weights, self.device) if fid_weights else None
+        self.classifier = None
+        if classifier is not None:  # {"num_classes": K, "state": state dict}
+            self.classifier = PixelClassifier(classifier["num_classes"])
+            self.classifier.load_state_dict(classifier["state"])
+            self.classifier.eval()
         torch.set_grad_enabled(False)
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -39,7 +46,9 @@ class TileScorer(LoadedModel):
         ids = batch["tile_id"][order]
         prediction = self.translate(batch["sar"][order], str(ids[0]))
         unit, target = to_unit(prediction), to_unit(batch["optical"][order])
-        out: dict[str, np.ndarray] = {"tile_id": ids.astype(str), **tile_scores(unit, target)}
+        out: dict[str, np.ndarray] = {"tile_id": ids.astype(str), **tile_scores(unit, target, to_unit(batch["sar"][order]))}
+        if self.classifier is not None and "landcover" in batch:
+            out["landcover_confusion"] = confusion_per_tile(self.classifier, unit.nan_to_num(0.0), batch["landcover"][order])
         if self.fid is not None:
             out["features"] = inception_features(self.fid, unit).astype(np.float32)
             out["real_features"] = inception_features(self.fid, target).astype(np.float32)
@@ -49,13 +58,15 @@ class TileScorer(LoadedModel):
 class RayQuality:
     """The quality pass over Ray Data actors (same interface as runner.LocalQuality)."""
 
-    def __init__(self, options):
+    def __init__(self, options, classifier=None):
         import ray
 
         from s2o_platform.data.store import split_counts
         from s2o_platform.ray_cluster import connect
 
         self.options = options
+        self.classifier = None if classifier is None else {
+            "num_classes": classifier.num_classes, "state": {k: v.clone() for k, v in classifier.state_dict().items()}}
         connect(None if options.address == "local" else options.address)
         self.gpus = int(ray.cluster_resources().get("GPU", 0))
         self.available = split_counts(options.data, options.storage)[options.split]
@@ -77,7 +88,7 @@ class RayQuality:
             TileScorer,
             fn_constructor_kwargs=dict(bundle=setting.bundle, sampler=setting.sampler, steps=setting.steps, seed=o.seed,
                                        device="cuda" if self.gpus else "cpu", dtype=o.dtype if self.gpus else "fp32",
-                                       fid_weights=o.fid_weights, storage_options=o.storage,
+                                       fid_weights=o.fid_weights, classifier=self.classifier, storage_options=o.storage,
                                        batch_size=o.batch_size, cpu_share=max(1, o.workers)),
             batch_size=o.batch_size,
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, o.workers)),
@@ -90,7 +101,9 @@ class RayQuality:
         merged = {k: np.concatenate(v) for k, v in columns.items()}
         order = np.argsort(merged["tile_id"])
         merged = {k: v[order] for k, v in merged.items()}
-        scores = {k: merged[k].astype(np.float64) for k in ("psnr", "ssim", "colour_error", "finite")}
+        scores = {k: merged[k].astype(np.float64) for k in SCORE_COLUMNS}
+        if "landcover_confusion" in merged:
+            scores["landcover_confusion"] = merged["landcover_confusion"]
         # the sample grid: the first tiles, translated here with the driver's copy of the model
         from s2o_platform.evaluation.runner import load_test_tiles
 

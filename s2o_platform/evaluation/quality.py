@@ -2,7 +2,12 @@
 
 Per tile: PSNR and SSIM (torchmetrics, data range 1) and the mean per-channel colour error (|mean
 predicted colour - mean true colour| averaged over R, G, B, in 0-255 units: the colour cast METHOD.md
-warns about). FID: features from a user-supplied Inception-v3 FID network, accumulated as moments and
+warns about). PSNR and SSIM reward blur, so per tile also the sums that the set-level ratios need:
+- sharpness_ratio = mean gradient magnitude of the predictions / that of the ground truth
+  (1.0: as sharp as the truth; blur < 1, noise > 1);
+- identity_ratio = mean |prediction - SAR| / mean |prediction - ground truth| (a model that copies
+  its input scores below 1);
+and `paired_difference`, a bootstrap interval on the per-tile PSNR difference of two settings. FID: features from a user-supplied Inception-v3 FID network, accumulated as moments and
 compared by torchmetrics' FrechetInceptionDistance; never a number from another network.
 """
 
@@ -25,11 +30,20 @@ def to_unit(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     return ((t + 1.0) / 2.0).clamp(0.0, 1.0).where(torch.isfinite(t), t)
 
 
-def tile_scores(prediction: torch.Tensor, target: torch.Tensor) -> dict[str, np.ndarray]:
+def gradient_magnitude(images: torch.Tensor) -> torch.Tensor:
+    """Per-image mean gradient magnitude of (N, C, H, W) images: forward differences, averaged over channels."""
+    dy = images[:, :, 1:, :-1] - images[:, :, :-1, :-1]
+    dx = images[:, :, :-1, 1:] - images[:, :, :-1, :-1]
+    return torch.sqrt(dx**2 + dy**2).flatten(1).mean(dim=1)
+
+
+def tile_scores(prediction: torch.Tensor, target: torch.Tensor, sar: torch.Tensor | None = None) -> dict[str, np.ndarray]:
     """Per-tile scores of (N, 3, H, W) images in [0, 1].
 
-    Returns float64 arrays of length N: psnr (dB, capped at PSNR_CAP_DB), ssim, colour_error (0-255) and finite (1.0 when
-    every pixel of the prediction is finite). Scores of non-finite tiles are NaN.
+    Returns float64 arrays of length N: psnr (dB, capped at PSNR_CAP_DB), ssim, colour_error (0-255), finite (1.0 when
+    every pixel of the prediction is finite), grad_pred / grad_true (mean gradient magnitudes, for sharpness_ratio),
+    and, given the SAR input (N, C, H, W) in [0, 1], abs_to_sar / abs_to_truth (mean absolute differences of the
+    prediction to the SAR's first channel and to the truth, for identity_ratio). Scores of non-finite tiles are NaN.
     """
     finite = torch.isfinite(prediction).flatten(1).all(dim=1)
     safe = torch.where(finite[:, None, None, None], prediction, torch.zeros_like(prediction))
@@ -37,12 +51,35 @@ def tile_scores(prediction: torch.Tensor, target: torch.Tensor) -> dict[str, np.
     ssim = structural_similarity_index_measure(safe, target, data_range=1.0, reduction="none")
     colour = (safe.mean(dim=(2, 3)) - target.mean(dim=(2, 3))).abs().mean(dim=1) * 255.0
     nan = torch.full_like(psnr, float("nan"))
-    return {
-        "psnr": torch.where(finite, psnr, nan).double().numpy(),
-        "ssim": torch.where(finite, ssim, nan).double().numpy(),
-        "colour_error": torch.where(finite, colour, nan).double().numpy(),
-        "finite": finite.double().numpy(),
-    }
+    scores = {"psnr": psnr, "ssim": ssim, "colour_error": colour, "grad_pred": gradient_magnitude(safe),
+              "grad_true": gradient_magnitude(target)}
+    if sar is not None:
+        scores["abs_to_sar"] = (safe - sar[:, :1]).abs().flatten(1).mean(dim=1)
+        scores["abs_to_truth"] = (safe - target).abs().flatten(1).mean(dim=1)
+    out = {k: torch.where(finite, v.float(), nan).double().numpy() for k, v in scores.items()}
+    out["finite"] = finite.double().numpy()
+    return out
+
+
+def ratio_of_means(numerator: np.ndarray, denominator: np.ndarray) -> float | None:
+    """sum(numerator) / sum(denominator) over tiles (equal pixel counts, so a ratio of means); None if 0/0."""
+    total = float(np.sum(denominator))
+    return None if total == 0.0 else float(np.sum(numerator)) / total
+
+
+def paired_difference(values: np.ndarray, reference: np.ndarray, resamples: int = 2000, seed: int = 0) -> dict[str, object]:
+    """Mean per-tile difference values - reference over the same tiles, with a 95% percentile-bootstrap interval.
+
+    Tiles, not pixels, are resampled: the tiles are the independent units. Returns {"delta": X, "ci95": [LO, HI]}.
+    """
+    values, reference = np.asarray(values, np.float64), np.asarray(reference, np.float64)
+    if values.shape != reference.shape or values.ndim != 1 or len(values) == 0:
+        raise ValueError(f"paired scores need two equal, non-empty 1-D arrays, got {values.shape} and {reference.shape}")
+    diff = values - reference
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"delta": float(diff.mean()), "ci95": [float(low), float(high)]}
 
 
 def to_uint8_images(unit: torch.Tensor) -> torch.Tensor:

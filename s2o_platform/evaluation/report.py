@@ -13,6 +13,8 @@ import numpy as np
 
 #: The paper's speed references: the teacher with ancestral DDPM over all steps and DDIM with 50 steps.
 REFERENCE_DDIM_STEPS = 50
+#: FID from fewer images than this is biased upwards and noisy (the usual minimum; Heusel et al. use 50k).
+FID_RECOMMENDED_SAMPLES = 2048
 
 
 @dataclass
@@ -27,7 +29,13 @@ class Row:
     psnr: float | None = None
     ssim: float | None = None
     colour_error: float | None = None
+    sharpness_ratio: float | None = None  # mean gradient magnitude, prediction / ground truth
+    identity_ratio: float | None = None  # mean |prediction - SAR| / mean |prediction - ground truth|
+    landcover_accuracy: float | None = None  # the land-cover classifier on the translations, against the true classes
+    landcover_miou: float | None = None
+    paired: dict | None = None  # {"reference", "tiles", "delta_psnr", "ci95": [lo, hi]}: per-tile PSNR difference
     fid: float | None = None
+    fid_samples: int | None = None  # images the FID was computed from
     fid_note: str | None = None
     latency_ms: float | None = None
     throughput: float | None = None  # images/s at the report's batch size
@@ -76,19 +84,34 @@ def _fmt(value: float | None, spec: str, missing: str = "-") -> str:
     return format(value, spec)
 
 
-TABLE_COLUMNS = ("model", "tiles", "PSNR dB", "SSIM", "colour err", "FID", "ms/img b1", "img/s", "x DDPM", "x DDIM-50")
+TABLE_COLUMNS = ("model", "tiles", "PSNR dB", "dPSNR [95% CI]", "SSIM", "colour err", "sharp", "ident", "LC acc",
+                 "LC mIoU", "FID (n)", "ms/img b1", "img/s", "x DDPM", "x DDIM-50")
+
+
+def _paired_cell(row: Row) -> str:
+    p = row.paired
+    if not p:
+        return "-"
+    if p["reference"] == row.label:
+        return "reference"
+    return f"{p['delta_psnr']:+.2f} [{p['ci95'][0]:+.2f}, {p['ci95'][1]:+.2f}]"
 
 
 def table_cells(row: Row) -> list[str]:
     if row.error:
-        return [row.label, str(row.tiles), f"error: {row.error}", "", "", "", "", "", "", ""]
+        return [row.label, str(row.tiles), f"error: {row.error}"] + [""] * (len(TABLE_COLUMNS) - 3)
     return [
         row.label + (" (speed only)" if row.speed_only else ""),
         str(row.tiles) if row.tiles else "-",
         _fmt(row.psnr, ".2f"),
+        _paired_cell(row),
         _fmt(row.ssim, ".3f"),
         _fmt(row.colour_error, ".2f"),
-        _fmt(row.fid, ".2f"),
+        _fmt(row.sharpness_ratio, ".2f"),
+        _fmt(row.identity_ratio, ".2f"),
+        _fmt(row.landcover_accuracy, ".3f"),
+        _fmt(row.landcover_miou, ".3f"),
+        _fmt(row.fid, ".2f") + (f" ({row.fid_samples})" if row.fid is not None else ""),
         _fmt(row.latency_ms, ".1f"),
         _fmt(row.throughput, ".1f"),
         _fmt(row.speedup_vs_ddpm, ".1f") + ("x" if row.speedup_vs_ddpm else ""),
@@ -104,6 +127,18 @@ def context_lines(report: Report) -> list[str]:
         f"latency at batch 1 after warm-up (median of {c['repeats']}), throughput at batch {c['batch_size']}",
         c["fid_status"],
     ]
+    if c.get("paired_reference"):
+        lines.append(f"dPSNR: mean per-tile PSNR difference against {c['paired_reference']} on the same tiles and seeds, "
+                     "with a 95% bootstrap interval over tiles")
+    lines.append("sharp: mean gradient magnitude / the ground truth's (1 = as sharp; blur < 1, noise > 1); "
+                 "ident: mean |prediction - SAR| / mean |prediction - truth| (below 1: closer to its input than to the truth)")
+    lc = c.get("landcover_classifier") or {}
+    if lc.get("status") == "fitted":
+        lines.append(f"LC: a per-pixel land-cover classifier fitted on {lc['train_tiles']} train tiles' ground truth "
+                     f"classifies each translation against the true classes; on the real optical test tiles it scores "
+                     f"accuracy {lc['heldout_accuracy']:.3f}, mIoU {lc['heldout_miou']:.3f} (the ceiling)")
+    elif lc.get("status"):
+        lines.append(f"LC: {lc['status']}")
     lines += c.get("notes", [])
     return lines
 

@@ -19,16 +19,19 @@ import torch
 from s2o_platform import storage
 from s2o_platform.bundle import Bundle, BundleError, BundleMetadata, load_bundle, read_bundle_metadata, read_scheduler_config
 from s2o_platform.data.store import SPLITS, StoreMetadata, decode_batch, read_metadata, shard_paths
+from s2o_platform.evaluation import landcover
 from s2o_platform.evaluation.quality import (
     FID_SKIPPED,
     InceptionFeatures,
     fid_from_features,
     load_fid_network,
+    paired_difference,
+    ratio_of_means,
     tile_scores,
     to_uint8_images,
     to_unit,
 )
-from s2o_platform.evaluation.report import REFERENCE_DDIM_STEPS, Report, Row, add_speedups
+from s2o_platform.evaluation.report import FID_RECOMMENDED_SAMPLES, REFERENCE_DDIM_STEPS, Report, Row, add_speedups
 from s2o_platform.evaluation.spec import ModelSetting, parse_model_spec, unique_labels
 from s2o_platform.evaluation.speed import device_name, dtype_name, resolve_device, resolve_dtype, time_calls
 from s2o_platform.inference import resolve_sampler_for, translate_tiles
@@ -53,6 +56,7 @@ class EvalOptions:
     repeats: int = 3
     ddpm_limit: int = 32  # ancestral DDPM walks every training step: its quality is measured on a subset
     sample_tiles: int = 4
+    landcover_fit_tiles: int = 1024  # train tiles the land-cover classifier is fitted on (where the store has class maps)
     references: bool = True  # time teacher DDPM and DDIM-50 for the speed-ups even when not asked for
     address: str | None = None  # a Ray cluster: the quality pass runs on Ray Data actors there
     workers: int = 1  # Ray Data actors per model setting (each takes a GPU where the cluster has them)
@@ -151,11 +155,43 @@ def load_test_tiles(data: str, split: str, limit: int | None, options: storage.S
     paths = shard_paths(data, [split], options)
     if not paths:
         raise EvalError(f"the store {data} has no tiles in its {split!r} split; choose another --split")
+    return _read_sorted(data, paths, limit, options)
+
+
+def _read_sorted(data: str, paths: list[str], limit: int | None, options: storage.StorageOptions) -> dict[str, np.ndarray]:
     fs, _ = storage.resolve(data, options)
     table = pq.ParquetDataset(paths, filesystem=fs).read().sort_by("tile_id")
     if limit is not None:
         table = table.slice(0, limit)
     return decode_batch({c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names})
+
+
+def fit_landcover_classifier(options: EvalOptions, test_tiles: dict[str, np.ndarray], store: StoreMetadata,
+                             log: Callable[[str], None]) -> tuple[landcover.FittedClassifier | None, dict]:
+    """Fit the land-cover classifier on the train split's ground truth, where the store carries class maps.
+
+    Returns the classifier (None where there are no class maps) and what the report says about it.
+    """
+    if "landcover" not in test_tiles:
+        return None, {"status": "no class maps in the store: land-cover scores skipped"}
+    paths = shard_paths(options.data, ["train"], options.storage)
+    train = _read_sorted(options.data, paths, options.landcover_fit_tiles, options.storage) if paths else {}
+    if "landcover" not in train:
+        return None, {"status": "the train split carries no class maps: land-cover scores skipped"}
+    try:
+        num_classes = landcover.num_classes_of(train["landcover"], test_tiles["landcover"])
+    except ValueError as err:
+        return None, {"status": f"land-cover scores skipped: {err}"}
+    names = store.extra.get("landcover_classes") or [str(k) for k in range(num_classes)]
+    began = time.perf_counter()
+    fitted = landcover.fit_classifier(to_unit(train["optical"]).numpy(), train["landcover"], num_classes, seed=options.seed)
+    heldout = landcover.confusion_per_tile(fitted.model, to_unit(test_tiles["optical"]), test_tiles["landcover"]).sum(axis=0)
+    info = {"status": "fitted", "classes": names, "train_tiles": fitted.train_tiles,
+            "train_accuracy": fitted.train_accuracy, "heldout_accuracy": landcover.accuracy(heldout),
+            "heldout_miou": landcover.mean_iou(heldout), "heldout_tiles": len(test_tiles["optical"])}
+    log(f"[eval] land-cover classifier fitted on {fitted.train_tiles} train tiles' ground truth in "
+        f"{time.perf_counter() - began:.0f} s: accuracy {info['heldout_accuracy']:.3f} on the real optical test tiles")
+    return fitted, info
 
 
 @dataclass
@@ -169,16 +205,18 @@ class SettingOutput:
 class LocalQuality:
     """The quality pass in this process, over tiles already in memory."""
 
-    def __init__(self, tiles: dict[str, np.ndarray], options: EvalOptions, fid_network: InceptionFeatures | None):
-        self.tiles, self.options, self.fid_network = tiles, options, fid_network
+    def __init__(self, tiles: dict[str, np.ndarray], options: EvalOptions, fid_network: InceptionFeatures | None,
+                 classifier: landcover.PixelClassifier | None = None):
+        self.tiles, self.options, self.fid_network, self.classifier = tiles, options, fid_network, classifier
         self.n_tiles = len(tiles["sar"])
         self.where = "in this process"
         self._real: np.ndarray | None = None
 
     def run(self, bundle: Bundle, setting: ModelSetting, count: int, keep: int) -> SettingOutput:
         o = self.options
+        labels = self.tiles["landcover"][:count] if self.classifier is not None else None
         out = translate_and_score(bundle, setting, self.tiles["sar"][:count], self.tiles["optical"][:count], o.seed,
-                                  o.batch_size, self.fid_network, keep=keep)
+                                  o.batch_size, self.fid_network, keep=keep, classifier=self.classifier, labels=labels)
         if self.fid_network is not None:
             if self._real is None:
                 self._real = np.concatenate([
@@ -199,8 +237,11 @@ def translate_and_score(
     fid_network: InceptionFeatures | None = None,
     keep: int = 0,
     first_batch_index: int = 0,
+    classifier: landcover.PixelClassifier | None = None,
+    labels: np.ndarray | None = None,
 ) -> SettingOutput:
-    """Translate tiles batch by batch (batch i seeded with seed + i) and score each tile."""
+    """Translate tiles batch by batch (batch i seeded with seed + i) and score each tile (with land-cover
+    confusion counts where a classifier and the tiles' class maps are given)."""
     scores: dict[str, list[np.ndarray]] = {}
     features, kept = [], []
     for i, start in enumerate(range(0, len(sar), batch_size)):
@@ -209,7 +250,11 @@ def translate_and_score(
             seed=seed + first_batch_index + i, batch_size=batch_size,
         )
         unit = to_unit(prediction)
-        for key, value in tile_scores(unit, to_unit(optical[start : start + batch_size])).items():
+        batch_scores = tile_scores(unit, to_unit(optical[start : start + batch_size]), to_unit(sar[start : start + batch_size]))
+        if classifier is not None and labels is not None:
+            batch_scores["landcover_confusion"] = landcover.confusion_per_tile(
+                classifier, unit.nan_to_num(0.0), labels[start : start + batch_size])
+        for key, value in batch_scores.items():
             scores.setdefault(key, []).append(value)
         if fid_network is not None:
             features.append(inception_features(fid_network, unit))
@@ -264,6 +309,36 @@ def summarise(row: Row, scores: dict[str, np.ndarray]) -> None:
         return
     for key in ("psnr", "ssim", "colour_error"):
         setattr(row, key, float(np.mean(scores[key])))
+    row.sharpness_ratio = ratio_of_means(scores["grad_pred"], scores["grad_true"])
+    if "abs_to_sar" in scores:
+        row.identity_ratio = ratio_of_means(scores["abs_to_sar"], scores["abs_to_truth"])
+    if "landcover_confusion" in scores:
+        confusion = scores["landcover_confusion"].sum(axis=0)
+        row.landcover_accuracy = landcover.accuracy(confusion)
+        row.landcover_miou = landcover.mean_iou(confusion)
+
+
+def add_paired(rows: list[Row], per_tile_psnr: dict[str, np.ndarray]) -> str | None:
+    """Per-tile PSNR difference of every scored row against the reference setting, with a bootstrap interval.
+
+    The reference is the teacher's DDIM-50 where it was scored, else the first scored row. Rows scored on
+    fewer tiles (ancestral DDPM) are compared on the tiles both have. Returns the reference's label.
+    """
+    scored = [r for r in rows if r.label in per_tile_psnr and not r.error and not r.speed_only]
+    reference = next((r for r in scored if r.stage == "teacher" and r.sampler == "ddim" and r.steps == REFERENCE_DDIM_STEPS),
+                     scored[0] if scored else None)
+    if reference is None:
+        return None
+    base = per_tile_psnr[reference.label]
+    for row in scored:
+        values = per_tile_psnr[row.label]
+        n = min(len(values), len(base))
+        row.paired = {"reference": reference.label, "tiles": n, **_rename_delta(paired_difference(values[:n], base[:n]))}
+    return reference.label
+
+
+def _rename_delta(result: dict) -> dict:
+    return {"delta_psnr": result["delta"], "ci95": result["ci95"]}
 
 
 def run_evaluation(options: EvalOptions, log: Callable[[str], None] = print) -> tuple[Report, dict[str, np.ndarray]]:
@@ -276,15 +351,19 @@ def run_evaluation(options: EvalOptions, log: Callable[[str], None] = print) -> 
             fid_network = load_fid_network(options.fid_weights, device)
         except ValueError as err:
             raise EvalError(str(err)) from None
+    # the land-cover classifier is fitted on the train split and checked on the test tiles' ground truth
+    # (on a cluster the driver reads only a bounded number of test tiles: for that check, speed and the grid)
+    driver_limit = min(options.limit or 10**9, options.landcover_fit_tiles) if options.address else options.limit
+    tiles = load_test_tiles(options.data, options.split, driver_limit, options.storage)
+    classifier, landcover_info = fit_landcover_classifier(options, tiles, store, log)
     if options.address:
         from s2o_platform.evaluation.distributed import RayQuality
 
-        quality = RayQuality(options)
+        quality = RayQuality(options, classifier.model if classifier else None)
         # the driver keeps only what speed and the sample grid need
-        tiles = load_test_tiles(options.data, options.split, min(options.limit or 10**9, max(options.batch_size, options.sample_tiles)), options.storage)
+        tiles = {k: v[: max(options.batch_size, options.sample_tiles)] for k, v in tiles.items()}
     else:
-        tiles = load_test_tiles(options.data, options.split, options.limit, options.storage)
-        quality = LocalQuality(tiles, options, fid_network)
+        quality = LocalQuality(tiles, options, fid_network, classifier.model if classifier else None)
     n_tiles = quality.n_tiles
     log(f"[eval] {n_tiles} {options.split} tiles from {options.data}; {len(planned)} settings; quality {quality.where}, "
         f"speed on {device_name(device)} ({dtype_name(dtype)})")
@@ -296,6 +375,7 @@ def run_evaluation(options: EvalOptions, log: Callable[[str], None] = print) -> 
     rows: list[Row] = []
     notes: list[str] = []
     bundles: dict[str, Bundle] = {}
+    per_tile_psnr: dict[str, np.ndarray] = {}
     for p in planned:
         s = p.setting
         row = Row(model=s.name, label=s.label, bundle=s.bundle, stage=p.metadata.stage, sampler=s.sampler, steps=s.steps,
@@ -313,6 +393,7 @@ def run_evaluation(options: EvalOptions, log: Callable[[str], None] = print) -> 
                 out = quality.run(bundle, s, count, keep)
                 summarise(row, out.scores)
                 if not row.error:
+                    per_tile_psnr[s.label] = out.scores["psnr"]
                     samples[s.label] = out.predictions.transpose(0, 2, 3, 1)
                     _fid(row, out.features, out.real_features)
             if not row.error:
@@ -329,6 +410,15 @@ def run_evaluation(options: EvalOptions, log: Callable[[str], None] = print) -> 
             f"PSNR {_f(row.psnr)} dB, SSIM {_f(row.ssim, '.3f')}, colour err {_f(row.colour_error)}, "
             f"{row.latency_ms:.1f} ms/img at batch 1") + f" ({time.perf_counter() - started:.0f} s)")
     used = add_speedups(rows)
+    paired_reference = add_paired(rows, per_tile_psnr)
+    fid_counts = {r.fid_samples for r in rows if r.fid is not None}
+    for r in rows:
+        if r.fid is not None and r.fid_samples < FID_RECOMMENDED_SAMPLES:
+            r.notes.append(f"FID from {r.fid_samples} images: below the {FID_RECOMMENDED_SAMPLES} that make FID stable; "
+                           "compare it only with rows of the same count")
+    if len(fid_counts) > 1:
+        notes.append(f"FID rows use different sample counts ({', '.join(map(str, sorted(fid_counts)))}): "
+                     "their FIDs are not comparable with each other")
     for key, label in used.items():
         if label is None:
             notes.append(f"speed-up vs teacher {key.upper()}: not measured (no teacher bundle among the models)")
@@ -338,7 +428,8 @@ def run_evaluation(options: EvalOptions, log: Callable[[str], None] = print) -> 
         "threads": torch.get_num_threads(), "batch_size": options.batch_size, "repeats": options.repeats,
         "fid_status": f"FID with {options.fid_weights}" if options.fid_weights else FID_SKIPPED,
         "quality_pass": quality.where,
-        "speedup_references": used, "notes": notes,
+        "speedup_references": used, "paired_reference": paired_reference, "landcover_classifier": landcover_info,
+        "notes": notes,
     }
     return Report(rows=rows, context=context), samples
 
@@ -349,6 +440,7 @@ def _fid(row: Row, fake: np.ndarray | None, real: np.ndarray | None) -> None:
         return
     try:
         row.fid = fid_from_features(real, fake)
+        row.fid_samples = len(fake)
     except ValueError as err:
         row.fid_note = f"FID not computed: {err}"
 
