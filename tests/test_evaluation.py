@@ -162,6 +162,29 @@ def test_landcover_metrics_by_hand():
     assert landcover.mean_iou(confusion.ravel()) == pytest.approx((0.8 + 0.75) / 2)
 
 
+def test_landcover_scores_skip_unlabelled_and_unknown_classes():
+    model = landcover.PixelClassifier(2)
+    truth = np.array([[[0, 1], [255, 7]]], dtype=np.uint8)  # 255: unlabelled; 7: a class the classifier never saw
+    confusion = landcover.confusion_per_tile(model, torch.rand(1, 3, 2, 2), truth)
+    assert confusion.shape == (1, 4) and confusion.sum() == 2
+    assert landcover.accuracy(np.zeros(4)) is None and landcover.mean_iou(np.zeros(4)) is None  # JSON-safe: no NaN
+
+
+def test_store_rows_without_a_class_map_decode_as_unlabelled():
+    from s2o_platform.data.store import UNLABELLED, decode_batch, encode_tile
+
+    rows = []
+    for k in range(2):
+        sar, optical, tile_id = encode_tile(np.zeros((4, 4), np.float32), np.zeros((4, 4, 3), np.uint8))
+        rows.append({"tile_id": tile_id, "sar": sar, "optical": optical, "tile_size": 4, "sar_channels": 1,
+                     "landcover": np.full((4, 4), k, np.uint8).tobytes() if k == 0 else None})
+    batch = decode_batch({key: np.asarray([r[key] for r in rows], dtype=object) for key in rows[0]})
+    assert (batch["landcover"][0] == 0).all() and (batch["landcover"][1] == UNLABELLED).all()
+    no_maps = decode_batch({key: np.asarray([None if key == "landcover" else r[key] for r in rows], dtype=object)
+                            for key in rows[0]})
+    assert "landcover" not in no_maps
+
+
 def test_landcover_classifier_scores_the_ground_truth_at_its_heldout_accuracy():
     from s2o_platform.data.synth import CLASS_RGB, make_scene
 

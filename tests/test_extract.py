@@ -260,10 +260,24 @@ def test_class_map_geotiff_is_resampled_by_nearest_and_nodata_is_unlabelled(tmp_
 def test_class_map_with_other_values_is_refused_with_its_path(tmp_path):
     rng = np.random.default_rng(0)
     sar, opt = write_png(tmp_path / "s.png", sar_png(rng, 64)), write_png(tmp_path / "o.png", optical_png(rng, 64))
-    with pytest.raises(InputError, match=r"l\.png.*whole class numbers"):
-        _labelled(sar, opt, write_png(tmp_path / "l.png", np.full((64, 64), 255, np.uint8)))
+    with pytest.raises(InputError, match=r"l\.tif.*whole class numbers"):
+        _labelled(sar, opt, write_geotiff(tmp_path / "l.tif", np.full((1, 64, 64), 2.5, np.float32), from_origin(0, 0, 1, 1), crs=None))
     with pytest.raises(InputError, match="one band"):
         _labelled(sar, opt, write_png(tmp_path / "rgb.png", optical_png(rng, 64)))
+
+
+def test_palette_class_map_gives_its_indices_and_255_is_unlabelled(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    classes = rng.integers(0, 4, size=(32, 32), dtype=np.uint8)
+    classes[0, :5] = 255
+    image = Image.fromarray(classes, mode="P")
+    image.putpalette([0, 0, 255, 0, 255, 0, 255, 255, 0, 128, 128, 128] + [0, 0, 0] * 252)
+    image.save(tmp_path / "l.png")
+    rows = _labelled(write_png(tmp_path / "s.png", sar_png(rng, 32)), write_png(tmp_path / "o.png", optical_png(rng, 32)),
+                     tmp_path / "l.png")
+    np.testing.assert_array_equal(decoded(rows)["landcover"][0], classes)
 
 
 def test_folders_layout_finds_labels_beside_sar_and_optical(tmp_path):

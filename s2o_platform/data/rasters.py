@@ -350,11 +350,8 @@ def open_labels(path: str, fs: pafs.FileSystem, onto: Raster | None = None) -> I
     if info.type == pafs.FileType.NotFound:
         raise InputError(f"label file not found: {path}")
     if _suffix(path) in PLAIN_IMAGE_SUFFIXES:
-        array = _decode_plain(storage.read_bytes(fs, path), path)
-        if array.shape[0] != 1 and not (array.shape[0] in (3, 4) and np.array_equal(array[0], array[1])
-                                        and np.array_equal(array[1], array[2])):
-            raise InputError(f"a class map has one band of class numbers: {path} has {array.shape[0]} different channels")
-        yield Raster(array.shape[1], array.shape[2], str(array.dtype), array=array[:1].astype(np.float64))
+        array = _decode_class_image(storage.read_bytes(fs, path), path)
+        yield Raster(array.shape[1], array.shape[2], str(array.dtype), array=array.astype(np.float64))
         return
     with contextlib.ExitStack() as stack, _open_rasterio(path, fs) as ds:
         if ds.count != 1:
@@ -371,13 +368,32 @@ def open_labels(path: str, fs: pafs.FileSystem, onto: Raster | None = None) -> I
                      _reader=_rasterio_reader(stack, [(ds, 1)], target, resampling="nearest"))
 
 
+def _decode_class_image(data: bytes, path: str) -> np.ndarray:
+    """A PNG/JPEG class map -> (1, H, W): palette images give their indices (the usual way class maps are
+    saved), grey images their values, RGB images only when all three channels are equal."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.mode in ("P", "L", "I", "I;16"):
+                return np.asarray(image)[None]
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise InputError(f"cannot decode class map {path}: {err}") from None
+    array = _decode_plain(data, path)
+    if array.shape[0] != 1 and not (array.shape[0] in (3, 4) and np.array_equal(array[0], array[1])
+                                    and np.array_equal(array[1], array[2])):
+        raise InputError(f"a class map has one band of class numbers: {path} has {array.shape[0]} different channels")
+    return array[:1]
+
+
 def class_map_window(window: np.ndarray, path: str) -> np.ndarray:
-    """A label window (1, H, W) float with NaN nodata -> (H, W) uint8, nodata as UNLABELLED; refuses non-classes."""
+    """A label window (1, H, W) float with NaN nodata -> (H, W) uint8, nodata as UNLABELLED (255, which a
+    class map may also use itself for "no class"); refuses values that are not class numbers 0..255."""
     values = window[0]
     valid = np.isfinite(values)
     if valid.any():
         v = values[valid]
-        if (v != np.rint(v)).any() or v.min() < 0 or v.max() >= UNLABELLED:
+        if (v != np.rint(v)).any() or v.min() < 0 or v.max() > UNLABELLED:
             raise InputError(f"class map {path} holds values other than whole class numbers 0..{UNLABELLED - 1} "
-                             f"(found {v.min():g}..{v.max():g})")
+                             f"(and {UNLABELLED} for unlabelled; found {v.min():g}..{v.max():g})")
     return np.where(valid, np.nan_to_num(values), UNLABELLED).astype(np.uint8)

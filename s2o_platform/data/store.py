@@ -156,7 +156,8 @@ def decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
     Returns:
         {"sar": float32 (B, C_sar, H, W) in [-1, 1], "optical": float32 (B, 3, H, W) in [-1, 1],
-         "tile_id": object (B,)}, and "landcover": uint8 (B, H, W) when every row carries a class map.
+         "tile_id": object (B,)}, and "landcover": uint8 (B, H, W) when any row carries a class map (rows
+         without one are all UNLABELLED).
     """
     sizes = batch["tile_size"]
     channels = batch["sar_channels"]
@@ -168,8 +169,10 @@ def decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         "tile_id": np.asarray(batch["tile_id"], dtype=object),
     }
     landcover = batch.get("landcover")
-    if landcover is not None and len(landcover) and all(v is not None for v in landcover):
-        decoded["landcover"] = np.stack([decode_landcover(b, int(s)) for b, s in zip(landcover, sizes)])
+    if landcover is not None and any(v is not None for v in landcover):
+        decoded["landcover"] = np.stack([
+            decode_landcover(b, int(s)) if b is not None else np.full((int(s), int(s)), UNLABELLED, np.uint8)
+            for b, s in zip(landcover, sizes)])
     return decoded
 
 

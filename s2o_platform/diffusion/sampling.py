@@ -27,7 +27,9 @@ def initial_noise(sar: torch.Tensor, generator: torch.Generator | None, dtype: t
 def ddim_scheduler(scheduler_config: dict[str, Any]) -> DDIMScheduler:
     """DDIM with "trailing" timestep spacing: N steps start at the last training timestep (999), so the
     first step sees pure noise as in training (Lin et al. 2024, "Common diffusion noise schedules and
-    sample steps are flawed"). diffusers' default "leading" spacing starts DDIM-50 at t=980."""
+    sample steps are flawed"). diffusers' default "leading" spacing starts DDIM-50 at t=980.
+    diffusers steps from t to t - T // N: for N dividing T (50, 100, 250...) the last step lands on the clean
+    image; for other N it ends at t = 0, a residual of sqrt(1 - abar_0) = 0.01 of the noise."""
     return DDIMScheduler.from_config(scheduler_config, timestep_spacing="trailing")
 
 

@@ -22,6 +22,8 @@ from s2o_platform.data.store import UNLABELLED
 #: Fitting budget: optimizer steps over random batches of train tiles (a few seconds at 32 px on 2 cores).
 FIT_STEPS = 300
 FIT_BATCH = 32
+#: Tiles per classifier forward pass when scoring (bounds memory at large tile sizes).
+CHUNK = 64
 
 
 class PixelClassifier(torch.nn.Module):
@@ -78,7 +80,7 @@ def fit_classifier(optical_unit: np.ndarray, labels: np.ndarray, num_classes: in
                 group["lr"] = 2e-3
     model.eval().requires_grad_(False)
     confusion = confusion_per_tile(model, x, labels)
-    return FittedClassifier(model, accuracy(confusion.sum(axis=0)), len(x))
+    return FittedClassifier(model, accuracy(confusion.sum(axis=0)) or 0.0, len(x))
 
 
 @torch.no_grad()
@@ -86,10 +88,12 @@ def confusion_per_tile(model: PixelClassifier, unit_rgb: torch.Tensor, labels: n
     """(N, K*K) int64 confusion counts per tile: row = true class, column = class of the (translated) pixel.
     Unlabelled pixels are not counted."""
     k = model.num_classes
-    predicted = model(torch.as_tensor(unit_rgb, dtype=torch.float32)).argmax(dim=1).flatten(1).numpy()
+    images = torch.as_tensor(unit_rgb, dtype=torch.float32)
+    predicted = torch.cat([model(images[i : i + CHUNK]).argmax(dim=1).flatten(1) for i in range(0, len(images), CHUNK)]).numpy()
     truth = np.asarray(labels, dtype=np.int64).reshape(len(predicted), -1)
     codes = truth * k + predicted
-    return np.stack([np.bincount(c[t != UNLABELLED], minlength=k * k) for c, t in zip(codes, truth)]).astype(np.int64)
+    # classes the classifier was not fitted with count as unlabelled, like UNLABELLED itself
+    return np.stack([np.bincount(c[t < k], minlength=k * k) for c, t in zip(codes, truth)]).astype(np.int64)
 
 
 def num_classes_of(*class_maps: np.ndarray) -> int:
@@ -100,19 +104,19 @@ def num_classes_of(*class_maps: np.ndarray) -> int:
     return top + 1
 
 
-def accuracy(confusion: np.ndarray) -> float:
-    """Pixel accuracy of a summed confusion (K*K,) or (K, K)."""
+def accuracy(confusion: np.ndarray) -> float | None:
+    """Pixel accuracy of a summed confusion (K*K,) or (K, K); None when no labelled pixel was scored."""
     c = _square(confusion)
-    return float(np.trace(c) / max(c.sum(), 1))
+    return float(np.trace(c) / c.sum()) if c.sum() else None
 
 
-def mean_iou(confusion: np.ndarray) -> float:
-    """Mean intersection-over-union over the classes present in the truth or the prediction."""
+def mean_iou(confusion: np.ndarray) -> float | None:
+    """Mean intersection-over-union over the classes present in the truth or the prediction; None when empty."""
     c = _square(confusion)
     tp = np.diag(c).astype(np.float64)
     union = c.sum(axis=0) + c.sum(axis=1) - tp
     present = union > 0
-    return float(np.mean(tp[present] / union[present])) if present.any() else float("nan")
+    return float(np.mean(tp[present] / union[present])) if present.any() else None
 
 
 def _square(confusion: np.ndarray) -> np.ndarray:

@@ -13,12 +13,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
 from s2o_platform import storage
 from s2o_platform.bundle import Bundle, BundleError, BundleMetadata, load_bundle, read_bundle_metadata, read_scheduler_config
-from s2o_platform.data.store import SPLITS, StoreMetadata, decode_batch, read_metadata, shard_paths
+from s2o_platform.data.store import SPLITS, TILE_SCHEMA, StoreMetadata, decode_batch, read_metadata, shard_paths
 from s2o_platform.evaluation import landcover
 from s2o_platform.evaluation.quality import (
     FID_SKIPPED,
@@ -160,7 +162,8 @@ def load_test_tiles(data: str, split: str, limit: int | None, options: storage.S
 
 def _read_sorted(data: str, paths: list[str], limit: int | None, options: storage.StorageOptions) -> dict[str, np.ndarray]:
     fs, _ = storage.resolve(data, options)
-    table = pq.ParquetDataset(paths, filesystem=fs).read().sort_by("tile_id")
+    # the store's schema: shards written before an optional column (landcover) existed read it as null
+    table = pq.ParquetDataset(paths, filesystem=fs, schema=TILE_SCHEMA).read().sort_by("tile_id")
     if limit is not None:
         table = table.slice(0, limit)
     return decode_batch({c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names})
@@ -173,25 +176,48 @@ def fit_landcover_classifier(options: EvalOptions, test_tiles: dict[str, np.ndar
     Returns the classifier (None where there are no class maps) and what the report says about it.
     """
     if "landcover" not in test_tiles:
-        return None, {"status": "no class maps in the store: land-cover scores skipped"}
-    paths = shard_paths(options.data, ["train"], options.storage)
-    train = _read_sorted(options.data, paths, options.landcover_fit_tiles, options.storage) if paths else {}
-    if "landcover" not in train:
+        return None, {"status": f"no class maps in the {options.split} split: land-cover scores skipped"}
+    train = _train_ground_truth(options)
+    if train is None:
         return None, {"status": "the train split carries no class maps: land-cover scores skipped"}
+    names = list(store.extra.get("landcover_classes") or [])
+    began = time.perf_counter()
     try:
-        num_classes = landcover.num_classes_of(train["landcover"], test_tiles["landcover"])
+        num_classes = max(len(names), landcover.num_classes_of(train["landcover"]))
+        fitted = landcover.fit_classifier(to_unit(train["optical"]).numpy(), train["landcover"], num_classes, seed=options.seed)
     except ValueError as err:
         return None, {"status": f"land-cover scores skipped: {err}"}
-    names = store.extra.get("landcover_classes") or [str(k) for k in range(num_classes)]
-    began = time.perf_counter()
-    fitted = landcover.fit_classifier(to_unit(train["optical"]).numpy(), train["landcover"], num_classes, seed=options.seed)
+    names += [str(k) for k in range(len(names), num_classes)]
     heldout = landcover.confusion_per_tile(fitted.model, to_unit(test_tiles["optical"]), test_tiles["landcover"]).sum(axis=0)
+    if landcover.accuracy(heldout) is None:
+        return None, {"status": f"the {options.split} tiles' class maps hold no labelled pixel: land-cover scores skipped"}
     info = {"status": "fitted", "classes": names, "train_tiles": fitted.train_tiles,
             "train_accuracy": fitted.train_accuracy, "heldout_accuracy": landcover.accuracy(heldout),
             "heldout_miou": landcover.mean_iou(heldout), "heldout_tiles": len(test_tiles["optical"])}
     log(f"[eval] land-cover classifier fitted on {fitted.train_tiles} train tiles' ground truth in "
         f"{time.perf_counter() - began:.0f} s: accuracy {info['heldout_accuracy']:.3f} on the real optical test tiles")
     return fitted, info
+
+
+def _train_ground_truth(options: EvalOptions) -> dict[str, np.ndarray] | None:
+    """Optical tiles and class maps of the train split (the first `landcover_fit_tiles` by tile id); only the
+    columns the classifier needs are read, so a large store costs no more than those tiles."""
+    from s2o_platform.data.store import TILE_SCHEMA, decode_landcover, decode_optical
+
+    paths = shard_paths(options.data, ["train"], options.storage)
+    if not paths:
+        return None
+    fs, _ = storage.resolve(options.data, options.storage)
+    columns = ["tile_id", "optical", "tile_size", "landcover"]
+    schema = pa.schema([TILE_SCHEMA.field(c) for c in columns])  # shards written before the column existed read as null
+    table = pq.ParquetDataset(paths, filesystem=fs, schema=schema).read(columns=columns)
+    table = table.filter(pc.is_valid(table.column("landcover"))).sort_by("tile_id").slice(0, options.landcover_fit_tiles)
+    if table.num_rows == 0:
+        return None
+    sizes = table.column("tile_size").to_numpy()
+    optical = np.stack([decode_optical(b, int(n)) for b, n in zip(table.column("optical").to_pylist(), sizes)])
+    return {"optical": np.ascontiguousarray(optical.transpose(0, 3, 1, 2), dtype=np.float32) / 127.5 - 1.0,
+            "landcover": np.stack([decode_landcover(b, int(n)) for b, n in zip(table.column("landcover").to_pylist(), sizes)])}
 
 
 @dataclass

@@ -216,6 +216,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                 break
             batches += 1
             before = main.global_steps
+            # The step's backward and optimizer step run inside too (they are in the stage's step): backward ops
+            # take the dtypes autocast chose for their forward ops, and weights and optimizer state stay fp32.
             with autocast:
                 step_metrics = stage.step(engines, models, ema, batch, generator)
             for key, value in step_metrics.items():
