@@ -28,9 +28,10 @@ AddressOption = Annotated[
     Optional[str],
     typer.Option(
         "--address",
-        help="Ray cluster to run on ('auto', 'host:6379', 'ray://host:10001'). Default: $RAY_ADDRESS, "
-        "else a local cluster with max(4, cores) logical CPUs (more than the cores, so training workers "
-        "and the Ray Data tasks feeding them never starve each other).",
+        help="Ray cluster to run on ('auto': the one `ray start` runs on this machine; 'host:6379'; "
+        "'ray://host:10001'). Default: $RAY_ADDRESS, else a local cluster of this command's own (even "
+        "beside a running `ray start` cluster) with max(4, cores) logical CPUs (more than the cores, so "
+        "training workers and the Ray Data tasks feeding them never starve each other).",
     ),
 ]
 S3EndpointOption = Annotated[
@@ -69,7 +70,9 @@ def data_ingest(
             help="Where the pairs are (local path or s3:// URI, several allowed): a SEN1-2 folder "
             "(ROIs1158_spring/s1_90/..._p33.png + s2_90/..._p33.png); a folder with sar/ and optical/ "
             "sub-folders of same-named files (PNG, JPEG, (Geo)TIFF; an optical entry may be a folder of "
-            "B04/B03/B02 band files); an S1/S2 site folder (s1/<product>/VV.tif + s2*/<product>/B4.tif...); "
+            "B04/B03/B02 band files), optionally with labels/: a land-cover class map per pair (same name, "
+            "one band of class numbers 0..254, 255 or nodata = unlabelled), stored with the tiles for "
+            "`s2o eval`'s land-cover scores; an S1/S2 site folder (s1/<product>/VV.tif + s2*/<product>/B4.tif...); "
             "two CSV lists in a row (SAR paths, optical paths) or one CSV with sar,optical columns.",
             show_default=False,
         ),
@@ -466,10 +469,6 @@ def evaluate(
         raise typer.Exit(1)
 
 
-if __name__ == "__main__":
-    app()
-
-
 @app.command("serve")
 def serve_command(
     model: Annotated[Optional[str], typer.Option("--model", help="The bundle to serve (a student's OUT/bundle). "
@@ -541,3 +540,18 @@ def demo_command(
     except DemoError as err:
         fail(str(err), code=1)
     typer.echo(summary_text(summary))
+
+
+def main() -> None:
+    """The `s2o` script: the Typer app, with a Ray start-up problem printed as one line, not a traceback."""
+    from s2o_platform.ray_cluster import RayStartError
+
+    try:
+        app()
+    except RayStartError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
