@@ -337,8 +337,6 @@ def open_optical(path: str, fs: pafs.FileSystem, onto: Raster | None = None) -> 
         )
 
 
-
-
 @contextlib.contextmanager
 def open_labels(path: str, fs: pafs.FileSystem, onto: Raster | None = None) -> Iterator[Raster]:
     """Open a land-cover class map (one band of integer classes 0..254; PNG or GeoTIFF).

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from s2o_platform import storage
-from s2o_platform.data.normalization import OpticalNormalization, SarNormalization
+from s2o_platform.data.normalization import OpticalNormalization, SarNormalization, uint8_to_model
 from s2o_platform.data.splits import SPLITS
 
 METADATA_FILE = "_s2o_store.json"
@@ -165,7 +165,7 @@ def decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     optical = np.stack([decode_optical(b, int(s)) for b, s in zip(batch["optical"], sizes)])
     decoded = {
         "sar": np.ascontiguousarray(sar.transpose(0, 3, 1, 2)),
-        "optical": np.ascontiguousarray(optical.transpose(0, 3, 1, 2), dtype=np.float32) / 127.5 - 1.0,
+        "optical": optical_to_model(optical),
         "tile_id": np.asarray(batch["tile_id"], dtype=object),
     }
     landcover = batch.get("landcover")
@@ -174,6 +174,11 @@ def decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             decode_landcover(b, int(s)) if b is not None else np.full((int(s), int(s)), UNLABELLED, np.uint8)
             for b, s in zip(landcover, sizes)])
     return decoded
+
+
+def optical_to_model(optical: np.ndarray) -> np.ndarray:
+    """uint8 tiles (B, H, W, 3) -> float32 (B, 3, H, W) in [-1, 1], as every model reads them."""
+    return np.ascontiguousarray(uint8_to_model(optical.transpose(0, 3, 1, 2)))
 
 
 def decode_landcover(data: bytes, tile_size: int) -> np.ndarray:

@@ -20,7 +20,17 @@ import torch
 
 from s2o_platform import storage
 from s2o_platform.bundle import Bundle, BundleError, BundleMetadata, load_bundle, read_bundle_metadata, read_scheduler_config
-from s2o_platform.data.store import SPLITS, TILE_SCHEMA, StoreMetadata, decode_batch, read_metadata, shard_paths
+from s2o_platform.data.store import (
+    SPLITS,
+    TILE_SCHEMA,
+    StoreMetadata,
+    decode_batch,
+    decode_landcover,
+    decode_optical,
+    optical_to_model,
+    read_metadata,
+    shard_paths,
+)
 from s2o_platform.evaluation import landcover
 from s2o_platform.evaluation.quality import (
     FID_SKIPPED,
@@ -189,10 +199,11 @@ def fit_landcover_classifier(options: EvalOptions, test_tiles: dict[str, np.ndar
         return None, {"status": f"land-cover scores skipped: {err}"}
     names += [str(k) for k in range(len(names), num_classes)]
     heldout = landcover.confusion_per_tile(fitted.model, to_unit(test_tiles["optical"]), test_tiles["landcover"]).sum(axis=0)
-    if landcover.accuracy(heldout) is None:
+    heldout_accuracy = landcover.accuracy(heldout)
+    if heldout_accuracy is None:
         return None, {"status": f"the {options.split} tiles' class maps hold no labelled pixel: land-cover scores skipped"}
     info = {"status": "fitted", "classes": names, "train_tiles": fitted.train_tiles,
-            "train_accuracy": fitted.train_accuracy, "heldout_accuracy": landcover.accuracy(heldout),
+            "train_accuracy": fitted.train_accuracy, "heldout_accuracy": heldout_accuracy,
             "heldout_miou": landcover.mean_iou(heldout), "heldout_tiles": len(test_tiles["optical"])}
     log(f"[eval] land-cover classifier fitted on {fitted.train_tiles} train tiles' ground truth in "
         f"{time.perf_counter() - began:.0f} s: accuracy {info['heldout_accuracy']:.3f} on the real optical test tiles")
@@ -202,8 +213,6 @@ def fit_landcover_classifier(options: EvalOptions, test_tiles: dict[str, np.ndar
 def _train_ground_truth(options: EvalOptions) -> dict[str, np.ndarray] | None:
     """Optical tiles and class maps of the train split (the first `landcover_fit_tiles` by tile id); only the
     columns the classifier needs are read, so a large store costs no more than those tiles."""
-    from s2o_platform.data.store import TILE_SCHEMA, decode_landcover, decode_optical
-
     paths = shard_paths(options.data, ["train"], options.storage)
     if not paths:
         return None
@@ -216,7 +225,7 @@ def _train_ground_truth(options: EvalOptions) -> dict[str, np.ndarray] | None:
         return None
     sizes = table.column("tile_size").to_numpy()
     optical = np.stack([decode_optical(b, int(n)) for b, n in zip(table.column("optical").to_pylist(), sizes)])
-    return {"optical": np.ascontiguousarray(optical.transpose(0, 3, 1, 2), dtype=np.float32) / 127.5 - 1.0,
+    return {"optical": optical_to_model(optical),
             "landcover": np.stack([decode_landcover(b, int(n)) for b, n in zip(table.column("landcover").to_pylist(), sizes)])}
 
 
@@ -359,12 +368,9 @@ def add_paired(rows: list[Row], per_tile_psnr: dict[str, np.ndarray]) -> str | N
     for row in scored:
         values = per_tile_psnr[row.label]
         n = min(len(values), len(base))
-        row.paired = {"reference": reference.label, "tiles": n, **_rename_delta(paired_difference(values[:n], base[:n]))}
+        difference = paired_difference(values[:n], base[:n])
+        row.paired = {"reference": reference.label, "tiles": n, "delta_psnr": difference["delta"], "ci95": difference["ci95"]}
     return reference.label
-
-
-def _rename_delta(result: dict) -> dict:
-    return {"delta_psnr": result["delta"], "ci95": result["ci95"]}
 
 
 def run_evaluation(options: EvalOptions, log: Callable[[str], None] = print) -> tuple[Report, dict[str, np.ndarray]]:
