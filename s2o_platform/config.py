@@ -290,6 +290,10 @@ class DistillSection(Section):
     lambda_adv: float = Field(1.0, ge=0)
     discriminator_lr: float | None = Field(None, gt=0, description="default: train.lr")
     default_steps: int = Field(4, ge=1, le=8, description="student steps the bundle advertises")
+    frozen_fp32: bool = Field(False, description="false: the frozen teacher and the EMA target (fp32 weights, no "
+                              "gradients) run under autocast in the student's compute dtype (bf16/fp16 when it trains "
+                              "in them): their outputs are regression targets for a student that itself computes in "
+                              "that dtype, and on a GPU this halves the two extra forward passes; true: fp32 passes")
 
 
 class DistillConfig(TrainingStageConfig):

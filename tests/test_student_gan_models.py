@@ -85,7 +85,7 @@ def test_gan_bundle_loads_like_a_student(tmp_path):
 
 
 class _PlainEngine:
-    """The part of a DeepSpeed engine a stage's step uses (call, .module, backward, step), over a plain
+    """The part of a DeepSpeed engine a stage's step uses (call, parameters, .module, backward, step), over a plain
     torch optimizer, so the step function itself runs here without a process group."""
 
     def __init__(self, module: torch.nn.Module, lr: float, on_backward=None):
@@ -94,6 +94,9 @@ class _PlainEngine:
 
     def __call__(self, *args, **kwargs):
         return self.module(*args, **kwargs)
+
+    def parameters(self):
+        return self.module.parameters()
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()

@@ -8,7 +8,7 @@ import torch
 
 from s2o_platform.config import TeacherConfig, load_config
 from s2o_platform.data.transforms import augment_pairs, dihedral
-from s2o_platform.train.deepspeed_config import deepspeed_config, resolve_precision
+from s2o_platform.train.deepspeed_config import compute_dtype, deepspeed_config, effective_batch, resolve_precision
 from s2o_platform.train.ema import ema_decay_at, ema_update
 from s2o_platform.train.harness import cpu_threads, format_eta
 from s2o_platform.train.schedule import lr_factor
@@ -95,11 +95,21 @@ def test_dihedral_group_and_pairing():
 
 
 def test_precision_resolution():
-    assert resolve_precision("auto", on_gpu=False, bf16_supported=False) == "fp32"
-    assert resolve_precision("auto", on_gpu=True, bf16_supported=True) == "bf16"
-    assert resolve_precision("auto", on_gpu=True, bf16_supported=False) == "fp16"
-    with pytest.raises(ValueError, match="needs a GPU"):
-        resolve_precision("bf16", on_gpu=False, bf16_supported=False)
+    assert resolve_precision("auto", "cpu", bf16_supported=True, fp16_supported=True) == "fp32"
+    assert resolve_precision("auto", "cuda", bf16_supported=True, fp16_supported=True) == "bf16"
+    assert resolve_precision("auto", "cuda", bf16_supported=False, fp16_supported=True) == "fp16"
+    assert resolve_precision("bf16", "cpu", bf16_supported=True, fp16_supported=False) == "bf16"
+    with pytest.raises(ValueError, match="fp16 is not supported on this cpu.*AVX512-FP16.*use bf16 or fp32"):
+        resolve_precision("fp16", "cpu", bf16_supported=True, fp16_supported=False)
+    with pytest.raises(ValueError, match="bf16 is not supported on this cuda.*use fp32"):
+        resolve_precision("bf16", "cuda", bf16_supported=False, fp16_supported=False)
+
+
+def test_effective_batch_and_compute_dtype():
+    cfg = load_config(TeacherConfig, None, ["train.batch_size=4", "train.grad_accum=2", "scaling.num_workers=2"])
+    assert effective_batch(cfg) == 16
+    assert compute_dtype("fp32", "bf16") == torch.bfloat16 and compute_dtype("fp32", "off") == torch.float32
+    assert compute_dtype("fp16", "bf16") == torch.float16  # autocast applies over fp32 weights only
 
 
 def test_deepspeed_config_from_ours():

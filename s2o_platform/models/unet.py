@@ -30,8 +30,15 @@ def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def network_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The dtype a module's weights are in (a DeepSpeed engine's are its module's)."""
+    return next(module.parameters()).dtype
+
+
 def predict(unet: UNet2DModel, x: torch.Tensor, sar: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-    """The network output for noisy optical `x` (B, 3, H, W) conditioned on `sar` (B, C, H, W) at timestep t."""
+    """The network output for noisy optical `x` (B, 3, H, W) conditioned on `sar` (B, C, H, W) at timestep t,
+    in the network's dtype: inputs are cast to it (a bf16/fp16 DeepSpeed engine casts its weights, not its inputs)."""
     if not torch.is_tensor(t):
         t = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
-    return unet(torch.cat([x, sar.to(x.dtype)], dim=1), t).sample
+    dtype = network_dtype(unet)
+    return unet(torch.cat([x.to(dtype), sar.to(dtype)], dim=1), t).sample

@@ -7,6 +7,8 @@ EMAModel does: min(d, (1 + n) / (10 + n)), so early steps move the average most 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 
@@ -18,15 +20,21 @@ def ema_decay_at(step: int, decay: float, warmup: bool = True) -> float:
 
 
 @torch.no_grad()
-def ema_update(ema: torch.nn.Module, online: torch.nn.Module, decay: float) -> None:
+def ema_update(ema: torch.nn.Module, online: torch.nn.Module, decay: float, parameters: Sequence[torch.Tensor] | None = None) -> None:
     """Update `ema`'s parameters in place towards `online`'s; buffers are copied.
 
     Both modules must have the same architecture. The EMA is kept in float32 whatever the
-    training precision, so a decay close to 1 does not underflow.
+    training precision, so a decay close to 1 does not underflow. `parameters`: the values to
+    average instead of `online.parameters()`, in the same order (the fp32 masters when the
+    module itself holds bf16/fp16 copies).
     """
     if not 0.0 <= decay <= 1.0:
         raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
-    for e, o in zip(ema.parameters(), online.parameters()):
+    ema_params = list(ema.parameters())
+    values = list(online.parameters() if parameters is None else parameters)
+    if len(values) != len(ema_params):
+        raise ValueError(f"EMA has {len(ema_params)} parameters, the online values {len(values)}")
+    for e, o in zip(ema_params, values):
         e.lerp_(o.detach().to(e.dtype), 1.0 - decay)
     for e, o in zip(ema.buffers(), online.buffers()):
         e.copy_(o)

@@ -30,8 +30,9 @@ class TrainingStage(Protocol):
     name: str
     config_model: type[TrainingStageConfig]
 
-    def build(self, cfg: Any, store: StoreMetadata, extra: dict[str, Any], device: torch.device) -> StageModels:
-        """Create (or load) the models for this stage."""
+    def build(self, cfg: Any, store: StoreMetadata, extra: dict[str, Any], device: torch.device, compute_dtype: torch.dtype = torch.float32) -> StageModels:
+        """Create (or load) the models for this stage, in fp32 (DeepSpeed casts the trainable ones to its
+        precision); `compute_dtype` is what the trainable ones' forward passes will compute in."""
 
     def step(
         self,

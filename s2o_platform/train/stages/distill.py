@@ -62,7 +62,7 @@ class DistillStage:
     name = "distill"
     config_model = DistillConfig
 
-    def build(self, cfg: DistillConfig, store: StoreMetadata, extra: dict[str, Any], device: torch.device) -> StageModels:
+    def build(self, cfg: DistillConfig, store: StoreMetadata, extra: dict[str, Any], device: torch.device, compute_dtype: torch.dtype = torch.float32) -> StageModels:
         teacher_bundle = load_bundle(extra["teacher"], device)
         self.teacher_scheduler_config = dict(teacher_bundle.scheduler_config)
         noise = DDPMScheduler.from_config(self.teacher_scheduler_config)
@@ -72,6 +72,9 @@ class DistillStage:
         self.grid = ddim_grid(noise.config.num_train_timesteps, cfg.distill.num_ddim_steps).to(device)
         self.skip = noise.config.num_train_timesteps // cfg.distill.num_ddim_steps
         self.cfg = cfg
+        # The frozen teacher and the EMA target keep fp32 weights and run under autocast in the student's
+        # compute dtype (see distill.frozen_fp32 for why), or in fp32 when asked.
+        self.frozen_dtype = torch.float32 if cfg.distill.frozen_fp32 else compute_dtype
         teacher = teacher_bundle.model.float().requires_grad_(False).eval()
         student = copy.deepcopy(teacher).requires_grad_(True).train()
         trainable: dict[str, torch.nn.Module] = {"student": student}
@@ -97,7 +100,8 @@ class DistillStage:
         # 3. student consistency output
         x0_student, _ = self._x0(predict(student, x_start, sar, t_start), x_start, t_start)
         f = consistency_output(x_start, x0_student, t_start, 0.5, cfg.timestep_scaling)
-        with torch.no_grad():
+        frozen_precision = torch.autocast(x0.device.type, dtype=self.frozen_dtype, enabled=self.frozen_dtype != torch.float32)
+        with torch.no_grad(), frozen_precision:
             # 4. teacher DDIM step
             x0_teacher, eps_teacher = self._x0(predict(models.frozen["teacher"], x_start, sar, t_start), x_start, t_start)
             x_prev = ddim_step(x0_teacher, eps_teacher, t_prev, self.alphas_cumprod)

@@ -22,7 +22,7 @@ class GanStage:
     name = "gan"
     config_model = GanConfig
 
-    def build(self, cfg: GanConfig, store: StoreMetadata, extra: dict[str, Any], device: torch.device) -> StageModels:
+    def build(self, cfg: GanConfig, store: StoreMetadata, extra: dict[str, Any], device: torch.device, compute_dtype: torch.dtype = torch.float32) -> StageModels:
         self.cfg = cfg
         generator = UNetGenerator(
             sample_size=cfg.generator.sample_size,

@@ -54,8 +54,7 @@ def diffusion_loss(
         target = noise
     else:
         target = scheduler.get_velocity(optical, noise, timesteps)
-    dtype = next(unet.parameters()).dtype
-    prediction = predict(unet, noisy.to(dtype), sar.to(dtype), timesteps)
+    prediction = predict(unet, noisy, sar, timesteps)
     per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)
     if min_snr_gamma is None:
         return per_sample.mean()
@@ -78,7 +77,7 @@ class TeacherStage:
     name = "teacher"
     config_model = TeacherConfig
 
-    def build(self, cfg: TeacherConfig, store: StoreMetadata, extra: dict[str, Any], device: torch.device) -> StageModels:
+    def build(self, cfg: TeacherConfig, store: StoreMetadata, extra: dict[str, Any], device: torch.device, compute_dtype: torch.dtype = torch.float32) -> StageModels:
         self.scheduler = noise_scheduler(cfg.diffusion)
         self.min_snr_gamma = cfg.loss.min_snr_gamma
         return StageModels(trainable={"unet": build_unet(cfg.model, store.sar_channels).to(device)})
