@@ -1,18 +1,18 @@
 """The training harness shared by every stage: runs inside each Ray Train worker.
 
     train_loop_per_worker(loop_config)
-      [1] parse the stage config; build the stage's models
-      [2] one DeepSpeed engine per trainable module (AdamW + warm-up/decay LR, ZeRO, precision)
-      [3] resume: DeepSpeed state, EMA and step from ray.train.get_checkpoint()
+      [1] parse the stage config
+      [2] build_runtime (train/runtime.py): the stage's models, one DeepSpeed engine per trainable
+          module, the precision, the fp32 EMA and the noise generator
+      [3] resume: DeepSpeed state, EMA, generator and step from ray.train.get_checkpoint()
       [4] stream tiles: ray.train.get_dataset_shard("train").iter_torch_batches, paired augmentation
-      [5] stage.step(...) per micro-batch; EMA after every optimizer step; progress on rank 0
-      [6] checkpoint: each rank saves its DeepSpeed shard -> barrier -> rank 0 adds EMA, state and
-          the exported bundle -> ray.train.report(metrics, checkpoint)
+      [5] runtime.step(batch) per micro-batch (the EMA follows every optimizer step); progress on rank 0
+      [6] checkpoint: each rank saves its DeepSpeed shard and generator -> barrier -> rank 0 adds EMA,
+          state and the exported bundle -> ray.train.report(metrics, checkpoint)
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import sys
@@ -26,28 +26,16 @@ import torch
 
 from s2o_platform.data.store import StoreMetadata, decode_batch
 from s2o_platform.data.transforms import augment_pairs
-from s2o_platform.train.deepspeed_config import deepspeed_config, resolve_precision
-from s2o_platform.train.ema import ema_decay_at, ema_update
-from s2o_platform.train.schedule import lr_factor
+from s2o_platform.train.runtime import build_runtime, get_stage
 
 TRAINER_STATE_FILE = "trainer_state.json"
 EMA_FILE = "ema.safetensors"
 DEEPSPEED_DIR = "deepspeed"
 BUNDLE_DIR = "bundle"
 DEEPSPEED_TAG = "state"
+GENERATOR_FILE = "generator_rank{rank}.json"  # the noise/timestep generator of each rank
 #: The columns a training worker reads from the store.
 TRAIN_COLUMNS = ["tile_id", "sar", "optical", "tile_size", "sar_channels"]
-
-
-def get_stage(name: str):
-    from s2o_platform.train.stages.distill import DistillStage
-    from s2o_platform.train.stages.gan import GanStage
-    from s2o_platform.train.stages.teacher import TeacherStage
-
-    stages = {"teacher": TeacherStage, "distill": DistillStage, "gan": GanStage}
-    if name not in stages:
-        raise ValueError(f"unknown training stage {name!r}; known: {sorted(stages)}")
-    return stages[name]()
 
 
 def _collate_base():
@@ -93,60 +81,27 @@ def cpu_threads(requested: int | None, local_workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, local_workers))
 
 
-def autocast_applies(autocast: str, precision: str) -> bool:
-    """Whether steps run under bf16 autocast over fp32 weights: when asked for and DeepSpeed trains in fp32
-    (with bf16/fp16 engines the weights are already half precision)."""
-    return autocast == "bf16" and precision == "fp32"
-
-
 def format_eta(seconds: float) -> str:
     seconds = max(0, int(seconds))
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
-    import deepspeed
     import ray.train
     import ray.train.torch
     from safetensors.torch import load_file, save_file
 
-    # [1] config and models --------------------------------------------------------------------
-    stage = get_stage(loop_config["stage"])
-    cfg = stage.config_model.model_validate(loop_config["config"])
+    # [1]-[2] config; models, engines, precision, EMA (train/runtime.py) -------------------------
+    cfg = get_stage(loop_config["stage"]).config_model.model_validate(loop_config["config"])
     store = StoreMetadata.from_dict(loop_config["store_metadata"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     if device.type == "cpu":
         torch.set_num_threads(cpu_threads(cfg.scaling.torch_threads, context.get_local_world_size()))
-    torch.manual_seed(cfg.train.seed + rank)
-    generator = torch.Generator(device=device).manual_seed(cfg.train.seed * 1000 + rank)
-    models = stage.build(cfg, store, loop_config.get("extra", {}), device)
-    on_gpu = device.type == "cuda"
-    precision = resolve_precision(cfg.deepspeed.precision, on_gpu, on_gpu and torch.cuda.is_bf16_supported())
-
-    # [2] DeepSpeed engines ----------------------------------------------------------------------
-    engines: dict[str, Any] = {}
-    for name, module in models.trainable.items():
-        lr = models.lr.get(name, cfg.train.lr)
-        optimizer = torch.optim.AdamW(
-            [p for p in module.parameters() if p.requires_grad], lr=lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, cfg.train.warmup_steps, cfg.train.max_steps, cfg.train.lr_schedule)
-        )
-        engine, _, _, _ = deepspeed.initialize(
-            model=module, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg, precision), dist_init_required=False
-        )
-        if world == 1 and cfg.deepspeed.zero_stage == 0:
-            engine.enable_backward_allreduce = False  # an all-reduce over one rank only copies the gradients
-        engines[name] = engine
-    main_name = next(iter(engines))
-    main = engines[main_name]
-    ema = copy.deepcopy(main.module).float().requires_grad_(False).eval()
-    autocast_on = autocast_applies(cfg.train.autocast, precision)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_on)
-    if rank == 0 and cfg.train.autocast != "off" and not autocast_on:
+    runtime = build_runtime(loop_config["stage"], cfg, store, loop_config.get("extra", {}), device, rank, world)
+    stage, engines, ema, main, precision = runtime.stage, runtime.engines, runtime.ema, runtime.main, runtime.precision
+    if rank == 0 and cfg.train.autocast != "off" and not runtime.autocast_on:
         log(f"[{stage.name}] train.autocast={cfg.train.autocast} not applied: DeepSpeed already trains in {precision}")
 
     # [3] resume ---------------------------------------------------------------------------------
@@ -159,6 +114,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                     raise RuntimeError(f"checkpoint {ckpt_dir} has no DeepSpeed state for {name!r}")
             ema.load_state_dict(load_file(os.path.join(ckpt_dir, EMA_FILE), device=str(device)))
             state = json.loads(Path(ckpt_dir, TRAINER_STATE_FILE).read_text())
+            generator_file = Path(ckpt_dir, GENERATOR_FILE.format(rank=rank))
+            if generator_file.exists():  # so a resumed run draws the noise and timesteps an uninterrupted one would
+                saved = json.loads(generator_file.read_text())["torch_generator"]
+                runtime.generator.set_state(torch.tensor(saved, dtype=torch.uint8))
+            elif rank == 0:
+                log(f"[{stage.name}] the checkpoint has no generator state (older run): noise draws restart from the seed")
         if rank == 0:
             log(f"[{stage.name}] resuming from checkpoint at step {main.global_steps}")
     else:
@@ -170,6 +131,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="s2o-ckpt-") as tmp:
             for name, engine in engines.items():
                 engine.save_checkpoint(os.path.join(tmp, DEEPSPEED_DIR, name), tag=DEEPSPEED_TAG)
+            generator_state = runtime.generator.get_state().tolist()
+            Path(tmp, GENERATOR_FILE.format(rank=rank)).write_text(json.dumps({"torch_generator": generator_state}))
             if rank == 0:
                 save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, os.path.join(tmp, EMA_FILE))
                 train_state = {
@@ -215,19 +178,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             if batch is None:
                 break
             batches += 1
-            before = main.global_steps
-            # The step's backward and optimizer step run inside too (they are in the stage's step): backward ops
-            # take the dtypes autocast chose for their forward ops, and weights and optimizer state stay fp32.
-            with autocast:
-                step_metrics = stage.step(engines, models, ema, batch, generator)
+            step_metrics, stepped = runtime.step(batch)
             for key, value in step_metrics.items():
                 window.setdefault(key, []).append(value)
             n = batch["optical"].shape[0]
             samples_seen += n * world
             window_samples += n * world
-            if main.global_steps == before:
+            if not stepped:
                 continue  # inside a gradient-accumulation cycle
-            ema_update(ema, main.module, ema_decay_at(main.global_steps, cfg.train.ema_decay, cfg.train.ema_warmup))
             step = main.global_steps
             if step % cfg.train.log_every_steps == 0 or step == cfg.train.max_steps:
                 elapsed = time.perf_counter() - window_start
