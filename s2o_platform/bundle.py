@@ -16,6 +16,7 @@ Architecture comes from the bundle, never from command-line flags.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import shutil
 import tempfile
@@ -171,6 +172,22 @@ def read_bundle_metadata(uri: str, options: storage.StorageOptions | None = None
         return BundleMetadata.from_dict(json.loads(raw), uri)
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise BundleError(f"corrupt bundle metadata in {uri}: {err}") from None
+
+
+def bundle_digest(uri: str, options: storage.StorageOptions | None = None) -> str:
+    """sha256 over a bundle's files (relative path and bytes, in path order): the same weights, schedule
+    and metadata give the same digest wherever the bundle is copied."""
+    fs, root = storage.resolve(uri, options)
+    digest = hashlib.sha256()
+    files = storage.list_files(fs, root)
+    if not files:
+        raise BundleError(f"no inference bundle at {uri}")
+    for path in files:
+        digest.update(path[len(root) :].lstrip("/").encode() + b"\0")
+        with fs.open_input_stream(path) as stream:
+            while chunk := stream.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager

@@ -1,5 +1,6 @@
 """Distillation (adversarial and ablation) and the pix2pix stage on the shared Ray cluster, same harness."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +99,35 @@ def test_wrong_teacher_bundles_rejected(ray_cluster, synth_store_32, teacher_bun
         run_training("distill", distill_cfg(), synth_store_32, str(tmp_path / "o"), 32, extra={"teacher": str(tmp_path / "t16")}, log=quiet)
     with pytest.raises(TrainingSetupError, match="no inference bundle"):
         run_training("distill", distill_cfg(), synth_store_32, str(tmp_path / "o"), 32, extra={"teacher": str(tmp_path / "none")}, log=quiet)
+
+
+def test_resume_refuses_a_different_distillation(ray_cluster, synth_store_32, teacher_bundle, tmp_path):
+    """An ablation launched into an ACD run's folder, or the same run with another teacher, is refused before any
+    worker starts, naming what differs; the run's config.yaml keeps saying what the run is."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from typer.testing import CliRunner
+
+    from s2o_platform.cli import app
+
+    out = tmp_path / "acd"
+    run_training("distill", distill_cfg("train.max_steps=2"), synth_store_32, str(out), 32, extra={"teacher": teacher_bundle}, log=quiet)
+    assert json.loads((out / "teacher.json").read_text())["bundle"] == teacher_bundle
+    with pytest.raises(TrainingSetupError, match="distill.adversarial: True -> False") as refused:
+        run_training("distill", distill_cfg("train.max_steps=4", "distill.adversarial=false"), synth_store_32, str(out), 32,
+                     extra={"teacher": teacher_bundle}, log=quiet)
+    assert "teacher bundle" not in str(refused.value)
+    assert "adversarial: true" in (out / "config.yaml").read_text()
+    # Another teacher: same architecture, one weight changed.
+    other = tmp_path / "other-teacher"
+    shutil.copytree(teacher_bundle, other)
+    weights = other / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    state["conv_out.bias"] = state["conv_out.bias"] + 1.0
+    save_file(state, weights)
+    with pytest.raises(TrainingSetupError, match="teacher bundle: .* -> .*other-teacher"):
+        run_training("distill", distill_cfg("train.max_steps=4"), synth_store_32, str(out), 32, extra={"teacher": str(other)}, log=quiet)
+    result = CliRunner().invoke(app, ["train", "distill", "--config", str(CONFIGS / "distill.yaml"), "--data", synth_store_32,
+                                      "--teacher", teacher_bundle, "--out", str(out), "--set", "distill.lambda_adv=0.5"])
+    assert result.exit_code == 2 and "distill.lambda_adv: 0.1 -> 0.5" in result.stderr and "Traceback" not in result.output

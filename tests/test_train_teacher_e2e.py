@@ -135,7 +135,7 @@ def test_setup_errors_before_any_worker(ray_cluster, store, tmp_path):
     other.mkdir()
     (other / "stage.txt").write_text("teacher")
     (other / "config.yaml").write_text("model:\n  block_out_channels: [64, 64]\n")
-    with pytest.raises(TrainingSetupError, match="different 'model' section"):
+    with pytest.raises(TrainingSetupError, match=r"different defining settings.*model.block_out_channels: \[64, 64\] -> \[32, 32\]"):
         run(cfg(), out=other)
     # A run folder whose Ray Train run record is damaged.
     record = tmp_path / "damaged" / "ray_train" / "checkpoint_manager_snapshot.json"
@@ -175,3 +175,21 @@ def test_ray_job_submit_trains_with_the_jobs_entrypoint(ray_cluster, store, tmp_
     assert result.returncode == 0, output[-4000:]
     assert "succeeded" in output and "done at step 6" in output
     assert load_bundle(str(out / "bundle")).metadata.model_card["trained_steps"] == 6
+
+
+def test_resumed_run_draws_what_an_uninterrupted_one_would(ray_cluster, store, tmp_path):
+    """The noise/timestep generator travels with checkpoints: 2 steps + resume to 4 ends in the generator
+    state of 4 uninterrupted steps (each step draws the same amount), not in the seed's state + 2 steps."""
+    fast = ["train.max_steps=4", "checkpoint.every_steps=2", "train.batch_size=4", "train.augment=false"]
+    straight = run_training("teacher", cfg(*fast), store, str(tmp_path / "straight"), 32, log=lambda m: None)
+    run_training("teacher", cfg(*fast[1:], "train.max_steps=2"), store, str(tmp_path / "resumed"), 32, log=lambda m: None)
+    resumed = run_training("teacher", cfg(*fast), store, str(tmp_path / "resumed"), 32, log=lambda m: None)
+    assert straight.step == resumed.step == 4 and resumed.resumed_from == 2
+
+    def final_generator(out):
+        checkpoint = max((p for p in (out / "ray_train").glob("checkpoint_*") if p.is_dir()), key=lambda p: p.name)
+        return json.loads((checkpoint / "generator_rank0.json").read_text())["torch_generator"]
+
+    assert final_generator(tmp_path / "resumed") == final_generator(tmp_path / "straight")
+    halfway = min((p for p in (tmp_path / "straight" / "ray_train").glob("checkpoint_*") if p.is_dir()), key=lambda p: p.name)
+    assert json.loads((halfway / "generator_rank0.json").read_text())["torch_generator"] != final_generator(tmp_path / "straight")

@@ -24,11 +24,19 @@ import yaml
 from s2o_platform import storage
 from s2o_platform.config import TrainingStageConfig, dump_config
 from s2o_platform.data.store import StoreError, StoreMetadata, read_metadata, read_tiles, split_counts
+from s2o_platform.train.deepspeed_config import effective_batch
 from s2o_platform.train.harness import BUNDLE_DIR, TRAIN_COLUMNS, TRAINER_STATE_FILE, train_loop_per_worker
 
 RUN_NAME = "ray_train"
-#: Config sections whose change makes an existing checkpoint unusable.
-ARCHITECTURE_SECTIONS = ("model", "diffusion", "generator", "discriminator")
+STAGE_FILE = "stage.txt"
+TEACHER_FILE = "teacher.json"  # distillation: which teacher bundle (by content) the run distils
+#: Config sections that define a run: resuming with any of them changed would continue a different
+#: experiment under the old one's name (or fail inside the workers), so it is refused.
+DEFINING_SECTIONS = {
+    "teacher": ("model", "diffusion", "loss", "deepspeed"),
+    "distill": ("distill", "deepspeed"),
+    "gan": ("generator", "discriminator", "gan", "deepspeed"),
+}
 
 
 class TrainingSetupError(ValueError):
@@ -144,24 +152,51 @@ def check_teacher_bundle(teacher: str, store: StoreMetadata, data: str, options:
             raise TrainingSetupError(f"the teacher {teacher} has {name} {theirs} but the store {data} has {ours}: distil on the store the teacher was trained for")
 
 
-def check_previous_run(out: str, cfg: TrainingStageConfig, stage: str, options: storage.StorageOptions | None) -> None:
-    """An existing run in OUT must have been the same stage and architecture, else resuming would fail inside workers."""
+def _flat(data: Any, prefix: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(_flat(value, f"{prefix}.{key}"))
+    return out
+
+
+def differing_keys(previous: dict[str, Any], current: dict[str, Any], sections: tuple[str, ...]) -> list[str]:
+    """'key: old -> new' for every dotted key of `sections` whose value differs (missing counts as None)."""
+    old = {k: v for s in sections for k, v in _flat(previous.get(s), s).items()}
+    new = {k: v for s in sections for k, v in _flat(current.get(s), s).items()}
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+
+
+def check_previous_run(out: str, cfg: TrainingStageConfig, stage: str, options: storage.StorageOptions | None,
+                       teacher_identity: dict[str, str] | None = None) -> None:
+    """An existing run in OUT must be the same run: same stage, same defining sections and, for
+    distillation, the same teacher bundle content. Anything else is refused naming what differs."""
     fs, root = storage.resolve(out, options)
     try:
         previous = yaml.safe_load(storage.read_bytes(fs, storage.join(root, "config.yaml")))
-        previous_stage = storage.read_bytes(fs, storage.join(root, "stage.txt")).decode().strip()
+        previous_stage = storage.read_bytes(fs, storage.join(root, STAGE_FILE)).decode().strip()
     except (FileNotFoundError, OSError):
         return
     if previous_stage != stage:
         raise TrainingSetupError(f"{out} holds a {previous_stage} run; train the {stage} stage into another --out")
-    current = cfg.model_dump(mode="json")
-    for section in ARCHITECTURE_SECTIONS:
-        if section in current and previous.get(section) != current[section]:
-            raise TrainingSetupError(
-                f"the checkpoints in {out} were trained with a different {section!r} section "
-                f"({previous.get(section)} vs {current[section]}): they are incompatible with this config. "
-                "Use a new --out, or the same settings to resume"
+    differences = differing_keys(previous or {}, cfg.model_dump(mode="json"), DEFINING_SECTIONS[stage])
+    if teacher_identity is not None:
+        try:
+            recorded = json.loads(storage.read_bytes(fs, storage.join(root, TEACHER_FILE)))
+        except (FileNotFoundError, OSError, json.JSONDecodeError):
+            recorded = {}
+        if recorded.get("sha256") != teacher_identity["sha256"]:
+            differences.append(
+                f"teacher bundle: {recorded.get('bundle', 'unrecorded')} (sha256 {str(recorded.get('sha256'))[:12]}) -> "
+                f"{teacher_identity['bundle']} (sha256 {teacher_identity['sha256'][:12]})"
             )
+    if differences:
+        raise TrainingSetupError(
+            f"{out} holds a {stage} run with different defining settings, so it cannot be resumed with these: "
+            + "; ".join(differences)
+            + ". Use a new --out for a new run, or the run's own settings (its config.yaml) to resume it"
+        )
 
 
 def materialized(store: StoreMetadata, train_rows: int, cfg: TrainingStageConfig) -> bool:
@@ -199,9 +234,16 @@ def run_training(
     started = time.perf_counter()
     check_resources(cfg)
     store, train_rows = check_store(data, tile_size, options)
+    teacher_identity = None
     if stage == "distill":
-        check_teacher_bundle((extra or {}).get("teacher", ""), store, data, options)
-    check_previous_run(out, cfg, stage, options)
+        from s2o_platform.bundle import bundle_digest
+
+        teacher = (extra or {}).get("teacher", "")
+        check_teacher_bundle(teacher, store, data, options)
+        teacher_identity = {"bundle": teacher, "sha256": bundle_digest(teacher, options)}
+    check_previous_run(out, cfg, stage, options, teacher_identity)
+    log(f"[{stage}] effective batch {effective_batch(cfg)} (batch_size {cfg.train.batch_size} x grad_accum "
+        f"{cfg.train.grad_accum} x {cfg.scaling.num_workers} worker(s)), lr {cfg.train.lr:g}")
     resumed_from, _ = latest_checkpoint_step(out, options)
     if resumed_from is not None:
         if resumed_from >= cfg.train.max_steps:
@@ -211,7 +253,9 @@ def run_training(
 
     fs, root = storage.resolve(out, options)
     storage.write_bytes_atomic(fs, storage.join(root, "config.yaml"), dump_config(cfg).encode())
-    storage.write_bytes_atomic(fs, storage.join(root, "stage.txt"), stage.encode())
+    storage.write_bytes_atomic(fs, storage.join(root, STAGE_FILE), stage.encode())
+    if teacher_identity is not None:
+        storage.write_bytes_atomic(fs, storage.join(root, TEACHER_FILE), json.dumps(teacher_identity, indent=2).encode())
 
     dataset = training_dataset(data, store, train_rows, cfg, options)
     storage_path = root if storage.is_uri(out) else os.path.abspath(root)
