@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from s2o_platform.config import ConfigError, IngestConfig, SynthConfig, dump_config, load_config, parse_override
@@ -85,3 +87,21 @@ def test_presets_load(preset, stage, model):
 
     path = Path(__file__).resolve().parents[1] / "configs" / preset / f"{stage}.yaml"
     load_config(model, path)
+
+
+@pytest.mark.parametrize("stage", ["teacher", "distill", "gan"])
+def test_paper_presets_state_their_effective_batch_truthfully(stage):
+    """Each paper preset's comment states its effective batch (per-worker x accumulation x workers): it must be
+    what the config computes, and the distillation's must be the published 16."""
+    import re
+
+    from s2o_platform.config import DistillConfig, GanConfig, TeacherConfig
+    from s2o_platform.train.deepspeed_config import effective_batch
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "paper" / f"{stage}.yaml"
+    model = {"teacher": TeacherConfig, "distill": DistillConfig, "gan": GanConfig}[stage]
+    cfg = load_config(model, path)
+    stated = [int(n) for n in re.findall(r"[Ee]ffective batch = [^=\n]*= (\d+)", path.read_text())]
+    assert stated and set(stated) == {effective_batch(cfg)}, (stated, effective_batch(cfg))
+    if stage == "distill":
+        assert effective_batch(cfg) == 16
