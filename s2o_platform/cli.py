@@ -243,6 +243,9 @@ OutOption = Annotated[
     typer.Option("--out", help="Run folder (or s3:// prefix): checkpoints, config and the final bundle at OUT/bundle. "
                  "The same --out again resumes from its latest checkpoint."),
 ]
+DtypeOption = Annotated[str, typer.Option("--dtype", help="Network precision: auto (fp16 on a GPU; fp32 on a CPU, "
+                                          "measured no slower than bf16 there), fp32, fp16 or bf16 (bf16 on CPUs with "
+                                          "AVX512-BF16/AMX).")]
 RequiredConfigOption = Annotated[Path, typer.Option("--config", help="YAML preset, e.g. configs/tiny/teacher.yaml (CPU) or configs/paper/teacher.yaml (GPU).")]
 
 
@@ -360,6 +363,7 @@ def translate(
                                                 "with 99th percentile < 10 -> linear power; else dB.")] = SarScale.AUTO,
     output_dtype: Annotated[str, typer.Option("--output-dtype", help="uint8 RGB (nodata 0) or float32 in [0, 1] (nodata NaN).")] = "uint8",
     seed: Annotated[int, typer.Option("--seed", help="Noise seed (each batch seeded from it and its first tile).")] = 0,
+    dtype: DtypeOption = "auto",
     address: AddressOption = None,
     s3_endpoint: S3EndpointOption = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
@@ -381,7 +385,7 @@ def translate(
 
     options = TranslateOptions(
         source=source, model=model, dest=out, steps=steps, overlap=overlap, batch_size=batch_size, actors=actors,
-        band=band, sar_scale=sar_scale.value, output_dtype=output_dtype, seed=seed, address=address, progress=progress,
+        band=band, sar_scale=sar_scale.value, output_dtype=output_dtype, seed=seed, dtype=dtype, address=address, progress=progress,
         storage=storage.StorageOptions.from_env(s3_endpoint),
     )
     from s2o_platform.data.store import METADATA_FILE
@@ -422,7 +426,7 @@ def evaluate(
                      "torch-fidelity weights file. Nothing is downloaded; without it FID is reported as skipped."),
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu or cuda.")] = "auto",
-    dtype: Annotated[str, typer.Option("--dtype", help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16.")] = "auto",
+    dtype: DtypeOption = "auto",
     seed: Annotated[int, typer.Option("--seed", help="Noise seed: batch i uses seed + i, the same for every model.")] = 0,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed calls per latency measurement (median; after one warm-up).")] = 3,
     ddpm_limit: Annotated[int, typer.Option("--ddpm-limit", help="Tiles scored with ancestral DDPM (1000 steps per tile).")] = 32,
@@ -477,6 +481,8 @@ def serve_command(
     port: Annotated[int, typer.Option("--port", help="HTTP port.")] = 8000,
     config: Annotated[Path, typer.Option("--config", help="Serve config: batching, limits, replicas, autoscaling, "
                                          "queue limits (the file `serve deploy` takes).")] = Path("serve/config.yaml"),
+    dtype: Annotated[Optional[str], typer.Option("--dtype", help="Network precision of the replicas: auto, fp32, fp16 or "
+                                                 "bf16. Default: args.dtype of the Serve config (auto).")] = None,
     address: AddressOption = None,
 ) -> None:
     """Serve a model over HTTP with Ray Serve until interrupted (Ctrl-C).
@@ -497,7 +503,7 @@ def serve_command(
     if not config.exists() and config == Path("serve/config.yaml") and DEFAULT_CONFIG.exists():
         config = DEFAULT_CONFIG  # run from outside the repository: the packaged default
     try:
-        plan = plan_serving(config, model=model, host=host, port=port)
+        plan = plan_serving(config, model=model, host=host, port=port, overrides={"dtype": dtype} if dtype else None)
     except ServeConfigError as err:
         fail(str(err))
     typer.echo(f"[serve] starting Ray Serve with {plan.settings.model} (config {config}) ...", err=True)

@@ -82,13 +82,15 @@ class LoadedModel:
                  steps: int | None = None, seed: int = 0, batch_size: int = 32, cpu_share: int = 1,
                  storage_options=None, threads: int | None = None):
         from s2o_platform.bundle import load_bundle
-        from s2o_platform.evaluation.speed import resolve_device, resolve_dtype
+        from s2o_platform.evaluation.speed import dtype_name, resolve_device, resolve_dtype
         from s2o_platform.train.harness import cpu_threads
 
         self.device = resolve_device(device)
         if self.device.type == "cpu":  # Ray starts actors with one torch thread; share the node's cores among them
             torch.set_num_threads(cpu_threads(threads, cpu_share))
-        self.bundle = load_bundle(bundle, device=self.device, options=storage_options, dtype=resolve_dtype(dtype, self.device))
+        dtype_resolved = resolve_dtype(dtype, self.device)
+        self.dtype_name = dtype_name(dtype_resolved)
+        self.bundle = load_bundle(bundle, device=self.device, options=storage_options, dtype=dtype_resolved)
         self.sampler, self.steps, self.seed, self.batch_size = sampler, steps, seed, batch_size
 
     def translate(self, sar: np.ndarray, key: str, steps: int | None = None) -> np.ndarray:

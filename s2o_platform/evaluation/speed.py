@@ -23,14 +23,28 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def cpu_supports(name: str) -> bool:
+    """Whether this CPU runs a dtype at speed: bf16 needs AVX512-BF16 or AMX, fp16 AVX512-FP16 (oneDNN)."""
+    if name == "fp32":
+        return True
+    check = {"bf16": torch.ops.mkldnn._is_mkldnn_bf16_supported, "fp16": torch.ops.mkldnn._is_mkldnn_fp16_supported}[name]
+    try:
+        return bool(check())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """auto: fp16 on GPU (diffusers' usual inference precision), fp32 on CPU (half is slow there)."""
+    """auto: fp16 on GPU (diffusers' usual inference precision); on CPU fp32 (measured: bf16 is not faster
+    for the tiny student on this project's CPU, see benchmarks/inference_precision.py). bf16/fp16 on a CPU
+    only where it has the instructions for them (else they run emulated, many times slower)."""
     if name == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     if name not in DTYPES:
         raise ValueError(f"--dtype must be auto, fp32, fp16 or bf16, got {name!r}")
-    if device.type == "cpu" and name != "fp32":
-        raise ValueError(f"--dtype {name} is for GPUs; on CPU use fp32")
+    if device.type == "cpu" and not cpu_supports(name):
+        need = "AVX512-BF16 or AMX" if name == "bf16" else "AVX512-FP16"
+        raise ValueError(f"--dtype {name} on this CPU would run emulated (it lacks {need}); use fp32{' or bf16' if cpu_supports('bf16') else ''}")
     return DTYPES[name]
 
 

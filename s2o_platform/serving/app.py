@@ -120,7 +120,7 @@ class SarTranslator:
         self.settings = ServeSettings(**settings)
         s = self.settings
         reserved = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)) or 1
-        self.model = LoadedModel(s.model, device=s.device, steps=s.steps, seed=s.seed, batch_size=s.model_batch_tiles,
+        self.model = LoadedModel(s.model, device=s.device, dtype=s.dtype, steps=s.steps, seed=s.seed, batch_size=s.model_batch_tiles,
                                  threads=s.torch_threads or reserved)
         # One long-lived thread runs every forward pass: the event loop stays free for HTTP, and torch's
         # OpenMP team lives in one thread instead of being rebuilt in whichever pool thread comes next.
@@ -148,7 +148,7 @@ class SarTranslator:
     def healthz(self):
         if not self.ready:
             return JSONResponse({"status": "not ready"}, status_code=503)
-        return {"status": "ready", "model": self.settings.model, "device": str(self.model.device)}
+        return {"status": "ready", "model": self.settings.model, "device": str(self.model.device), "dtype": self.model.dtype_name}
 
     @api.get("/v1/model")
     def model_info(self):
@@ -167,6 +167,7 @@ class SarTranslator:
             "max_body_bytes": self.settings.max_body_bytes,
             "max_batch_size": self.settings.max_batch_size,
             "device": str(self.model.device),
+            "dtype": self.model.dtype_name,
             "model_card": m.model_card,
         }
 

@@ -22,6 +22,7 @@ from s2o_platform import storage
 from s2o_platform.bundle import read_bundle_metadata
 from s2o_platform.data.normalization import SarScale
 from s2o_platform.data.rasters import InputError
+from s2o_platform.evaluation.speed import DTYPES
 from s2o_platform.inference import LoadedModel, resolve_sampler_for
 from s2o_platform.translate.manifest import Manifest, SceneRecord
 from s2o_platform.translate.scene import SceneInfo, SceneReader, inspect_scene
@@ -47,6 +48,7 @@ class TranslateOptions:
     output_dtype: str = "uint8"
     seed: int = 0
     device: str = "auto"
+    dtype: str = "auto"  # auto | fp32 | fp16 | bf16 (evaluation/speed.resolve_dtype)
     address: str | None = None
     progress: bool = True
     storage: storage.StorageOptions = field(default_factory=storage.StorageOptions)
@@ -133,6 +135,8 @@ def check_options(options: TranslateOptions):
         raise TranslateError(f"--sar-scale must be one of {[s.value for s in SarScale]}")
     if options.batch_size < 1 or options.actors < 1:
         raise TranslateError("--batch-size and --actors must be >= 1")
+    if options.dtype not in ("auto", *DTYPES):
+        raise TranslateError(f"--dtype must be auto, {', '.join(DTYPES)}; got {options.dtype!r}")
     return metadata, steps, overlap
 
 
@@ -195,7 +199,7 @@ def _stream(infos, options, steps, manifest, summary, dest_fs, dest_root, log) -
         StripTranslator,
         fn_constructor_kwargs=dict(infos=infos, bundle=options.model, steps=steps, seed=options.seed,
                                    device="cuda" if gpus else ("cpu" if options.device == "auto" else options.device),
-                                   storage_options=options.storage, cpu_share=options.actors, batch_size=options.batch_size),
+                                   dtype=options.dtype, storage_options=options.storage, cpu_share=options.actors, batch_size=options.batch_size),
         batch_size=strips_per_call,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=options.actors),
         num_gpus=1 if gpus else 0,
@@ -316,7 +320,8 @@ def run_translate_store(options: TranslateOptions, split: str = "test", log: Cal
     predicted = read_tiles(options.source, split, options.storage).map_batches(
         StoreTileTranslator,
         fn_constructor_kwargs=dict(bundle=options.model, steps=steps, seed=options.seed,
-                                   device="cuda" if gpus else "cpu", storage_options=options.storage, cpu_share=options.actors,
+                                   device="cuda" if gpus else "cpu", dtype=options.dtype, storage_options=options.storage,
+                                   cpu_share=options.actors,
                                    batch_size=options.batch_size),
         batch_size=options.batch_size,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=options.actors),
