@@ -38,7 +38,7 @@ def server(ray_cluster, student):
     from ray import serve
 
     plan = plan_serving(DEFAULT_CONFIG, model=student, port=free_port(),
-                        overrides={"max_image_side": MAX_SIDE, "max_body_mb": 1})
+                        overrides={"max_image_side": MAX_SIDE, "max_body_mb": 1, "dtype": "bf16"})  # as `s2o serve --dtype bf16`
     url = start_serving(plan)
     yield url
     serve.shutdown()
@@ -69,6 +69,8 @@ def test_bad_config_and_missing_bundle_are_refused_before_start(tmp_path, studen
         plan_serving(DEFAULT_CONFIG, model=str(tmp_path / "nowhere"))
     with pytest.raises(ServeConfigError, match="max_batch_size"):
         plan_serving(DEFAULT_CONFIG, model=student, overrides={"max_batch_size": 0})
+    with pytest.raises(ServeConfigError, match="dtype"):
+        plan_serving(DEFAULT_CONFIG, model=student, overrides={"dtype": "fp8"})
 
 
 def test_health_model_and_docs(server):
@@ -77,7 +79,7 @@ def test_health_model_and_docs(server):
     info = requests.get(f"{server}/v1/model", timeout=30).json()
     assert info["stage"] == "student" and info["tile_size"] == 32 and info["sampler"] == "lcm"
     assert info["allowed_steps"] == list(range(1, 9)) and info["default_steps"] in info["allowed_steps"]
-    assert info["max_image_side"] == MAX_SIDE
+    assert info["max_image_side"] == MAX_SIDE and info["dtype"] == "bf16" and health.json()["dtype"] == "bf16"
     assert requests.get(f"{server}/docs", timeout=30).status_code == 200
     assert "/v1/translate" in requests.get(f"{server}/openapi.json", timeout=30).json()["paths"]
 

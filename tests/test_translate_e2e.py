@@ -130,7 +130,7 @@ def test_a_bad_scene_is_recorded_and_the_others_complete(scenes, bundles, tmp_pa
 
 
 def test_bad_arguments_fail_before_any_scene(scenes, bundles, tmp_path):
-    for args, words in [(["--overlap", "32"], "overlap"), (["--steps", "9"], "1..8")]:
+    for args, words in [(["--overlap", "32"], "overlap"), (["--steps", "9"], "1..8"), (["--dtype", "fp8"], "--dtype")]:
         result = translate(scenes, "--model", bundles["student"], "--out", tmp_path / "o", *args)
         assert result.exit_code == 2 and words in result.output, result.output
     result = translate(tmp_path / "nothing-here", "--model", bundles["student"], "--out", tmp_path / "o")
@@ -146,7 +146,7 @@ def test_real_sentinel1_geotiffs(real_data, bundles, tmp_path):
     listing = tmp_path / "scenes.txt"
     listing.write_text("\n".join(map(str, sources)) + "\n")
     out = tmp_path / "out"
-    result = translate(listing, "--model", bundles["student"], "--out", out, "--steps", 1, "--batch-size", 64)
+    result = translate(listing, "--model", bundles["student"], "--out", out, "--steps", 1, "--batch-size", 64, "--dtype", "bf16")
     assert result.exit_code == 0, result.output
     for source in sources:
         assert_same_grid_and_nodata(source, out / source.name)

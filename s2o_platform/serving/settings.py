@@ -31,8 +31,8 @@ class ServeSettings(BaseModel):
     model_batch_tiles: int = Field(64, ge=1, description="tiles per forward pass inside a batch")
     seed: int = 0
     device: str = Field("auto", description="auto | cpu | cuda")
-    dtype: str = Field("auto", pattern="^(auto|fp32|fp16|bf16)$", description="network precision: auto (fp16 on a GPU, "
-                       "fp32 on a CPU), fp32, fp16 or bf16")
+    dtype: str = Field("auto", pattern="^(auto|fp32|fp16|bf16)$", description="network precision: auto (fp16 on a GPU; "
+                       "bf16 on a CPU that has it, else fp32), fp32, fp16 or bf16")
     torch_threads: int | None = Field(None, ge=1, description="CPU replicas: torch threads; None: the CPUs the "
                                       "replica reserves (ray_actor_options.num_cpus), leaving the rest to the HTTP proxy")
 
