@@ -148,3 +148,18 @@ def test_ema_follows_the_fp32_masters_not_the_rounded_copies(teacher_bundle, zer
     rounded = torch.cat([p.detach().float().flatten() for p in main.module.parameters()])
     masters = optimizer_masters()
     assert (masters - rounded).abs().max() > 0  # the masters hold what bf16 cannot
+
+
+def test_gpu_check_script_runs_here():
+    """benchmarks/gpu_check.py, the one command for a lent GPU, checked on this CPU (tiny preset, bf16)
+    so it does not rot between GPU sessions."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    proc = subprocess.run([sys.executable, str(script), "--device", "cpu", "--preset", "tiny", "--precisions", "bf16", "--steps", "2"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "13/13 checks passed" in proc.stdout
+    assert "pass | bf16 train distill acd" in proc.stdout and "pass | bf16 sample student lcm:8" in proc.stdout
