@@ -82,7 +82,8 @@ def test_nodata_windows_skipped_not_written(tmp_path):
     sar[0, 40, 40] = np.nan
     s = write_geotiff(tmp_path / "s.tif", sar, t, nodata=-99)
     opt = np.full((3, 64, 64), 400, np.uint16)
-    opt[:, 0, 63] = 0  # Sentinel-2 fill
+    opt[:, 0:16, 40:64] = 0  # Sentinel-2 fill: an all-zero region (undeclared), 16 x 24 px
+    opt[:, 45, 5] = 0  # one black pixel of real dark ground: valid
     o = write_geotiff(tmp_path / "o.tif", opt, t)
     report = PairReport()
     rows = tiles(s, o, report=report)
@@ -288,3 +289,29 @@ def test_folders_layout_finds_labels_beside_sar_and_optical(tmp_path):
     write_png(root / "labels" / "pair_0.png", np.zeros((32, 32), np.uint8))
     pairs, skipped = discover(str(root))
     assert [(p.labels or "").endswith("labels/pair_0.png") for p in pairs] == [True, False] and not skipped
+
+
+def test_optical_nodata_rule_declared_or_fill_region():
+    """data/nodata.py: declared nodata (NaN) is always invalid; undeclared zeros only inside an all-zero
+    16 x 16 square; isolated black pixels and thin dark lines are ground."""
+    from s2o_platform.data.nodata import FILL_BLOCK, fill_region, invalid_optical
+
+    window = np.full((3, 48, 48), 80.0)
+    window[:, 0:FILL_BLOCK, 0:FILL_BLOCK + 4] = 0  # fill: 16 x 20
+    window[:, 30, 30] = 0  # an isolated black pixel
+    window[:, 40, :] = 0  # a one-pixel black line across the window
+    window[:, 20:35, 20:35] = 0  # a 15 x 15 black patch: below the block size
+    window[1, 10, 40] = np.nan  # declared nodata in one band
+    invalid = invalid_optical(window)
+    expected = np.zeros((48, 48), bool)
+    expected[0:FILL_BLOCK, 0:FILL_BLOCK + 4] = True
+    expected[10, 40] = True
+    np.testing.assert_array_equal(invalid, expected)
+    # A pixel of a zero band in only some bands is never fill.
+    partial = np.zeros((3, 32, 32))
+    partial[0] = 5
+    assert not invalid_optical(partial).any()
+    # Exactly one block is covered, with its every pixel.
+    square = np.zeros((20, 20), bool)
+    square[2:18, 3:19] = True
+    np.testing.assert_array_equal(fill_region(square), square)

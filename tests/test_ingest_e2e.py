@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -10,7 +11,7 @@ from typer.testing import CliRunner
 
 from s2o_platform import storage
 from s2o_platform.cli import app
-from s2o_platform.data.ingest import run_ingest
+from s2o_platform.data.ingest import format_summary, run_ingest
 from s2o_platform.data.store import read_columns, read_metadata, read_tiles, split_counts
 from s2o_platform.data.synth_writer import run_synth
 from tests.fixtures import optical_png, sar_png, truncate, write_geotiff_pair, write_paired_folders, write_png, write_sen12
@@ -138,6 +139,11 @@ def test_synth_store_scenes_and_info(ray_cluster, tmp_path):
     ingested = run_ingest([str(scenes)], str(tmp_path / "from_scenes"), tile_size=32, progress=False)
     assert ingested.pairs_ingested == 3 and set(ingested.scales) == {"db", "linear", "dn"}
     assert ingested.windows_skipped  # the nodata corner
+    assert ingested.heavy_losses == []  # the corner is under 10% of the 32 px windows: no warning
+    coarse = run_ingest([str(scenes)], str(tmp_path / "coarse"), tile_size=64, progress=False)
+    lost = {Path(loss["path"]).name: (loss["lost"], loss["windows"]) for loss in coarse.heavy_losses}
+    assert len(lost) == 3 and all(n > 0.1 * of for n, of in lost.values()), lost  # 64 px windows: the corner is a quarter
+    assert "warning: " in format_summary(coarse) and "lost 1 of its 4 windows" in format_summary(coarse)
 
     # Same seed -> same tiles: a second synth into the same store adds nothing.
     again = run_synth(str(store), pairs=100, size=32, seed=4, progress=False)
@@ -171,3 +177,58 @@ def test_s3_ingest_and_read_through_moto(ray_cluster, s3_endpoint, tmp_path):
     assert result.exit_code == 0, result.output
     counts = split_counts("s3://s2o-test/stores/synth", options)
     assert sum(counts.values()) == 40 and all(counts.values())  # 3 scenes: one per split
+
+
+def test_real_sen12_pairs_with_black_pixels_keep_every_tile(ray_cluster, real_data, tmp_path):
+    """Four of the real SEN1-2 optical images hold pure-black pixels (dark water and shadow clipped by the
+    8-bit stretch: 2, 50, 1 and 344 of 65,536). They are ground, not fill: every 256 px pair gives its tile."""
+    from PIL import Image
+
+    optical = sorted((real_data / "optical").glob("*.png"))
+    black = [p.name for p in optical if (np.asarray(Image.open(p))[..., :3] == 0).all(-1).any()]
+    assert len(black) >= 4  # the case this test is about is present
+    summary = run_ingest([str(real_data)], str(tmp_path / "real256"), tile_size=256, test_fraction=0.5, val_fraction=0.0,
+                         progress=False)
+    assert summary.skipped == [] and dict(summary.windows_skipped) == {}
+    assert summary.total_written == len(optical) == sum(split_counts(str(tmp_path / "real256")).values())
+
+
+def test_a_pair_failing_midway_contributes_no_tile(tmp_path):
+    """A 1024 px GeoTIFF pair whose SAR (a COG: header and overviews first) is cut off at 75% fails while its
+    windows are being read, after some of its shards were full: none of its rows may reach the store, and
+    the summary equals the store."""
+    import json as _json
+
+    import rasterio
+
+    from s2o_platform.data.ingest import ingest_packet
+    from s2o_platform.data.normalization import SarNormalization
+    from s2o_platform.data.sources import PairSource
+    from s2o_platform.data.store import STAGING_DIR, StoreMetadata, write_metadata
+    from tests.fixtures import write_geotiff_pair
+
+    src = tmp_path / "src"
+    good_sar, good_opt = write_geotiff_pair(src, name="good", rows=64, cols=64, seed=1)
+    bad_sar, bad_opt = write_geotiff_pair(src, name="cut", rows=1024, cols=1024, seed=2)
+    with rasterio.open(bad_sar) as raster:
+        profile, data = raster.profile, raster.read()
+    for key in ("tiled", "blockxsize", "blockysize", "interleave"):
+        profile.pop(key, None)
+    with rasterio.open(tmp_path / "cog.tif", "w", **{**profile, "driver": "COG", "compress": "deflate", "blocksize": 128}) as cog:
+        cog.write(data)
+    shutil.move(tmp_path / "cog.tif", bad_sar)
+    truncate(bad_sar, keep_fraction=0.75)
+    store = tmp_path / "store"
+    metadata = StoreMetadata(tile_size=32, sar_channels=1, sar_normalization=SarNormalization())
+    write_metadata(str(store), metadata)
+    items = [{**PairSource(sar=str(s), optical=str(o), scene_id=name, source_kind="folders").to_dict(), "split": "train"}
+             for s, o, name in ((bad_sar, bad_opt, "cut"), (good_sar, good_opt, "good"))]
+    result = ingest_packet({"pairs": [_json.dumps(items)]}, str(store), {"tile_size": 32, "stride": None, "sar_scale": "auto",
+                           "sar_band": None}, metadata.to_dict(), {}, None, max_rows_per_shard=8)
+    status = dict(zip(result["path"], result["status"]))
+    assert status[str(bad_sar)] == "skipped" and status[str(good_sar)] == "ok"
+    assert "Read failed" in dict(zip(result["path"], result["reason"]))[str(bad_sar)]
+    assert dict(zip(result["path"], result["written"])) == {str(bad_sar): 0, str(good_sar): 4}
+    rows = read_columns(str(store), ["sar_path"]).column("sar_path").to_pylist()
+    assert rows == [str(good_sar)] * 4
+    assert not (store / STAGING_DIR).exists() or not any((store / STAGING_DIR).iterdir())

@@ -1,7 +1,7 @@
 """Turning one SAR/optical pair into validated store rows, window by window.
 
-A window is kept only if every SAR and optical pixel in it is valid (finite, not nodata) and the
-SAR is not constant (a constant SAR window is fill, not signal). Each rejected window is counted
+A window is kept only if every SAR and optical pixel in it is valid (finite, not nodata; optical
+nodata is data/nodata.py's rule) and the SAR is not constant (a constant SAR window is fill, not signal). Each rejected window is counted
 under its reason; a pair that cannot be read at all raises `InputError` with the reason.
 """
 
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from s2o_platform import storage
+from s2o_platform.data.nodata import invalid_optical
 from s2o_platform.data.normalization import OpticalNormalization, SarNormalization, SarScale, detect_sar_scale
 from s2o_platform.data.rasters import InputError, Raster, class_map_window, open_labels, open_optical, open_sar
 from s2o_platform.data.sources import PairSource
@@ -38,11 +39,6 @@ class PairReport:
     scale_reason: str | None = None
     windows: int = 0
     windows_skipped: Counter = field(default_factory=Counter)
-
-
-def _invalid_optical(window: np.ndarray) -> np.ndarray:
-    """Per-pixel invalid mask: NaN in any band, or all bands zero (Sentinel-2's fill value)."""
-    return np.isnan(window).any(axis=0) | (np.nan_to_num(window) == 0).all(axis=0)
 
 
 def tiles_from_pair(
@@ -87,7 +83,7 @@ def tiles_from_pair(
                 report.windows_skipped["constant SAR window (fill)"] += 1
                 continue
             optical_window = optical.read(window)
-            if _invalid_optical(optical_window).any():
+            if invalid_optical(optical_window).any():
                 report.windows_skipped["optical nodata in window"] += 1
                 continue
             sar_model = sar_norm.to_model(sar_window[0], scale)

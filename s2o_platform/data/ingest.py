@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 import traceback
+import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -27,6 +28,8 @@ from s2o_platform.data.splits import SPLITS, assign_splits
 from s2o_platform.data.store import (
     StoreError,
     StoreMetadata,
+    discard_staged,
+    publish_staged,
     read_columns,
     read_metadata,
     write_metadata,
@@ -35,6 +38,7 @@ from s2o_platform.data.store import (
 
 #: Small image pairs are grouped so that one task writes shards of useful size.
 PAIRS_PER_PACKET = 32
+LOSS_WARNING = 0.10  # a pair losing more than this share of its windows is named in the summary
 
 
 @dataclass
@@ -46,6 +50,8 @@ class IngestSummary:
     windows_skipped: Counter = field(default_factory=Counter)
     skipped: list[dict[str, str]] = field(default_factory=list)
     scales: Counter = field(default_factory=Counter)
+    #: pairs that lost more than LOSS_WARNING of their windows to the validity rules: path, lost, windows
+    heavy_losses: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -108,7 +114,8 @@ def ingest_packet(
     tiling = TilingSettings(**{**settings, "sar_scale": SarScale(settings["sar_scale"])})
     store_meta = StoreMetadata.from_dict(metadata)
     storage_options = storage.StorageOptions(**options)
-    rows_out: dict[str, list] = {k: [] for k in ("path", "status", "reason", "written", "present", "split", "scale", "windows_skipped")}
+    rows_out: dict[str, list] = {k: [] for k in ("path", "status", "reason", "written", "present", "split", "scale", "windows",
+                                                 "windows_skipped")}
     for packet in batch["pairs"]:
         buffer: list[dict] = []
         for item in json.loads(packet):
@@ -117,25 +124,36 @@ def ingest_packet(
             report = PairReport()
             written = present = 0
             status, reason = "ok", ""
+            # A pair contributes all its tiles or none: its rows wait in `pending`, and when a large pair fills
+            # a shard before it ends, the shard is staged (invisible to readers) until the pair completes.
+            pending: list[dict] = []
+            pair_ids: set[str] = set()
+            staging = uuid.uuid4().hex
             try:
                 for row in tiles_from_pair(pair, split, tiling, store_meta.sar_normalization, store_meta.optical_normalization, storage_options, report):
-                    if row["tile_id"] in known_ids:
+                    if row["tile_id"] in known_ids or row["tile_id"] in pair_ids:
                         present += 1
                         continue
-                    known_ids.add(row["tile_id"])
-                    buffer.append(row)
-                    written += 1
-                    if len(buffer) >= max_rows_per_shard:
-                        write_shards(out, buffer, store_meta, max_rows_per_shard, storage_options)
-                        buffer = []
+                    pair_ids.add(row["tile_id"])
+                    pending.append(row)
+                    if len(pending) >= max_rows_per_shard:
+                        write_shards(out, pending, store_meta, max_rows_per_shard, storage_options, staging=staging)
+                        written += len(pending)
+                        pending = []
+                written += len(pending)
+                publish_staged(out, staging, storage_options)
+                buffer += pending
+                known_ids |= pair_ids
+                if len(buffer) >= max_rows_per_shard:
+                    write_shards(out, buffer, store_meta, max_rows_per_shard, storage_options)
+                    buffer = []
             except InputError as err:
                 status, reason = "skipped", str(err)
             except Exception as err:  # noqa: BLE001 - any failure of one pair is that pair's reason
                 status, reason = "skipped", f"{type(err).__name__}: {err}"
                 traceback.print_exc()
             if status == "skipped":
-                # Tiles of a pair that failed midway are dropped: never half a scene.
-                buffer = [r for r in buffer if r["sar_path"] != pair.uri_prefix + pair.sar]
+                discard_staged(out, staging, storage_options)  # never half a scene
                 written = 0
             for key, value in (
                 ("path", pair.uri_prefix + pair.sar),
@@ -145,6 +163,7 @@ def ingest_packet(
                 ("present", present),
                 ("split", split),
                 ("scale", f"{report.scale}: {report.scale_reason}" if report.scale else ""),
+                ("windows", report.windows),
                 ("windows_skipped", json.dumps(dict(report.windows_skipped))),
             ):
                 rows_out[key].append(value)
@@ -221,7 +240,10 @@ def run_ingest(
                 summary.scales[row["scale"].split(":")[0]] += 1
             else:
                 summary.skipped.append({"path": row["path"], "reason": row["reason"]})
-            summary.windows_skipped.update(json.loads(row["windows_skipped"]))
+            lost = json.loads(row["windows_skipped"])
+            summary.windows_skipped.update(lost)
+            if row["status"] == "ok" and sum(lost.values()) > LOSS_WARNING * max(1, int(row["windows"])):
+                summary.heavy_losses.append({"path": row["path"], "lost": sum(lost.values()), "windows": int(row["windows"]), "reasons": lost})
             bar.set_postfix(tiles=summary.total_written, skipped=len(summary.skipped))
 
     metadata = read_metadata(out, options)
@@ -253,6 +275,11 @@ def format_summary(summary: IngestSummary) -> str:
         lines.append("SAR scales detected:    " + ", ".join(f"{k} x{v}" for k, v in summary.scales.items()))
     if summary.windows_skipped:
         lines.append("windows skipped:        " + ", ".join(f"{k}: {v}" for k, v in summary.windows_skipped.items()))
+    for loss in summary.heavy_losses[:20]:
+        reasons = ", ".join(f"{k}: {v}" for k, v in loss["reasons"].items())
+        lines.append(f"warning: {loss['path']} lost {loss['lost']} of its {loss['windows']} windows ({reasons})")
+    if len(summary.heavy_losses) > 20:
+        lines.append(f"warning: ... and {len(summary.heavy_losses) - 20} more pairs lost over {LOSS_WARNING:.0%} of their windows")
     lines.append(f"items skipped:          {len(summary.skipped)}")
     for item in summary.skipped[:50]:
         lines.append(f"  - {item['path']}: {item['reason']}")

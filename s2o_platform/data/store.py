@@ -29,6 +29,7 @@ from s2o_platform.data.normalization import OpticalNormalization, SarNormalizati
 from s2o_platform.data.splits import SPLITS
 
 METADATA_FILE = "_s2o_store.json"
+STAGING_DIR = "_staging"  # shards of a pair still being ingested; never read
 STORE_FORMAT = "s2o-tile-store"
 STORE_FORMAT_VERSION = 1
 
@@ -231,10 +232,12 @@ def write_shards(
     metadata: StoreMetadata,
     max_rows_per_shard: int,
     options: storage.StorageOptions | None = None,
+    staging: str | None = None,
 ) -> list[str]:
     """Write rows (dicts in TILE_SCHEMA) as content-addressed shards, grouped by split.
 
-    Returns the written paths. Each shard also carries the store metadata in its Parquet
+    Returns the written paths. With `staging` (a folder name) the shards go under STORE/_staging/
+    STAGING/<split>/, invisible to readers until `publish_staged` moves them into place. Each shard also carries the store metadata in its Parquet
     key-value metadata, so a shard copied out of its store still says how it was normalised.
     """
     fs, root = storage.resolve(uri, options)
@@ -249,10 +252,33 @@ def write_shards(
             name = hashlib.sha256("".join(sorted(r["tile_id"] for r in chunk)).encode()).hexdigest()[:32]
             sink = io.BytesIO()
             pq.write_table(table, sink, compression="zstd")
-            path = storage.join(root, split, f"{name}.parquet")
+            base = storage.join(root, STAGING_DIR, staging) if staging else root
+            path = storage.join(base, split, f"{name}.parquet")
             storage.write_bytes_atomic(fs, path, sink.getvalue())
             written.append(path)
     return written
+
+
+def publish_staged(uri: str, staging: str, options: storage.StorageOptions | None = None) -> int:
+    """Move the shards staged under STORE/_staging/STAGING into their split folders; returns how many."""
+    fs, root = storage.resolve(uri, options)
+    base = storage.join(root, STAGING_DIR, staging)
+    moved = 0
+    for path in storage.list_files(fs, base):
+        relative = path[len(base) :].lstrip("/")
+        fs.create_dir(storage.join(root, relative.rsplit("/", 1)[0]), recursive=True)
+        fs.move(path, storage.join(root, relative))
+        moved += 1
+    discard_staged(uri, staging, options)
+    return moved
+
+
+def discard_staged(uri: str, staging: str, options: storage.StorageOptions | None = None) -> None:
+    """Remove what is staged under STORE/_staging/STAGING (a pair that failed midway)."""
+    fs, root = storage.resolve(uri, options)
+    base = storage.join(root, STAGING_DIR, staging)
+    if storage.exists(fs, base):
+        fs.delete_dir(base)
 
 
 def read_columns(
