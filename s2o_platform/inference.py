@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -38,10 +39,14 @@ def translate_tiles(
     steps: int | None = None,
     seed: int = 0,
     batch_size: int = 64,
+    keys: Sequence[str] | None = None,
 ) -> np.ndarray:
     """SAR tiles (N, C, H, W) in [-1, 1] -> optical (N, 3, H, W) float32 in [-1, 1].
 
-    Seeded: the same inputs, seed and batch size give the same outputs.
+    Seeded: the same inputs, seed and batch size give the same outputs. With `keys` (one per tile), each
+    tile draws its noise from its own generator seeded by `batch_seed(seed, key)`, so a tile's noise
+    does not depend on which other tiles share its batch (archive translation keys tiles by scene and
+    window: a resumed run draws what an uninterrupted one drew).
     """
     name, n_steps = resolve_sampler(bundle, sampler, steps)
     first = next(bundle.model.parameters())
@@ -52,10 +57,14 @@ def translate_tiles(
             f"tiles of shape {tuple(sar_t.shape)} do not fit {bundle.path}: expected (N, {bundle.metadata.sar_channels}, "
             f"{bundle.metadata.tile_size}, {bundle.metadata.tile_size})"
         )
-    generator = torch.Generator(device=device).manual_seed(seed)
+    if keys is not None and len(keys) != len(sar_t):
+        raise ValueError(f"{len(keys)} keys for {len(sar_t)} tiles")
+    shared = torch.Generator(device=device).manual_seed(seed)
     outputs = []
     for start in range(0, len(sar_t), batch_size):
         chunk = sar_t[start : start + batch_size].to(device=device, dtype=dtype)
+        generator: torch.Generator | list[torch.Generator] = shared if keys is None else [
+            torch.Generator(device=device).manual_seed(batch_seed(seed, key)) for key in keys[start : start + batch_size]]
         if name in TEACHER_SAMPLERS:
             out = sample_teacher(bundle.model, chunk, bundle.scheduler_config, name, n_steps, generator)
         elif name == "lcm":
@@ -93,7 +102,9 @@ class LoadedModel:
         self.bundle = load_bundle(bundle, device=self.device, options=storage_options, dtype=dtype_resolved)
         self.sampler, self.steps, self.seed, self.batch_size = sampler, steps, seed, batch_size
 
-    def translate(self, sar: np.ndarray, key: str, steps: int | None = None) -> np.ndarray:
-        """Translate tiles seeded by `key` (see `batch_seed`), with this model's sampler and steps unless given."""
+    def translate(self, sar: np.ndarray, key: str, steps: int | None = None, keys: Sequence[str] | None = None) -> np.ndarray:
+        """Translate tiles seeded by `key` (see `batch_seed`), or tile by tile by `keys`, with this model's sampler
+        and steps unless given."""
         return translate_tiles(self.bundle, sar, self.sampler, self.steps if steps is None else steps,
-                               seed=batch_seed(self.seed, key), batch_size=self.batch_size)
+                               seed=self.seed if keys is not None else batch_seed(self.seed, key), batch_size=self.batch_size,
+                               keys=keys)

@@ -113,9 +113,15 @@ class StripTranslator(LoadedModel):
         ok = batch["error"] == ""
         n, t = len(ok), batch["sar"].shape[-1]
         optical = np.zeros((n, 3, t, t), np.float16)
-        if ok.any():
-            first = int(np.argmax(ok))
-            optical[ok] = self.translate(batch["sar"][ok], f"{batch['scene'][first]}:{batch['row'][first]}").astype(np.float16)
+        # One forward batch per strip, each tile's noise keyed by its scene's name and window: what a tile
+        # becomes depends on nothing else (not the scene's position in this run, not its batch neighbours),
+        # so a resumed run reproduces an uninterrupted one exactly.
+        for scene, row in dict.fromkeys(zip(batch["scene"].tolist(), batch["row"].tolist())):
+            index = np.flatnonzero(ok & (batch["scene"] == scene) & (batch["row"] == row))
+            if len(index):
+                name = self.infos[scene].name
+                keys = [f"{name}:{row}:{col}" for col in batch["col"][index].tolist()]
+                optical[index] = self.translate(batch["sar"][index], "", keys=keys).astype(np.float16)
         del batch["sar"]
         return {**batch, "optical": optical}
 
