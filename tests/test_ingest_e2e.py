@@ -232,3 +232,13 @@ def test_a_pair_failing_midway_contributes_no_tile(tmp_path):
     rows = read_columns(str(store), ["sar_path"]).column("sar_path").to_pylist()
     assert rows == [str(good_sar)] * 4
     assert not (store / STAGING_DIR).exists() or not any((store / STAGING_DIR).iterdir())
+
+
+def test_an_undecodable_csv_is_named_and_the_rest_is_ingested(ray_cluster, tmp_path):
+    good = write_paired_folders(tmp_path / "good", n=2, size=64)
+    latin1 = tmp_path / "lists.csv"
+    latin1.write_bytes("sar,optical\n/data/caf\xe9_vv.tif,/data/caf\xe9_rgb.tif\n".encode("latin-1"))
+    result = runner.invoke(app, ["data", "ingest", str(good), str(latin1), "--out", str(tmp_path / "store"), "--tile-size", "32"])
+    assert result.exit_code == 0, result.output
+    assert f"{latin1}: cannot read this source: not UTF-8 text (byte 0xe9 at offset 21)" in result.output
+    assert sum(split_counts(str(tmp_path / "store")).values()) == 8

@@ -3,6 +3,7 @@ rio-cogeo), resume, per-scene errors, the real Sentinel-1 samples, and s3:// thr
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -241,3 +242,28 @@ def test_a_run_killed_midway_resumes_to_the_same_outputs_without_partial_files(r
     for source in sources:
         with rasterio.open(out / source.name) as resumed, rasterio.open(straight / source.name) as uninterrupted:
             np.testing.assert_array_equal(resumed.read(), uninterrupted.read(), err_msg=source.name)
+
+
+def test_scenes_cut_off_are_recorded_and_the_others_complete(scenes, bundles, tmp_path):
+    """COGs whose header and overviews are intact but whose full-resolution data is cut at 75%: a 640 px one
+    fails in its checks (the scale sample reads full resolution), a 1024 px one passes them (its sample
+    comes from an overview) and fails partway through its windows. Each is recorded as failed with its
+    reason, nothing partial is left, and the good scenes are written."""
+    from tests.fixtures import sar_db_scene
+
+    archive = tmp_path / "archive"
+    shutil.copytree(scenes, archive)
+    for name, side in (("cut_checks", 640), ("cut_midway", 1024)):
+        with rasterio.open(archive / f"{name}.tif", "w", driver="COG", width=side, height=side, count=1, dtype="float32",
+                           crs="EPSG:32631", transform=rasterio.transform.from_origin(600_000, 4_800_000, 10, 10),
+                           compress="deflate", blocksize=128) as dst:
+            dst.write(sar_db_scene(np.random.default_rng(4), side, side))
+        truncate(archive / f"{name}.tif", keep_fraction=0.75)
+    out = tmp_path / "out"
+    result = translate(archive, "--model", bundles["gan"], "--out", out, "--batch-size", 64)
+    assert result.exit_code == 1, result.output
+    assert "3 scene(s) translated" in result.output and "2 failed" in result.output, result.output
+    assert re.search(r"failed: .*cut_checks\.tif: cannot read it: RasterioIOError", result.output), result.output
+    assert re.search(r"failed: .*cut_midway\.tif: reading row \d+: RasterioIOError", result.output), result.output
+    assert sorted(p.name for p in out.glob("*.tif")) == sorted(p.name for p in scenes.glob("*.tif"))
+    assert not [p for p in out.rglob("*") if p.name.startswith(".tmp")]

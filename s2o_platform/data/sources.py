@@ -159,7 +159,11 @@ def _resolve_listed(path: str, csv_path: str) -> str:
 
 
 def _read_csv_rows(fs, path: str) -> list[list[str]]:
-    text = storage.read_bytes(fs, path).decode("utf-8-sig")
+    data = storage.read_bytes(fs, path)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}): save the list as UTF-8") from None
     return [row for row in csv.reader(io.StringIO(text)) if row and any(c.strip() for c in row)]
 
 
@@ -216,12 +220,17 @@ def discover_all(sources: list[str], options: storage.StorageOptions | None = No
     while i < len(sources):
         src = sources[i]
         nxt = sources[i + 1] if i + 1 < len(sources) else None
-        if src.lower().endswith(".csv") and nxt and nxt.lower().endswith(".csv") and not _has_pair_columns(src, options):
-            p, s = discover_csv_lists(src, nxt, options)
-            i += 2
-        else:
-            p, s = discover(src, options)
-            i += 1
+        try:
+            if src.lower().endswith(".csv") and nxt and nxt.lower().endswith(".csv") and not _has_pair_columns(src, options):
+                step = 2
+                p, s = discover_csv_lists(src, nxt, options)
+            else:
+                step = 1
+                p, s = discover(src, options)
+        except Exception as err:  # noqa: BLE001 - one unreadable SOURCE is recorded by name; the others go on
+            p, s = [], [SkippedItem(src, f"cannot read this source: {type(err).__name__}: {err}" if not isinstance(err, ValueError)
+                                    else f"cannot read this source: {err}")]
+        i += step
         pairs += p
         skipped += s
     return pairs, skipped

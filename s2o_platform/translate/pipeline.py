@@ -170,6 +170,9 @@ def run_translate(options: TranslateOptions, log: Callable[[str], None] = print)
         except InputError as err:
             _fail(manifest, summary, scene.uri, str(err), log)
             continue
+        except Exception as err:  # noqa: BLE001 - a read failing anywhere in the checks (a file cut off midway) is this scene's reason
+            _fail(manifest, summary, scene.uri, f"cannot read it: {type(err).__name__}: {err}", log)
+            continue
         log(f"[translate] {scene.uri}: {info.width}x{info.height} px, {info.n_tiles} tiles, SAR scale {info.scale} ({info.scale_reason})")
         infos.append(info)
     if infos:
