@@ -315,3 +315,21 @@ def test_optical_nodata_rule_declared_or_fill_region():
     square = np.zeros((20, 20), bool)
     square[2:18, 3:19] = True
     np.testing.assert_array_equal(fill_region(square), square)
+
+
+def test_plain_images_stay_in_their_own_dtype_and_windows_are_converted(tmp_path):
+    """A decoded PNG is held as uint8 (an 8th of float64's memory); only the window read is float64."""
+    from s2o_platform.data.rasters import open_optical, open_sar
+    from s2o_platform.geo.tiling import grid_windows
+
+    rng = np.random.default_rng(3)
+    fs, _ = storage.resolve(str(tmp_path))
+    sar_path = write_png(tmp_path / "s.png", sar_png(rng, 64))
+    optical_path = write_png(tmp_path / "o.png", optical_png(rng, 64))
+    with open_sar(str(sar_path), fs, None) as sar, open_optical(str(optical_path), fs) as optical:
+        assert sar.array.dtype == np.uint8 and optical.array.dtype == np.uint8
+        window = grid_windows(64, 64, 32)[3]
+        tile = optical.read(window)
+        assert tile.dtype == np.float64 and tile.shape == (3, 32, 32)
+        np.testing.assert_array_equal(tile, optical.array[:, 32:, 32:])
+        assert sar.sample().dtype == np.float64

@@ -51,7 +51,9 @@ class Raster:
     crs: str | None = None
     transform: AffineCoefficients | None = None
     units_hint: str | None = None
-    array: np.ndarray | None = None  # (bands, rows, cols) float64 with NaN nodata, for plain images
+    # Plain images (PNG, JPEG): the decoded (bands, rows, cols) array in its own dtype (uint8: an 8th of
+    # float64's memory); reads convert only the window asked for.
+    array: np.ndarray | None = None
     _reader: object = None  # callable(window) -> array, for rasterio-backed rasters
 
     @property
@@ -61,17 +63,17 @@ class Raster:
     def read(self, window: Window | None = None) -> np.ndarray:
         if self.array is not None:
             if window is None:
-                return self.array
+                return self.array.astype(np.float64)
             return self.array[
                 :, window.row_off : window.row_off + window.height, window.col_off : window.col_off + window.width
-            ]
+            ].astype(np.float64)
         return self._reader(window)  # type: ignore[operator]
 
     def sample(self, max_side: int = 512) -> np.ndarray:
         """A decimated read of the whole raster (for scale detection and all-nodata checks)."""
         if self.array is not None:
             step = max(1, max(self.height, self.width) // max_side)
-            return self.array[:, ::step, ::step]
+            return self.array[:, ::step, ::step].astype(np.float64)
         return self._reader(None, max_side)  # type: ignore[operator,call-arg]
 
 
@@ -270,7 +272,7 @@ def open_sar(path: str, fs: pafs.FileSystem, band: str | int | None = None) -> I
                 array = array[:1]  # grey stored as RGB
             else:
                 raise InputError(f"wrong band count for SAR: {path} has {array.shape[0]} colour channels")
-        yield Raster(array.shape[1], array.shape[2], str(array.dtype), array=array.astype(np.float64))
+        yield Raster(array.shape[1], array.shape[2], str(array.dtype), array=array)
         return
     with contextlib.ExitStack() as stack, _open_rasterio(path, fs) as ds:
         index = _select_sar_band(ds, path, band)
@@ -298,7 +300,7 @@ def open_optical(path: str, fs: pafs.FileSystem, onto: Raster | None = None) -> 
         array = _decode_plain(storage.read_bytes(fs, path), path)
         if array.shape[0] not in (3, 4):
             raise InputError(f"wrong band count for optical: {path} has {array.shape[0]} channel(s), expected RGB")
-        yield Raster(array.shape[1], array.shape[2], str(array.dtype), array=array[:3].astype(np.float64))
+        yield Raster(array.shape[1], array.shape[2], str(array.dtype), array=np.ascontiguousarray(array[:3]))
         return
     with contextlib.ExitStack() as stack:
         if info.type == pafs.FileType.Directory:
@@ -349,7 +351,7 @@ def open_labels(path: str, fs: pafs.FileSystem, onto: Raster | None = None) -> I
         raise InputError(f"label file not found: {path}")
     if _suffix(path) in PLAIN_IMAGE_SUFFIXES:
         array = _decode_class_image(storage.read_bytes(fs, path), path)
-        yield Raster(array.shape[1], array.shape[2], str(array.dtype), array=array.astype(np.float64))
+        yield Raster(array.shape[1], array.shape[2], str(array.dtype), array=array)
         return
     with contextlib.ExitStack() as stack, _open_rasterio(path, fs) as ds:
         if ds.count != 1:
