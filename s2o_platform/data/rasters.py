@@ -105,7 +105,6 @@ def _decode_plain(data: bytes, path: str) -> np.ndarray:
 def _open_rasterio(path: str, fs: pafs.FileSystem) -> Iterator[object]:
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
-    from rasterio.io import MemoryFile
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -113,10 +112,11 @@ def _open_rasterio(path: str, fs: pafs.FileSystem) -> Iterator[object]:
             if isinstance(fs, pafs.LocalFileSystem):
                 ds = rasterio.open(path)
             else:
-                data = storage.read_bytes(fs, path)
-                if not data:
+                if fs.get_file_info(path).size == 0:
                     raise InputError(f"empty file: {path}")
-                ds = MemoryFile(data).open()
+                # Object storage: GDAL reads through the filesystem's random-access file, fetching only the
+                # byte ranges a window needs (a COG's tiles), never the whole object into memory.
+                ds = rasterio.open(path, opener=lambda p, mode="rb": fs.open_input_file(p))
         except RasterioIOError as err:
             raise InputError(f"cannot open raster {path}: {err}") from None
         except FileNotFoundError:
