@@ -18,13 +18,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from s2o_platform import storage
 from s2o_platform.data.normalization import OpticalNormalization, SarNormalization
@@ -86,22 +89,55 @@ class BundleMetadata:
         )
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str) -> BundleMetadata:
+    def from_dict(cls, d: Any, where: str) -> BundleMetadata:
+        """Validated metadata (`BundleFile`: types, ranges, the normalisations' own rules); any problem is one
+        BundleError naming the field."""
+        if not isinstance(d, dict):
+            raise BundleError(f"corrupt bundle metadata in {where}: {BUNDLE_FILE} holds a {type(d).__name__}, not an object")
         if d.get("format") != BUNDLE_FORMAT:
             raise BundleError(f"{where} is not an s2o inference bundle (format {d.get('format')!r})")
-        if int(d.get("format_version", 0)) > BUNDLE_FORMAT_VERSION:
-            raise BundleError(f"{where} has bundle format {d['format_version']}, newer than this s2o-platform reads")
-        if d.get("stage") not in STAGES:
-            raise BundleError(f"{where} has unknown stage {d.get('stage')!r}")
+        try:
+            checked = BundleFile.model_validate(d)
+            sar = SarNormalization.from_dict(checked.sar_normalization)
+            optical = OpticalNormalization.from_dict(checked.optical_normalization)
+        except ValidationError as err:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in err.errors())
+            raise BundleError(f"corrupt bundle metadata in {where}: {problems}") from None
+        except (ValueError, TypeError, KeyError) as err:
+            raise BundleError(f"corrupt bundle metadata in {where}: normalisation: {err}") from None
+        if checked.format_version > BUNDLE_FORMAT_VERSION:
+            raise BundleError(f"{where} has bundle format {checked.format_version}, newer than this s2o-platform reads")
         return cls(
-            stage=d["stage"],
-            tile_size=int(d["tile_size"]),
-            sar_channels=int(d["sar_channels"]),
-            sar_normalization=SarNormalization.from_dict(d["sar_normalization"]),
-            optical_normalization=OpticalNormalization.from_dict(d["optical_normalization"]),
-            sampler=SamplerSpec(**d["sampler"]),
-            model_card=dict(d.get("model_card", {})),
+            stage=checked.stage,
+            tile_size=checked.tile_size,
+            sar_channels=checked.sar_channels,
+            sar_normalization=sar,
+            optical_normalization=optical,
+            sampler=SamplerSpec(**checked.sampler.model_dump()),
+            model_card=dict(checked.model_card),
         )
+
+
+class SamplerFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: Literal["ddpm", "ddim", "lcm", "direct"]
+    default_steps: int = Field(ge=1, le=1000)
+    allowed: list[Literal["ddpm", "ddim", "lcm", "direct"]] = Field(min_length=1)
+
+
+class BundleFile(BaseModel):
+    """The schema of s2o_bundle.json (strict types: a string where a number belongs is an error)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    format: Literal["s2o-bundle"]
+    format_version: int = Field(ge=1)
+    stage: Literal["teacher", "student", "gan"]
+    tile_size: int = Field(ge=8, le=8192, description="the network's tile side, px")
+    sar_channels: int = Field(ge=1, le=16)
+    sar_normalization: dict[str, Any]
+    optical_normalization: dict[str, Any]
+    sampler: SamplerFile
+    model_card: dict[str, Any] = Field(default_factory=dict)
 
 
 @dataclass
@@ -122,17 +158,35 @@ def write_bundle(
     scheduler,
     resolved_config_yaml: str,
 ) -> Path:
-    """Write a bundle into `directory` (created; existing content replaced). `scheduler` may be None (GAN)."""
+    """Write a bundle into `directory` (created; existing content replaced). `scheduler` may be None (GAN).
+
+    Written whole into a sibling folder, every file fsync'ed, then swapped in: a crash leaves the old bundle
+    or the new one, never half of one."""
     directory = Path(directory)
-    if directory.exists():
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
-    model.save_pretrained(directory / MODEL_FOLDER[metadata.stage], safe_serialization=True)
-    if scheduler is not None:
-        scheduler.save_pretrained(directory / "scheduler")
-    (directory / "config.yaml").write_text(resolved_config_yaml)
-    (directory / BUNDLE_FILE).write_text(json.dumps(metadata.to_dict(), indent=2))
-    (directory / "README.md").write_text(model_card_markdown(metadata))
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = directory.parent / f".tmp-{directory.name}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        model.save_pretrained(staging / MODEL_FOLDER[metadata.stage], safe_serialization=True)
+        if scheduler is not None:
+            scheduler.save_pretrained(staging / "scheduler")
+        (staging / "config.yaml").write_text(resolved_config_yaml)
+        (staging / BUNDLE_FILE).write_text(json.dumps(metadata.to_dict(), indent=2))
+        (staging / "README.md").write_text(model_card_markdown(metadata))
+        for path in sorted(staging.rglob("*")):
+            if path.is_file():
+                with open(path, "rb+") as f:
+                    os.fsync(f.fileno())
+        old = directory.parent / f".old-{directory.name}-{uuid.uuid4().hex[:8]}"
+        if directory.exists():
+            directory.rename(old)
+        staging.rename(directory)
+        storage.fsync_folder(str(directory.parent))
+        if old.exists():
+            shutil.rmtree(old)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
     return directory
 
 
@@ -154,11 +208,21 @@ def _local_copy(uri: str, options: storage.StorageOptions | None) -> tuple[str, 
     if not storage.is_uri(uri) or uri.startswith("file://"):
         return str(storage.resolve(uri)[1]), None
     fs, root = storage.resolve(uri, options)
+    paths = storage.list_files(fs, root)
+    keys = [path[len(root) :].removeprefix("/") for path in paths]
+    unsafe = [key for key in keys if not storage.is_safe_relative_key(key)]
+    if unsafe:  # checked before anything is written: such a key would land outside the download folder
+        raise BundleError(f"{uri} holds the object key {unsafe[0]!r} ('..' or an absolute part), which would be written "
+                          f"outside the bundle's download folder; a bundle never has such keys: remove or rename that object")
     tmp = tempfile.TemporaryDirectory(prefix="s2o-bundle-")
-    for path in storage.list_files(fs, root):
-        target = Path(tmp.name) / path[len(root) :].lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(storage.read_bytes(fs, path))
+    try:
+        for path, key in zip(paths, keys):
+            target = Path(tmp.name) / key
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(storage.read_bytes(fs, path))
+    except BaseException:
+        tmp.cleanup()  # a download cut off leaves no half bundle in the temp folder
+        raise
     return tmp.name, tmp
 
 
@@ -169,9 +233,76 @@ def read_bundle_metadata(uri: str, options: storage.StorageOptions | None = None
     except (FileNotFoundError, OSError):
         raise BundleError(f"no inference bundle at {uri}: {BUNDLE_FILE} is missing (a bundle is a training run's OUT/bundle)") from None
     try:
-        return BundleMetadata.from_dict(json.loads(raw), uri)
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise BundleError(f"corrupt bundle metadata in {uri}: {err}") from None
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BundleError(f"corrupt bundle metadata in {uri}: {BUNDLE_FILE} is not JSON ({err})") from None
+    return BundleMetadata.from_dict(data, uri)
+
+
+#: Weight files in pickle-based formats: never loaded (a pickle runs code when it is read).
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def check_safetensors_header(fs, path: str, where: str) -> int:
+    """Validate a safetensors file without loading it: the JSON header, each tensor's dtype, shape and byte
+    range inside the file. Returns the number of tensors."""
+    size = fs.get_file_info(path).size
+    with fs.open_input_file(path) as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise BundleError(f"{where}: {path} is not a safetensors file (shorter than its 8-byte header length)")
+        n = int.from_bytes(head, "little")
+        if n <= 0 or 8 + n > size or n > 100 * 2**20:
+            raise BundleError(f"{where}: {path} is not a valid safetensors file (header length {n} for a {size}-byte file)")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise BundleError(f"{where}: {path} has a corrupt safetensors header ({err})") from None
+    data_size = size - 8 - n
+    tensors = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            itemsize = SAFETENSORS_DTYPES[entry["dtype"]]
+            start, end = (int(v) for v in entry["data_offsets"])
+            count = 1
+            for dim in entry["shape"]:
+                count *= int(dim)
+        except (KeyError, TypeError, ValueError):
+            raise BundleError(f"{where}: {path} tensor {name!r} has a malformed header entry {entry!r}") from None
+        if not 0 <= start <= end <= data_size or end - start != count * itemsize:
+            raise BundleError(f"{where}: {path} tensor {name!r} lies outside the file or does not match its shape "
+                              "(a truncated or damaged download?)")
+        tensors += 1
+    if tensors == 0:
+        raise BundleError(f"{where}: {path} holds no tensors")
+    return tensors
+
+
+def check_bundle(uri: str, options: storage.StorageOptions | None = None) -> BundleMetadata:
+    """Everything about a bundle that can be checked without loading it, for every command's pre-flight: the
+    validated metadata, the network's config, safetensors weights with sound headers (never pickles), and
+    the noise schedule a diffusion bundle needs. Raises BundleError with one line naming the problem."""
+    metadata = read_bundle_metadata(uri, options)
+    fs, root = storage.resolve(uri, options)
+    folder = storage.join(root, MODEL_FOLDER[metadata.stage])
+    files = storage.list_files(fs, folder)
+    names = [p.rsplit("/", 1)[-1] for p in files]
+    weights = [p for p in files if p.endswith(".safetensors")]
+    if not weights:
+        pickled = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
+        why = f"only pickled weights ({', '.join(pickled)}), which are never loaded" if pickled else "no weights"
+        raise BundleError(f"{uri} has {why} in {MODEL_FOLDER[metadata.stage]}/: a bundle's network must be safetensors "
+                          "(diffusers save_pretrained(..., safe_serialization=True))")
+    if "config.json" not in names:
+        raise BundleError(f"{uri} has no {MODEL_FOLDER[metadata.stage]}/config.json (the network's architecture)")
+    for path in weights:
+        check_safetensors_header(fs, path, uri)
+    if metadata.stage != "gan" and not storage.exists(fs, storage.join(root, "scheduler", "scheduler_config.json")):
+        raise BundleError(f"{uri} has no scheduler/scheduler_config.json: a {metadata.stage} bundle needs its noise schedule")
+    return metadata
 
 
 def bundle_digest(uri: str, options: storage.StorageOptions | None = None) -> str:

@@ -252,7 +252,7 @@ RequiredConfigOption = Annotated[Path, typer.Option("--config", help="YAML prese
 def _train(stage: str, config: Path, set_: list[str] | None, data: str, out: str, address: str | None, s3_endpoint: str | None, extra: dict | None = None) -> None:
     from s2o_platform import storage
     from s2o_platform.config import ConfigError, load_config
-    from s2o_platform.train.harness import get_stage
+    from s2o_platform.train.runtime import get_stage
 
     model = get_stage(stage).config_model
     try:
@@ -263,10 +263,14 @@ def _train(stage: str, config: Path, set_: list[str] | None, data: str, out: str
     from s2o_platform.ray_cluster import connect
     from s2o_platform.train.launcher import TrainingSetupError, run_training
 
+    try:
+        tile_size = _tile_size(cfg, extra)  # for distillation: the teacher bundle, checked before Ray starts
+    except BundleError as err:
+        fail(str(err))
     typer.echo(f"[{stage}] training on {connect(address)}; run folder {out}", err=True)
     try:
         result = run_training(
-            stage, cfg, data, out, tile_size=_tile_size(cfg, extra), extra=extra, options=storage.StorageOptions.from_env(s3_endpoint),
+            stage, cfg, data, out, tile_size=tile_size, extra=extra, options=storage.StorageOptions.from_env(s3_endpoint),
             log=lambda m: typer.echo(m, err=True),
         )
     except (TrainingSetupError, BundleError) as err:
@@ -281,9 +285,9 @@ def _tile_size(cfg, extra: dict | None) -> int:
     for section in ("model", "generator"):
         if hasattr(cfg, section):
             return getattr(cfg, section).sample_size
-    from s2o_platform.bundle import read_bundle_metadata
+    from s2o_platform.bundle import check_bundle
 
-    return read_bundle_metadata(extra["teacher"]).tile_size
+    return check_bundle(extra["teacher"]).tile_size
 
 
 @train_app.command("teacher")

@@ -137,7 +137,7 @@ class Demo:
     def train(self, stage: str, config_file: str, data: str, out: str, steps: int, overrides: list[str],
               extra: dict | None = None) -> dict[str, Any]:
         from s2o_platform.config import load_config
-        from s2o_platform.train.harness import get_stage
+        from s2o_platform.train.runtime import get_stage
         from s2o_platform.train.launcher import run_training
 
         p = self.preset

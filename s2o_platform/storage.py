@@ -9,6 +9,7 @@ passed in task arguments or written to disk by the platform.
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from dataclasses import dataclass
 from urllib.parse import urlparse
@@ -52,6 +53,18 @@ def resolve(uri: str, options: StorageOptions | None = None) -> tuple[pafs.FileS
     raise ValueError(f"unsupported URI scheme {parsed.scheme!r} in {uri!r}: use a local path or s3://bucket/prefix")
 
 
+def is_safe_relative_key(key: str) -> bool:
+    """Whether an object key taken relative to a prefix stays inside a folder when used as a relative path.
+
+    Object stores accept any key ('a/../../etc/x', '/x', 'C:/x'); joined to a local folder or to DEST such a
+    key escapes it. Safe: not empty, no leading '/' or '\\', no drive ('C:'), no '..' segment, no NUL;
+    '\\' counts as a separator too, as it does on Windows.
+    """
+    if not key or "\0" in key or key[0] in "/\\" or re.match(r"[A-Za-z]:", key):
+        return False
+    return ".." not in re.split(r"[/\\]", key)
+
+
 def join(base: str, *parts: str) -> str:
     """Join path parts with '/', the separator of both local paths here and object keys."""
     return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
@@ -65,15 +78,19 @@ def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
 def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     """Write a file so that readers see either the old content or the new, never a partial file.
 
-    Local files: write a temporary sibling, then rename. Object stores: a single PUT is atomic.
+    Local files: write a temporary sibling, fsync it, rename, fsync the folder (so a power cut leaves the old
+    file or the whole new one, never a renamed empty one). Object stores: a single PUT is atomic.
     """
     parent = path.rsplit("/", 1)[0]
     fs.create_dir(parent, recursive=True)
     if isinstance(fs, pafs.LocalFileSystem):
         tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
-        with fs.open_output_stream(tmp) as f:
+        with open(tmp, "wb") as f:
             f.write(data)
-        fs.move(tmp, path)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_folder(parent)
     else:
         with fs.open_output_stream(path) as f:
             f.write(data)
@@ -113,9 +130,30 @@ def put_file_atomic(local_path: str, fs: pafs.FileSystem, path: str) -> None:
     """Copy a local file to `path` so that readers never see a partial file (streamed, not loaded whole)."""
     parent = path.rsplit("/", 1)[0]
     fs.create_dir(parent, recursive=True)
-    target = f"{parent}/.tmp-{uuid.uuid4().hex}" if isinstance(fs, pafs.LocalFileSystem) else path
-    with open(local_path, "rb") as src, fs.open_output_stream(target) as dst:
+    if isinstance(fs, pafs.LocalFileSystem):
+        target = f"{parent}/.tmp-{uuid.uuid4().hex}"
+        with open(local_path, "rb") as src, open(target, "wb") as dst:
+            while chunk := src.read(8 << 20):
+                dst.write(chunk)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(target, path)
+        fsync_folder(parent)
+        return
+    with open(local_path, "rb") as src, fs.open_output_stream(path) as dst:
         while chunk := src.read(8 << 20):
             dst.write(chunk)
-    if target != path:
-        fs.move(target, path)
+
+
+def fsync_folder(path: str) -> None:
+    """Make a rename inside a local folder durable (POSIX: the folder's entry is data too)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on folders
+    finally:
+        os.close(fd)

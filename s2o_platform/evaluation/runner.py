@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import torch
 
 from s2o_platform import storage
-from s2o_platform.bundle import Bundle, BundleError, BundleMetadata, load_bundle, read_bundle_metadata, read_scheduler_config
+from s2o_platform.bundle import Bundle, BundleError, BundleMetadata, check_bundle, load_bundle, read_scheduler_config
 from s2o_platform.data.store import (
     SPLITS,
     TILE_SCHEMA,
@@ -110,7 +110,7 @@ def plan(options: EvalOptions) -> tuple[StoreMetadata, list[PlannedSetting]]:
     for s in settings:
         if s.bundle not in metadata_cache:
             try:
-                metadata_cache[s.bundle] = (read_bundle_metadata(s.bundle, options.storage), read_scheduler_config(s.bundle, options.storage))
+                metadata_cache[s.bundle] = (check_bundle(s.bundle, options.storage), read_scheduler_config(s.bundle, options.storage))
             except BundleError as err:
                 raise EvalError(f"--model {s.name}: {err}") from None
             check_fits_store(metadata_cache[s.bundle][0], s.bundle, store, options.data)

@@ -258,8 +258,8 @@ def application(settings: ServeSettings, deployment_options: dict[str, Any] | No
 
 def build_app(args: dict[str, Any]):
     """Application builder for serve/config.yaml's `import_path` (`serve run` / `serve deploy` / KubeRay)."""
-    from s2o_platform.bundle import read_bundle_metadata
+    from s2o_platform.bundle import check_bundle
 
     settings = settings_from_args(args)
-    read_bundle_metadata(settings.model)  # a missing or broken bundle is said here, before replicas start
+    check_bundle(settings.model)  # a missing or broken bundle is said here, before replicas start
     return application(settings)

@@ -38,7 +38,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 def plan_serving(config: str | Path = DEFAULT_CONFIG, model: str | None = None, host: str | None = None,
                  port: int | None = None, overrides: dict[str, Any] | None = None) -> ServingPlan:
     """Read and check everything before Ray starts: the config, the settings and the bundle."""
-    from s2o_platform.bundle import BundleError, read_bundle_metadata
+    from s2o_platform.bundle import BundleError, check_bundle
     from s2o_platform.serving.app import DEPLOYMENT
 
     schema = load_serve_config(config)
@@ -48,7 +48,7 @@ def plan_serving(config: str | Path = DEFAULT_CONFIG, model: str | None = None, 
         raise ServeConfigError("no model bundle: pass --model BUNDLE (or set args.model in the Serve config)")
     settings = settings_from_args(args)
     try:
-        read_bundle_metadata(settings.model)
+        check_bundle(settings.model)
     except BundleError as err:
         raise ServeConfigError(str(err)) from None
     options: dict[str, Any] = {}

@@ -135,10 +135,10 @@ def check_store(data: str, tile_size: int, options: storage.StorageOptions | Non
 
 def check_teacher_bundle(teacher: str, store: StoreMetadata, data: str, options: storage.StorageOptions | None) -> None:
     """A distillation teacher must be a teacher bundle made for this store's tiles and normalisation."""
-    from s2o_platform.bundle import BundleError, read_bundle_metadata
+    from s2o_platform.bundle import BundleError, check_bundle
 
     try:
-        meta = read_bundle_metadata(teacher, options)
+        meta = check_bundle(teacher, options)
     except BundleError as err:
         raise TrainingSetupError(str(err)) from None
     if meta.stage != "teacher":

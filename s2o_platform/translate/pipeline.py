@@ -7,11 +7,15 @@
 Order is preserved end to end so each scene's mosaic receives its tiles row by row and holds at most
 two window rows (memory bounded by scene width, not area). A scene that cannot be read is recorded as
 failed with its reason; the others go on. Scenes already done (manifest + output present) are skipped.
+One run at a time writes into a DEST (its lock), and a run first removes what a killed one left in its work
+folder (translate/manifest.py).
 """
 
 from __future__ import annotations
 
-import tempfile
+import os
+import posixpath
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,14 +23,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from s2o_platform import storage
-from s2o_platform.bundle import read_bundle_metadata
+from s2o_platform.bundle import check_bundle
 from s2o_platform.data.normalization import SarScale
 from s2o_platform.data.rasters import InputError
 from s2o_platform.evaluation.speed import DTYPES
 from s2o_platform.inference import LoadedModel, resolve_sampler_for
-from s2o_platform.translate.manifest import Manifest, SceneRecord
+from s2o_platform.translate.manifest import DestLock, DestLockedError, Manifest, SceneRecord, remove_leftovers, work_folder
 from s2o_platform.translate.scene import SceneInfo, SceneReader, inspect_scene
-from s2o_platform.translate.sources import discover_scenes
+from s2o_platform.translate.sources import Scene, discover_scenes
 from s2o_platform.translate.writer import OUTPUT_DTYPES, SceneWriter
 
 
@@ -127,7 +131,7 @@ class StripTranslator(LoadedModel):
 
 
 def check_options(options: TranslateOptions):
-    metadata = read_bundle_metadata(options.model, options.storage)
+    metadata = check_bundle(options.model, options.storage)
     if metadata.sar_channels != 1:
         raise TranslateError(f"{options.model} takes {metadata.sar_channels} SAR channels; archive translation reads one band (--band)")
     _, steps = resolve_sampler_for(metadata, options.model, None, options.steps)
@@ -147,20 +151,65 @@ def check_options(options: TranslateOptions):
 
 
 def run_translate(options: TranslateOptions, log: Callable[[str], None] = print) -> TranslateSummary:
+    """Translate the scenes of options.source into options.dest, holding DEST's lock for the whole run (a
+    second run into DEST stops with TranslateError) and starting from a DEST cleared of a killed run's work."""
     from s2o_platform.bundle import BundleError
     from s2o_platform.translate.sources import SourceError
 
     try:
         metadata, steps, overlap = check_options(options)
-        scenes = discover_scenes(options.source, options.storage)
+        scenes = discover_scenes(options.source, options.storage, dest=options.dest)
     except (BundleError, SourceError) as err:
         raise TranslateError(str(err)) from None
     started = time.perf_counter()
     summary = TranslateSummary()
-    manifest = Manifest(options.dest, options.storage)
+    lock = DestLock(options.dest, options.storage, log)
+    try:
+        lock.acquire()
+    except DestLockedError as err:
+        raise TranslateError(str(err)) from None
+    workdir = work_folder(options.dest, options.storage)
+    try:
+        removed = remove_leftovers(options.dest, options.storage, {posixpath.dirname(s.name) for s in scenes if not s.refused})
+        if removed:
+            log(f"[translate] removed leftovers of an earlier run that did not finish: {', '.join(removed[:3])}"
+                + (f" and {len(removed) - 3} more" if len(removed) > 3 else ""))
+        os.makedirs(workdir)
+        manifest = Manifest(options.dest, options.storage, log)
+        try:
+            _translate_scenes(scenes, metadata, steps, overlap, options, manifest, summary, workdir, log)
+        finally:
+            try:
+                manifest.compact()
+            except Exception as err:  # noqa: BLE001 - every record is already written; compacting only tidies them
+                log(f"[translate] warning: could not compact {manifest.shown} ({type(err).__name__}: {err}); "
+                    f"its records stay as written")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        lock.release()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _output_is_the_scene(scene: Scene, options: TranslateOptions, dest_root: str) -> bool:
+    """DEST/<name>.tif is the scene itself (DEST = the scene's folder): translating would overwrite the input."""
+    if storage.is_uri(options.dest) or storage.is_uri(scene.uri):
+        return storage.join(options.dest, scene.output_name) == scene.uri
+    return os.path.realpath(storage.join(dest_root, scene.output_name)) == os.path.realpath(scene.uri)
+
+
+def _translate_scenes(scenes: list[Scene], metadata, steps, overlap, options: TranslateOptions, manifest: Manifest,
+                      summary: TranslateSummary, workdir: str, log) -> None:
     dest_fs, dest_root = storage.resolve(options.dest, options.storage)
     infos: list[SceneInfo] = []
     for scene in scenes:
+        if scene.refused:
+            _fail(manifest, summary, scene.uri, scene.refused, log)
+            continue
+        if _output_is_the_scene(scene, options, dest_root):
+            _fail(manifest, summary, scene.uri, f"its output {scene.output_name} in {options.dest} would overwrite the scene "
+                                                f"itself: choose another --out", log)
+            continue
         if manifest.is_done(scene.uri):
             summary.skipped.append(scene.uri)
             continue
@@ -176,9 +225,7 @@ def run_translate(options: TranslateOptions, log: Callable[[str], None] = print)
         log(f"[translate] {scene.uri}: {info.width}x{info.height} px, {info.n_tiles} tiles, SAR scale {info.scale} ({info.scale_reason})")
         infos.append(info)
     if infos:
-        _stream(infos, options, steps, manifest, summary, dest_fs, dest_root, log)
-    summary.seconds = time.perf_counter() - started
-    return summary
+        _stream(infos, options, steps, manifest, summary, dest_fs, dest_root, workdir, log)
 
 
 def _fail(manifest: Manifest, summary: TranslateSummary, uri: str, reason: str, log, tiles: int = 0) -> None:
@@ -187,7 +234,7 @@ def _fail(manifest: Manifest, summary: TranslateSummary, uri: str, reason: str, 
     log(f"[translate] FAILED {uri}: {reason}")
 
 
-def _stream(infos, options, steps, manifest, summary, dest_fs, dest_root, log) -> None:
+def _stream(infos, options, steps, manifest, summary, dest_fs, dest_root, workdir, log) -> None:
     import ray
     import ray.data
     from tqdm import tqdm
@@ -220,44 +267,43 @@ def _stream(infos, options, steps, manifest, summary, dest_fs, dest_root, log) -
     progress = tqdm(total=sum(i.n_tiles for i in infos), unit="tile", disable=not options.progress, desc="translate")
     scene_started: dict[int, float] = {}
     first_tile_at = None
-    with tempfile.TemporaryDirectory(prefix="s2o-translate-") as workdir:
-        try:
-            for batch in translated.iter_batches(batch_format="numpy", batch_size=None):
-                for k in range(len(batch["scene"])):
-                    i = int(batch["scene"][k])
-                    if i in failed:
-                        continue
-                    info = infos[i]
-                    if batch["error"][k]:
-                        failed.add(i)
-                        if i in writers:
-                            writers.pop(i).abort()
-                        _fail(manifest, summary, info.uri, f"reading row {int(batch['row'][k])}: {batch['error'][k]}", log)
-                        continue
-                    if first_tile_at is None:
-                        first_tile_at = time.perf_counter()
-                    if i not in writers:
-                        scene_started[i] = time.perf_counter()
-                        writers[i] = SceneWriter(info, workdir, options.output_dtype)
-                    writers[i].add(int(batch["row"][k]), int(batch["col"][k]), batch["optical"][k], batch["valid"][k])
-                    received[i] += 1
-                    summary.tiles += 1
-                    progress.update(1)
-                    if received[i] == info.n_tiles:
-                        _complete(i, infos, writers, manifest, summary, dest_fs, dest_root, options.dest if storage.is_uri(options.dest) else dest_root, scene_started, log)
-                        finished.add(i)
-        except Exception as err:  # noqa: BLE001 - the pipeline itself broke: record what was left, keep what is done
-            for i, info in enumerate(infos):
-                if i not in finished and i not in failed:
+    try:
+        for batch in translated.iter_batches(batch_format="numpy", batch_size=None):
+            for k in range(len(batch["scene"])):
+                i = int(batch["scene"][k])
+                if i in failed:
+                    continue
+                info = infos[i]
+                if batch["error"][k]:
+                    failed.add(i)
                     if i in writers:
                         writers.pop(i).abort()
-                    _fail(manifest, summary, info.uri, f"pipeline error: {type(err).__name__}: {err}", log)
-        finally:
-            progress.close()
-            for writer in writers.values():
-                writer.abort()
-            if first_tile_at is not None:
-                summary.stream_seconds = time.perf_counter() - first_tile_at
+                    _fail(manifest, summary, info.uri, f"reading row {int(batch['row'][k])}: {batch['error'][k]}", log)
+                    continue
+                if first_tile_at is None:
+                    first_tile_at = time.perf_counter()
+                if i not in writers:
+                    scene_started[i] = time.perf_counter()
+                    writers[i] = SceneWriter(info, workdir, options.output_dtype)
+                writers[i].add(int(batch["row"][k]), int(batch["col"][k]), batch["optical"][k], batch["valid"][k])
+                received[i] += 1
+                summary.tiles += 1
+                progress.update(1)
+                if received[i] == info.n_tiles:
+                    _complete(i, infos, writers, manifest, summary, dest_fs, dest_root, options.dest if storage.is_uri(options.dest) else dest_root, scene_started, log)
+                    finished.add(i)
+    except Exception as err:  # noqa: BLE001 - the pipeline itself broke: record what was left, keep what is done
+        for i, info in enumerate(infos):
+            if i not in finished and i not in failed:
+                if i in writers:
+                    writers.pop(i).abort()
+                _fail(manifest, summary, info.uri, f"pipeline error: {type(err).__name__}: {err}", log)
+    finally:
+        progress.close()
+        for writer in writers.values():
+            writer.abort()
+        if first_tile_at is not None:
+            summary.stream_seconds = time.perf_counter() - first_tile_at
 
 
 def _complete(i, infos, writers, manifest, summary, dest_fs, dest_root, dest_uri, scene_started, log) -> None:

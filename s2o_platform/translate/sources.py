@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ class SourceError(ValueError):
 class Scene:
     uri: str  # local path or s3://bucket/key
     name: str  # relative name, '/'-separated, without suffix: the output is DEST/<name>.tif
+    refused: str | None = None  # why it cannot be translated (recorded as failed; the others go on)
 
     @property
     def output_name(self) -> str:
@@ -34,20 +36,72 @@ def _strip_suffix(path: str) -> str:
     return path.rsplit(".", 1)[0]
 
 
-def discover_scenes(source: str, options: storage.StorageOptions | None = None) -> list[Scene]:
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def _real(path: str) -> str:
+    return os.path.realpath(os.path.expanduser(path))
+
+
+def _glob_root(pattern: str) -> str:
+    """The folder a glob searches: its leading components without wildcards."""
+    return os.sep.join(itertools.takewhile(lambda p: not glob.has_magic(p), pattern.split(os.sep))) or "."
+
+
+def _searched_dest(searched: str, dest: str | None) -> str | None:
+    """DEST, when it lies strictly inside the folder searched for scenes: what is under it are this command's
+    outputs (and work files), never scenes. A SOURCE inside DEST is the input, and stays so."""
+    if dest is not None and dest.startswith("file://"):
+        dest = storage.resolve(dest)[1]
+    if dest is None or storage.is_uri(dest) != storage.is_uri(searched):
+        return None
+    if storage.is_uri(dest):
+        if dest.split("://", 1)[0] != searched.split("://", 1)[0]:
+            return None
+        dest_key, searched_key = dest.split("://", 1)[1].rstrip("/"), searched.split("://", 1)[1].rstrip("/")
+    else:
+        dest_key, searched_key = _real(dest), _real(searched)
+    return dest_key if dest_key != searched_key and _inside(dest_key, searched_key) else None
+
+
+def _prefix_scene(scheme: str, source: str, root: str, path: str) -> Scene:
+    """A scene under an object-store prefix, named by its key relative to the prefix; a key with '..' or an
+    absolute part would put its output outside DEST, so it is refused (by name) instead."""
+    key = path[len(root):].removeprefix("/") or os.path.basename(path)
+    uri = f"{scheme}://{path}"
+    if not storage.is_safe_relative_key(key):
+        return Scene(uri, key, refused=f"its key {key!r} under {source} has '..' or an absolute part, so its output would "
+                                       f"be written outside DEST; rename the object (keys are relative paths)")
+    return Scene(uri, _strip_suffix(key))
+
+
+def discover_scenes(source: str, options: storage.StorageOptions | None = None, dest: str | None = None) -> list[Scene]:
     """GeoTIFF scenes named by `source`: a folder (searched recursively), a glob pattern, a text file
-    listing one path or URI per line ('#' comments), an s3:// prefix, or a single GeoTIFF."""
+    listing one path or URI per line ('#' comments), an s3:// prefix, or a single GeoTIFF.
+
+    `dest`: the output folder; when it lies inside the folder, glob root or prefix searched, the files under it
+    are left out (else every re-run would take its own outputs for scenes). Listed and single files are taken
+    as named."""
     if storage.is_uri(source) and not source.startswith("file://"):
         fs, root = storage.resolve(source, options)
         scheme = source.split("://", 1)[0]
         files = [p for p in storage.list_files(fs, root) if _is_tiff(p)]
-        scenes = [Scene(f"{scheme}://{p}", _strip_suffix(p[len(root):].lstrip("/") or os.path.basename(p))) for p in files]
+        outputs = _searched_dest(f"{scheme}://{root}", dest)
+        scenes = [_prefix_scene(scheme, source, root, p) for p in files if not (outputs and _inside(p, outputs))]
     elif any(ch in source for ch in "*?["):
-        files = sorted(p for p in glob.glob(source, recursive=True) if os.path.isfile(p) and _is_tiff(p))
+        outputs = _searched_dest(_glob_root(source), dest)
+        files = sorted(p for p in glob.glob(source, recursive=True) if os.path.isfile(p) and _is_tiff(p)
+                       and not (outputs and _inside(_real(p), outputs)))
         base = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in files]) if files else ""
         scenes = [Scene(os.path.abspath(p), _strip_suffix(os.path.relpath(os.path.abspath(p), base))) for p in files]
     elif os.path.isdir(source):
-        files = sorted(os.path.join(d, f) for d, _, names in os.walk(source) for f in names if _is_tiff(f))
+        outputs = _searched_dest(source, dest)
+        files = []
+        for folder, subfolders, names in os.walk(source):
+            subfolders[:] = [f for f in subfolders if not (outputs and _inside(_real(os.path.join(folder, f)), outputs))]
+            files += [os.path.join(folder, f) for f in names if _is_tiff(f)]
+        files.sort()
         scenes = [Scene(os.path.abspath(p), _strip_suffix(os.path.relpath(p, source)).replace(os.sep, "/")) for p in files]
     elif os.path.isfile(source) and source.lower().endswith(LIST_SUFFIXES):
         lines = [ln.strip() for ln in open(source, encoding="utf-8")]
@@ -60,7 +114,7 @@ def discover_scenes(source: str, options: storage.StorageOptions | None = None) 
         raise SourceError(f"SOURCE {source!r} is not a folder, glob, list file (.txt), GeoTIFF or s3:// prefix")
     if not scenes:
         raise SourceError(f"SOURCE {source!r} holds no GeoTIFF scenes (.tif, .tiff)")
-    names = [s.name for s in scenes]
+    names = [s.name for s in scenes if not s.refused]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise SourceError(f"scenes would write the same output name: {duplicates[:5]}; list them from one root folder")
