@@ -94,6 +94,10 @@ def data_ingest(
     val_fraction: Annotated[Optional[float], typer.Option("--val-fraction", help="Fraction of scenes for val. [default: 0.1]")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the split by scene. [default: 0]")] = None,
     sar_band: Annotated[Optional[str], typer.Option("--sar-band", help="SAR polarisation by name or 1-based index. [default: VV, else band 1]")] = None,
+    max_nodata: Annotated[Optional[float], typer.Option("--max-nodata", help="Largest share of invalid pixels (declared "
+                                                        "nodata, NaN, fill regions) a kept window may hold; they are "
+                                                        "masked in training losses and metrics. 0 keeps only fully "
+                                                        "valid windows. [default: 0.1]")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
     address: AddressOption = None,
@@ -120,6 +124,7 @@ def data_ingest(
         ("split.val_fraction", val_fraction),
         ("split.seed", seed),
         ("sar_band", sar_band),
+        ("max_nodata", max_nodata),
     ):
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")
@@ -147,6 +152,7 @@ def data_ingest(
             seed=cfg.split.seed,
             sar_band=cfg.sar_band,
             shard_mb=cfg.shard_mb,
+            max_nodata=cfg.max_nodata,
             options=options,
         )
     except (StoreError, ValueError) as err:

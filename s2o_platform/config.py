@@ -53,6 +53,9 @@ class IngestConfig(StageConfig):
     sar_band: str | None = Field(None, description="SAR polarisation by name (VV) or 1-based index")
     clip_db: tuple[float, float] = (-25.0, 0.0)
     shard_mb: float = Field(64.0, gt=0, description="target size of one Parquet shard")
+    max_nodata: float = Field(0.1, ge=0, lt=1, description="largest share of invalid pixels (nodata, fill) a kept "
+                              "window may hold; they are recorded in a per-pixel mask that training losses and "
+                              "evaluation metrics ignore. 0: only fully valid windows")
     split: SplitSection = SplitSection()
 
     @field_validator("clip_db")

@@ -1,4 +1,4 @@
-"""Adversarial losses on discriminator logits. Pure functions.
+"""Adversarial losses on discriminator logits, and the masked mean every pixel loss uses. Pure functions.
 
     non_saturating:  D: softplus(-real) + softplus(fake)      G: softplus(-fake)
     hinge:           D: relu(1 - real) + relu(1 + fake)       G: -fake
@@ -37,3 +37,22 @@ def generator_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
 def logit_accuracy(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> tuple[float, float]:
     """Fraction of real samples scored > 0 and of fake samples scored < 0."""
     return float((real_logits > 0).float().mean()), float((fake_logits < 0).float().mean())
+
+
+def masked_mean(values: torch.Tensor, valid: torch.Tensor | None = None, per_sample: bool = False) -> torch.Tensor:
+    """Mean of `values` (B, C, H, W) over valid pixels only: `valid` (B, 1, H, W), 1 where the pixel holds data
+    (None: all). An invalid pixel's value changes nothing. per_sample: one mean per sample, shape (B,)."""
+    values = values.float()
+    if valid is None:
+        return values.flatten(1).mean(1) if per_sample else values.mean()
+    weight = valid.to(values.dtype).expand_as(values)
+    masked = torch.where(weight > 0, values, torch.zeros_like(values))  # NaN or inf in a fill stays out too
+    if per_sample:
+        return masked.flatten(1).sum(1) / weight.flatten(1).sum(1).clamp(min=1.0)
+    return masked.sum() / weight.sum().clamp(min=1.0)
+
+
+def hide_invalid(images: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Images with invalid pixels set to 0 (mid-grey in [-1, 1]), so a discriminator judging real against fake
+    sees the same thing there in both and learns nothing from fill."""
+    return images if valid is None else torch.where(valid.to(torch.bool), images, torch.zeros_like(images))

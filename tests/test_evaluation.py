@@ -259,10 +259,14 @@ def test_fid_weights_errors_name_the_file(tmp_path):
 
 def test_device_and_dtype_choice():
     assert resolve_device("cpu").type == "cpu"
-    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    from s2o_platform.evaluation.speed import cpu_supports
+
+    assert resolve_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if cpu_supports("bf16") else torch.float32)
     assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
-    with pytest.raises(ValueError, match="GPUs"):
-        resolve_dtype("fp16", torch.device("cpu"))
+    assert resolve_dtype("fp32", torch.device("cpu")) == torch.float32
+    if not cpu_supports("fp16"):
+        with pytest.raises(ValueError, match="would run emulated.*AVX512-FP16"):
+            resolve_dtype("fp16", torch.device("cpu"))
     with pytest.raises(ValueError, match="auto, cpu or cuda"):
         resolve_device("tpu")
     if not torch.cuda.is_available():
@@ -320,3 +324,31 @@ def test_bundle_that_does_not_fit_the_store_is_refused():
                                      32, SamplerSpec("lcm", 4, ["lcm"]), {})
     with pytest.raises(EvalError, match="sar_normalization"):
         check_fits_store(other, "b", store, "store")
+
+
+def test_tile_scores_ignore_invalid_pixels():
+    """Every per-tile score leaves invalid pixels out: changing their values in the prediction, the truth or the
+    SAR changes no score; an all-valid mask gives exactly the unmasked scores."""
+    from s2o_platform.evaluation.quality import tile_scores
+
+    g = torch.Generator().manual_seed(0)
+    prediction, truth, sar = (torch.rand(3, c, 32, 32, generator=g) for c in (3, 3, 1))
+    valid = torch.ones(3, 32, 32, dtype=torch.bool)
+    valid[0, :10, :] = False
+    valid[2, :, 20:] = False
+    base = tile_scores(prediction, truth, sar, valid)
+    keep = valid[:, None]
+    changed = tile_scores(torch.where(keep, prediction, torch.rand(3, 3, 32, 32, generator=g)),
+                          torch.where(keep, truth, torch.rand(3, 3, 32, 32, generator=g)),
+                          torch.where(keep, sar, torch.rand(3, 1, 32, 32, generator=g)), valid)
+    for key in base:
+        np.testing.assert_allclose(changed[key], base[key], rtol=0, atol=1e-9, err_msg=key)
+    unmasked = tile_scores(prediction, truth, sar)
+    all_valid = tile_scores(prediction, truth, sar, torch.ones(3, 32, 32, dtype=torch.bool))
+    for key in unmasked:
+        np.testing.assert_array_equal(all_valid[key], unmasked[key], err_msg=key)
+    # The tile whose mask is all valid scores as without a mask; masked tiles differ from their unmasked scores.
+    assert base["psnr"][1] == pytest.approx(unmasked["psnr"][1], abs=1e-4) and base["psnr"][0] != unmasked["psnr"][0]
+    # PSNR over the valid pixels, by hand.
+    mse = ((prediction[0, :, 10:] - truth[0, :, 10:]) ** 2).mean()
+    assert base["psnr"][0] == pytest.approx(float(10 * torch.log10(1 / mse)), abs=1e-4)

@@ -333,3 +333,32 @@ def test_plain_images_stay_in_their_own_dtype_and_windows_are_converted(tmp_path
         assert tile.dtype == np.float64 and tile.shape == (3, 32, 32)
         np.testing.assert_array_equal(tile, optical.array[:, 32:, 32:])
         assert sar.sample().dtype == np.float64
+
+
+def test_windows_under_max_nodata_are_kept_with_a_mask(tmp_path):
+    """With max_nodata 0.1 a window holding a few nodata pixels is kept: those pixels get the fixed fill
+    (SAR -1, optical 0) and are False in the row's `valid` mask; a window over the limit is skipped."""
+    from s2o_platform.data.store import decode_valid
+
+    t = from_origin(0, 0, 10, 10)
+    sar = np.random.default_rng(0).uniform(-20, -5, (1, 64, 64)).astype(np.float32)
+    sar[0, 40, 40] = -99  # declared nodata: 1 pixel of the window at (32, 32)
+    s = write_geotiff(tmp_path / "s.tif", sar, t, nodata=-99)
+    opt = np.full((3, 64, 64), 400, np.uint16)
+    opt[:, 0:16, 40:64] = 0  # a fill region: 384 of the 1024 pixels of the window at (0, 32)
+    opt[:, 50:54, 0:4] = 0  # 16 black pixels: ground, not fill
+    o = write_geotiff(tmp_path / "o.tif", opt, t)
+    report = PairReport()
+    pair = PairSource(str(s), str(o), "scene", "folders")
+    rows = list(tiles_from_pair(pair, "train", TilingSettings(tile_size=32, max_nodata=0.1), SarNormalization(),
+                                OpticalNormalization(), None, report))
+    assert report.windows_skipped == {"optical nodata in window": 1} and report.windows_masked == 1
+    by_origin = {(r["row_off"], r["col_off"]): r for r in rows}
+    assert set(by_origin) == {(0, 0), (32, 0), (32, 32)}
+    masked = by_origin[(32, 32)]
+    valid = decode_valid(masked["valid"], 32)
+    assert valid.sum() == 1023 and not valid[8, 8]
+    decoded = decode_batch({k: np.array([masked[k]], dtype=object) for k in ("sar", "optical", "tile_size", "sar_channels", "tile_id", "valid")})
+    assert decoded["sar"][0, 0, 8, 8] == -1.0 and (decoded["optical"][0, :, 8, 8] == -1.0).all()
+    np.testing.assert_array_equal(decoded["valid"][0], valid)
+    assert by_origin[(0, 0)]["valid"] is None and by_origin[(32, 0)]["valid"] is None  # fully valid: no mask stored

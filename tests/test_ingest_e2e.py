@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from s2o_platform import storage
 from s2o_platform.cli import app
 from s2o_platform.data.ingest import format_summary, run_ingest
-from s2o_platform.data.store import read_columns, read_metadata, read_tiles, split_counts
+from s2o_platform.data.store import decode_valid, read_columns, read_metadata, read_tiles, split_counts
 from s2o_platform.data.synth_writer import run_synth
 from tests.fixtures import optical_png, sar_png, truncate, write_geotiff_pair, write_paired_folders, write_png, write_sen12
 
@@ -139,11 +139,17 @@ def test_synth_store_scenes_and_info(ray_cluster, tmp_path):
     ingested = run_ingest([str(scenes)], str(tmp_path / "from_scenes"), tile_size=32, progress=False)
     assert ingested.pairs_ingested == 3 and set(ingested.scales) == {"db", "linear", "dn"}
     assert ingested.windows_skipped  # the nodata corner
-    assert ingested.heavy_losses == []  # the corner is under 10% of the 32 px windows: no warning
+    assert ingested.heavy_losses == []  # one corner window of 16 per scene: no warning
+    # 64 px windows: the corner triangle (136 px) is 3% of its window, under --max-nodata 0.1: kept, masked.
     coarse = run_ingest([str(scenes)], str(tmp_path / "coarse"), tile_size=64, progress=False)
-    lost = {Path(loss["path"]).name: (loss["lost"], loss["windows"]) for loss in coarse.heavy_losses}
-    assert len(lost) == 3 and all(n > 0.1 * of for n, of in lost.values()), lost  # 64 px windows: the corner is a quarter
-    assert "warning: " in format_summary(coarse) and "lost 1 of its 4 windows" in format_summary(coarse)
+    assert coarse.windows_masked == 3 and not coarse.windows_skipped and "windows kept masked:    3" in format_summary(coarse)
+    masks = [decode_valid(v, 64) for v in read_columns(str(tmp_path / "coarse"), ["valid"]).column("valid").to_pylist() if v]
+    assert len(masks) == 3 and all((~m).sum() == 136 for m in masks)
+    # With --max-nodata 0 the corner windows go, a quarter of each scene's: each scene is named in a warning.
+    strict = run_ingest([str(scenes)], str(tmp_path / "strict"), tile_size=64, progress=False, max_nodata=0.0)
+    lost = {Path(loss["path"]).name: (loss["lost"], loss["windows"]) for loss in strict.heavy_losses}
+    assert len(lost) == 3 and set(lost.values()) == {(1, 4)}, lost
+    assert "warning: " in format_summary(strict) and "lost 1 of its 4 windows" in format_summary(strict)
 
     # Same seed -> same tiles: a second synth into the same store adds nothing.
     again = run_synth(str(store), pairs=100, size=32, seed=4, progress=False)

@@ -163,3 +163,24 @@ def test_gpu_check_script_runs_here():
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "13/13 checks passed" in proc.stdout
     assert "pass | bf16 train distill acd" in proc.stdout and "pass | bf16 sample student lcm:8" in proc.stdout
+
+
+def test_pix2pix_step_ignores_the_values_of_masked_pixels():
+    """Invalid pixels (nodata kept under --max-nodata) change no loss: two batches that differ only in the
+    optical values of masked pixels give the same L1, adversarial and discriminator losses."""
+    first, second = batch(5), batch(5)
+    valid = torch.ones(4, 1, 16, 16)
+    valid[:, :, :5, :7] = 0
+    second["optical"] = torch.where(valid > 0, second["optical"], torch.full_like(second["optical"], 0.9))
+    results = []
+    for b in (first, second):
+        torch.manual_seed(0)
+        runtime = runtime_for("gan", "fp32", None, "train.augment=false")
+        torch.manual_seed(1)  # the generator's dropout
+        results.append(runtime.step({**b, "valid": valid})[0])
+    assert results[0] == results[1]
+    torch.manual_seed(0)
+    runtime = runtime_for("gan", "fp32", None)
+    torch.manual_seed(1)
+    unmasked = runtime.step(second)[0]
+    assert unmasked["loss_l1"] != results[1]["loss_l1"]  # without the mask the same change does count

@@ -131,3 +131,51 @@ def test_cpu_threads_and_eta():
     assert cpu_threads(3, 2) == 3
     assert cpu_threads(None, 10_000) == 1
     assert format_eta(125) == "2m05s" and format_eta(3725) == "1h02m"
+
+
+def test_masked_mean_and_hidden_pixels():
+    from s2o_platform.diffusion.consistency import pseudo_huber
+    from s2o_platform.losses import hide_invalid, masked_mean
+
+    values = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    valid = torch.ones(2, 1, 4, 4)
+    valid[0, :, 0, :] = 0  # 4 invalid pixels in sample 0
+    expected = torch.stack([values[0, :, 1:, :].mean(), values[1].mean()])
+    torch.testing.assert_close(masked_mean(values, valid, per_sample=True), expected)
+    changed = values.clone()
+    changed[0, :, 0, :] = float("nan")  # an invalid pixel may even hold NaN
+    torch.testing.assert_close(masked_mean(changed, valid), masked_mean(values, valid))
+    assert masked_mean(values, None) == values.mean()
+    a, b = torch.rand(2, 3, 4, 4), torch.rand(2, 3, 4, 4)
+    b2 = torch.where(valid > 0, b, b + 5)
+    assert pseudo_huber(a, b, 0.01, valid) == pseudo_huber(a, b2, 0.01, valid)
+    assert pseudo_huber(a, b, 0.01) != pseudo_huber(a, b2, 0.01)
+    assert torch.equal(hide_invalid(b, valid), hide_invalid(b2, valid)) and hide_invalid(b, None) is b
+
+
+def test_teacher_loss_averages_over_valid_pixels_only():
+    from s2o_platform.models.unet import build_unet
+    from s2o_platform.train.stages.teacher import diffusion_loss, noise_scheduler
+
+    cfg = load_config(TeacherConfig, None, ["model.sample_size=16", "model.block_out_channels=[32, 32]",
+                                            "model.down_block_types=[DownBlock2D, DownBlock2D]",
+                                            "model.up_block_types=[UpBlock2D, UpBlock2D]"])
+    torch.manual_seed(0)
+    unet, scheduler = build_unet(cfg.model), noise_scheduler(cfg.diffusion)
+    optical, sar = torch.rand(3, 3, 16, 16) * 2 - 1, torch.rand(3, 1, 16, 16) * 2 - 1
+    loss = lambda valid: diffusion_loss(unet, scheduler, optical, sar, torch.Generator().manual_seed(1), valid=valid)  # noqa: E731
+    all_valid = torch.ones(3, 1, 16, 16)
+    torch.testing.assert_close(loss(all_valid), loss(None))
+    # Only the top half valid: the mean squared error over those pixels, computed by hand from the same draws.
+    half = all_valid.clone()
+    half[:, :, 8:] = 0
+    g = torch.Generator().manual_seed(1)
+    noise = torch.randn(optical.shape, generator=g)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (3,), generator=g)
+    target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(optical, noise, t)
+    from s2o_platform.models.unet import predict
+
+    with torch.no_grad():
+        squared = (predict(unet, scheduler.add_noise(optical, noise, t), sar, t) - target) ** 2
+        expected = squared[:, :, :8].flatten(1).mean(1).mean()
+        torch.testing.assert_close(loss(half).detach(), expected)

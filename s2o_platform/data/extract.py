@@ -1,7 +1,9 @@
 """Turning one SAR/optical pair into validated store rows, window by window.
 
-A window is kept only if every SAR and optical pixel in it is valid (finite, not nodata; optical
-nodata is data/nodata.py's rule) and the SAR is not constant (a constant SAR window is fill, not signal). Each rejected window is counted
+A window is kept when at most `max_nodata` of its pixels are invalid (SAR not finite or nodata; optical
+nodata by data/nodata.py's rule) and its valid SAR is not constant (a constant SAR window is fill, not
+signal). A kept window's invalid pixels get a fixed fill (SAR -1, optical 0) and are recorded in the
+row's `valid` mask, which every training loss and evaluation metric honours. Each rejected window is counted
 under its reason; a pair that cannot be read at all raises `InputError` with the reason.
 """
 
@@ -19,7 +21,7 @@ from s2o_platform.data.nodata import invalid_optical
 from s2o_platform.data.normalization import OpticalNormalization, SarNormalization, SarScale, detect_sar_scale
 from s2o_platform.data.rasters import InputError, Raster, class_map_window, open_labels, open_optical, open_sar
 from s2o_platform.data.sources import PairSource
-from s2o_platform.data.store import encode_tile
+from s2o_platform.data.store import encode_tile, encode_valid
 from s2o_platform.geo.tiling import grid_windows, window_transform
 
 
@@ -29,6 +31,7 @@ class TilingSettings:
     stride: int | None = None  # defaults to tile_size (no overlap)
     sar_scale: SarScale = SarScale.AUTO
     sar_band: str | None = None  # polarisation name or 1-based index; VV by default
+    max_nodata: float = 0.0  # largest share of invalid pixels a kept window may hold (masked)
 
 
 @dataclass
@@ -38,6 +41,7 @@ class PairReport:
     scale: str | None = None
     scale_reason: str | None = None
     windows: int = 0
+    windows_masked: int = 0  # kept windows holding some invalid pixels (under max_nodata)
     windows_skipped: Counter = field(default_factory=Counter)
 
 
@@ -76,18 +80,24 @@ def tiles_from_pair(
         for window in windows:
             report.windows += 1
             sar_window = sar.read(window)
-            if not np.isfinite(sar_window).all():
+            sar_invalid = ~np.isfinite(sar_window[0])
+            if sar_invalid.mean() > settings.max_nodata:
                 report.windows_skipped["SAR nodata/NaN/inf in window"] += 1
                 continue
-            if np.ptp(sar_window) == 0:
+            if sar_invalid.all() or np.ptp(sar_window[0][~sar_invalid]) == 0:
                 report.windows_skipped["constant SAR window (fill)"] += 1
                 continue
             optical_window = optical.read(window)
-            if invalid_optical(optical_window).any():
+            invalid = sar_invalid | invalid_optical(optical_window)
+            if invalid.mean() > settings.max_nodata:
                 report.windows_skipped["optical nodata in window"] += 1
                 continue
-            sar_model = sar_norm.to_model(sar_window[0], scale)
-            optical_u8 = optical_norm.to_uint8(_as_input_dtype(optical_window, optical.dtype)).transpose(1, 2, 0)
+            if invalid.any():
+                report.windows_masked += 1
+            sar_model = np.where(sar_invalid, -1.0, sar_norm.to_model(np.where(sar_invalid, 0.0, sar_window[0]), scale))
+            optical_filled = np.where(invalid[None], 0.0, np.nan_to_num(optical_window))
+            optical_u8 = optical_norm.to_uint8(_as_input_dtype(optical_filled, optical.dtype)).transpose(1, 2, 0)
+            optical_u8 = np.where(invalid[..., None], 0, optical_u8).astype(np.uint8)
             sar_bytes, optical_bytes, tile_id = encode_tile(sar_model, np.ascontiguousarray(optical_u8))
             landcover = class_map_window(labels.read(window), pair.labels).tobytes() if labels is not None else None
             yield {
@@ -107,6 +117,7 @@ def tiles_from_pair(
                 "optical_path": pair.uri_prefix + pair.optical,
                 "source_kind": pair.source_kind,
                 "landcover": landcover,
+                "valid": encode_valid(~invalid),
             }
 
 

@@ -47,6 +47,7 @@ class IngestSummary:
     pairs_ingested: int = 0
     tiles_written: dict[str, int] = field(default_factory=lambda: {s: 0 for s in SPLITS})
     tiles_already_present: int = 0
+    windows_masked: int = 0  # kept windows with some invalid pixels (masked in losses and metrics)
     windows_skipped: Counter = field(default_factory=Counter)
     skipped: list[dict[str, str]] = field(default_factory=list)
     scales: Counter = field(default_factory=Counter)
@@ -115,7 +116,7 @@ def ingest_packet(
     store_meta = StoreMetadata.from_dict(metadata)
     storage_options = storage.StorageOptions(**options)
     rows_out: dict[str, list] = {k: [] for k in ("path", "status", "reason", "written", "present", "split", "scale", "windows",
-                                                 "windows_skipped")}
+                                                 "windows_masked", "windows_skipped")}
     for packet in batch["pairs"]:
         buffer: list[dict] = []
         for item in json.loads(packet):
@@ -164,6 +165,7 @@ def ingest_packet(
                 ("split", split),
                 ("scale", f"{report.scale}: {report.scale_reason}" if report.scale else ""),
                 ("windows", report.windows),
+                ("windows_masked", report.windows_masked),
                 ("windows_skipped", json.dumps(dict(report.windows_skipped))),
             ):
                 rows_out[key].append(value)
@@ -192,6 +194,7 @@ def run_ingest(
     shard_mb: float = 64.0,
     options: storage.StorageOptions | None = None,
     progress: bool = True,
+    max_nodata: float = 0.1,
 ) -> IngestSummary:
     """Ingest SOURCES into the store at OUT on the current Ray cluster (ray.init must have run)."""
     import ray
@@ -215,7 +218,7 @@ def run_ingest(
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     packets = make_packets(pairs, splits)
-    settings = asdict(TilingSettings(tile_size, stride, SarScale(sar_scale), sar_band))
+    settings = asdict(TilingSettings(tile_size, stride, SarScale(sar_scale), sar_band, max_nodata))
     settings["sar_scale"] = SarScale(sar_scale).value
     results = ray.data.from_items(packets, override_num_blocks=len(packets)).map_batches(
         ingest_packet,
@@ -240,6 +243,7 @@ def run_ingest(
                 summary.scales[row["scale"].split(":")[0]] += 1
             else:
                 summary.skipped.append({"path": row["path"], "reason": row["reason"]})
+            summary.windows_masked += int(row["windows_masked"]) if row["status"] == "ok" else 0
             lost = json.loads(row["windows_skipped"])
             summary.windows_skipped.update(lost)
             if row["status"] == "ok" and sum(lost.values()) > LOSS_WARNING * max(1, int(row["windows"])):
@@ -273,6 +277,8 @@ def format_summary(summary: IngestSummary) -> str:
     ]
     if summary.scales:
         lines.append("SAR scales detected:    " + ", ".join(f"{k} x{v}" for k, v in summary.scales.items()))
+    if summary.windows_masked:
+        lines.append(f"windows kept masked:    {summary.windows_masked} (invalid pixels under --max-nodata, ignored by losses and metrics)")
     if summary.windows_skipped:
         lines.append("windows skipped:        " + ", ".join(f"{k}: {v}" for k, v in summary.windows_skipped.items()))
     for loss in summary.heavy_losses[:20]:

@@ -51,6 +51,10 @@ TILE_SCHEMA = pa.schema(
         pa.field("optical_path", pa.string(), nullable=False),
         pa.field("source_kind", pa.string(), nullable=False),  # sen12 | folders | csv | geotiff | synth
         pa.field("landcover", pa.binary()),  # optional class map, uint8 H x W; null where the source has none
+        # per-pixel validity, H x W bits (np.packbits, row-major); null when every pixel is valid. Invalid pixels
+        # (nodata in the source, in a window kept under --max-nodata) hold a fill and are ignored by every
+        # training loss and evaluation metric. Shards written before this column read it as null.
+        pa.field("valid", pa.binary()),
     ]
 )
 
@@ -158,7 +162,7 @@ def decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     Returns:
         {"sar": float32 (B, C_sar, H, W) in [-1, 1], "optical": float32 (B, 3, H, W) in [-1, 1],
          "tile_id": object (B,)}, and "landcover": uint8 (B, H, W) when any row carries a class map (rows
-         without one are all UNLABELLED).
+         without one are all UNLABELLED), and "valid": bool (B, H, W) when any row has invalid pixels.
     """
     sizes = batch["tile_size"]
     channels = batch["sar_channels"]
@@ -174,7 +178,23 @@ def decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         decoded["landcover"] = np.stack([
             decode_landcover(b, int(s)) if b is not None else np.full((int(s), int(s)), UNLABELLED, np.uint8)
             for b, s in zip(landcover, sizes)])
+    valid = batch.get("valid")
+    if valid is not None and any(v is not None for v in valid):
+        decoded["valid"] = np.stack([decode_valid(b, int(s)) for b, s in zip(valid, sizes)])
     return decoded
+
+
+def encode_valid(valid: np.ndarray) -> bytes | None:
+    """(H, W) bool -> packed bits, or None when every pixel is valid (the common case costs nothing)."""
+    return None if valid.all() else np.packbits(valid.astype(bool), axis=None).tobytes()
+
+
+def decode_valid(data: bytes | None, tile_size: int) -> np.ndarray:
+    """Packed bits (or None: all valid) -> (H, W) bool."""
+    if data is None:
+        return np.ones((tile_size, tile_size), bool)
+    bits = np.unpackbits(np.frombuffer(data, np.uint8), count=tile_size * tile_size)
+    return bits.reshape(tile_size, tile_size).astype(bool)
 
 
 def optical_to_model(optical: np.ndarray) -> np.ndarray:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from s2o_platform.losses import masked_mean
+
 
 def ddim_grid(num_train_timesteps: int = 1000, num_ddim_steps: int = 50) -> torch.Tensor:
     """The solver grid t = k-1, 2k-1, ..., T-1 with skip k = T / N (19, 39, ..., 999 for 1000 / 50)."""
@@ -85,8 +87,9 @@ def consistency_output(
     return _expand(c_skip, x_t) * x_t + _expand(c_out, x_t) * x0
 
 
-def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float) -> torch.Tensor:
-    """mean(sqrt((a - b)^2 + c^2) - c): ~ (a-b)^2 / 2c near 0, ~ |a - b| far away; c = 0.001 is nearly L1."""
+def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """mean(sqrt((a - b)^2 + c^2) - c): ~ (a-b)^2 / 2c near 0, ~ |a - b| far away; c = 0.001 is nearly L1.
+    valid (B, 1, H, W): average over valid pixels only."""
     if c <= 0:
         raise ValueError(f"pseudo-Huber c must be positive, got {c}")
-    return (torch.sqrt((a.float() - b.float()) ** 2 + c**2) - c).mean()
+    return masked_mean(torch.sqrt((a.float() - b.float()) ** 2 + c**2) - c, valid)

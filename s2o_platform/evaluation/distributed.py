@@ -46,7 +46,8 @@ class TileScorer(LoadedModel):
         ids = batch["tile_id"][order]
         prediction = self.translate(batch["sar"][order], str(ids[0]))
         unit, target = to_unit(prediction), to_unit(batch["optical"][order])
-        out: dict[str, np.ndarray] = {"tile_id": ids.astype(str), **tile_scores(unit, target, to_unit(batch["sar"][order]))}
+        valid = batch["valid"][order] if "valid" in batch else None
+        out: dict[str, np.ndarray] = {"tile_id": ids.astype(str), **tile_scores(unit, target, to_unit(batch["sar"][order]), valid)}
         if self.classifier is not None and "landcover" in batch:
             out["landcover_confusion"] = confusion_per_tile(self.classifier, unit.nan_to_num(0.0), batch["landcover"][order])
         if self.fid is not None:

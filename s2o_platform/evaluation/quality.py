@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+from s2o_platform.losses import masked_mean
+
 #: A tile predicted exactly has infinite PSNR; capped so that means and JSON stay finite.
 PSNR_CAP_DB = 100.0
 FID_SKIPPED = "FID skipped: no Inception weights (pass --fid-weights PATH)"
@@ -30,32 +32,56 @@ def to_unit(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     return ((t + 1.0) / 2.0).clamp(0.0, 1.0).where(torch.isfinite(t), t)
 
 
-def gradient_magnitude(images: torch.Tensor) -> torch.Tensor:
-    """Per-image mean gradient magnitude of (N, C, H, W) images: forward differences, averaged over channels."""
+def gradient_magnitude(images: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-image mean gradient magnitude of (N, C, H, W) images: forward differences, averaged over channels
+    (and over the pixels whose three stencil pixels are all valid, given `valid` (N, H, W))."""
     dy = images[:, :, 1:, :-1] - images[:, :, :-1, :-1]
     dx = images[:, :, :-1, 1:] - images[:, :, :-1, :-1]
-    return torch.sqrt(dx**2 + dy**2).flatten(1).mean(dim=1)
+    magnitude = torch.sqrt(dx**2 + dy**2)
+    if valid is None:
+        return magnitude.flatten(1).mean(dim=1)
+    stencil = valid[:, :-1, :-1] & valid[:, 1:, :-1] & valid[:, :-1, 1:]
+    return masked_mean(magnitude, stencil[:, None], per_sample=True)
 
 
-def tile_scores(prediction: torch.Tensor, target: torch.Tensor, sar: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+def tile_scores(prediction: torch.Tensor, target: torch.Tensor, sar: torch.Tensor | None = None,
+                valid: torch.Tensor | np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per-tile scores of (N, 3, H, W) images in [0, 1].
 
     Returns float64 arrays of length N: psnr (dB, capped at PSNR_CAP_DB), ssim, colour_error (0-255), finite (1.0 when
     every pixel of the prediction is finite), grad_pred / grad_true (mean gradient magnitudes, for sharpness_ratio),
     and, given the SAR input (N, C, H, W) in [0, 1], abs_to_sar / abs_to_truth (mean absolute differences of the
     prediction to the SAR's first channel and to the truth, for identity_ratio). Scores of non-finite tiles are NaN.
+    valid (N, H, W) bool: the tiles' pixels that hold data; every score ignores the others (they are set to 0 in
+    prediction, truth and SAR alike, and left out of every mean), so an invalid pixel's value changes no score.
     """
     finite = torch.isfinite(prediction).flatten(1).all(dim=1)
     safe = torch.where(finite[:, None, None, None], prediction, torch.zeros_like(prediction))
-    psnr = peak_signal_noise_ratio(safe, target, data_range=1.0, reduction="none", dim=(1, 2, 3)).clamp(max=PSNR_CAP_DB)
-    ssim = structural_similarity_index_measure(safe, target, data_range=1.0, reduction="none")
-    colour = (safe.mean(dim=(2, 3)) - target.mean(dim=(2, 3))).abs().mean(dim=1) * 255.0
+    if valid is not None:
+        valid = torch.as_tensor(np.asarray(valid, dtype=bool))
+        if bool(valid.all()):
+            valid = None
+    if valid is None:
+        psnr = peak_signal_noise_ratio(safe, target, data_range=1.0, reduction="none", dim=(1, 2, 3)).clamp(max=PSNR_CAP_DB)
+        ssim = structural_similarity_index_measure(safe, target, data_range=1.0, reduction="none")
+        colour = (safe.mean(dim=(2, 3)) - target.mean(dim=(2, 3))).abs().mean(dim=1) * 255.0
+    else:
+        keep = valid[:, None]
+        safe, target = (torch.where(keep, x, torch.zeros_like(x)) for x in (safe, target))
+        sar = None if sar is None else torch.where(keep, sar, torch.zeros_like(sar))
+        mse = masked_mean((safe - target) ** 2, keep, per_sample=True)
+        psnr = (10.0 * torch.log10(1.0 / mse.clamp(min=1e-20))).clamp(max=PSNR_CAP_DB)
+        _, ssim_map = structural_similarity_index_measure(safe, target, data_range=1.0, reduction="none", return_full_image=True)
+        ssim = masked_mean(ssim_map, keep, per_sample=True)
+        pixels = keep.flatten(1).sum(1).clamp(min=1)[:, None]
+        colour = ((safe.flatten(2).sum(2) - target.flatten(2).sum(2)) / pixels).abs().mean(dim=1) * 255.0
     nan = torch.full_like(psnr, float("nan"))
-    scores = {"psnr": psnr, "ssim": ssim, "colour_error": colour, "grad_pred": gradient_magnitude(safe),
-              "grad_true": gradient_magnitude(target)}
+    scores = {"psnr": psnr, "ssim": ssim, "colour_error": colour, "grad_pred": gradient_magnitude(safe, valid),
+              "grad_true": gradient_magnitude(target, valid)}
     if sar is not None:
-        scores["abs_to_sar"] = (safe - sar[:, :1]).abs().flatten(1).mean(dim=1)
-        scores["abs_to_truth"] = (safe - target).abs().flatten(1).mean(dim=1)
+        keep = None if valid is None else valid[:, None]
+        scores["abs_to_sar"] = masked_mean((safe - sar[:, :1]).abs(), keep, per_sample=True)
+        scores["abs_to_truth"] = masked_mean((safe - target).abs(), keep, per_sample=True)
     out = {k: torch.where(finite, v.float(), nan).double().numpy() for k, v in scores.items()}
     out["finite"] = finite.double().numpy()
     return out

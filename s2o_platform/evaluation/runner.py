@@ -250,8 +250,10 @@ class LocalQuality:
     def run(self, bundle: Bundle, setting: ModelSetting, count: int, keep: int) -> SettingOutput:
         o = self.options
         labels = self.tiles["landcover"][:count] if self.classifier is not None else None
+        valid = self.tiles["valid"][:count] if "valid" in self.tiles else None
         out = translate_and_score(bundle, setting, self.tiles["sar"][:count], self.tiles["optical"][:count], o.seed,
-                                  o.batch_size, self.fid_network, keep=keep, classifier=self.classifier, labels=labels)
+                                  o.batch_size, self.fid_network, keep=keep, classifier=self.classifier, labels=labels,
+                                  valid=valid)
         if self.fid_network is not None:
             if self._real is None:
                 self._real = np.concatenate([
@@ -274,6 +276,7 @@ def translate_and_score(
     first_batch_index: int = 0,
     classifier: landcover.PixelClassifier | None = None,
     labels: np.ndarray | None = None,
+    valid: np.ndarray | None = None,
 ) -> SettingOutput:
     """Translate tiles batch by batch (batch i seeded with seed + i) and score each tile (with land-cover
     confusion counts where a classifier and the tiles' class maps are given)."""
@@ -285,7 +288,8 @@ def translate_and_score(
             seed=seed + first_batch_index + i, batch_size=batch_size,
         )
         unit = to_unit(prediction)
-        batch_scores = tile_scores(unit, to_unit(optical[start : start + batch_size]), to_unit(sar[start : start + batch_size]))
+        batch_scores = tile_scores(unit, to_unit(optical[start : start + batch_size]), to_unit(sar[start : start + batch_size]),
+                                   None if valid is None else valid[start : start + batch_size])
         if classifier is not None and labels is not None:
             batch_scores["landcover_confusion"] = landcover.confusion_per_tile(
                 classifier, unit.nan_to_num(0.0), labels[start : start + batch_size])

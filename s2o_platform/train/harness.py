@@ -35,7 +35,7 @@ BUNDLE_DIR = "bundle"
 DEEPSPEED_TAG = "state"
 GENERATOR_FILE = "generator_rank{rank}.json"  # the noise/timestep generator of each rank
 #: The columns a training worker reads from the store.
-TRAIN_COLUMNS = ["tile_id", "sar", "optical", "tile_size", "sar_channels"]
+TRAIN_COLUMNS = ["tile_id", "sar", "optical", "tile_size", "sar_channels", "valid"]
 
 
 def _collate_base():
@@ -48,7 +48,8 @@ def _collate_base():
 
 
 class PairCollate(_collate_base()):
-    """Store rows (numpy batch) -> {'sar', 'optical'} tensors on the device, augmented identically."""
+    """Store rows (numpy batch) -> {'sar', 'optical'} tensors on the device, augmented identically, and 'valid'
+    (B, 1, H, W) where any tile of the batch has invalid pixels (the stages' losses then skip them)."""
 
     def __init__(self, augment: bool, rng: np.random.Generator, device: torch.device) -> None:
         super().__init__()
@@ -56,13 +57,13 @@ class PairCollate(_collate_base()):
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         decoded = decode_batch(batch)
-        sar, optical = decoded["sar"], decoded["optical"]
+        arrays = [decoded["sar"], decoded["optical"]]
+        if "valid" in decoded:
+            arrays.append(decoded["valid"][:, None].astype(np.float32))
         if self.augment:
-            sar, optical = augment_pairs(sar, optical, self.rng)
-        return {
-            "sar": torch.from_numpy(sar).to(self.device, non_blocking=True),
-            "optical": torch.from_numpy(optical).to(self.device, non_blocking=True),
-        }
+            arrays = list(augment_pairs(arrays[0], arrays[1], self.rng, *arrays[2:]))
+        names = ("sar", "optical", "valid")
+        return {name: torch.from_numpy(array).to(self.device, non_blocking=True) for name, array in zip(names, arrays)}
 
 
 def log(message: str) -> None:

@@ -26,7 +26,7 @@ from s2o_platform.bundle import BundleMetadata, SamplerSpec, load_bundle, write_
 from s2o_platform.config import DistillConfig, dump_config
 from s2o_platform.data.store import StoreMetadata
 from s2o_platform.diffusion.consistency import consistency_output, ddim_grid, ddim_step, predicted_original, pseudo_huber
-from s2o_platform.losses import discriminator_loss, generator_loss, logit_accuracy
+from s2o_platform.losses import discriminator_loss, generator_loss, hide_invalid, logit_accuracy
 from s2o_platform.models.discriminator import EncoderDiscriminator
 from s2o_platform.models.unet import predict
 from s2o_platform.train.stages.base import StageModels
@@ -89,7 +89,7 @@ class DistillStage:
 
     def step(self, engines, models, ema, batch, generator) -> dict[str, float]:
         cfg, student = self.cfg.distill, engines["student"]
-        x0, sar = batch["optical"], batch["sar"]
+        x0, sar, valid = batch["optical"], batch["sar"], batch.get("valid")
         b = x0.shape[0]
         # 1-2. solver interval and noisy input
         n = torch.randint(0, len(self.grid), (b,), generator=generator, device=x0.device)
@@ -109,20 +109,20 @@ class DistillStage:
             x0_target, _ = self._x0(predict(ema, x_prev, sar, t_prev), x_prev, t_prev)
             target = consistency_output(x_prev, x0_target, t_prev, 0.5, cfg.timestep_scaling)
         # 6. losses and the student update
-        loss_cd = pseudo_huber(f, target, cfg.huber_c)
+        loss_cd = pseudo_huber(f, target, cfg.huber_c, valid)
         metrics = {"loss_cd": loss_cd.item()}
         loss_g = loss_cd
         if cfg.adversarial:
             disc = engines["discriminator"]
             disc.module.requires_grad_(False)  # the generator's adversarial loss must not train D
-            loss_g_adv = generator_loss(disc.module(x_start, f, sar, t_start, t_prev), cfg.gan_loss)
+            loss_g_adv = generator_loss(disc.module(x_start, hide_invalid(f, valid), sar, t_start, t_prev), cfg.gan_loss)
             disc.module.requires_grad_(True)
             loss_g = loss_cd + cfg.lambda_adv * loss_g_adv
             metrics["loss_g_adv"] = loss_g_adv.item()
         student.backward(loss_g)
         student.step()
         if cfg.adversarial:
-            real, fake = discriminator_inputs(cfg.real, x0, target, f)
+            real, fake = (hide_invalid(x, valid) for x in discriminator_inputs(cfg.real, x0, target, f))
             real_logits = disc(x_start, real, sar, t_start, t_prev)
             fake_logits = disc(x_start, fake, sar, t_start, t_prev)
             loss_d = discriminator_loss(real_logits, fake_logits, cfg.gan_loss)

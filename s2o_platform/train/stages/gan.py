@@ -13,7 +13,7 @@ import torch
 from s2o_platform.bundle import BundleMetadata, SamplerSpec, write_bundle
 from s2o_platform.config import GanConfig, dump_config
 from s2o_platform.data.store import StoreMetadata
-from s2o_platform.losses import discriminator_loss, generator_loss, logit_accuracy
+from s2o_platform.losses import discriminator_loss, generator_loss, hide_invalid, logit_accuracy, masked_mean
 from s2o_platform.models.pix2pix import PatchDiscriminator, UNetGenerator
 from s2o_platform.train.stages.base import StageModels
 
@@ -42,16 +42,16 @@ class GanStage:
     def step(self, engines, models, ema, batch, generator) -> dict[str, float]:
         cfg = self.cfg.gan
         gen, disc = engines["generator"], engines["discriminator"]
-        sar, optical = batch["sar"], batch["optical"]
+        sar, optical, valid = batch["sar"], batch["optical"], batch.get("valid")
         fake = gen(sar).float()
         disc.module.requires_grad_(False)
-        loss_adv = generator_loss(disc.module(sar, fake), cfg.gan_loss)
+        loss_adv = generator_loss(disc.module(sar, hide_invalid(fake, valid)), cfg.gan_loss)
         disc.module.requires_grad_(True)
-        loss_l1 = (fake - optical.float()).abs().mean()
+        loss_l1 = masked_mean((fake - optical.float()).abs(), valid)
         gen.backward(loss_adv + cfg.lambda_l1 * loss_l1)
         gen.step()
-        real_logits = disc(sar, optical)
-        fake_logits = disc(sar, fake.detach())
+        real_logits = disc(sar, hide_invalid(optical, valid))
+        fake_logits = disc(sar, hide_invalid(fake.detach(), valid))
         loss_d = discriminator_loss(real_logits, fake_logits, cfg.gan_loss)
         disc.backward(loss_d)
         disc.step()

@@ -15,6 +15,7 @@ from diffusers import DDPMScheduler
 from s2o_platform.bundle import BundleMetadata, SamplerSpec, write_bundle
 from s2o_platform.config import DiffusionSection, TeacherConfig, dump_config
 from s2o_platform.data.store import StoreMetadata
+from s2o_platform.losses import masked_mean
 from s2o_platform.models.unet import build_unet, predict
 from s2o_platform.train.stages.base import StageModels
 
@@ -37,9 +38,11 @@ def diffusion_loss(
     sar: torch.Tensor,
     generator: torch.Generator | None = None,
     min_snr_gamma: float | None = None,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The DDPM training loss for clean optical x0 (B, 3, H, W) given SAR (B, C, H, W), both in [-1, 1].
 
+    valid: (B, 1, H, W), 1 where the pixel holds data: the loss averages over valid pixels only.
     min_snr_gamma: Min-SNR-gamma weighting (Hang et al. 2023): each sample's MSE is weighted so that
     its effective x0-space weight is min(SNR_t, gamma), which stops the easy low-noise steps from
     dominating the gradient. None: the plain (unweighted) MSE.
@@ -55,7 +58,7 @@ def diffusion_loss(
     else:
         target = scheduler.get_velocity(optical, noise, timesteps)
     prediction = predict(unet, noisy, sar, timesteps)
-    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)
+    per_sample = masked_mean(F.mse_loss(prediction.float(), target.float(), reduction="none"), valid, per_sample=True)
     if min_snr_gamma is None:
         return per_sample.mean()
     return (per_sample * min_snr_weight(scheduler, timesteps, min_snr_gamma)).mean()
@@ -84,7 +87,7 @@ class TeacherStage:
 
     def step(self, engines, models, ema, batch, generator) -> dict[str, float]:
         engine = engines["unet"]
-        loss = diffusion_loss(engine, self.scheduler, batch["optical"], batch["sar"], generator, self.min_snr_gamma)
+        loss = diffusion_loss(engine, self.scheduler, batch["optical"], batch["sar"], generator, self.min_snr_gamma, batch.get("valid"))
         engine.backward(loss)
         engine.step()
         return {"loss": loss.item()}
