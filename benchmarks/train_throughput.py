@@ -76,20 +76,13 @@ def plain_pytorch(cfg: TeacherConfig, store: str, steps: int, warmup: int) -> fl
 def deepspeed_alone(cfg: TeacherConfig, store: str, steps: int, warmup: int) -> float:
     """samples/s of the same loop with the model in a DeepSpeed engine built from the platform's config, no Ray:
     separates DeepSpeed's per-step cost from Ray's (Data iterator, Train worker)."""
-    import socket
-
     import deepspeed
-    import torch.distributed as dist
 
     from s2o_platform.train.deepspeed_config import deepspeed_config
+    from s2o_platform.train.runtime import ensure_process_group
     from s2o_platform.train.schedule import lr_factor
 
-    if not dist.is_initialized():
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    ensure_process_group()
     torch.manual_seed(cfg.train.seed)
     unet = build_unet(cfg.model)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay)

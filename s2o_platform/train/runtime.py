@@ -92,10 +92,6 @@ def master_parameters(engine: Any) -> list[torch.Tensor]:
     return [by_param.get(id(p), p) for p in params]  # frozen parameters are not in the optimizer
 
 
-def generator_state(generator: torch.Generator) -> torch.Tensor:
-    return generator.get_state().clone()
-
-
 @dataclass
 class StageRuntime:
     stage: Any
