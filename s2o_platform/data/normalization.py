@@ -8,6 +8,9 @@ except for 8-bit input, which is taken as an already display-scaled SAR image an
 [0, 255] -> [-1, 1] directly (SEN1-2 patches are dB clipped to a window and stretched to 8 bit,
 so this agrees with the dB window chain when the window is the same).
 
+Which pixels are SAR at all, and how complex (SLC) pixels become real ones, is one rule too:
+`sar_pixels` (palette, 1-bit and int8 data are refused with what to send instead).
+
 The store records one `SarNormalization` in its metadata; training, evaluation, batch and online
 inference all build it from there, so the four can never disagree.
 """
@@ -150,6 +153,89 @@ def detect_sar_scale(values: np.ndarray, dtype: str | np.dtype, units_hint: str 
     if p99 < 10.0:
         return SarScale.LINEAR, f"non-negative float data, 99th percentile {p99:.3g} < 10: linear power"
     return SarScale.DB, f"non-negative float data, 99th percentile {p99:.3g} >= 10: dB"
+
+
+#: Real pixel types taken as SAR values as they are (`detect_sar_scale` says how they are scaled).
+SAR_REAL_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+#: Complex pixel types (single-look complex, SLC), detected into real values first (see `SarPixels`).
+SAR_COMPLEX_DTYPES = ("complex_int16", "complex64", "complex128")
+#: What to send instead, in every refusal of `sar_pixels`.
+_SEND_INSTEAD = ("send one SAR band as 8-bit greyscale (display-scaled), 16/32-bit integer DN, float32/64 "
+                 "dB or linear power, or complex SLC")
+
+
+class UnsupportedSarPixels(ValueError):
+    """Pixels no SAR scale can be given to; the message says what to send instead."""
+
+
+@dataclass(frozen=True)
+class SarPixels:
+    """How one SAR band's pixels are taken, by the one rule of `sar_pixels` (online serving and archive
+    translation both go through it).
+
+    Real types (SAR_REAL_DTYPES) are taken as they are. Complex SLC pixels are detected first, since a
+    complex value is neither dB nor power: complex integers (CInt16, e.g. Sentinel-1 / GF-3 SLC counts)
+    become their amplitude |z| as digital numbers (DN); complex floats become intensity |z|^2, taken as
+    linear power when its 99th percentile is below 10 (calibrated SLC) and otherwise as amplitude |z| in
+    DN (uncalibrated SLC counts). An explicit scale picks the matching detection: DN -> |z|,
+    linear -> |z|^2; dB and uint8 do not apply to complex values.
+    """
+
+    dtype: str  # the file's pixel type
+
+    @property
+    def complex(self) -> bool:
+        return self.dtype in SAR_COMPLEX_DTYPES
+
+    def check_scale(self, scale: SarScale | str) -> SarScale:
+        """The scale, or UnsupportedSarPixels when it cannot describe these pixels."""
+        scale = SarScale(scale)
+        if self.complex and scale not in (SarScale.DN, SarScale.LINEAR):
+            raise UnsupportedSarPixels(f"complex ({self.dtype}) SLC values are amplitude or intensity, not "
+                                       f"{scale.value}: take them as dn (|z|) or linear (|z|^2 power)")
+        return scale
+
+    def detect_scale(self, values: np.ndarray, units_hint: str | None = None) -> tuple[SarScale, str]:
+        """`detect_sar_scale` for these pixels: `values` a sample of the raw values, nodata as NaN."""
+        if not self.complex:
+            return detect_sar_scale(values, self.dtype, units_hint)
+        if self.dtype == "complex_int16":
+            return SarScale.DN, f"{self.dtype} SLC: amplitude |z| taken as digital numbers"
+        intensity = np.abs(np.asarray(values)).astype(np.float64) ** 2
+        intensity = intensity[np.isfinite(intensity)]
+        p99 = float(np.percentile(intensity, 99)) if intensity.size else 0.0
+        if p99 < 10.0:
+            return SarScale.LINEAR, f"{self.dtype} SLC, intensity |z|^2 99th percentile {p99:.3g} < 10: linear power"
+        return SarScale.DN, f"{self.dtype} SLC, intensity |z|^2 99th percentile {p99:.3g} >= 10: amplitude |z| as DN"
+
+    def to_real(self, raw: np.ndarray, scale: SarScale | str) -> np.ndarray:
+        """The values `scale` describes: `raw` itself for real pixels, |z| (DN) or |z|^2 (linear) for complex
+        ones. Masked arrays keep their mask."""
+        if not self.complex:
+            return raw
+        scale = self.check_scale(scale)
+        amplitude = abs(raw).astype(np.float64)
+        return amplitude if scale is SarScale.DN else amplitude**2
+
+
+def sar_pixels(dtype: str, *, palette: bool = False, bits: int | None = None) -> SarPixels:
+    """The rule for which SAR pixels are taken, and how (see SarPixels); raises UnsupportedSarPixels.
+
+    Args:
+        dtype: the band's pixel type (rasterio's names: uint8, int16, float32, complex_int16, complex64, ...).
+        palette: the band is colour-mapped (a palette PNG or TIFF): its values are colour indices.
+        bits: bits per pixel where fewer than the type holds (1-bit PNG, TIFF NBITS), else None.
+    """
+    if bits is not None and bits < 8:
+        raise UnsupportedSarPixels(f"a {bits}-bit image holds {2**bits} levels, not backscatter: {_SEND_INSTEAD}")
+    if palette:
+        raise UnsupportedSarPixels(f"a palette (colour-mapped) image holds colour indices, not backscatter: {_SEND_INSTEAD}")
+    if dtype in SAR_REAL_DTYPES or dtype in SAR_COMPLEX_DTYPES:
+        return SarPixels(dtype)
+    if dtype == "int8":
+        raise UnsupportedSarPixels(f"signed 8-bit (int8) data is neither a display-scaled image (0..255) nor SAR "
+                                   f"digital numbers: {_SEND_INSTEAD}")
+    raise UnsupportedSarPixels(f"pixel type {dtype} is not taken as SAR: {_SEND_INSTEAD}")
 
 
 @dataclass(frozen=True)

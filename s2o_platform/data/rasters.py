@@ -140,6 +140,17 @@ def _units_hint(ds, band: int) -> str | None:
     return text or None
 
 
+def band_pixel_format(ds, band: int) -> tuple[str, bool, int | None]:
+    """(pixel type, colour-mapped, bits per pixel where fewer than 8, else None) of band `band` (1-based) of an
+    open rasterio dataset: what the SAR pixel rule (`normalization.sar_pixels`) is given, by archive translation
+    and by the HTTP service alike."""
+    from rasterio.enums import ColorInterp
+
+    nbits = ds.tags(band, ns="IMAGE_STRUCTURE").get("NBITS")
+    bits = int(nbits) if nbits and nbits.isdigit() and int(nbits) < 8 else None
+    return ds.dtypes[band - 1], ds.colorinterp[band - 1] == ColorInterp.palette, bits
+
+
 def _select_sar_band(ds, path: str, band: str | int | None) -> int:
     """1-based band index of the SAR polarisation to use (VV by default where bands are named)."""
     names = [(d or "").upper() for d in ds.descriptions]

@@ -10,11 +10,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from s2o_platform import storage
-from s2o_platform.data.normalization import SarNormalization, SarScale, detect_sar_scale
-from s2o_platform.data.rasters import InputError, _select_sar_band, _units_hint
+from s2o_platform.data.normalization import (
+    SAR_REAL_DTYPES,
+    SarNormalization,
+    SarScale,
+    UnsupportedSarPixels,
+    sar_pixels,
+)
+from s2o_platform.data.rasters import InputError, _select_sar_band, _units_hint, band_pixel_format
 from s2o_platform.geo.tiling import window_starts
 
-SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+SUPPORTED_DTYPES = SAR_REAL_DTYPES  # real types taken as they are; complex SLC too, detected (data.normalization.sar_pixels)
 
 
 @dataclass
@@ -75,18 +81,26 @@ def inspect_scene(uri: str, name: str, band: str | int | None, sar_scale: str, t
         if ds.crs is None:
             raise InputError(f"{uri} has no CRS: archive translation writes georeferenced outputs, so it needs a georeferenced scene")
         index = _select_sar_band(ds, uri, band)
-        dtype = ds.dtypes[index - 1]
-        if dtype not in SUPPORTED_DTYPES:
-            raise InputError(f"{uri} band {index} has data type {dtype}; supported: {', '.join(SUPPORTED_DTYPES)}")
+        dtype, palette, bits = band_pixel_format(ds, index)
+        try:  # the shared SAR pixel rule: real types as they are, complex SLC detected, palette/1-bit/int8 refused
+            pixels = sar_pixels(dtype, palette=palette, bits=bits)
+        except UnsupportedSarPixels as err:
+            raise InputError(f"{uri} band {index} ({dtype}): {err}") from None
         if ds.height < tile or ds.width < tile:
             raise InputError(f"{uri} is {ds.width}x{ds.height} px, smaller than the model's {tile} px tile")
         if sar_scale == SarScale.AUTO.value:
             step = max(1, max(ds.height, ds.width) // 512)
             sample = ds.read(index, out_shape=(max(1, ds.height // step), max(1, ds.width // step)), masked=True)
-            values = np.asarray(sample.filled(np.nan) if np.issubdtype(sample.dtype, np.floating) else sample.compressed(), dtype=np.float64)
-            scale, reason = detect_sar_scale(values, dtype, _units_hint(ds, index))
+            if np.issubdtype(sample.dtype, np.complexfloating):
+                values = sample.filled(np.nan)
+            else:
+                values = np.asarray(sample.filled(np.nan) if np.issubdtype(sample.dtype, np.floating) else sample.compressed(), dtype=np.float64)
+            scale, reason = pixels.detect_scale(values, _units_hint(ds, index))
         else:
-            scale, reason = SarScale(sar_scale), f"--sar-scale {sar_scale}"
+            try:
+                scale, reason = pixels.check_scale(sar_scale), f"--sar-scale {sar_scale}"
+            except UnsupportedSarPixels as err:
+                raise InputError(f"{uri} band {index}: {err}") from None
         return SceneInfo(
             uri=uri, name=name, path=path, env=env, band=index, height=ds.height, width=ds.width, dtype=dtype,
             crs_wkt=ds.crs.to_wkt(), transform=tuple(ds.transform)[:6], scale=scale.value, scale_reason=reason,
@@ -107,6 +121,7 @@ def read_strip(info: SceneInfo, row: int, dataset=None) -> tuple[np.ndarray, np.
             masked = ds.read(info.band, window=window, masked=True)
     else:
         masked = dataset.read(info.band, window=window, masked=True)
+    masked = sar_pixels(info.dtype).to_real(masked, info.scale)  # complex SLC -> |z| or |z|^2; real: as it is
     raw = np.asarray(masked.filled(0), dtype=np.float64)
     valid = ~np.ma.getmaskarray(masked) & np.isfinite(raw)
     model = norm.to_model(np.where(valid, raw, 1.0), info.scale)
