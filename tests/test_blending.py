@@ -57,3 +57,32 @@ def test_rows_must_arrive_in_order():
     m.add(16, 0, np.zeros((1, 16, 16)))
     with pytest.raises(ValueError, match="row order"):
         m.add(0, 0, np.zeros((1, 16, 16)))
+
+
+@pytest.mark.parametrize("height,width", [(8, 8), (32, 32), (33, 32), (100, 57), (1024, 1024)])
+def test_tile_count_matches_cut_image(height, width):
+    from s2o_platform.geo.blending import cut_image, tile_count
+
+    tiles, _ = cut_image(np.zeros((1, height, width), np.float32), 32, 8)
+    assert tile_count(height, width, 32, 8) == len(tiles)
+
+
+def test_tile_count_of_the_blank_1024_request():
+    from s2o_platform.geo.blending import tile_count
+
+    # the request: 1024 px a side, 32 px tiles with a quarter-tile overlap -> 43 x 43 windows
+    assert tile_count(1024, 1024, 32, 8) == 1849
+
+
+@pytest.mark.parametrize("max_tiles", [1, 3, 4, 9, 10, 100, 1849])
+def test_largest_side_within_is_the_largest_square_that_fits(max_tiles):
+    from s2o_platform.geo.blending import largest_side_within, tile_count
+
+    side = largest_side_within(max_tiles, 32, 8)
+    assert tile_count(side, side, 32, 8) <= max_tiles < tile_count(side + 1, side + 1, 32, 8)
+
+
+def test_largest_side_within_nothing_fits():
+    from s2o_platform.geo.blending import largest_side_within
+
+    assert largest_side_within(0, 32, 8) == 0

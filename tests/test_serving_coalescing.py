@@ -117,3 +117,67 @@ def test_wrong_result_count_is_an_error_for_that_call():
 def test_max_items_must_be_positive():
     with pytest.raises(ValueError, match="max_items"):
         CoalescingRunner(lambda v, k: v, max_items=0, executor=ThreadPoolExecutor(1))
+
+
+def test_max_weight_caps_a_call_and_a_heavy_item_runs_alone():
+    model = GatedModel()
+    runner = runner_for(model, max_items=8, max_weight=5)
+
+    async def scenario():
+        head = asyncio.ensure_future(runner.submit([(4, "x")]))
+        while not model.started.is_set():
+            await asyncio.sleep(0.001)
+        rest = asyncio.ensure_future(runner.submit([(4, "a"), (4, "b"), (4, "c"), (4, "huge")], weights=[2, 2, 2, 9]))
+        await asyncio.sleep(0.01)
+        model.gate.set()
+        return await head, await rest
+
+    first, rest = run(scenario())
+    assert rest == ["4:a", "4:b", "4:c", "4:huge"]
+    # 2 + 2 fit in 5; c starts the next call; the item heavier than the budget runs alone
+    assert model.calls[1:] == [(["a", "b"], 4), (["c"], 4), (["huge"], 4)]
+
+
+def test_a_small_request_goes_before_a_large_requests_later_turns():
+    model = GatedModel()
+    runner = runner_for(model, max_items=8, max_weight=2)
+    large = [(4, f"L{i}") for i in range(6)]
+
+    async def scenario():
+        head = asyncio.ensure_future(runner.submit([(4, "x")]))
+        while not model.started.is_set():
+            await asyncio.sleep(0.001)
+        big = asyncio.ensure_future(runner.submit(large, turns=[0, 0, 1, 1, 2, 2]))
+        await asyncio.sleep(0.01)
+        small = asyncio.ensure_future(runner.submit([(4, "s")]))  # arrives after the whole large request
+        await asyncio.sleep(0.01)
+        model.gate.set()
+        return await head, await big, await small
+
+    _, big, small = run(scenario())
+    assert small == ["4:s"] and big == [f"4:L{i}" for i in range(6)]
+    # the small request's turn 0 comes before the large request's turns 1 and 2
+    assert model.calls[1:] == [(["L0", "L1"], 4), (["s", "L2"], 4), (["L3", "L4"], 4), (["L5"], 4)]
+
+
+def test_work_of_a_caller_that_went_away_is_dropped_and_counted():
+    model = GatedModel()
+    runner = runner_for(model, max_items=8, max_weight=2)
+
+    async def scenario():
+        head = asyncio.ensure_future(runner.submit([(4, "x")]))
+        while not model.started.is_set():
+            await asyncio.sleep(0.001)
+        big = asyncio.ensure_future(runner.submit([(4, "a"), (4, "b"), (4, "c")], weights=[2, 2, 2], turns=[0, 1, 2]))
+        await asyncio.sleep(0.01)
+        assert runner.pending_weight() == {4: 6}
+        big.cancel()  # the client disconnected
+        await asyncio.sleep(0.01)
+        assert runner.pending_weight() == {}
+        model.gate.set()
+        await head
+        return await asyncio.gather(big, return_exceptions=True)
+
+    (gone,) = run(scenario())
+    assert isinstance(gone, asyncio.CancelledError)
+    assert model.calls == [(["x"], 4)] and runner.dropped_weight == 6

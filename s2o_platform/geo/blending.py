@@ -99,6 +99,28 @@ def cut_image(image: np.ndarray, tile: int, overlap: int) -> tuple[np.ndarray, l
     return tiles, positions
 
 
+def tile_count(height: int, width: int, tile: int, overlap: int) -> int:
+    """How many windows `cut_image` makes of a (height, width) image: known from a header, before decoding."""
+    from s2o_platform.geo.tiling import window_starts
+
+    stride = tile - overlap
+    return len(window_starts(max(height, tile), tile, stride)) * len(window_starts(max(width, tile), tile, stride))
+
+
+def largest_side_within(max_tiles: int, tile: int, overlap: int) -> int:
+    """The largest side of a square image that `cut_image` covers with at most `max_tiles` windows
+    (0 when not even one window fits)."""
+    if max_tiles < 1:
+        return 0
+    per_axis = int(max_tiles ** 0.5)
+    while (per_axis + 1) ** 2 <= max_tiles:  # guard the float square root
+        per_axis += 1
+    while per_axis ** 2 > max_tiles:
+        per_axis -= 1
+    # n windows along an axis reach tile + (n - 1) * stride px
+    return tile + (per_axis - 1) * (tile - overlap)
+
+
 def mosaic_image(predictions: np.ndarray, positions: list[tuple[int, int]], height: int, width: int, overlap: int) -> np.ndarray:
     """Blend (N, channels, tile, tile) predictions made at `positions` (from `cut_image`) into a
     (channels, height, width) image, cropping away any padding."""
