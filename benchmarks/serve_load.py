@@ -171,7 +171,8 @@ def main() -> None:
                        "max_ongoing_requests": max(levels) * 2, "max_queued_requests": max(levels) * 8}
         for name, batch in (("on", args.max_batch), ("off", 1)):
             settings = ServeSettings(**{**plan.settings.model_dump(), "max_batch_size": batch})
-            serve.run(application(settings, {**plan.deployment_options, **one_replica}), name=f"batching-{name}",
+            options = {**plan.deployment_options, "SarTranslator": {**plan.deployment_options["SarTranslator"], **one_replica}}
+            serve.run(application(settings, options), name=f"batching-{name}",
                       route_prefix=f"/batching-{name}")
         body = tile_png(tile, 1)
         rows = []

@@ -187,7 +187,8 @@ class Demo:
         folder.mkdir(exist_ok=True)
         plan = plan_serving(DEFAULT_CONFIG, model=model, host="127.0.0.1", port=free_port())
         if self.preset.use_gpu:  # serve/config.yaml's replicas are CPU ones; the GPU preset serves on the GPU
-            plan.deployment_options.setdefault("ray_actor_options", {})["num_gpus"] = 1
+            translator = plan.deployment_options.setdefault("SarTranslator", {})
+            translator.setdefault("ray_actor_options", {})["num_gpus"] = 1
         url = start_serving(plan)
         self.log(f"[demo] Ray Serve is up at {url}; sending real HTTP requests")
         answers = []

@@ -1,25 +1,35 @@
-"""The Ray Serve application: one FastAPI ingress deployment whose replicas each hold the model.
+"""The Ray Serve application: a light HTTP ingress (SarGateway) in front of the model replicas (SarTranslator).
 
     POST /v1/translate?steps=N&format=png|tiff   body: the SAR image (image/png, image/jpeg, image/tiff)
-    GET  /healthz                                ready once the model is loaded and a forward pass succeeded
-    GET  /v1/model                               bundle metadata, allowed steps, limits
+    GET  /healthz                                200 when a model replica can take work now; else 503, within 1 s
+    GET  /v1/model                               what a client needs: stage, tile size, steps, limits
     GET  /docs                                   OpenAPI (FastAPI's default)
 
-A request is checked and decoded (codec), cut into model tiles with overlap (geo.blending.cut_image),
-and its tiles join a dynamic batch (`@serve.batch`) with other requests' tiles. Serve's batches go to
-a CoalescingRunner: one model thread (the event loop keeps accepting requests), and every batch that
-waited while it was busy is merged into its next forward pass (same step count, up to
-max_batch_size requests), so the forward-pass size follows the load. Each request's tiles are then
-blended back (mosaic_image) and encoded. Overload is shed by Serve itself:
-`max_ongoing_requests` per replica plus `max_queued_requests` answer 503 + Retry-After
-(serve/config.yaml). Bad input is a 4xx JSON answer {"error": kind, "detail": message}.
+SarGateway (many cheap async slots, no CPU reserved) reads each body under deadlines (a slow client
+gets 408 and never holds a model replica's slot), then hands the bytes to a SarTranslator replica
+through a deployment handle. When a replica dies mid-request the gateway retries once (a
+translation is idempotent: a request's noise is seeded by its own bytes), then answers 503 with
+Retry-After and the JSON error body, as it does when the translators' queues are full.
+
+SarTranslator prices a request before decoding a pixel: its tiles x steps from the image header, at
+the replica's measured seconds per tile-step; work that would take longer than
+`max_request_model_s` is refused (413) with the size and steps that would fit. The image is then
+decoded, cut into model tiles with overlap (geo.blending.cut_image) and handed to a CoalescingRunner:
+one model thread, each forward pass at most `model_batch_tiles` tiles merged across requests, a
+large request's chunks taking turns with other requests, and chunks of a caller that went away
+(disconnected, timed out) dropped before the next pass. Tiles are blended back (mosaic_image) and
+encoded. Bad input is a 4xx JSON answer {"error": kind, "detail": message}; an unexpected failure is
+a 500 whose body carries only an error id (the detail is in the replica's log).
 """
 
 # No `from __future__ import annotations`: FastAPI must see real types (Request) on the ingress methods.
 import asyncio
+import hashlib
 import logging
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,25 +46,24 @@ from s2o_platform.serving.codec import (
     media_kind,
     parse_format,
     parse_steps,
+    read_header,
 )
 from s2o_platform.serving.coalescing import CoalescingRunner
 from s2o_platform.serving.settings import ServeSettings, settings_from_args
 
 DEPLOYMENT = "SarTranslator"
+GATEWAY = "SarGateway"
+DEPLOYMENTS = (DEPLOYMENT, GATEWAY)
 LATENCY_BOUNDARIES_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 INLINE_BYTES = 64 * 1024  # bodies (and outputs, in values) below this are decoded/encoded on the event loop
 BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
-#: Serve batches let through to the CoalescingRunner at once. High on purpose: a batch held back by
-#: Serve's semaphore cannot be merged into the next forward pass.
-MAX_PENDING_BATCHES = 64
+READINESS_DEADLINE_S = 1.0  # /healthz answers within this, whatever the replicas do
+RETRY_AFTER_S = 1
+#: Passes of at least this many tiles update the measured speed (smaller ones cost more per tile, and
+#: would make admission refuse work the replica can do).
+SPEED_SAMPLE_TILES = 8
 
-
-class _DropBatchBoundWarning(logging.Filter):
-    """Serve warns when max_batch_size * max_concurrent_batches > max_ongoing_requests, assuming each
-    batch is a forward pass; here batches are merged, and max_batch_size bounds the merged pass."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "max_concurrent_batches" not in record.getMessage()
+log = logging.getLogger("s2o.serve")
 
 api = FastAPI(
     title="s2o-platform: SAR to optical translation",
@@ -63,35 +72,36 @@ api = FastAPI(
 )
 
 
+@dataclass
+class Answer:
+    """What a SarTranslator replica returns to the gateway: an image, or a refusal (status >= 400)."""
+
+    status: int
+    content: bytes = b""
+    media_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+    error: dict[str, str] | None = None
+
+
 class Metrics:
     """Our counters, exported on Ray's Prometheus endpoint beside Serve's own (names get a `ray_` prefix)."""
 
-    def __init__(self):
+    def __init__(self, gateway: bool):
         from ray.util import metrics
 
-        self.requests = metrics.Counter("s2o_serve_requests", "translate requests by HTTP status", tag_keys=("status",))
-        self.errors = metrics.Counter("s2o_serve_errors", "refused or failed requests by kind", tag_keys=("kind",))
-        self.latency = metrics.Histogram("s2o_serve_latency_s", "translate request latency inside the replica, s",
-                                         boundaries=LATENCY_BOUNDARIES_S)
-        self.batch_requests = metrics.Histogram("s2o_serve_batch_requests", "requests per dynamic batch", boundaries=BATCH_BOUNDARIES)
-        self.batch_tiles = metrics.Histogram("s2o_serve_batch_tiles", "model tiles per dynamic batch", boundaries=BATCH_BOUNDARIES)
+        if gateway:
+            self.requests = metrics.Counter("s2o_serve_requests", "translate requests by HTTP status", tag_keys=("status",))
+            self.errors = metrics.Counter("s2o_serve_errors", "refused or failed requests by kind", tag_keys=("kind",))
+            self.latency = metrics.Histogram("s2o_serve_latency_s", "translate request latency at the ingress, s",
+                                             boundaries=LATENCY_BOUNDARIES_S)
+        else:
+            self.batch_requests = metrics.Histogram("s2o_serve_batch_requests", "requests per forward pass",
+                                                    boundaries=BATCH_BOUNDARIES)
+            self.batch_tiles = metrics.Histogram("s2o_serve_batch_tiles", "model tiles per forward pass", boundaries=BATCH_BOUNDARIES)
+            self.dropped_tiles = metrics.Counter("s2o_serve_dropped_tiles", "tiles not run because their caller went away")
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The body, refused as soon as it is known to exceed `max_bytes` (by Content-Length or while streaming)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise RequestError(413, "too_large", f"the body is {declared} bytes; the limit is {max_bytes}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise RequestError(413, "too_large", f"the body exceeds the limit of {max_bytes} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _allowed_steps(sampler: str, default: int) -> "list[int] | str":
+def _allowed_steps(sampler: str) -> "list[int] | str":
     from s2o_platform.diffusion.sampling import STUDENT_STEPS
 
     if sampler == "lcm":
@@ -101,17 +111,37 @@ def _allowed_steps(sampler: str, default: int) -> "list[int] | str":
     return "any (a teacher; DDIM takes any step count, DDPM its full schedule)"
 
 
+def admission_error(tiles: int, steps: int, seconds_per_tile_step: float, budget_s: float, tile: int, overlap: int,
+                    height: int, width: int) -> "RequestError | None":
+    """Refusal of a request whose model work (tiles x steps at the measured speed) exceeds `budget_s`,
+    saying the largest square image at these steps and the most steps at this size that fit; else None."""
+    from s2o_platform.geo.blending import largest_side_within
+
+    cost_s = tiles * steps * seconds_per_tile_step
+    if cost_s <= budget_s:
+        return None
+    fit_tiles = int(budget_s / (steps * seconds_per_tile_step))
+    side = largest_side_within(fit_tiles, tile, overlap)
+    fit_steps = int(budget_s / (tiles * seconds_per_tile_step))
+    size_hint = f"an image of at most {side}x{side} px at {steps} step(s)" if side else f"no image at {steps} step(s)"
+    steps_hint = f"at most {fit_steps} step(s) at this size" if fit_steps >= 1 else "no step count at this size"
+    return RequestError(413, "too_costly",
+                        f"the image is {width}x{height} px = {tiles} tiles x {steps} step(s), about {cost_s:.1f} s of "
+                        f"model time at this replica's measured {1000 * seconds_per_tile_step:.1f} ms per tile-step; the "
+                        f"limit is {budget_s:g} s: send {size_hint}, or {steps_hint} (or use `s2o translate` for scenes)")
+
+
 @serve.deployment(
     name=DEPLOYMENT,
     # Defaults; serve/config.yaml restates them for `serve deploy` and KubeRay.
     max_ongoing_requests=32,
     max_queued_requests=64,
-    backpressure_config={"status_code": 503, "retry_after_s": 1},
     autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16},
     health_check_period_s=10,
 )
-@serve.ingress(api)
 class SarTranslator:
+    """A model replica: prices, decodes, translates and encodes one request (called by SarGateway)."""
+
     def __init__(self, settings: dict[str, Any]):
         import ray
 
@@ -122,138 +152,290 @@ class SarTranslator:
         reserved = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)) or 1
         self.model = LoadedModel(s.model, device=s.device, dtype=s.dtype, steps=s.steps, seed=s.seed, batch_size=s.model_batch_tiles,
                                  threads=s.torch_threads or reserved)
-        # One long-lived thread runs every forward pass: the event loop stays free for HTTP, and torch's
-        # OpenMP team lives in one thread instead of being rebuilt in whichever pool thread comes next.
+        # One long-lived thread runs every forward pass: the event loop stays free, and torch's OpenMP
+        # team lives in one thread instead of being rebuilt in whichever pool thread comes next.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s2o-model")
         self.metadata = self.model.bundle.metadata
         self.tile = self.metadata.tile_size
         self.overlap = self.tile // 4 if s.overlap is None else min(s.overlap, self.tile - 1)
         self.sampler, self.default_steps = resolve_sampler_for(self.metadata, s.model, None, s.steps)
-        self.translate_batch.set_max_batch_size(s.max_batch_size)
-        self.translate_batch.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
-        self.metrics = Metrics()
-        self.runner = CoalescingRunner(self._run_group, s.max_batch_size, self.executor, on_run=self._observe_group)
-        logging.getLogger("ray.serve").addFilter(_DropBatchBoundWarning())
-        # Ready only after a real forward pass: a replica that cannot translate never takes traffic.
-        probe = np.zeros((1, self.metadata.sar_channels, self.tile, self.tile), np.float32)
-        warm = self.executor.submit(self.model.translate, probe, "warm-up").result()
+        self.metrics = Metrics(gateway=False)
+        self.runner = CoalescingRunner(self._run_group, s.max_batch_size, self.executor, on_run=self._observe_group,
+                                       max_weight=s.model_batch_tiles)
+        self.reported_dropped = 0
+        self.pass_started: float | None = None
+        # Ready only after real forward passes: a replica that cannot translate never takes traffic. The
+        # second, timed pass (the first pays one-time costs) gives admission its first speed figure.
+        probe = np.zeros((min(SPEED_SAMPLE_TILES, s.model_batch_tiles), self.metadata.sar_channels, self.tile, self.tile), np.float32)
+        warm = self.executor.submit(self.model.translate, probe[:1], "warm-up").result()
+        started = time.perf_counter()
+        self.executor.submit(self.model.translate, probe, "speed", steps=self.default_steps).result()
+        self.seconds_per_tile_step = (time.perf_counter() - started) / (len(probe) * self.default_steps)
         self.ready = bool(np.isfinite(warm).all())
 
     def check_health(self) -> None:
-        """Serve's periodic replica health check."""
+        """Serve's periodic replica health check: the model produced finite values, and no forward pass
+        has run for longer than many times the whole request budget (a stuck model thread)."""
         if not self.ready:
             raise RuntimeError("the model's warm-up forward pass did not produce finite values")
+        running = self.pass_started
+        if running is not None and time.perf_counter() - running > 10 * self.settings.max_request_model_s + 60:
+            raise RuntimeError(f"a forward pass has run for {time.perf_counter() - running:.0f} s: the model thread is stuck")
 
-    @api.get("/healthz")
-    def healthz(self):
-        if not self.ready:
-            return JSONResponse({"status": "not ready"}, status_code=503)
-        return {"status": "ready", "model": self.settings.model, "device": str(self.model.device), "dtype": self.model.dtype_name}
+    async def readiness(self) -> dict[str, Any]:
+        """Whether this replica can take work now: ready, and its waiting work fits the request budget."""
+        backlog_s = self.backlog_s()
+        busy = backlog_s > self.settings.max_request_model_s
+        return {"ready": self.ready and not busy, "status": "busy" if busy else ("ready" if self.ready else "not ready"),
+                "backlog_s": round(backlog_s, 3), "pending_tiles": sum(self.runner.pending_weight().values()),
+                "dropped_tiles": self.runner.dropped_weight}
 
-    @api.get("/v1/model")
-    def model_info(self):
-        m = self.metadata
+    def backlog_s(self) -> float:
+        return sum(tiles * steps for steps, tiles in self.runner.pending_weight().items()) * self.seconds_per_tile_step
+
+    async def info(self) -> dict[str, Any]:
+        """What a client needs to form requests (no server paths)."""
+        m, s = self.metadata, self.settings
         return {
-            "name": self.settings.model.rstrip("/").split("/")[-1] or self.settings.model,
-            "path": self.settings.model,
-            "stage": m.stage,
-            "tile_size": m.tile_size,
-            "sar_channels": m.sar_channels,
-            "sampler": self.sampler,
-            "default_steps": self.default_steps,
-            "allowed_steps": _allowed_steps(self.sampler, self.default_steps),
-            "overlap": self.overlap,
-            "max_image_side": self.settings.max_image_side,
-            "max_body_bytes": self.settings.max_body_bytes,
-            "max_batch_size": self.settings.max_batch_size,
-            "device": str(self.model.device),
-            "dtype": self.model.dtype_name,
+            "stage": m.stage, "tile_size": m.tile_size, "sar_channels": m.sar_channels, "sampler": self.sampler,
+            "default_steps": self.default_steps, "allowed_steps": _allowed_steps(self.sampler), "overlap": self.overlap,
+            "max_image_side": s.max_image_side, "max_body_bytes": s.max_body_bytes, "max_decode_bytes": s.max_decode_bytes,
+            "max_request_model_s": s.max_request_model_s, "model_batch_tiles": s.model_batch_tiles,
+            "seconds_per_tile_step": round(self.seconds_per_tile_step, 6), "dtype": self.model.dtype_name,
             "model_card": m.model_card,
         }
 
-    @api.post("/v1/translate")
-    async def translate(self, request: Request, steps: str | None = Query(None, description="sampling steps (student: 1-8)"),
-                        output_format: str | None = Query(None, alias="format", description="png (default) or tiff")):
-        started = time.perf_counter()
+    async def translate(self, body: bytes, kind: str, steps: "int | None", fmt: str) -> Answer:
         try:
-            response = await self._translate(request, steps, output_format)
+            return await self._translate(body, kind, steps, fmt)
         except RequestError as err:
-            self.metrics.errors.inc(tags={"kind": err.kind})
-            response = JSONResponse(err.to_json(), status_code=err.status)
-        except Exception as err:  # noqa: BLE001 - an unexpected failure is reported, and the replica stays up
-            self.metrics.errors.inc(tags={"kind": "internal"})
-            response = JSONResponse({"error": "internal", "detail": f"{type(err).__name__}: {err}"}, status_code=500)
-        self.metrics.requests.inc(tags={"status": str(response.status_code)})
-        self.metrics.latency.observe(time.perf_counter() - started)
-        return response
+            return Answer(err.status, error=err.to_json())
 
-    async def _translate(self, request: Request, raw_steps: str | None, raw_format: str | None) -> Response:
+    async def _translate(self, body: bytes, kind: str, asked_steps: "int | None", fmt: str) -> Answer:
+        from s2o_platform.geo.blending import cut_image, mosaic_image, tile_count
+
         s = self.settings
-        n_steps = self._steps(parse_steps(raw_steps))
-        fmt = parse_format(raw_format)
-        kind = media_kind(request.headers.get("content-type"))
-        body = await read_body(request, s.max_body_bytes)
-        check_body(body, s.max_body_bytes)
+        n_steps = self._steps(asked_steps)
+        large = len(body) > INLINE_BYTES
+        header = await self._offload(large, read_header, body, kind, self.metadata.sar_channels, s.max_image_side, s.max_decode_bytes)
+        tiles_needed = tile_count(header.height, header.width, self.tile, self.overlap)
+        refusal = admission_error(tiles_needed, n_steps, self.seconds_per_tile_step, s.max_request_model_s, self.tile,
+                                  self.overlap, header.height, header.width)
+        if refusal is not None:
+            raise refusal
         t0 = time.perf_counter()
-        image = await self._offload(len(body) > INLINE_BYTES, decode_sar, body, kind, self.metadata.sar_normalization,
-                                    self.metadata.sar_channels, s.max_image_side)
+        image = await self._offload(large, decode_sar, body, kind, self.metadata.sar_normalization, self.metadata.sar_channels,
+                                    s.max_image_side, s.max_decode_bytes)
         t1 = time.perf_counter()
-        from s2o_platform.geo.blending import cut_image, mosaic_image
-
         tiles, positions = cut_image(image.values, self.tile, self.overlap)
-        predictions, model_s, merged = await self.translate_batch((tiles, n_steps))
+        # The request's noise is seeded by its own bytes and steps, tile by tile: the answer does not depend
+        # on which other requests share a forward pass, and a retried request gets the same answer.
+        digest = hashlib.sha256(body).hexdigest()[:16]
+        keys = [f"{digest}-{n_steps}-{i}" for i in range(len(tiles))]
+        chunk = s.model_batch_tiles
+        starts = range(0, len(tiles), chunk)
+        results = await self.runner.submit([(n_steps, (tiles[a:a + chunk], keys[a:a + chunk])) for a in starts],
+                                           weights=[len(tiles[a:a + chunk]) for a in starts], turns=list(range(len(starts))))
+        predictions = np.concatenate([out for out, _, _ in results])
+        model_s = sum(seconds for _, seconds, _ in results)
+        merged = max(count for _, _, count in results)
         t2 = time.perf_counter()
         optical = mosaic_image(predictions, positions, image.height, image.width, self.overlap)
-        large = optical.size > INLINE_BYTES
+        big_out = optical.size > INLINE_BYTES
         if fmt == "tiff":
-            content, media = await self._offload(large, encode_tiff, optical, image.crs_wkt, image.transform), "image/tiff"
+            content, media = await self._offload(big_out, encode_tiff, optical, image.crs_wkt, image.transform), "image/tiff"
         else:
-            content, media = await self._offload(large, encode_png, optical), "image/png"
+            content, media = await self._offload(big_out, encode_png, optical), "image/png"
         t3 = time.perf_counter()
-        # Server-Timing: where the replica's time went (the batch's model time is shared by its requests)
-        timing = f"decode;dur={1000 * (t1 - t0):.1f}, batch;dur={1000 * (t2 - t1):.1f}, model;dur={1000 * model_s:.1f}, encode;dur={1000 * (t3 - t2):.1f}"
+        # Server-Timing: where the replica's time went (a pass's model time is shared by its requests)
+        timing = (f"decode;dur={1000 * (t1 - t0):.1f}, batch;dur={1000 * (t2 - t1):.1f}, model;dur={1000 * model_s:.1f}, "
+                  f"encode;dur={1000 * (t3 - t2):.1f}")
         headers = {"X-S2O-Steps": str(n_steps), "X-S2O-Tiles": str(len(tiles)), "X-S2O-SAR-Scale": image.scale,
                    "X-S2O-Batch-Requests": str(merged), "Server-Timing": timing}
-        return Response(content=content, media_type=media, headers=headers)
+        return Answer(200, content, media, headers)
 
     @staticmethod
     async def _offload(large: bool, fn, *args):
-        """Large images are decoded/encoded in a worker thread (the event loop keeps serving); small ones
-        inline, where a thread hop would cost more than the work."""
+        """Large images are checked, decoded and encoded in a worker thread (the event loop keeps serving);
+        small ones inline, where a thread hop would cost more than the work."""
         return await asyncio.to_thread(fn, *args) if large else fn(*args)
 
-    def _steps(self, asked: int | None) -> int:
+    def _steps(self, asked: "int | None") -> int:
         from s2o_platform.bundle import BundleError
         from s2o_platform.inference import resolve_sampler_for
 
         try:
-            return resolve_sampler_for(self.metadata, self.settings.model, None, asked)[1]
+            return resolve_sampler_for(self.metadata, "the served model", None, asked)[1]
         except BundleError as err:
             raise RequestError(422, "bad_steps", str(err)) from None
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01, max_concurrent_batches=MAX_PENDING_BATCHES)
-    async def translate_batch(self, items: list[tuple[np.ndarray, int]]) -> list[tuple[np.ndarray, float, int]]:
-        """Tiles of several requests -> their predictions, and their forward pass's model seconds and request count."""
-        return await self.runner.submit([(n_steps, tiles) for tiles, n_steps in items])
+    def _observe_group(self, chunks: list) -> None:
+        self.metrics.batch_requests.observe(len(chunks))
+        self.metrics.batch_tiles.observe(sum(len(tiles) for tiles, _ in chunks))
+        dropped = self.runner.dropped_weight - self.reported_dropped
+        if dropped:
+            self.metrics.dropped_tiles.inc(dropped)
+            self.reported_dropped += dropped
+            log.info("dropped %d tiles of requests whose callers went away", dropped)
 
-    def _observe_group(self, tile_sets: list[np.ndarray]) -> None:
-        self.metrics.batch_requests.observe(len(tile_sets))
-        self.metrics.batch_tiles.observe(sum(len(tiles) for tiles in tile_sets))
-
-    def _run_group(self, tile_sets: list[np.ndarray], n_steps: int) -> list[tuple[np.ndarray, float, int]]:
-        """One forward pass over the tiles of several requests with the same step count (model thread)."""
-        started = time.perf_counter()
-        key = f"batch-{self.runner.calls}-{n_steps}"  # the runner counted this call before handing it over
-        out = self.model.translate(np.concatenate(tile_sets), key, steps=n_steps)
+    def _run_group(self, chunks: list, n_steps: int) -> list:
+        """One forward pass over chunks of several requests with the same step count (model thread)."""
+        self.pass_started = started = time.perf_counter()
+        try:
+            tiles = np.concatenate([t for t, _ in chunks])
+            keys = [k for _, chunk_keys in chunks for k in chunk_keys]
+            out = self.model.translate(tiles, "pass", steps=n_steps, keys=keys)
+        finally:
+            self.pass_started = None
         seconds = time.perf_counter() - started
-        bounds = np.cumsum([0] + [len(tiles) for tiles in tile_sets])
-        return [(out[a:b], seconds, len(tile_sets)) for a, b in zip(bounds[:-1], bounds[1:])]
+        if len(tiles) >= SPEED_SAMPLE_TILES:  # follow the replica's real speed (load, thermal, neighbours)
+            self.seconds_per_tile_step = 0.7 * self.seconds_per_tile_step + 0.3 * seconds / (len(tiles) * n_steps)
+        bounds = np.cumsum([0] + [len(t) for t, _ in chunks])
+        return [(out[a:b], seconds, len(chunks)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def application(settings: ServeSettings, deployment_options: dict[str, Any] | None = None):
-    """The bound application for `serve.run`, with deployment options (as in serve/config.yaml) applied."""
-    deployment = SarTranslator.options(**deployment_options) if deployment_options else SarTranslator
-    return deployment.bind(settings.model_dump())
+async def read_body(request: Request, max_bytes: int, total_s: float, chunk_s: float) -> bytes:
+    """The body, refused as soon as it is known to exceed `max_bytes` (by Content-Length or while
+    streaming), or with 408 when it takes longer than `total_s` in all or pauses longer than `chunk_s`."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise RequestError(413, "too_large", f"the body is {declared} bytes; the limit is {max_bytes}")
+    chunks, size = [], 0
+    deadline = time.monotonic() + total_s
+    stream = request.stream().__aiter__()
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise RequestError(408, "body_timeout", f"the body did not arrive within {total_s:g} s; send it in one go")
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), timeout=min(chunk_s, left))
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise RequestError(408, "body_timeout", f"the body stalled (nothing for {min(chunk_s, left):.3g} s, "
+                               f"{size} bytes received); send it in one go") from None
+        size += len(chunk)
+        if size > max_bytes:
+            raise RequestError(413, "too_large", f"the body exceeds the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _unavailable(detail: str) -> JSONResponse:
+    return JSONResponse({"error": "unavailable", "detail": detail}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def _error_kind(response: JSONResponse) -> "str | None":
+    import json
+
+    try:
+        return json.loads(response.body).get("error")
+    except (ValueError, AttributeError):
+        return None
+
+
+@serve.deployment(
+    name=GATEWAY,
+    max_ongoing_requests=256,
+    max_queued_requests=256,
+    num_replicas=1,
+    ray_actor_options={"num_cpus": 0},
+)
+@serve.ingress(api)
+class SarGateway:
+    """The HTTP ingress: cheap checks, bounded body reads, and clean answers when replicas fail."""
+
+    def __init__(self, translator, settings: dict[str, Any]):
+        self.translator = translator
+        self.settings = ServeSettings(**settings)
+        self.metrics = Metrics(gateway=True)
+
+    async def _readiness(self) -> "dict[str, Any] | None":
+        """A model replica's readiness, or None when none answers within the deadline."""
+        try:
+            return await asyncio.wait_for(self.translator.readiness.remote(), timeout=READINESS_DEADLINE_S)
+        except Exception:  # noqa: BLE001 - timeout, no replica, replica died: all mean "cannot take work now"
+            return None
+
+    async def _a_replica_is_ready(self) -> bool:
+        state = await self._readiness()
+        return bool(state and state["ready"])
+
+    @api.get("/healthz")
+    async def healthz(self):
+        """200 when a model replica answers within the deadline and can take work now; else 503."""
+        state = await self._readiness()
+        if state is None:
+            return JSONResponse({"status": "unavailable", "detail": "no model replica answered within "
+                                 f"{READINESS_DEADLINE_S:g} s"}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+        body = {k: state[k] for k in ("status", "backlog_s", "pending_tiles", "dropped_tiles")}
+        return body if state["ready"] else JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    @api.get("/v1/model")
+    async def model_info(self):
+        try:
+            return await asyncio.wait_for(self.translator.info.remote(), timeout=10)
+        except Exception:  # noqa: BLE001 - as in healthz
+            return _unavailable("no model replica answered; retry after Retry-After seconds")
+
+    @api.post("/v1/translate")
+    async def translate(self, request: Request, steps: "str | None" = Query(None, description="sampling steps (student: 1-8)"),
+                        output_format: "str | None" = Query(None, alias="format", description="png (default) or tiff")):
+        started = time.perf_counter()
+        try:
+            response = await self._translate(request, steps, output_format)
+        except RequestError as err:
+            response = JSONResponse(err.to_json(), status_code=err.status)
+        except Exception:  # noqa: BLE001 - reported with an id; the detail stays in the log
+            error_id = uuid.uuid4().hex[:12]
+            log.exception("request failed, error id %s", error_id)
+            response = JSONResponse({"error": "internal", "detail": f"unexpected server error; quote error id {error_id}",
+                                     "error_id": error_id}, status_code=500)
+        if response.status_code >= 400:
+            kind = _error_kind(response)
+            self.metrics.errors.inc(tags={"kind": kind or "unknown"})
+        self.metrics.requests.inc(tags={"status": str(response.status_code)})
+        self.metrics.latency.observe(time.perf_counter() - started)
+        return response
+
+    async def _translate(self, request: Request, raw_steps: "str | None", raw_format: "str | None"):
+        from ray.exceptions import RayActorError
+        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+
+        s = self.settings
+        n_steps = parse_steps(raw_steps)
+        fmt = parse_format(raw_format)
+        kind = media_kind(request.headers.get("content-type"))
+        body = await read_body(request, s.max_body_bytes, s.body_timeout_s, s.body_chunk_timeout_s)
+        check_body(body, s.max_body_bytes)
+        for attempt in (1, 2):
+            try:
+                answer: Answer = await self.translator.translate.remote(body, kind, n_steps, fmt)
+                break
+            except BackPressureError:
+                return _unavailable("every model replica is busy; retry after Retry-After seconds")
+            except (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError) as err:
+                log.warning("model replica lost during a request (attempt %d): %s", attempt, type(err).__name__)
+                # Retried once, only when a replica can take it now: waiting for a replacement replica (model
+                # loading takes many seconds) would hold the client past its timeout instead of telling it.
+                if attempt == 2 or not await self._a_replica_is_ready():
+                    return _unavailable("the model replica was lost during the request; retry after Retry-After seconds")
+        if answer.status >= 400:
+            return JSONResponse(answer.error, status_code=answer.status)
+        return Response(content=answer.content, media_type=answer.media_type, headers=answer.headers)
+
+
+def application(settings: ServeSettings, deployment_options: "dict[str, dict[str, Any]] | None" = None):
+    """The bound application for `serve.run`: SarGateway in front of SarTranslator, each with its
+    deployment options (as in serve/config.yaml, by deployment name) applied."""
+    options = deployment_options or {}
+    unknown = set(options) - set(DEPLOYMENTS)
+    if unknown:
+        raise ValueError(f"unknown deployment(s) {sorted(unknown)}; the application has {list(DEPLOYMENTS)}")
+    translator = SarTranslator.options(**options[DEPLOYMENT]) if options.get(DEPLOYMENT) else SarTranslator
+    gateway = SarGateway.options(**options[GATEWAY]) if options.get(GATEWAY) else SarGateway
+    args = settings.model_dump()
+    return gateway.bind(translator.bind(args), args)
 
 
 def build_app(args: dict[str, Any]):

@@ -14,7 +14,7 @@ from s2o_platform.serving.settings import DEFAULT_CONFIG, ServeConfigError, Serv
 @dataclass
 class ServingPlan:
     settings: ServeSettings
-    deployment_options: dict[str, Any]
+    deployment_options: dict[str, dict[str, Any]]  # deployment name -> its options from the config
     app_name: str
     route_prefix: str
     host: str
@@ -39,7 +39,7 @@ def plan_serving(config: str | Path = DEFAULT_CONFIG, model: str | None = None, 
                  port: int | None = None, overrides: dict[str, Any] | None = None) -> ServingPlan:
     """Read and check everything before Ray starts: the config, the settings and the bundle."""
     from s2o_platform.bundle import BundleError, check_bundle
-    from s2o_platform.serving.app import DEPLOYMENT
+    from s2o_platform.serving.app import DEPLOYMENTS
 
     schema = load_serve_config(config)
     app = schema.applications[0]
@@ -51,11 +51,11 @@ def plan_serving(config: str | Path = DEFAULT_CONFIG, model: str | None = None, 
         check_bundle(settings.model)
     except BundleError as err:
         raise ServeConfigError(str(err)) from None
-    options: dict[str, Any] = {}
+    options: dict[str, dict[str, Any]] = {}
     for deployment in app.deployments:
-        if deployment.name != DEPLOYMENT:
-            raise ServeConfigError(f"{config}: unknown deployment {deployment.name!r}; the application has {DEPLOYMENT!r}")
-        options = deployment.model_dump(exclude_unset=True, exclude={"name"})
+        if deployment.name not in DEPLOYMENTS:
+            raise ServeConfigError(f"{config}: unknown deployment {deployment.name!r}; the application has {list(DEPLOYMENTS)}")
+        options[deployment.name] = deployment.model_dump(exclude_unset=True, exclude={"name"})
     http = schema.http_options
     return ServingPlan(settings, options, app.name, app.route_prefix or "/", host or http.host or "127.0.0.1",
                        int(port if port is not None else http.port), http.request_timeout_s)

@@ -26,9 +26,14 @@ class ServeSettings(BaseModel):
     overlap: int | None = Field(None, ge=0, description="px between neighbouring tiles of a large image; None: a quarter tile")
     max_image_side: int = Field(1024, ge=8, description="largest accepted width or height, px")
     max_body_mb: float = Field(16.0, gt=0, description="largest accepted request body, MB (checked before decoding)")
-    max_batch_size: int = Field(16, ge=1, description="requests per dynamic batch (1 turns batching off)")
-    batch_wait_timeout_s: float = Field(0.01, ge=0, description="how long a batch waits to fill")
-    model_batch_tiles: int = Field(64, ge=1, description="tiles per forward pass inside a batch")
+    max_decode_mb: float = Field(64.0, gt=0, description="largest decoded raster (and TIFF block) a request may need, "
+                                 "MB (checked from the header before any pixel is read)")
+    body_timeout_s: float = Field(20.0, gt=0, description="a request body must arrive within this many seconds (else 408)")
+    body_chunk_timeout_s: float = Field(5.0, gt=0, description="the longest pause between two chunks of a body (else 408)")
+    max_request_model_s: float = Field(20.0, gt=0, description="refuse (413) a request whose tiles x steps would take "
+                                       "longer than this at the replica's measured speed; keep below the HTTP request timeout")
+    max_batch_size: int = Field(16, ge=1, description="requests merged into one forward pass (1 turns merging off)")
+    model_batch_tiles: int = Field(64, ge=1, description="the most tiles in one forward pass, merged across requests")
     seed: int = 0
     device: str = Field("auto", description="auto | cpu | cuda")
     dtype: str = Field("auto", pattern="^(auto|fp32|fp16|bf16)$", description="network precision: auto (fp16 on a GPU; "
@@ -39,6 +44,10 @@ class ServeSettings(BaseModel):
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def max_decode_bytes(self) -> int:
+        return int(self.max_decode_mb * 1024 * 1024)
 
 
 def settings_from_args(args: dict[str, Any]) -> ServeSettings:
