@@ -303,17 +303,20 @@ async def read_body(request: Request, max_bytes: int, total_s: float, chunk_s: f
     chunks, size = [], 0
     deadline = time.monotonic() + total_s
     stream = request.stream().__aiter__()
+    too_slow = RequestError(408, "body_timeout", f"the body did not arrive within {total_s:g} s; send it in one go")
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise RequestError(408, "body_timeout", f"the body did not arrive within {total_s:g} s; send it in one go")
+            raise too_slow
         try:
             chunk = await asyncio.wait_for(stream.__anext__(), timeout=min(chunk_s, left))
         except StopAsyncIteration:
             break
         except asyncio.TimeoutError:
-            raise RequestError(408, "body_timeout", f"the body stalled (nothing for {min(chunk_s, left):.3g} s, "
-                               f"{size} bytes received); send it in one go") from None
+            if left < chunk_s:
+                raise too_slow from None
+            raise RequestError(408, "body_timeout", f"the body stalled (nothing for {chunk_s:g} s, {size} bytes "
+                               "received); send it in one go") from None
         size += len(chunk)
         if size > max_bytes:
             raise RequestError(413, "too_large", f"the body exceeds the limit of {max_bytes} bytes")
