@@ -495,18 +495,25 @@ def serve_command(
                                                  "bf16. Default: args.dtype of the Serve config (auto).")] = None,
     address: AddressOption = None,
 ) -> None:
-    """Serve a model over HTTP with Ray Serve until interrupted (Ctrl-C).
+    """Serve a model over HTTP with Ray Serve until interrupted (Ctrl-C or SIGTERM).
 
     POST /v1/translate?steps=N&format=png|tiff with a SAR image as the body (image/png, image/jpeg
     or image/tiff; a GeoTIFF keeps its georeference in a tiff answer); GET /healthz; GET /v1/model;
     OpenAPI docs at /docs. Requests are batched dynamically across clients; beyond the config's queue
     limits, requests get 503 with Retry-After instead of waiting without bound.
 
+    Ctrl-C and SIGTERM both stop Serve and, where the command started its own local Ray cluster (no
+    --address), every process of that cluster; with --address the cluster itself stays up. The local
+    cluster's Ray ports listen on 127.0.0.1 only (S2O_RAY_BIND=0.0.0.0 opens them, see README);
+    --host concerns the HTTP endpoint alone.
+
     Example: curl -X POST --data-binary @sar.png -H 'Content-Type: image/png'
              'http://127.0.0.1:8000/v1/translate?steps=4' -o optical.png
     """
+    import signal
     import time
 
+    from s2o_platform.ray_cluster import connect
     from s2o_platform.serving.runner import plan_serving, start_serving
     from s2o_platform.serving.settings import DEFAULT_CONFIG, ServeConfigError
 
@@ -516,18 +523,37 @@ def serve_command(
         plan = plan_serving(config, model=model, host=host, port=port, overrides={"dtype": dtype} if dtype else None)
     except ServeConfigError as err:
         fail(str(err))
+
+    def stop_on_sigterm(signum, frame) -> None:
+        # SIGTERM (kill, systemd, docker stop, Kubernetes) takes Ctrl-C's path through the finally below.
+        # Ray's own SIGTERM handler (set by ray.init) kills the processes the driver started and exits
+        # with the cluster half gone: the dashboard and runtime-env agents (the raylet's) outlived it.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the shutdown
+        raise KeyboardInterrupt
+
     typer.echo(f"[serve] starting Ray Serve with {plan.settings.model} (config {config}) ...", err=True)
-    url = start_serving(plan, address)
-    typer.echo(f"[serve] ready: POST {url}/v1/translate  |  GET {url}/healthz  |  docs {url}/docs  (Ctrl-C stops)")
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     from ray import serve
 
     try:
+        connect(address)
+        signal.signal(signal.SIGTERM, stop_on_sigterm)  # again: ray.init installed its own
+        url = start_serving(plan, address)
+        typer.echo(f"[serve] ready: POST {url}/v1/translate  |  GET {url}/healthz  |  docs {url}/docs  (Ctrl-C stops)")
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         typer.echo("[serve] shutting down", err=True)
     finally:
-        serve.shutdown()
+        import ray
+
+        try:
+            if ray.is_initialized():
+                serve.shutdown()
+        finally:
+            # A local cluster of this command's own: every process of it ends here (GCS, raylet, dashboard,
+            # agents, workers). A cluster joined with --address: this only disconnects.
+            ray.shutdown()
 
 
 @app.command("demo")
