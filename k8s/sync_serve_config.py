@@ -19,24 +19,38 @@ K8S = Path(__file__).resolve().parent
 ROOT = K8S.parent
 SERVE_CONFIG = ROOT / "serve" / "config.yaml"
 BUNDLE = "s3://s2o-data/runs/acd/bundle"  # ${S2O_RUNS}/acd/bundle of base/storage-config.yaml
+DEV_BUNDLE = "s3://s2o-dev/runs/acd/bundle"  # ${S2O_RUNS}/acd/bundle of overlays/dev/storage-config.yaml
 
-#: manifest -> (dotted path -> value) applied to serve/config.yaml
+#: manifest -> (dotted path -> value) applied to serve/config.yaml. In a path, an element of a list of
+#: named entries (applications, deployments) is named, not numbered, so that an entry added or moved in
+#: serve/config.yaml cannot shift an override onto another one; a name that is missing is an error.
 TARGETS: dict[str, dict[str, object]] = {
     "base/rayservice-student.yaml": {
         "proxy_location": "EveryNode",
         "http_options.host": "0.0.0.0",
-        "applications.0.args.model": BUNDLE,
-        "applications.0.deployments.0.ray_actor_options.num_gpus": 1,
+        "applications.s2o.args.model": BUNDLE,
+        # the model replicas take a GPU each; the gateway (SarGateway) none
+        "applications.s2o.deployments.SarTranslator.ray_actor_options.num_gpus": 1,
     },
     "overlays/dev/rayservice-student.yaml": {
         "proxy_location": "EveryNode",
         "http_options.host": "0.0.0.0",
-        "applications.0.args.model": BUNDLE,
-        "applications.0.args.max_image_side": 512,  # CPU replicas: keep a request well inside the timeout
-        "applications.0.deployments.0.autoscaling_config.max_replicas": 1,
+        "applications.s2o.args.model": DEV_BUNDLE,
+        "applications.s2o.args.max_image_side": 512,  # CPU replicas: keep a request well inside the timeout
+        "applications.s2o.deployments.SarTranslator.autoscaling_config.max_replicas": 1,
     },
 }
 BLOCK = re.compile(r"(?P<indent>[ ]*)# BEGIN serveConfigV2.*?\n.*?(?P=indent)# END serveConfigV2", re.S)
+
+
+def _index(node: list, key: str, dotted: str) -> int:
+    """The position of `key` in a list: a number, or the name of an entry ({'name': key, ...})."""
+    if key.isdigit():
+        return int(key)
+    names = [item.get("name") if isinstance(item, dict) else None for item in node]
+    if key not in names:
+        raise KeyError(f"{dotted}: no entry named {key!r} in serve/config.yaml (there are {names})")
+    return names.index(key)
 
 
 def expected_serve_config(overrides: dict[str, object]) -> dict:
@@ -45,8 +59,8 @@ def expected_serve_config(overrides: dict[str, object]) -> dict:
         *parents, last = dotted.split(".")
         node = config
         for key in parents:
-            node = node[int(key)] if isinstance(node, list) else node[key]
-        node[int(last) if isinstance(node, list) else last] = value
+            node = node[_index(node, key, dotted)] if isinstance(node, list) else node[key]
+        node[_index(node, last, dotted) if isinstance(node, list) else last] = value
     return config
 
 

@@ -1,7 +1,9 @@
 """The Kubernetes manifests, checked offline: they parse, core kinds pass kubernetes-validate, KubeRay
 kinds pass their CRD schemas (from ../shared/k8s/crds, with unknown fields refused as the API server
 would silently prune them), serveConfigV2 is serve/config.yaml plus the declared differences, and
-everything the manifests name (entrypoints, presets, image, Ray version, GPUs) matches the project."""
+everything the manifests name (entrypoints, presets, image, Ray version, GPUs) matches the project; and
+minimal exposure: restricted pods with a writable /tmp, read-only S3 credentials for serving, and a
+NetworkPolicy around every Ray cluster."""
 
 from __future__ import annotations
 
@@ -55,10 +57,19 @@ def ray_cluster_spec(doc: dict) -> dict:
     return doc["spec"]["rayClusterSpec"] if doc["kind"] == "RayJob" else doc["spec"]["rayClusterConfig"]
 
 
-def containers(doc: dict) -> list[dict]:
+def pod_templates(doc: dict) -> list[dict]:
+    """The templates of the Ray pods: head, worker groups."""
     spec = ray_cluster_spec(doc)
-    groups = [spec["headGroupSpec"], *spec.get("workerGroupSpecs", [])]
-    return [c for g in groups for c in g["template"]["spec"]["containers"]]
+    return [g["template"] for g in [spec["headGroupSpec"], *spec.get("workerGroupSpecs", [])]]
+
+
+def all_pod_templates(doc: dict) -> list[dict]:
+    """Every pod template of a RayJob/RayService: the Ray pods, plus a RayJob's submitter pod."""
+    return pod_templates(doc) + ([doc["spec"]["submitterPodTemplate"]] if "submitterPodTemplate" in doc["spec"] else [])
+
+
+def containers(doc: dict) -> list[dict]:
+    return [c for t in pod_templates(doc) for c in t["spec"]["containers"]]
 
 
 def gpus(container: dict) -> int:
@@ -189,6 +200,28 @@ def test_serve_bundle_is_where_the_distill_job_writes_it():
     distill = next(d for d in base_resources() if d["metadata"]["name"] == "s2o-distill")
     assert "--out ${S2O_RUNS}/acd" in distill["spec"]["entrypoint"]
     assert sync_serve_config.BUNDLE == storage["S2O_RUNS"] + "/acd/bundle"
+    dev_storage = next(d for d in documents(K8S / "overlays" / "dev" / "storage-config.yaml"))["data"]
+    assert sync_serve_config.DEV_BUNDLE == dev_storage["S2O_RUNS"] + "/acd/bundle"
+    for manifest, bundle in (("base/rayservice-student.yaml", sync_serve_config.BUNDLE),
+                             ("overlays/dev/rayservice-student.yaml", sync_serve_config.DEV_BUNDLE)):
+        assert sync_serve_config.expected_serve_config(sync_serve_config.TARGETS[manifest])["applications"][0]["args"]["model"] == bundle
+
+
+def test_serve_overrides_name_their_deployments():
+    """Overrides address deployments by name: a deployment added or moved in serve/config.yaml cannot
+    receive another's settings (SarTranslator gets the GPU, the gateway never)."""
+    for manifest, overrides in sync_serve_config.TARGETS.items():
+        for dotted in overrides:
+            parts = dotted.split(".")
+            if "deployments" in parts:
+                assert not parts[parts.index("deployments") + 1].isdigit(), f"{manifest}: {dotted} numbers a deployment"
+        config = sync_serve_config.expected_serve_config(overrides)
+        gpus_by_name = {d["name"]: d.get("ray_actor_options", {}).get("num_gpus", 0) for d in config["applications"][0]["deployments"]}
+        assert gpus_by_name["SarGateway"] == 0
+    base = sync_serve_config.expected_serve_config(sync_serve_config.TARGETS["base/rayservice-student.yaml"])
+    assert {d["name"]: d["ray_actor_options"].get("num_gpus", 0) for d in base["applications"][0]["deployments"]}["SarTranslator"] == 1
+    with pytest.raises(KeyError, match="no entry named 'Nowhere'"):
+        sync_serve_config.expected_serve_config({"applications.s2o.deployments.Nowhere.num_replicas": 1})
 
 
 @pytest.mark.parametrize("source", ["base", "dev", "prod"])
@@ -196,14 +229,22 @@ def test_rayservice_replicas_fit_the_worker_group_and_readiness_uses_healthz(sou
     docs = base_resources() if source == "base" else rendered(source)
     for service in rayservices(docs):
         serve_config = yaml.safe_load(service["spec"]["serveConfigV2"])
-        deployment = serve_config["applications"][0]["deployments"][0]
-        gpus_per_replica = deployment["ray_actor_options"].get("num_gpus", 0)
-        max_replicas = deployment["autoscaling_config"]["max_replicas"]
+        deployments = {d["name"]: d for d in serve_config["applications"][0]["deployments"]}
+        assert {"SarTranslator", "SarGateway"} <= set(deployments)
+
+        def most_gpus(deployment: dict) -> float:
+            replicas = deployment.get("autoscaling_config", {}).get("max_replicas", deployment.get("num_replicas", 1))
+            return deployment.get("ray_actor_options", {}).get("num_gpus", 0) * replicas
+
+        assert most_gpus(deployments["SarGateway"]) == 0, "the HTTP gateway needs no GPU"
         groups = ray_cluster_spec(service)["workerGroupSpecs"]
         group_gpus = sum(g["maxReplicas"] * gpus(g["template"]["spec"]["containers"][0]) for g in groups)
-        assert gpus_per_replica * max_replicas <= group_gpus
-        if gpus_per_replica == 0:
+        needed = sum(most_gpus(d) for d in deployments.values())
+        assert needed <= group_gpus
+        if needed == 0:
             assert group_gpus == 0, "a CPU-only service should not hold GPUs"
+        else:
+            assert deployments["SarTranslator"]["ray_actor_options"]["num_gpus"] == 1
         port = serve_config["http_options"]["port"]
         for group in groups:
             probe = group["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]
@@ -266,7 +307,8 @@ def test_entrypoints_and_presets_exist(source, preset):
 
 @pytest.mark.parametrize("source", ["dev", "prod"])
 def test_one_image_everywhere(source):
-    images = {c["image"] for d in rendered(source) if d["apiVersion"] == "ray.io/v1" for c in containers(d)}
+    images = {c["image"] for d in rendered(source) if d["apiVersion"] == "ray.io/v1"
+              for t in all_pod_templates(d) for c in t["spec"]["containers"]}
     assert len(images) == 1 and "s2o-platform" in images.pop()
 
 
@@ -274,7 +316,7 @@ def test_base_containers_use_the_kustomize_image_placeholder():
     name = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())["images"][0]["name"]
     for doc in base_resources():
         if doc["apiVersion"] == "ray.io/v1":
-            assert {c["image"] for c in containers(doc)} == {name}
+            assert {c["image"] for t in all_pod_templates(doc) for c in t["spec"]["containers"]} == {name}
 
 
 @pytest.mark.parametrize("source,preset", [("base", "paper"), ("dev", "tiny"), ("prod", "paper")])
@@ -313,9 +355,10 @@ def test_jobs_are_bounded_authenticated_and_retry_consistently(source):
         spec = ray_cluster_spec(doc)
         assert spec["authOptions"]["mode"] == "token"
         assert spec["enableInTreeAutoscaling"] is True
+        secret = "s2o-s3-readonly-credentials" if doc["kind"] == "RayService" else "s2o-s3-credentials"
         for c in containers(doc):
             refs = {(k, v["name"]) for e in c.get("envFrom", []) for k, v in e.items()}
-            assert refs == {("configMapRef", "s2o-storage"), ("secretRef", "s2o-s3-credentials")}
+            assert refs == {("configMapRef", "s2o-storage"), ("secretRef", secret)}
     for job in jobs(docs):
         s = job["spec"]
         assert s["shutdownAfterJobFinishes"] is True and s["activeDeadlineSeconds"] > 0
@@ -324,3 +367,118 @@ def test_jobs_are_bounded_authenticated_and_retry_consistently(source):
             assert s["backoffLimit"] >= 2
         else:
             assert s["backoffLimit"] <= 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Minimal exposure: restricted pods, read-only credentials for serving, network policies
+# ------------------------------------------------------------------------------------------------
+
+RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
+
+
+def _has_writable_tmp(container: dict, pod_spec: dict) -> bool:
+    empty_dirs = {v["name"] for v in pod_spec.get("volumes", []) if "emptyDir" in v}
+    return any(m["mountPath"] == "/tmp" and m["name"] in empty_dirs for m in container.get("volumeMounts", []))
+
+
+@pytest.mark.parametrize("source", ["base", "dev", "prod"])
+def test_every_ray_pod_runs_restricted_with_a_writable_tmp(source):
+    """Every pod of every RayJob and RayService (head, workers, the job's submitter, the autoscaler sidecar):
+    non-root as the rayproject images' ray user, no privilege escalation, no capabilities, a read-only
+    root filesystem with an emptyDir at /tmp (Ray writes /tmp/ray; the image sends its caches there)."""
+    docs = base_resources() if source == "base" else rendered(source)
+    checked = 0
+    for doc in (d for d in docs if d["apiVersion"] == "ray.io/v1"):
+        name = doc["metadata"]["name"]
+        for template in all_pod_templates(doc):
+            pod = template["spec"]
+            context = pod.get("securityContext", {})
+            assert context.get("runAsNonRoot") is True and context.get("runAsUser") == 1000, name
+            assert context.get("seccompProfile", {}).get("type") == "RuntimeDefault", name
+            for container in pod["containers"]:
+                assert container.get("securityContext") == RESTRICTED_CONTAINER, f"{name}/{container['name']}"
+                assert _has_writable_tmp(container, pod), f"{name}/{container['name']}: no emptyDir at /tmp"
+                checked += 1
+        spec = ray_cluster_spec(doc)
+        if spec.get("enableInTreeAutoscaling"):
+            autoscaler = spec["autoscalerOptions"]
+            assert autoscaler["securityContext"] == RESTRICTED_CONTAINER, name
+            assert _has_writable_tmp(autoscaler, spec["headGroupSpec"]["template"]["spec"]), name
+    assert checked >= 3 * 6 + 2
+    dockerfile = (K8S / "Dockerfile").read_text()
+    for cache in ("XDG_CACHE_HOME=/tmp/", "TORCH_EXTENSIONS_DIR=/tmp/", "TRITON_HOME=/tmp", "MPLCONFIGDIR=/tmp/"):
+        assert cache in dockerfile, f"the image must keep its caches under /tmp: {cache}"
+
+
+@pytest.mark.parametrize("source", ["base", "dev", "prod"])
+def test_serving_pods_hold_only_the_read_only_s3_credentials(source):
+    docs = base_resources() if source == "base" else rendered(source)
+    services = rayservices(docs)
+    assert services
+    for service in services:
+        for template in all_pod_templates(service):
+            for container in template["spec"]["containers"]:
+                secrets = {e["secretRef"]["name"] for e in container.get("envFrom", []) if "secretRef" in e}
+                secrets |= {e["valueFrom"]["secretKeyRef"]["name"] for e in container.get("env", [])
+                            if "secretKeyRef" in e.get("valueFrom", {})}
+                assert secrets == {"s2o-s3-readonly-credentials"}, f"{service['metadata']['name']}/{container['name']}"
+        assert "s2o-s3-credentials" not in yaml.safe_dump(service), "the read-write Secret must not reach serving pods"
+
+
+def _labels(doc: dict) -> dict:
+    labels = [t.get("metadata", {}).get("labels", {}) for t in pod_templates(doc)]
+    assert labels and all(label == labels[0] for label in labels), f"{doc['metadata']['name']}: head and workers differ"
+    return labels[0]
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    assert set(selector) <= {"matchLabels"}, "only matchLabels selectors are used here"
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def _ports(rule: dict) -> set[int] | None:
+    return None if "ports" not in rule else {p["port"] for p in rule["ports"]}
+
+
+@pytest.mark.parametrize("source", ["base", "dev", "prod"])
+def test_a_network_policy_fences_every_ray_cluster(source):
+    """Each Ray cluster's pods are selected by one NetworkPolicy: all ports only between its own pods;
+    from elsewhere, Serve's port 8000 (serving) and the dashboard/jobs port 8265, nothing else."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    docs = base_resources() if source == "base" else rendered(source)
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    for policy in policies:
+        kubernetes_validate.validate(policy, kubernetes_validate.latest_version(), strict=True)
+    for doc in (d for d in docs if d["apiVersion"] == "ray.io/v1"):
+        name, labels = doc["metadata"]["name"], _labels(doc)
+        serving = doc["kind"] == "RayService"
+        assert labels.get("app.kubernetes.io/instance") == name
+        assert labels.get("app.kubernetes.io/component") == ("ray-serving" if serving else "ray-job")
+        selecting = [p for p in policies if _selects(p["spec"]["podSelector"], labels)]
+        assert len(selecting) == 1, f"{name}: {len(selecting)} NetworkPolicies select its pods"
+        spec = selecting[0]["spec"]
+        assert "Ingress" in spec["policyTypes"] and spec["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == name
+        open_ports: set[int] = set()
+        for rule in spec["ingress"]:
+            peers = rule["from"]
+            own = all(set(p) == {"podSelector"} and p["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/instance") == name
+                      for p in peers)
+            if own:
+                continue  # the cluster's own pods: every port (Ray picks most of them at start-up)
+            ports = _ports(rule)
+            assert ports is not None, f"{name}: a rule opens every port to {peers}"
+            open_ports |= ports
+            for peer in peers:
+                assert "ipBlock" not in peer, f"{name}: no address ranges"
+                if "namespaceSelector" in peer:
+                    assert peer["namespaceSelector"].get("matchLabels", {}).get("kubernetes.io/metadata.name"), (
+                        f"{name}: a namespace is named, never all namespaces")
+        assert open_ports == ({8000, 8265} if serving else {8265}), f"{name}: {open_ports}"
+        if serving:
+            serve_rule = next(r for r in spec["ingress"] if _ports(r) == {8000})
+            assert {"podSelector": {}} in serve_rule["from"], "Serve's port must be open to the whole namespace"
+        operator = [r for r in spec["ingress"] if _ports(r) == {8265}]
+        assert any(p.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name") == "kuberay"
+                   for r in operator for p in r["from"]), f"{name}: the KubeRay operator must reach the dashboard"
+        if not serving:
+            assert any({"podSelector": {}} in r["from"] for r in operator), f"{name}: the submitter pod must reach 8265"
