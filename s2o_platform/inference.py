@@ -24,6 +24,8 @@ def resolve_sampler_for(metadata: BundleMetadata, where: str, sampler: str | Non
     if name not in spec.allowed:
         raise BundleError(f"{where} ({metadata.stage}) cannot sample with {name!r}; allowed: {spec.allowed}")
     n = int(steps if steps is not None else spec.default_steps)
+    if n < 1:
+        raise BundleError(f"the step count must be at least 1; {n} was asked for")
     if name == "lcm" and n not in STUDENT_STEPS:
         raise BundleError(f"a student samples with 1..8 steps; {n} was asked for")
     if name == "direct":

@@ -204,12 +204,13 @@ def test_a_killed_replica_gives_503_json_never_a_bare_500_and_health_follows(gua
     import ray
     from ray import serve
 
-    url = extra_app(guarded, "fragile", student, max_image_side=1024, model_batch_tiles=16)
+    # a budget that admits all six requests at once, however loaded the machine: this tests replica loss, not admission
+    url = extra_app(guarded, "fragile", student, max_image_side=1024, model_batch_tiles=16, max_request_model_s=100)
     try:
         assert health(url).status_code == 200
         body = png_bytes(np.random.default_rng(3).integers(0, 255, (256, 256), dtype=np.uint8))  # 121 tiles
         with ThreadPoolExecutor(6) as pool:
-            futures = [pool.submit(post, url, body, "image/png", "?steps=4", 120) for _ in range(6)]
+            futures = [pool.submit(post, url, body, "image/png", "?steps=2", 120) for _ in range(6)]
             wait_for(lambda: health(url).json().get("pending_tiles", 0) > 0, "work in flight")
             # Serve's replicas are named actors in the "serve" namespace of this cluster
             replica = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)

@@ -174,7 +174,7 @@ def _ifd(tags: list[tuple[int, int, int]], next_ifd: int) -> bytes:
     return out + struct.pack("<I", next_ifd)
 
 
-def block_tiff(width: int, height: int, tile: int, bits: int = 64, mask_tile: int | None = None) -> bytes:
+def block_tiff(width: int, height: int, tile: int, bits: int = 64, mask_tile: int | None = None, mask_tile_type: int = 4) -> bytes:
     """A real, readable little-endian TIFF: one float band of width x height px stored as deflate tiles of
     tile x tile px (a tile may be far larger than the image: TIFF allows it, GDAL decodes it whole), and with
     `mask_tile` an internal 8-bit mask IFD (GDAL's per-dataset mask) with tiles of that size. All zeros."""
@@ -189,7 +189,7 @@ def block_tiff(width: int, height: int, tile: int, bits: int = 64, mask_tile: in
                      (325, 4, len(data)), (339, 3, 3)]
     out = b"II*\x00" + struct.pack("<I", main_at) + _ifd(main, mask_at if mask_tile else 0)
     if mask_tile:
-        out += _ifd(common + [(254, 4, 4), (258, 3, 8), (262, 3, 4), (322, 4, mask_tile), (323, 4, mask_tile),
+        out += _ifd(common + [(254, 4, 4), (258, 3, 8), (262, 3, 4), (322, mask_tile_type, mask_tile), (323, mask_tile_type, mask_tile),
                               (324, 4, data_at + len(data)), (325, 4, len(mask)), (339, 3, 1)], 0)
     assert len(out) == data_at
     return out + data + mask
@@ -264,6 +264,37 @@ def test_a_mask_ifd_declaring_a_block_over_budget_is_refused():
     assert (err.status, err.kind) == (413, "too_large") and str(4096 * 4096) in err.message
     # within budget it is an ordinary masked TIFF (its all-zero mask hides every pixel)
     assert refused(decode_sar, body, "tiff", NORM, 1, 1024, BUDGET).kind == "no_valid_pixels"
+
+
+def test_block_sizes_in_signed_or_unknown_tag_types_cannot_slip_past_the_budget():
+    # SLONG (9) is a type libtiff accepts for TileWidth/TileLength: the block is read and priced
+    signed = block_tiff(64, 64, 64, bits=32, mask_tile=4096, mask_tile_type=9)
+    assert refused(read_header, signed, "tiff", 1, 1024, 8 * 2**20).status == 413
+    # a type no reader takes for a size (FLOAT, 11): refused rather than skipped
+    odd = block_tiff(64, 64, 64, bits=32, mask_tile=64, mask_tile_type=11)
+    assert (refused(read_header, odd, "tiff", 1, 1024, BUDGET).status, refused(read_header, odd, "tiff", 1, 1024, BUDGET).kind) \
+        == (400, "corrupt_image")
+
+
+def test_an_ifd_with_thousands_of_entries_is_refused_before_a_long_walk():
+    entries = [(256, 4, 64), (257, 4, 64)] + [(40000 + i, 4, 0) for i in range(1000)]
+    body = b"II*\x00" + struct.pack("<I", 8) + _ifd(entries, 0)
+    assert refused(read_header, body, "tiff", 1, 1024, BUDGET).status == 400
+    with pytest.raises(ValueError, match="entries"):
+        tiff_blocks(body)
+
+
+def test_a_jpeg_with_too_many_scans_is_refused_from_its_bytes():
+    from s2o_platform.serving.codec import MAX_JPEG_SCANS
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(buffer, format="JPEG", progressive=True)
+    plain = buffer.getvalue()
+    assert read_header(plain, "jpeg", 1, 1024, BUDGET).width == 64
+    payload = b"\xff\xda" * (MAX_JPEG_SCANS + 1)
+    crafted = plain[:2] + b"\xff\xfe" + struct.pack(">H", len(payload) + 2) + payload + plain[2:]
+    err = refused(read_header, crafted, "jpeg", 1, 1024, BUDGET)
+    assert (err.status, err.kind) == (413, "too_costly") and "scans" in err.message
 
 
 def test_a_raster_over_the_decode_budget_is_413_naming_the_figure():

@@ -188,3 +188,38 @@ def test_a_body_over_the_limit_while_streaming_is_413():
     with pytest.raises(RequestError) as err:
         asyncio.run(read_body(request(chunks=[b"x" * 600, b"x" * 600]), 1000, total_s=5, chunk_s=1))
     assert err.value.status == 413
+
+
+def test_a_busy_answer_from_the_replica_carries_retry_after():
+    async def busy(call, *args):
+        return Answer(503, error={"error": "busy", "detail": "12.0 s of work waiting"})
+
+    response = answer(gateway(Handle(translate=busy)))
+    assert response.status_code == 503 and response.headers["Retry-After"] == str(RETRY_AFTER_S)
+    assert as_json(response)["error"] == "busy"
+
+
+def test_admission_prices_tiles_times_steps_and_says_what_fits():
+    from s2o_platform.serving.app import admission_error
+
+    # 1849 tiles x 4 steps x 10 ms = 73.96 s > 20 s
+    err = admission_error(1849, 4, 0.010, 20.0, tile=32, overlap=8, height=1024, width=1024)
+    assert (err.status, err.kind) == (413, "too_costly")
+    # fits: 20 s / (4 x 10 ms) = 500 tiles -> 22 x 22 windows -> 32 + 21 x 24 = 536 px; at this size 20 / 18.49 = 1 step
+    assert "about 74.0 s" in err.message and "at most 536x536 px at 4 step(s)" in err.message
+    assert "at most 1 step(s) at this size" in err.message
+    assert admission_error(500, 4, 0.010, 20.0, 32, 8, 536, 536) is None  # exactly at the budget is admitted
+
+
+def test_step_counts_below_one_are_refused_for_every_sampler():
+    from s2o_platform.bundle import BundleError, SamplerSpec
+    from s2o_platform.inference import resolve_sampler_for
+
+    class Meta:
+        stage = "teacher"
+        sampler = SamplerSpec("ddim", 50, ["ddim", "ddpm"])
+
+    assert resolve_sampler_for(Meta, "t", None, 7) == ("ddim", 7)
+    for bad in (0, -1):
+        with pytest.raises(BundleError, match="at least 1"):
+            resolve_sampler_for(Meta, "t", None, bad)

@@ -36,6 +36,7 @@ import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
+from starlette.requests import ClientDisconnect
 
 from s2o_platform.serving.codec import (
     RequestError,
@@ -55,7 +56,8 @@ DEPLOYMENT = "SarTranslator"
 GATEWAY = "SarGateway"
 DEPLOYMENTS = (DEPLOYMENT, GATEWAY)
 LATENCY_BOUNDARIES_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
-INLINE_BYTES = 64 * 1024  # bodies (and outputs, in values) below this are decoded/encoded on the event loop
+INLINE_BYTES = 64 * 1024  # bodies (and outputs, in values) below this are checked/encoded on the event loop
+INLINE_PIXELS = 256 * 256  # images up to this are decoded, cut and blended on the event loop (a thread hop costs more)
 BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 READINESS_DEADLINE_S = 1.0  # /healthz answers within this, whatever the replicas do
 RETRY_AFTER_S = 1
@@ -159,6 +161,7 @@ class SarTranslator:
         self.tile = self.metadata.tile_size
         self.overlap = self.tile // 4 if s.overlap is None else min(s.overlap, self.tile - 1)
         self.sampler, self.default_steps = resolve_sampler_for(self.metadata, s.model, None, s.steps)
+        self.train_timesteps = int((self.model.bundle.scheduler_config or {}).get("num_train_timesteps", 1))
         self.metrics = Metrics(gateway=False)
         self.runner = CoalescingRunner(self._run_group, s.max_batch_size, self.executor, on_run=self._observe_group,
                                        max_weight=s.model_batch_tiles)
@@ -170,7 +173,10 @@ class SarTranslator:
         warm = self.executor.submit(self.model.translate, probe[:1], "warm-up").result()
         started = time.perf_counter()
         self.executor.submit(self.model.translate, probe, "speed", steps=self.default_steps).result()
-        self.seconds_per_tile_step = (time.perf_counter() - started) / (len(probe) * self.default_steps)
+        self.seconds_per_tile_step = (time.perf_counter() - started) / (len(probe) * self._network_calls(self.default_steps))
+        # The measured speed follows real passes, within a band around the start-up figure: neighbours' load may
+        # slow passes, but a burst of decode work must not make admission refuse what the replica can do.
+        self.speed_band = (self.seconds_per_tile_step / 2, self.seconds_per_tile_step * 3)
         self.ready = bool(np.isfinite(warm).all())
 
     def check_health(self) -> None:
@@ -191,7 +197,8 @@ class SarTranslator:
                 "dropped_tiles": self.runner.dropped_weight}
 
     def backlog_s(self) -> float:
-        return sum(tiles * steps for steps, tiles in self.runner.pending_weight().items()) * self.seconds_per_tile_step
+        pending = self.runner.pending_weight().items()
+        return sum(tiles * self._network_calls(steps) for steps, tiles in pending) * self.seconds_per_tile_step
 
     async def info(self) -> dict[str, Any]:
         """What a client needs to form requests (no server paths)."""
@@ -216,21 +223,28 @@ class SarTranslator:
 
         s = self.settings
         n_steps = self._steps(asked_steps)
-        large = len(body) > INLINE_BYTES
-        header = await self._offload(large, read_header, body, kind, self.metadata.sar_channels, s.max_image_side, s.max_decode_bytes)
+        header = await self._offload(len(body) > INLINE_BYTES, read_header, body, kind, self.metadata.sar_channels,
+                                     s.max_image_side, s.max_decode_bytes)
         tiles_needed = tile_count(header.height, header.width, self.tile, self.overlap)
-        refusal = admission_error(tiles_needed, n_steps, self.seconds_per_tile_step, s.max_request_model_s, self.tile,
+        calls = self._network_calls(n_steps)
+        refusal = admission_error(tiles_needed, calls, self.seconds_per_tile_step, s.max_request_model_s, self.tile,
                                   self.overlap, header.height, header.width)
         if refusal is not None:
             raise refusal
+        # Work already waiting counts too: many requests that each fit must not queue more than the budget.
+        backlog_s = self.backlog_s()
+        if backlog_s + tiles_needed * calls * self.seconds_per_tile_step > s.max_request_model_s:
+            raise RequestError(503, "busy", f"this replica has {backlog_s:.1f} s of work waiting; with this request's it would "
+                               f"exceed {s.max_request_model_s:g} s: retry after Retry-After seconds")
+        large = header.height * header.width > INLINE_PIXELS or len(body) > INLINE_BYTES
         t0 = time.perf_counter()
         image = await self._offload(large, decode_sar, body, kind, self.metadata.sar_normalization, self.metadata.sar_channels,
-                                    s.max_image_side, s.max_decode_bytes)
+                                    s.max_image_side, s.max_decode_bytes, header)
         t1 = time.perf_counter()
-        tiles, positions = cut_image(image.values, self.tile, self.overlap)
+        tiles, positions = await self._offload(large, cut_image, image.values, self.tile, self.overlap)
         # The request's noise is seeded by its own bytes and steps, tile by tile: the answer does not depend
         # on which other requests share a forward pass, and a retried request gets the same answer.
-        digest = hashlib.sha256(body).hexdigest()[:16]
+        digest = await self._offload(len(body) > INLINE_BYTES, lambda: hashlib.sha256(body).hexdigest()[:16])
         keys = [f"{digest}-{n_steps}-{i}" for i in range(len(tiles))]
         chunk = s.model_batch_tiles
         starts = range(0, len(tiles), chunk)
@@ -240,7 +254,7 @@ class SarTranslator:
         model_s = sum(seconds for _, seconds, _ in results)
         merged = max(count for _, _, count in results)
         t2 = time.perf_counter()
-        optical = mosaic_image(predictions, positions, image.height, image.width, self.overlap)
+        optical = await self._offload(large, mosaic_image, predictions, positions, image.height, image.width, self.overlap)
         big_out = optical.size > INLINE_BYTES
         if fmt == "tiff":
             content, media = await self._offload(big_out, encode_tiff, optical, image.crs_wkt, image.transform), "image/tiff"
@@ -265,9 +279,16 @@ class SarTranslator:
         from s2o_platform.inference import resolve_sampler_for
 
         try:
-            return resolve_sampler_for(self.metadata, "the served model", None, asked)[1]
+            n = resolve_sampler_for(self.metadata, "the served model", None, asked)[1]
         except BundleError as err:
             raise RequestError(422, "bad_steps", str(err)) from None
+        if self.sampler == "ddim" and n > self.train_timesteps:
+            raise RequestError(422, "bad_steps", f"DDIM takes 1..{self.train_timesteps} steps; {n} was asked for")
+        return n
+
+    def _network_calls(self, n_steps: int) -> int:
+        """Network calls per tile at `n_steps`: what admission prices (DDPM runs its whole schedule whatever is asked)."""
+        return self.train_timesteps if self.sampler == "ddpm" else n_steps
 
     def _observe_group(self, chunks: list) -> None:
         self.metrics.batch_requests.observe(len(chunks))
@@ -289,7 +310,9 @@ class SarTranslator:
             self.pass_started = None
         seconds = time.perf_counter() - started
         if len(tiles) >= SPEED_SAMPLE_TILES:  # follow the replica's real speed (load, thermal, neighbours)
-            self.seconds_per_tile_step = 0.7 * self.seconds_per_tile_step + 0.3 * seconds / (len(tiles) * n_steps)
+            observed = seconds / (len(tiles) * self._network_calls(n_steps))
+            low, high = self.speed_band
+            self.seconds_per_tile_step = min(high, max(low, 0.7 * self.seconds_per_tile_step + 0.3 * observed))
         bounds = np.cumsum([0] + [len(t) for t, _ in chunks])
         return [(out[a:b], seconds, len(chunks)) for a, b in zip(bounds[:-1], bounds[1:])]
 
@@ -312,6 +335,8 @@ async def read_body(request: Request, max_bytes: int, total_s: float, chunk_s: f
             chunk = await asyncio.wait_for(stream.__anext__(), timeout=min(chunk_s, left))
         except StopAsyncIteration:
             break
+        except ClientDisconnect:
+            raise RequestError(400, "client_disconnected", f"the client went away after {size} bytes of its body") from None
         except asyncio.TimeoutError:
             if left < chunk_s:
                 raise too_slow from None
@@ -423,6 +448,8 @@ class SarGateway:
                 # loading takes many seconds) would hold the client past its timeout instead of telling it.
                 if attempt == 2 or not await self._a_replica_is_ready():
                     return _unavailable("the model replica was lost during the request; retry after Retry-After seconds")
+        if answer.status == 503:
+            return JSONResponse(answer.error, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
         if answer.status >= 400:
             return JSONResponse(answer.error, status_code=answer.status)
         return Response(content=answer.content, media_type=answer.media_type, headers=answer.headers)

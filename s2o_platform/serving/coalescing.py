@@ -77,7 +77,14 @@ class CoalescingRunner:
         self.pending.extend(entries)
         if self._drainer is None or self._drainer.done():
             self._drainer = loop.create_task(self._drain())
-        return list(await asyncio.gather(*(e.future for e in entries)))
+        try:
+            return list(await asyncio.gather(*(e.future for e in entries)))
+        except BaseException:
+            # one item failed, or the awaiter went away: the submission's other items are not run either
+            for entry in entries:
+                if not entry.future.done():
+                    entry.future.cancel()
+            raise
 
     def _prune(self) -> None:
         """Drop waiting items whose awaiter went away (a waiting item's future is done only when cancelled)."""
@@ -124,9 +131,9 @@ class CoalescingRunner:
                 continue
             self.calls += 1
             values = [e.value for e in group]
-            if self.on_run is not None:
-                self.on_run(values)
             try:
+                if self.on_run is not None:
+                    self.on_run(values)
                 results = await loop.run_in_executor(self.executor, self.run, values, group[0].key)
                 if len(results) != len(group):
                     raise RuntimeError(f"run returned {len(results)} results for {len(group)} items")

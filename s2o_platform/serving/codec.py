@@ -199,7 +199,18 @@ def _check_header(header: ImageHeader, sar_channels: int, max_side: int, max_dec
                            "write it with ordinary tiles (e.g. 256 or 512 px) or strips")
 
 
+#: Scans a JPEG may hold: a baseline JPEG has 1, an ordinary progressive one up to about 12; each scan is a
+#: pass over the whole image, so thousands of tiny scans make a small body cost seconds to decode.
+MAX_JPEG_SCANS = 32
+
+
 def _pillow_header(body: bytes, kind: str, max_side: int) -> ImageHeader:
+    if kind == "jpeg":
+        # 0xFFDA starts a scan; inside entropy-coded data a 0xFF byte is always followed by 0x00 (byte stuffing)
+        scans = body.count(b"\xff\xda")
+        if scans > MAX_JPEG_SCANS:
+            raise RequestError(413, "too_costly", f"the JPEG holds {scans} scans; at most {MAX_JPEG_SCANS} are decoded "
+                               "(send a baseline JPEG, a PNG or a TIFF)")
     image = _pillow_open(body, kind, max_side)
     mode = image.mode
     bands = len(image.getbands())
@@ -232,10 +243,14 @@ def _pillow_open(body: bytes, kind: str, max_side: int):
 
 # --- TIFF: the IFDs' declared blocks, read with struct (no decoder) -------------------------------------------
 
-_TIFF_TYPES = {1: "B", 3: "H", 4: "I", 16: "Q"}  # BYTE, SHORT, LONG, LONG8: the integer tags read here
+#: The integer types libtiff accepts for the tags read here: BYTE, SHORT, LONG, SSHORT, SLONG, LONG8, SLONG8.
+_TIFF_TYPES = {1: "B", 3: "H", 4: "I", 8: "h", 9: "i", 16: "Q", 17: "q"}
 _TIFF_TAGS = {256: "width", 257: "height", 258: "bits", 277: "samples", 278: "rows_per_strip", 284: "planar",
               322: "tile_width", 323: "tile_height"}
-_MAX_IFDS = 256
+#: Bounds of the IFD walk (a real GeoTIFF has a few IFDs of a few dozen entries): a crafted header cannot
+#: make this pure-Python walk long.
+_MAX_IFDS = 64
+_MAX_IFD_ENTRIES = 512
 
 
 def tiff_blocks(body: bytes) -> list[tuple[int, int, int]]:
@@ -253,19 +268,25 @@ def tiff_blocks(body: bytes) -> list[tuple[int, int, int]]:
             raise ValueError(f"its IFD chain loops or holds more than {_MAX_IFDS} IFDs")
         seen.add(offset)
         (n,) = struct.unpack_from(order + count_fmt, body, offset)
+        if n > _MAX_IFD_ENTRIES:
+            raise ValueError(f"an IFD holds {n} entries (at most {_MAX_IFD_ENTRIES} are read)")
         first = offset + struct.calcsize(count_fmt)
         if first + n * entry_size + struct.calcsize(offset_fmt) > len(body):
             raise ValueError("an IFD runs past the end of the file")
         tags: dict[str, int] = {}
         for entry in range(first, first + n * entry_size, entry_size):
             tag, typ = struct.unpack_from(order + "HH", body, entry)
-            if tag not in _TIFF_TAGS or typ not in _TIFF_TYPES:
+            if tag not in _TIFF_TAGS:
                 continue
+            if typ not in _TIFF_TYPES:  # fail closed: a size we cannot read is a size we cannot bound
+                raise ValueError(f"TIFF tag {tag} has type {typ}, which no TIFF reader takes for it")
             (count,) = struct.unpack_from(order + offset_fmt, body, entry + 4)
             where = entry + 4 + struct.calcsize(offset_fmt)
             if count * struct.calcsize(_TIFF_TYPES[typ]) > struct.calcsize(offset_fmt):
                 (where,) = struct.unpack_from(order + offset_fmt, body, where)
             values = struct.unpack_from(order + _TIFF_TYPES[typ] * min(count, 16), body, where)
+            if any(v < 0 for v in values):
+                raise ValueError(f"TIFF tag {tag} holds a negative size")
             tags[_TIFF_TAGS[tag]] = max(values, default=0)
         (offset,) = struct.unpack_from(order + offset_fmt, body, first + n * entry_size)
         width, height = tags.get("width", 0), tags.get("height", 0)
@@ -358,9 +379,11 @@ def _tiff_header(body: bytes) -> ImageHeader:
 
 
 def decode_sar(body: bytes, kind: str, normalization: SarNormalization, sar_channels: int, max_side: int,
-               max_decode_bytes: int) -> SarImage:
-    """Decode a body of media `kind` into the model's range, after `read_header` (see module docstring)."""
-    header = read_header(body, kind, sar_channels, max_side, max_decode_bytes)
+               max_decode_bytes: int, header: ImageHeader | None = None) -> SarImage:
+    """Decode a body of media `kind` into the model's range, after `read_header` (see module docstring);
+    `header`: what `read_header` gave for this body with these limits, when the caller has it already."""
+    if header is None or header.kind != kind:
+        header = read_header(body, kind, sar_channels, max_side, max_decode_bytes)
     if kind == "tiff":
         return _decode_tiff(body, header, normalization)
     return _decode_pillow(body, header, normalization, max_side)
