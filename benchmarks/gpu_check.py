@@ -9,7 +9,8 @@ Per precision: the teacher, ACD (adversarial) and ablation distillation, and pix
 engines, the stage's step, the EMA from fp32 masters), on random 256 px batches; the teacher's EMA
 is exported as a bundle and distilled from, as the real pipeline does. Then the exported bundles
 load through `LoadedModel` in that dtype and sample: teacher DDIM-50, student LCM 1/2/4/8 steps,
-pix2pix. Prints one line per check (pass/FAIL, seconds per step or call, peak GPU memory) and a
+pix2pix; and (on a GPU, --compile default) the student at 1 step, batch 1, eager against compiled
+with CUDA graphs (issue 21's latency goal). Prints one line per check (pass/FAIL, seconds per step or call, peak GPU memory) and a
 summary; exits 1 when anything failed. Random data: this checks that the path runs and stays
 finite, not quality.
 """
@@ -84,6 +85,34 @@ def train_steps(stage: str, cfg, store: StoreMetadata, extra: dict, device: torc
     return runtime, summary
 
 
+def student_latency(bundle: str, device: torch.device, precision: str, compile_choice: str, one: np.ndarray,
+                    repeats: int) -> str:
+    """The issue-21 figure: the student at 1 step, batch 1, through LoadedModel, eager against compiled
+    (on a GPU --compile default is CUDA-graph capture), median ms per call after warm-up."""
+    import statistics
+
+    models = {"eager": LoadedModel(bundle, device=device.type, dtype=precision, sampler="lcm", batch_size=1),
+              "compiled": LoadedModel(bundle, device=device.type, dtype=precision, sampler="lcm", batch_size=1,
+                                      compile=compile_choice)}
+    ms, outputs = {}, {}
+    for label, model in models.items():
+        for _ in range(3):
+            model.translate(one, "warm-up", steps=1)
+        times = []
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            outputs[label] = model.translate(one, "check", steps=1)  # returns host memory: synchronised
+            times.append(time.perf_counter() - started)
+        ms[label] = 1000 * statistics.median(times)
+    if not np.isfinite(outputs["compiled"]).all():
+        raise RuntimeError("the compiled model produced non-finite values")
+    diff = float(np.abs(outputs["compiled"] - outputs["eager"]).max())
+    return (f"eager {ms['eager']:.2f} ms, compiled {ms['compiled']:.2f} ms ({models['compiled'].compile_plan.describe()}; "
+            f"goal <= 6 ms for the paper size on an H200); max |compiled - eager| {diff:.3g}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
@@ -91,7 +120,13 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", default=["bf16", "fp16"], choices=["bf16", "fp16"])
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per stage and precision")
     parser.add_argument("--batch", type=int, default=2, help="micro-batch per step")
+    parser.add_argument("--compile", default=None, choices=["off", "default", "max"],
+                        help="also time the student at 1 step, batch 1, eager against compiled (default on a GPU: "
+                        "default, i.e. torch.compile reduce-overhead with CUDA graphs; off on a CPU)")
+    parser.add_argument("--latency-repeats", type=int, default=50)
     args = parser.parse_args()
+    if args.compile is None:
+        args.compile = "default" if args.device.startswith("cuda") else "off"
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -157,6 +192,11 @@ def main() -> None:
                             raise RuntimeError("non-finite output")
                         return f"{sampler} {n} step(s): {out.shape[0]} tiles, output range [{out.min():.2f}, {out.max():.2f}]"
                     checks.run(f"{precision} sample {Path(bundle).name} {sampler}:{n}", sample)
+            if args.compile != "off" and Path(student_bundle).exists():
+                def compiled_latency(precision=precision):
+                    return student_latency(student_bundle, device, precision, args.compile, sar[:1], args.latency_repeats)
+
+                checks.run(f"{precision} compiled ({args.compile}) student 1 step batch 1", compiled_latency)
     failed = [row for row in checks.rows if not row[1]]
     print(f"\ngpu_check: {len(checks.rows) - len(failed)}/{len(checks.rows)} checks passed on {name}")
     for row in failed:

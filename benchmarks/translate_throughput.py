@@ -1,12 +1,17 @@
 """Archive translation: end-to-end tiles/s against the bare model, and peak memory of a small vs a large scene.
 
     python benchmarks/translate_throughput.py [--model BUNDLE] [--size 1024] [--large 4096] [--batch-size 32]
+                                              [--dtype auto] [--compile off|default|max]
 
 1. Throughput, one run, same tiles, same batch size: the bare model (`translate_tiles` in this
    process over the scene's own tiles, read into memory beforehand; timed before and after the
    pipeline, mean of both, as this machine drifts) against `s2o translate` on the scene (read,
    normalise, infer in a Ray Data actor, blend, write the COG), the whole run from the call to the
-   COG written, start-up included. Target: ratio >= 0.8 on CPU with the tiny student.
+   COG written, start-up included. Target: ratio >= 0.8 on CPU with the tiny student. Both run in
+   --dtype (resolved as `s2o translate` resolves it: bf16 on a CPU that has it). With --compile other
+   than off, the same is measured twice, eager and compiled (the bare model compiled and warmed up
+   at its shapes before it is timed; `s2o translate --compile` compiling in its actor inside the timed
+   run, as a user's run would): each pipeline against the bare model of its own kind.
 2. Memory: `s2o translate` of a --size and a --large scene with the pix2pix bundle (fast), peak of
    the memory the driver allocates (tracemalloc: numpy buffers included) while it mosaics and
    writes; the model actors hold one batch at a time whatever the scene size.
@@ -34,14 +39,21 @@ from s2o_platform.data.normalization import SarNormalization  # noqa: E402
 from s2o_platform.data.store import StoreMetadata  # noqa: E402
 from s2o_platform.data.synth_writer import write_scene_geotiffs  # noqa: E402
 from s2o_platform.evaluation.untrained import write_untrained_bundles  # noqa: E402
+from s2o_platform.evaluation.speed import resolve_dtype  # noqa: E402
 from s2o_platform.inference import resolve_sampler, translate_tiles  # noqa: E402
+from s2o_platform.inference_compile import compile_bundle, resolve_compile  # noqa: E402
 from s2o_platform.translate.pipeline import TranslateOptions, run_translate  # noqa: E402
 from s2o_platform.translate.scene import inspect_scene, read_strip  # noqa: E402
 
 
-def bare_model(bundle_path: str, tiles: np.ndarray, batch_size: int, steps: int | None) -> float:
+def bare_model(bundle_path: str, tiles: np.ndarray, batch_size: int, steps: int | None, dtype: str = "auto",
+               compile_choice: str = "off") -> float:
     torch.set_num_threads(os.cpu_count() or 1)
-    bundle = load_bundle(bundle_path)
+    device = torch.device("cpu")
+    bundle = load_bundle(bundle_path, dtype=resolve_dtype(dtype, device))
+    # compiled: every shape this run uses (full batches and the last, partial one) compiled before timing
+    compile_bundle(bundle, resolve_compile(compile_choice, device), max_batch=batch_size,
+                   warm_batches=[batch_size, len(tiles) % batch_size or batch_size])
     translate_tiles(bundle, tiles[:batch_size], steps=steps, batch_size=batch_size)  # warm-up
     started = time.perf_counter()
     translate_tiles(bundle, tiles, steps=steps, batch_size=batch_size)
@@ -55,6 +67,10 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=4096)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=None, help="student steps (default: the bundle's)")
+    parser.add_argument("--dtype", default="auto", help="precision of the bare model and of s2o translate")
+    parser.add_argument("--compile", default="off", choices=["off", "default", "max"],
+                        help="also measure compiled (the bare model and s2o translate --compile)")
+    parser.add_argument("--no-memory", action="store_true", help="skip part 2 (the driver's memory)")
     args = parser.parse_args()
 
     from s2o_platform.ray_cluster import connect
@@ -75,17 +91,27 @@ def main() -> None:
         print(f"scene {args.size}x{args.size}: {len(tiles)} tiles of {tile} px (overlap {tile // 4}), batch {args.batch_size}, "
               f"{steps} step(s), {os.cpu_count()} cores", flush=True)
 
-        before = bare_model(model, tiles, args.batch_size, args.steps)
-        print(f"bare model (before):          {before:8.1f} tiles/s", flush=True)
-        summary = run_translate(TranslateOptions(source=str(small), model=model, dest=str(tmp / "out"), steps=args.steps,
-                                                 batch_size=args.batch_size, progress=False), log=lambda m: None)
-        assert not summary.failed, summary.failed
-        pipeline = summary.tiles / summary.seconds
-        print(f"s2o translate (whole run):    {pipeline:8.1f} tiles/s  (including Ray Data start-up and the model "
-              f"actor's start and load)", flush=True)
-        after = bare_model(model, tiles, args.batch_size, args.steps)
-        print(f"bare model (after):           {after:8.1f} tiles/s", flush=True)
-        print(f"ratio pipeline/bare:          {pipeline / ((before + after) / 2):8.3f}  (target >= 0.8)", flush=True)
+        results = {}
+        for kind in ["off"] + ([args.compile] if args.compile != "off" else []):
+            name = "eager" if kind == "off" else f"compiled ({kind})"
+            before = bare_model(model, tiles, args.batch_size, args.steps, args.dtype, kind)
+            print(f"[{name}] bare model (before):          {before:8.1f} tiles/s", flush=True)
+            summary = run_translate(TranslateOptions(source=str(small), model=model, dest=str(tmp / f"out-{kind}"),
+                                                     steps=args.steps, batch_size=args.batch_size, dtype=args.dtype,
+                                                     compile=kind, progress=False), log=lambda m: None)
+            assert not summary.failed, summary.failed
+            pipeline = summary.tiles / summary.seconds
+            print(f"[{name}] s2o translate (whole run):    {pipeline:8.1f} tiles/s  (including Ray Data start-up, the "
+                  f"model actor's start and load{', and its compiles' if kind != 'off' else ''})", flush=True)
+            after = bare_model(model, tiles, args.batch_size, args.steps, args.dtype, kind)
+            print(f"[{name}] bare model (after):           {after:8.1f} tiles/s", flush=True)
+            results[name] = (pipeline, (before + after) / 2)
+            print(f"[{name}] ratio pipeline/bare:          {pipeline / ((before + after) / 2):8.3f}  (target >= 0.8)", flush=True)
+        if len(results) > 1:
+            (e_pipe, e_bare), (c_pipe, c_bare) = results.values()
+            print(f"compiled against eager: bare model {c_bare / e_bare:.2f}x, s2o translate whole run {c_pipe / e_pipe:.2f}x")
+        if args.no_memory:
+            return
 
         large = Path(write_scene_geotiffs(str(tmp / "large"), 1, args.large, seed=0)[0]).parent
         memory = {}

@@ -252,6 +252,10 @@ OutOption = Annotated[
 DtypeOption = Annotated[str, typer.Option("--dtype", help="Network precision: auto (fp16 on a GPU; on a CPU bf16 where "
                                           "it has AVX512-BF16/AMX, measured 1.9x fp32's speed at equal PSNR, else fp32), "
                                           "fp32, fp16 or bf16.")]
+CompileOption = Annotated[str, typer.Option("--compile", help="The forward pass: off (eager), auto (torch.compile where a "
+                                            "C++ compiler / Triton works here, else eager), default (torch.compile with static "
+                                            "shapes per batch size; CUDA graphs on a GPU) or max (autotuned; longer compiles). "
+                                            "Compiling takes seconds to a minute per batch size on a CPU (see README).")]
 RequiredConfigOption = Annotated[Path, typer.Option("--config", help="YAML preset, e.g. configs/tiny/teacher.yaml (CPU) or configs/paper/teacher.yaml (GPU).")]
 
 
@@ -374,6 +378,7 @@ def translate(
     output_dtype: Annotated[str, typer.Option("--output-dtype", help="uint8 RGB (nodata 0) or float32 in [0, 1] (nodata NaN).")] = "uint8",
     seed: Annotated[int, typer.Option("--seed", help="Noise seed (each batch seeded from it and its first tile).")] = 0,
     dtype: DtypeOption = "auto",
+    compile_: CompileOption = "off",
     address: AddressOption = None,
     s3_endpoint: S3EndpointOption = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
@@ -395,7 +400,7 @@ def translate(
 
     options = TranslateOptions(
         source=source, model=model, dest=out, steps=steps, overlap=overlap, batch_size=batch_size, actors=actors,
-        band=band, sar_scale=sar_scale.value, output_dtype=output_dtype, seed=seed, dtype=dtype, address=address, progress=progress,
+        band=band, sar_scale=sar_scale.value, output_dtype=output_dtype, seed=seed, dtype=dtype, compile=compile_, address=address, progress=progress,
         storage=storage.StorageOptions.from_env(s3_endpoint),
     )
     from s2o_platform.data.store import METADATA_FILE
@@ -437,6 +442,7 @@ def evaluate(
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu or cuda.")] = "auto",
     dtype: DtypeOption = "auto",
+    compile_: CompileOption = "off",
     seed: Annotated[int, typer.Option("--seed", help="Noise seed: batch i uses seed + i, the same for every model.")] = 0,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed calls per latency measurement (median; after one warm-up).")] = 3,
     ddpm_limit: Annotated[int, typer.Option("--ddpm-limit", help="Tiles scored with ancestral DDPM (1000 steps per tile).")] = 32,
@@ -468,7 +474,7 @@ def evaluate(
 
     options = EvalOptions(
         data=data, models=model, out=str(out), split=split, limit=limit, batch_size=batch_size,
-        fid_weights=str(fid_weights) if fid_weights else None, device=device, dtype=dtype, seed=seed,
+        fid_weights=str(fid_weights) if fid_weights else None, device=device, dtype=dtype, compile=compile_, seed=seed,
         repeats=repeats, ddpm_limit=ddpm_limit, address=address, workers=workers,
         references=speed_references,
         storage=storage.StorageOptions.from_env(s3_endpoint),
@@ -493,6 +499,8 @@ def serve_command(
                                          "queue limits (the file `serve deploy` takes).")] = Path("serve/config.yaml"),
     dtype: Annotated[Optional[str], typer.Option("--dtype", help="Network precision of the replicas: auto, fp32, fp16 or "
                                                  "bf16. Default: args.dtype of the Serve config (auto).")] = None,
+    compile_: Annotated[Optional[str], typer.Option("--compile", help="The replicas' forward pass: off, auto, default or max "
+                                                    "(see s2o translate --help). Default: args.compile of the Serve config.")] = None,
     address: AddressOption = None,
 ) -> None:
     """Serve a model over HTTP with Ray Serve until interrupted (Ctrl-C or SIGTERM).
@@ -520,7 +528,7 @@ def serve_command(
     if not config.exists() and config == Path("serve/config.yaml") and DEFAULT_CONFIG.exists():
         config = DEFAULT_CONFIG  # run from outside the repository: the packaged default
     try:
-        plan = plan_serving(config, model=model, host=host, port=port, overrides={"dtype": dtype} if dtype else None)
+        plan = plan_serving(config, model=model, host=host, port=port, overrides={k: v for k, v in {"dtype": dtype, "compile": compile_}.items() if v} or None)
     except ServeConfigError as err:
         fail(str(err))
 

@@ -91,9 +91,13 @@ class LoadedModel:
 
     def __init__(self, bundle: str, device: str = "auto", dtype: str = "auto", sampler: str | None = None,
                  steps: int | None = None, seed: int = 0, batch_size: int = 32, cpu_share: int = 1,
-                 storage_options=None, threads: int | None = None):
+                 storage_options=None, threads: int | None = None, compile: str = "off", warm_up: bool = True):
+        """`compile`: off | auto | default | max (`inference_compile`). With it on and `warm_up`, every batch size
+        this model can run at (1, 2, 4, ... up to `batch_size`) is compiled here, before the first call (what a
+        server needs: a request never waits for a compile); without `warm_up`, each on its first use."""
         from s2o_platform.bundle import load_bundle
         from s2o_platform.evaluation.speed import dtype_name, resolve_device, resolve_dtype
+        from s2o_platform.inference_compile import buckets_up_to, compile_bundle, resolve_compile
         from s2o_platform.train.harness import cpu_threads
 
         self.device = resolve_device(device)
@@ -101,8 +105,12 @@ class LoadedModel:
             torch.set_num_threads(cpu_threads(threads, cpu_share))
         dtype_resolved = resolve_dtype(dtype, self.device)
         self.dtype_name = dtype_name(dtype_resolved)
+        self.compile_plan = resolve_compile(compile, self.device)  # before loading: a refusal costs nothing
         self.bundle = load_bundle(bundle, device=self.device, options=storage_options, dtype=dtype_resolved)
         self.sampler, self.steps, self.seed, self.batch_size = sampler, steps, seed, batch_size
+        # after set_num_threads: inductor's CPU kernels are generated for the thread count at compile time
+        compile_bundle(self.bundle, self.compile_plan, max_batch=batch_size,
+                       warm_batches=buckets_up_to(batch_size) if warm_up else ())
 
     def translate(self, sar: np.ndarray, key: str, steps: int | None = None, keys: Sequence[str] | None = None) -> np.ndarray:
         """Translate tiles seeded by `key` (see `batch_seed`), or tile by tile by `keys`, with this model's sampler

@@ -123,7 +123,7 @@ def context_lines(report: Report) -> list[str]:
     c = report.context
     lines = [
         f"data {c['data']} split {c['split']}: {c['tiles']} tiles, seed {c['seed']}; images in [0, 1] for PSNR/SSIM",
-        f"device {c['device_name']} ({c['device']}), dtype {c['dtype']}, {c['threads']} CPU threads; "
+        f"device {c['device_name']} ({c['device']}), dtype {c['dtype']}, {c.get('compile') or 'eager'}, {c['threads']} CPU threads; "
         f"latency at batch 1 after warm-up (median of {c['repeats']}), throughput at batch {c['batch_size']}",
         c["fid_status"],
     ]

@@ -47,6 +47,7 @@ from s2o_platform.evaluation.report import FID_RECOMMENDED_SAMPLES, REFERENCE_DD
 from s2o_platform.evaluation.spec import ModelSetting, parse_model_spec, unique_labels
 from s2o_platform.evaluation.speed import device_name, dtype_name, resolve_device, resolve_dtype, time_calls
 from s2o_platform.inference import resolve_sampler_for, translate_tiles
+from s2o_platform.inference_compile import CompiledNetwork, compile_bundle, resolve_compile
 
 
 class EvalError(ValueError):
@@ -64,6 +65,7 @@ class EvalOptions:
     fid_weights: str | None = None
     device: str = "auto"
     dtype: str = "auto"
+    compile: str = "off"  # off | auto | default | max (inference_compile): every model, speed references included
     seed: int = 0
     repeats: int = 3
     ddpm_limit: int = 32  # ancestral DDPM walks every training step: its quality is measured on a subset
@@ -331,9 +333,10 @@ def measure_latency(bundle: Bundle, setting: ModelSetting, sar: np.ndarray, devi
 
 
 def measure_throughput(bundle: Bundle, setting: ModelSetting, sar: np.ndarray, batch_size: int, device: torch.device) -> float:
-    """Images per second translating one batch of `batch_size` tiles (after a warm-up at that shape on GPU)."""
+    """Images per second translating one batch of `batch_size` tiles (after a warm-up at that shape on GPU, or
+    when the network is compiled: a new shape compiles on its first call)."""
     batch = np.resize(sar, (batch_size, *sar.shape[1:])) if len(sar) < batch_size else sar[:batch_size]
-    if device.type == "cuda":  # a new batch shape: let cuDNN pick its kernels before timing
+    if device.type == "cuda" or isinstance(bundle.model, CompiledNetwork):  # a new batch shape: kernels picked first
         _translate(bundle, batch, "ddim", 2) if setting.sampler == "ddpm" else _translate(bundle, batch, setting.sampler, setting.steps)
     seconds = time_calls(lambda: _translate(bundle, batch, setting.sampler, setting.steps), device, repeats=1, warmup=0).median
     return batch_size / seconds
@@ -381,6 +384,7 @@ def run_evaluation(options: EvalOptions, log: Callable[[str], None] = print) -> 
     store, planned = plan(options)
     device = _checked(resolve_device, options.device)
     dtype = _checked(resolve_dtype, options.dtype, device)
+    compile_plan = _checked(resolve_compile, options.compile, device, log)
     fid_network = None
     if options.fid_weights:
         try:
@@ -402,7 +406,7 @@ def run_evaluation(options: EvalOptions, log: Callable[[str], None] = print) -> 
         quality = LocalQuality(tiles, options, fid_network, classifier.model if classifier else None)
     n_tiles = quality.n_tiles
     log(f"[eval] {n_tiles} {options.split} tiles from {options.data}; {len(planned)} settings; quality {quality.where}, "
-        f"speed on {device_name(device)} ({dtype_name(dtype)})")
+        f"speed on {device_name(device)} ({dtype_name(dtype)}, {compile_plan.describe()})")
     keep = min(options.sample_tiles, len(tiles["sar"]))
     samples = {
         "SAR (first channel)": ((tiles["sar"][:keep, :1] + 1) / 2).clip(0, 1).transpose(0, 2, 3, 1),
@@ -420,7 +424,8 @@ def run_evaluation(options: EvalOptions, log: Callable[[str], None] = print) -> 
         started = time.perf_counter()
         try:
             if s.bundle not in bundles:
-                bundles[s.bundle] = load_bundle(s.bundle, device=device, options=options.storage, dtype=dtype)
+                bundles[s.bundle] = compile_bundle(load_bundle(s.bundle, device=device, options=options.storage, dtype=dtype),
+                                                   compile_plan, max_batch=options.batch_size, log_fn=log)
             bundle = bundles[s.bundle]
             if not p.speed_only:
                 count = min(n_tiles, options.ddpm_limit) if s.sampler == "ddpm" else n_tiles
@@ -461,6 +466,7 @@ def run_evaluation(options: EvalOptions, log: Callable[[str], None] = print) -> 
     context = {
         "data": options.data, "split": options.split, "tiles": n_tiles, "seed": options.seed,
         "device": str(device), "device_name": device_name(device), "dtype": dtype_name(dtype),
+        "compile": compile_plan.describe(),
         "threads": torch.get_num_threads(), "batch_size": options.batch_size, "repeats": options.repeats,
         "fid_status": f"FID with {options.fid_weights}" if options.fid_weights else FID_SKIPPED,
         "quality_pass": quality.where,

@@ -153,7 +153,7 @@ class SarTranslator:
         s = self.settings
         reserved = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)) or 1
         self.model = LoadedModel(s.model, device=s.device, dtype=s.dtype, steps=s.steps, seed=s.seed, batch_size=s.model_batch_tiles,
-                                 threads=s.torch_threads or reserved)
+                                 threads=s.torch_threads or reserved, compile=s.compile)
         # One long-lived thread runs every forward pass: the event loop stays free, and torch's OpenMP
         # team lives in one thread instead of being rebuilt in whichever pool thread comes next.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s2o-model")

@@ -51,6 +51,7 @@ def plan_serving(config: str | Path = DEFAULT_CONFIG, model: str | None = None, 
         check_bundle(settings.model)
     except BundleError as err:
         raise ServeConfigError(str(err)) from None
+    check_compile_backend(settings)
     options: dict[str, dict[str, Any]] = {}
     for deployment in app.deployments:
         if deployment.name not in DEPLOYMENTS:
@@ -59,6 +60,22 @@ def plan_serving(config: str | Path = DEFAULT_CONFIG, model: str | None = None, 
     http = schema.http_options
     return ServingPlan(settings, options, app.name, app.route_prefix or "/", host or http.host or "127.0.0.1",
                        int(port if port is not None else http.port), http.request_timeout_s)
+
+
+def check_compile_backend(settings: ServeSettings) -> None:
+    """`compile` default/max where this machine cannot compile for the replicas' device: refused before Ray
+    starts (auto falls back to eager in the replica, which logs why)."""
+    if settings.compile in ("off", "auto"):
+        return
+    import torch
+
+    from s2o_platform.inference_compile import CompileError, resolve_compile
+
+    target = "cuda" if settings.device == "cuda" or (settings.device == "auto" and torch.cuda.is_available()) else "cpu"
+    try:
+        resolve_compile(settings.compile, target)
+    except CompileError as err:
+        raise ServeConfigError(str(err)) from None
 
 
 def start_serving(plan: ServingPlan, address: str | None = None) -> str:

@@ -38,6 +38,10 @@ class ServeSettings(BaseModel):
     device: str = Field("auto", description="auto | cpu | cuda")
     dtype: str = Field("auto", pattern="^(auto|fp32|fp16|bf16)$", description="network precision: auto (fp16 on a GPU; "
                        "bf16 on a CPU that has it, else fp32), fp32, fp16 or bf16")
+    compile: str = Field("off", pattern="^(off|auto|default|max)$", description="the forward pass (inference_compile): "
+                         "off (eager), auto (compiled where a C++ compiler / Triton works, else eager), default "
+                         "(torch.compile; CUDA graphs on a GPU) or max; every batch size a replica can run is compiled "
+                         "before it reports ready (quote 'off' in YAML)")
     torch_threads: int | None = Field(None, ge=1, description="CPU replicas: torch threads; None: the CPUs the "
                                       "replica reserves (ray_actor_options.num_cpus), leaving the rest to the HTTP proxy")
 

@@ -53,6 +53,7 @@ class TranslateOptions:
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"  # auto | fp32 | fp16 | bf16 (evaluation/speed.resolve_dtype)
+    compile: str = "off"  # off | auto | default | max (inference_compile.resolve_compile)
     address: str | None = None
     progress: bool = True
     storage: storage.StorageOptions = field(default_factory=storage.StorageOptions)
@@ -147,7 +148,22 @@ def check_options(options: TranslateOptions):
         raise TranslateError("--batch-size and --actors must be >= 1")
     if options.dtype not in ("auto", *DTYPES):
         raise TranslateError(f"--dtype must be auto, {', '.join(DTYPES)}; got {options.dtype!r}")
+    check_compile(options.compile, options.device)
     return metadata, steps, overlap
+
+
+def check_compile(choice: str, device: str) -> None:
+    """--compile before anything runs: the choice, and the backend on this machine for the device the actors
+    will most likely use (CUDA where this machine has it, else CPU); each actor checks again where it runs."""
+    import torch
+
+    from s2o_platform.inference_compile import CompileError, resolve_compile
+
+    target = "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+    try:
+        resolve_compile(choice, target, log_fn=lambda message: None)
+    except CompileError as err:
+        raise TranslateError(str(err)) from None
 
 
 def run_translate(options: TranslateOptions, log: Callable[[str], None] = print) -> TranslateSummary:
@@ -255,7 +271,8 @@ def _stream(infos, options, steps, manifest, summary, dest_fs, dest_root, workdi
         StripTranslator,
         fn_constructor_kwargs=dict(infos=infos, bundle=options.model, steps=steps, seed=options.seed,
                                    device="cuda" if gpus else ("cpu" if options.device == "auto" else options.device),
-                                   dtype=options.dtype, storage_options=options.storage, cpu_share=options.actors, batch_size=options.batch_size),
+                                   dtype=options.dtype, storage_options=options.storage, cpu_share=options.actors, batch_size=options.batch_size,
+                                   compile=options.compile, warm_up=False),
         batch_size=strips_per_call,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=options.actors),
         num_gpus=1 if gpus else 0,
@@ -377,7 +394,7 @@ def run_translate_store(options: TranslateOptions, split: str = "test", log: Cal
         fn_constructor_kwargs=dict(bundle=options.model, steps=steps, seed=options.seed,
                                    device="cuda" if gpus else "cpu", dtype=options.dtype, storage_options=options.storage,
                                    cpu_share=options.actors,
-                                   batch_size=options.batch_size),
+                                   batch_size=options.batch_size, compile=options.compile, warm_up=False),
         batch_size=options.batch_size,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=options.actors),
         num_gpus=1 if gpus else 0,
