@@ -42,7 +42,8 @@ S3EndpointOption = Annotated[
         "$AWS_ENDPOINT_URL, else AWS. Credentials come from the usual AWS environment variables or profile.",
     ),
 ]
-ConfigOption = Annotated[Optional[Path], typer.Option("--config", help="YAML preset (e.g. configs/tiny/ingest.yaml).")]
+ConfigOption = Annotated[Optional[Path], typer.Option("--config", help="YAML preset (e.g. configs/tiny/ingest.yaml; outside a checkout, "
+                                                                     "configs/<preset>/<stage>.yaml names the copy installed with the package).")]
 SetOption = Annotated[
     Optional[list[str]],
     typer.Option("--set", help="Override a config key: --set dotted.key=value (repeatable; value parsed as YAML)."),
@@ -256,7 +257,8 @@ CompileOption = Annotated[str, typer.Option("--compile", help="The forward pass:
                                             "C++ compiler / Triton works here, else eager), default (torch.compile with static "
                                             "shapes per batch size; CUDA graphs on a GPU) or max (autotuned; longer compiles). "
                                             "Compiling takes seconds to a minute per batch size on a CPU (see README).")]
-RequiredConfigOption = Annotated[Path, typer.Option("--config", help="YAML preset, e.g. configs/tiny/teacher.yaml (CPU) or configs/paper/teacher.yaml (GPU).")]
+RequiredConfigOption = Annotated[Path, typer.Option("--config", help="YAML preset, e.g. configs/tiny/teacher.yaml (CPU) or configs/paper/teacher.yaml (GPU); "
+                                                    "outside a checkout, configs/<preset>/<stage>.yaml names the copy installed with the package.")]
 
 
 def _train(stage: str, config: Path, set_: list[str] | None, data: str, out: str, address: str | None, s3_endpoint: str | None, extra: dict | None = None) -> None:
@@ -460,6 +462,12 @@ def evaluate(
                      "those settings are not listed."),
     ] = True,
     s3_endpoint: S3EndpointOption = None,
+    mlflow_run_id: Annotated[
+        Optional[str],
+        typer.Option("--mlflow-run-id", help="Also log the report to this MLflow run (e.g. the training run of the "
+                     "model, in RUN/mlflow_run.json): metrics per setting and the report files, on the server in "
+                     "$MLFLOW_TRACKING_URI. An unreachable server is a warning, not a failed evaluation."),
+    ] = None,
 ) -> None:
     """Quality and speed of several models on the same test tiles and seeds, in one run.
 
@@ -477,7 +485,7 @@ def evaluate(
         fid_weights=str(fid_weights) if fid_weights else None, device=device, dtype=dtype, compile=compile_, seed=seed,
         repeats=repeats, ddpm_limit=ddpm_limit, address=address, workers=workers,
         references=speed_references,
-        storage=storage.StorageOptions.from_env(s3_endpoint),
+        storage=storage.StorageOptions.from_env(s3_endpoint), mlflow_run_id=mlflow_run_id,
     )
     try:
         report, written = run(options, log=lambda m: typer.echo(m, err=True))
@@ -495,8 +503,11 @@ def serve_command(
                                                  "Default: args.model of the Serve config.")] = None,
     host: Annotated[str, typer.Option("--host", help="Interface the HTTP proxy listens on (0.0.0.0 for all).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="HTTP port.")] = 8000,
-    config: Annotated[Path, typer.Option("--config", help="Serve config: batching, limits, replicas, autoscaling, "
-                                         "queue limits (the file `serve deploy` takes).")] = Path("serve/config.yaml"),
+    config: Annotated[Optional[Path], typer.Option("--config", help="Serve config: batching, limits, replicas, autoscaling, "
+                                                   "queue limits (the file `serve deploy` takes). Default: "
+                                                   "serve/config.yaml in the current directory where there is one (a "
+                                                   "checkout), else the copy installed with the package "
+                                                   "(s2o_platform/serving/config.yaml).", show_default=False)] = None,
     dtype: Annotated[Optional[str], typer.Option("--dtype", help="Network precision of the replicas: auto, fp32, fp16 or "
                                                  "bf16. Default: args.dtype of the Serve config (auto).")] = None,
     compile_: Annotated[Optional[str], typer.Option("--compile", help="The replicas' forward pass: off, auto, default or max "
@@ -525,8 +536,8 @@ def serve_command(
     from s2o_platform.serving.runner import plan_serving, start_serving
     from s2o_platform.serving.settings import DEFAULT_CONFIG, ServeConfigError
 
-    if not config.exists() and config == Path("serve/config.yaml") and DEFAULT_CONFIG.exists():
-        config = DEFAULT_CONFIG  # run from outside the repository: the packaged default
+    if config is None:  # a --config given always wins; without one, a checkout's copy, else the packaged one
+        config = Path("serve/config.yaml") if Path("serve/config.yaml").is_file() else DEFAULT_CONFIG
     try:
         plan = plan_serving(config, model=model, host=host, port=port, overrides={k: v for k, v in {"dtype": dtype, "compile": compile_}.items() if v} or None)
     except ServeConfigError as err:

@@ -18,6 +18,12 @@ from s2o_platform.data.normalization import SarScale
 
 ConfigT = TypeVar("ConfigT", bound="StageConfig")
 
+#: The presets shipped inside the package (package data: they are in the wheel), read by `s2o demo` and
+#: used when `--config configs/<preset>/<stage>.yaml` names a file that is not there (an installed package,
+#: run outside a checkout). The repository's top-level configs/ is the source of truth; these are
+#: byte-identical copies (tests/test_wheel.py fails on drift and says which file to copy).
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the key, the value and the source."""
@@ -139,7 +145,7 @@ def load_config(model: type[ConfigT], path: str | Path | None = None, overrides:
     data: dict[str, Any] = {}
     sources: dict[str, str] = {}
     if path is not None:
-        path = Path(path)
+        path = packaged_preset(Path(path))
         try:
             loaded = yaml.safe_load(path.read_text())
         except FileNotFoundError:
@@ -161,6 +167,16 @@ def load_config(model: type[ConfigT], path: str | Path | None = None, overrides:
     except ValidationError as err:
         problems = "; ".join(_describe(e, sources, data) for e in err.errors())
         raise ConfigError(f"invalid {model.__name__}: {problems}") from None
+
+
+def packaged_preset(path: Path) -> Path:
+    """`path` itself where it exists (a path given always wins); else, for a relative
+    `configs/<preset>/<file>.yaml` (the repository's presets, as the README writes them) the copy shipped
+    in the package, so that the documented commands work from any directory once the package is installed."""
+    if path.exists() or path.is_absolute() or len(path.parts) != 3 or path.parts[0] != "configs":
+        return path
+    shipped = PRESETS_DIR / path.parts[1] / path.parts[2]
+    return shipped if shipped.is_file() else path
 
 
 def dump_config(config: BaseModel) -> str:
@@ -256,6 +272,18 @@ class DataSection(Section):
                                 "for a streamed split (0: none; a materialised split is fully shuffled instead)")
 
 
+class TrackingSection(Section):
+    """Experiment tracking with MLflow (s2o_platform/tracking.py): off unless a tracking URI is set here or in
+    $MLFLOW_TRACKING_URI. Not a defining section: a resumed run may change it."""
+
+    uri: str | None = Field(None, description="MLflow tracking URI (http://host:5000, databricks, ...); "
+                            "null: $MLFLOW_TRACKING_URI, and tracking is off when that is unset too")
+    experiment: str | None = Field(None, description="MLflow experiment; null: s2o-<stage> (s2o-teacher, s2o-distill, s2o-gan)")
+    run_name: str | None = Field(None, description="name of the MLflow run; null: the run folder's name")
+    register_as: str | None = Field(None, description="register the final bundle as a new version of this "
+                                    "MLflow registered model (created when missing); null: no registration")
+
+
 class TrainingStageConfig(StageConfig):
     """Sections every training stage has."""
 
@@ -265,6 +293,7 @@ class TrainingStageConfig(StageConfig):
     deepspeed: DeepSpeedSection = DeepSpeedSection()
     checkpoint: CheckpointSection = CheckpointSection()
     failure: FailureSection = FailureSection()
+    tracking: TrackingSection = TrackingSection()
 
 
 class TeacherLossSection(Section):

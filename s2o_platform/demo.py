@@ -22,8 +22,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs" / "tiny"
+from s2o_platform.config import PRESETS_DIR
+
+# The tiny presets shipped in the package (copies of the repository's configs/tiny/, the source of truth),
+# so that the demo runs the same from a checkout and from an installed wheel.
+CONFIGS = PRESETS_DIR / "tiny"
 
 
 @dataclass(frozen=True)
@@ -73,10 +76,17 @@ def choose_preset(name: str | None) -> DemoPreset:
 
 
 def real_sample_dir() -> Path | None:
-    """The bundled real SEN1-2 sample (../shared/data/real beside the repository), where present."""
+    """The real SEN1-2 sample: $S2O_SHARED_DATA, else ../shared/data/real beside the repository when the
+    package runs from a checkout (an installed package has no repository beside it), where present."""
     import os
 
-    candidate = Path(os.environ.get("S2O_SHARED_DATA", REPO.parent / "shared" / "data" / "real"))
+    if "S2O_SHARED_DATA" in os.environ:
+        candidate = Path(os.environ["S2O_SHARED_DATA"])
+    else:
+        checkout = Path(__file__).resolve().parents[1]
+        if not (checkout / "pyproject.toml").is_file():
+            return None
+        candidate = checkout.parent / "shared" / "data" / "real"
     return candidate if (candidate / "sar").is_dir() and (candidate / "optical").is_dir() else None
 
 

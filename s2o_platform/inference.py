@@ -10,6 +10,7 @@ import torch
 
 from s2o_platform.bundle import Bundle, BundleError, BundleMetadata
 from s2o_platform.diffusion.sampling import STUDENT_STEPS, TEACHER_SAMPLERS, sample_student, sample_teacher
+from s2o_platform.pipeline import S2OPipeline
 
 
 def resolve_sampler(bundle: Bundle, sampler: str | None, steps: int | None) -> tuple[str, int]:
@@ -85,36 +86,33 @@ def batch_seed(seed: int, key: str) -> int:
     return (seed + zlib.crc32(key.encode())) % (2**31)
 
 
-class LoadedModel:
+def tile_key(name: str, row: int, col: int) -> str:
+    """The key of one window of an image or scene (its name and the window's offsets): with the run's seed it
+    gives the tile's noise (`batch_seed`), wherever and with whatever neighbours the tile is translated.
+    `s2o translate` keys a scene's windows by the scene's name; `S2OPipeline` by `name=` (default: the file's)."""
+    return f"{name}:{row}:{col}"
+
+
+class LoadedModel(S2OPipeline):
     """A bundle loaded once onto a device and dtype, translating batch after batch: the base of the
-    Ray Data actors (archive translation, evaluation) and of the Serve replicas."""
+    Ray Data actors (archive translation, evaluation) and of the Serve replicas.
+
+    A thin subclass of `S2OPipeline` (the Python API), which owns bundle loading, device, dtype, threads and
+    `--compile`: this adds the tile-batch call the actors and replicas make (`translate`)."""
 
     def __init__(self, bundle: str, device: str = "auto", dtype: str = "auto", sampler: str | None = None,
                  steps: int | None = None, seed: int = 0, batch_size: int = 32, cpu_share: int = 1,
                  storage_options=None, threads: int | None = None, compile: str = "off", warm_up: bool = True):
         """`compile`: off | auto | default | max (`inference_compile`). With it on and `warm_up`, every batch size
         this model can run at (1, 2, 4, ... up to `batch_size`) is compiled here, before the first call (what a
-        server needs: a request never waits for a compile); without `warm_up`, each on its first use."""
-        from s2o_platform.bundle import load_bundle
-        from s2o_platform.evaluation.speed import dtype_name, resolve_device, resolve_dtype
-        from s2o_platform.inference_compile import buckets_up_to, compile_bundle, resolve_compile
-        from s2o_platform.train.harness import cpu_threads
-
-        self.device = resolve_device(device)
-        if self.device.type == "cpu":  # Ray starts actors with one torch thread; share the node's cores among them
-            torch.set_num_threads(cpu_threads(threads, cpu_share))
-        dtype_resolved = resolve_dtype(dtype, self.device)
-        self.dtype_name = dtype_name(dtype_resolved)
-        self.compile_plan = resolve_compile(compile, self.device)  # before loading: a refusal costs nothing
-        self.bundle = load_bundle(bundle, device=self.device, options=storage_options, dtype=dtype_resolved)
-        self.sampler, self.steps, self.seed, self.batch_size = sampler, steps, seed, batch_size
-        # after set_num_threads: inductor's CPU kernels are generated for the thread count at compile time
-        compile_bundle(self.bundle, self.compile_plan, max_batch=batch_size,
-                       warm_batches=buckets_up_to(batch_size) if warm_up else ())
+        server needs: a request never waits for a compile); without `warm_up`, each on its first use.
+        On a CPU, torch's threads are set to `threads`, else the node's cores shared among `cpu_share` actors
+        (Ray starts actors with one torch thread)."""
+        super().__init__(bundle, device=device, dtype=dtype, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size,
+                         cpu_share=cpu_share, storage_options=storage_options, threads=threads, compile=compile,
+                         warm_up=warm_up)
 
     def translate(self, sar: np.ndarray, key: str, steps: int | None = None, keys: Sequence[str] | None = None) -> np.ndarray:
         """Translate tiles seeded by `key` (see `batch_seed`), or tile by tile by `keys`, with this model's sampler
         and steps unless given."""
-        return translate_tiles(self.bundle, sar, self.sampler, self.steps if steps is None else steps,
-                               seed=self.seed if keys is not None else batch_seed(self.seed, key), batch_size=self.batch_size,
-                               keys=keys)
+        return self.run_tiles(sar, seed=self.seed if keys is not None else batch_seed(self.seed, key), keys=keys, steps=steps)

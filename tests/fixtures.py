@@ -107,3 +107,21 @@ def shared_real_data() -> Path | None:
     return candidate if candidate.is_dir() else None
 
 
+
+
+def write_smallest_bundles(root: Path, tile: int) -> dict[str, str]:
+    """Untrained teacher, student and pix2pix bundles of the smallest networks that still have every part
+    (one down and one up block of 8 channels): for tests of inference plumbing, where weights do not matter."""
+    from s2o_platform.data.normalization import SarNormalization
+    from s2o_platform.data.store import StoreMetadata
+    from s2o_platform.evaluation.untrained import write_untrained_bundles
+
+    configs = root / "configs"
+    configs.mkdir(parents=True)
+    (configs / "teacher.yaml").write_text(
+        f"model:\n  sample_size: {tile}\n  block_out_channels: [8]\n  layers_per_block: 1\n"
+        "  down_block_types: [DownBlock2D]\n  up_block_types: [UpBlock2D]\n  attention_head_dim: 8\n  norm_num_groups: 8\n")
+    (configs / "distill.yaml").write_text("{}\n")
+    (configs / "gan.yaml").write_text("generator:\n  base_channels: 8\n")
+    store = StoreMetadata(tile_size=tile, sar_channels=1, sar_normalization=SarNormalization())
+    return write_untrained_bundles(configs, root / "bundles", store)

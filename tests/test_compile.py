@@ -17,9 +17,6 @@ from torch._dynamo.utils import counters
 from typer.testing import CliRunner
 
 from s2o_platform.bundle import load_bundle
-from s2o_platform.data.normalization import SarNormalization
-from s2o_platform.data.store import StoreMetadata
-from s2o_platform.evaluation.untrained import write_untrained_bundles
 from s2o_platform.inference import LoadedModel, translate_tiles
 from s2o_platform.inference_compile import (
     CompiledNetwork,
@@ -31,29 +28,14 @@ from s2o_platform.inference_compile import (
     resolve_compile,
 )
 from s2o_platform.models.pix2pix import UNetGenerator
+from tests.fixtures import write_smallest_bundles
 
 TILE = 8  # the smallest networks that still have every part (compile time grows with the number of kernels)
-TINY_TEACHER = f"""model:
-  sample_size: {TILE}
-  block_out_channels: [8]
-  layers_per_block: 1
-  down_block_types: [DownBlock2D]
-  up_block_types: [UpBlock2D]
-  attention_head_dim: 8
-  norm_num_groups: 8
-"""
 
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
-    root = tmp_path_factory.mktemp("compile")
-    configs = root / "configs"
-    configs.mkdir()
-    (configs / "teacher.yaml").write_text(TINY_TEACHER)
-    (configs / "distill.yaml").write_text("{}\n")
-    (configs / "gan.yaml").write_text("generator:\n  base_channels: 8\n")
-    store = StoreMetadata(tile_size=TILE, sar_channels=1, sar_normalization=SarNormalization())
-    return write_untrained_bundles(configs, root / "bundles", store)
+    return write_smallest_bundles(tmp_path_factory.mktemp("compile"), TILE)
 
 
 @pytest.fixture

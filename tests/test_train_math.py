@@ -10,7 +10,8 @@ from s2o_platform.config import TeacherConfig, load_config
 from s2o_platform.data.transforms import augment_pairs, dihedral
 from s2o_platform.train.deepspeed_config import compute_dtype, deepspeed_config, effective_batch, resolve_precision
 from s2o_platform.train.ema import ema_decay_at, ema_update
-from s2o_platform.train.harness import cpu_threads, format_eta
+from s2o_platform.evaluation.speed import cpu_threads
+from s2o_platform.train.harness import format_eta
 from s2o_platform.train.schedule import lr_factor
 
 

@@ -75,6 +75,7 @@ class EvalOptions:
     address: str | None = None  # a Ray cluster: the quality pass runs on Ray Data actors there
     workers: int = 1  # Ray Data actors per model setting (each takes a GPU where the cluster has them)
     storage: storage.StorageOptions = field(default_factory=storage.StorageOptions)
+    mlflow_run_id: str | None = None  # also log the report into this MLflow run ($MLFLOW_TRACKING_URI)
 
 
 @dataclass
@@ -501,6 +502,12 @@ def _checked(fn, *args):
 def evaluate(options: EvalOptions, log: Callable[[str], None] = print) -> tuple[Report, list[Path]]:
     """Run the evaluation and write REPORT_DIR; returns the report and the files written."""
     from s2o_platform.evaluation.report import write_report
+    from s2o_platform.tracking import log_evaluation, resolve_uri
 
+    if options.mlflow_run_id and not resolve_uri():
+        raise EvalError("--mlflow-run-id needs the tracking server in MLFLOW_TRACKING_URI (e.g. http://127.0.0.1:5000)")
     report, samples = run_evaluation(options, log)
-    return report, write_report(report, Path(options.out), samples)
+    written = write_report(report, Path(options.out), samples)
+    if options.mlflow_run_id and log_evaluation(options.mlflow_run_id, report, written, Path(options.out).name):
+        log(f"report logged to MLflow run {options.mlflow_run_id} (metrics eval/<setting>/..., artefacts eval/{Path(options.out).name}/)")
+    return report, written

@@ -51,6 +51,17 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
+def cpu_threads(requested: int | None, local_workers: int) -> int:
+    """Torch threads for a CPU worker: as asked, else the node's cores shared among its workers.
+
+    Ray sets OMP_NUM_THREADS to a worker's CPU reservation (1 here), which would leave cores idle.
+    (Here, below inference, so that training and inference workers share it and inference imports no training code.)
+    """
+    if requested:
+        return requested
+    return max(1, (os.cpu_count() or 1) // max(1, local_workers))
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return {v: k for k, v in DTYPES.items()}[dtype]
 

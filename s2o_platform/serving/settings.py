@@ -8,7 +8,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "serve" / "config.yaml"
+#: The Serve config shipped inside the package (package data: it is in the wheel). The repository's
+#: serve/config.yaml is the source of truth; this is a byte-identical copy (tests/test_wheel.py fails
+#: on drift and says which file to copy).
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.yaml"
 
 
 class ServeConfigError(ValueError):
@@ -68,7 +71,8 @@ def load_serve_config(path: str | Path):
 
     path = Path(path)
     if not path.is_file():
-        raise ServeConfigError(f"no Serve config at {path}; pass --config serve/config.yaml (the repository's) or your copy of it")
+        raise ServeConfigError(f"no Serve config at {path}; pass --config with the repository's serve/config.yaml "
+                               f"or your copy of it (the package ships one: {DEFAULT_CONFIG})")
     try:
         raw = yaml.safe_load(path.read_text())
         config = ServeDeploySchema.model_validate(raw)

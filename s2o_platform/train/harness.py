@@ -6,7 +6,8 @@
           module, the precision, the fp32 EMA and the noise generator
       [3] resume: DeepSpeed state, EMA, generator and step from ray.train.get_checkpoint()
       [4] stream tiles: ray.train.get_dataset_shard("train").iter_torch_batches, paired augmentation
-      [5] runtime.step(batch) per micro-batch (the EMA follows every optimizer step); progress on rank 0
+      [5] runtime.step(batch) per micro-batch (the EMA follows every optimizer step); progress on rank 0,
+          which also logs it to the MLflow run the driver started, when tracking is on (s2o_platform/tracking.py)
       [6] checkpoint: each rank saves its DeepSpeed shard and generator -> barrier -> rank 0 adds EMA,
           state and the exported bundle -> ray.train.report(metrics, checkpoint)
 """
@@ -26,6 +27,8 @@ import torch
 
 from s2o_platform.data.store import StoreMetadata, decode_batch
 from s2o_platform.data.transforms import augment_pairs
+from s2o_platform.evaluation.speed import cpu_threads  # one rule for training and inference workers
+from s2o_platform.tracking import Tracker
 from s2o_platform.train.runtime import build_runtime, get_stage
 
 TRAINER_STATE_FILE = "trainer_state.json"
@@ -72,16 +75,6 @@ def log(message: str) -> None:
     sys.stderr.flush()
 
 
-def cpu_threads(requested: int | None, local_workers: int) -> int:
-    """Torch threads for a CPU worker: as asked, else the node's cores shared among its workers.
-
-    Ray sets OMP_NUM_THREADS to a worker's CPU reservation (1 here), which would leave cores idle.
-    """
-    if requested:
-        return requested
-    return max(1, (os.cpu_count() or 1) // max(1, local_workers))
-
-
 def format_eta(seconds: float) -> str:
     seconds = max(0, int(seconds))
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
@@ -102,6 +95,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(cpu_threads(cfg.scaling.torch_threads, context.get_local_world_size()))
     runtime = build_runtime(loop_config["stage"], cfg, store, loop_config.get("extra", {}), device, rank, world)
     stage, engines, ema, main, precision = runtime.stage, runtime.engines, runtime.ema, runtime.main, runtime.precision
+    # MLflow: rank 0 alone logs progress, into the run the driver started (None: tracking off; mlflow not imported)
+    tracker = Tracker.attach(loop_config.get("tracking") if rank == 0 else None)
     if rank == 0 and cfg.train.autocast != "off" and not runtime.autocast_on:
         log(f"[{stage.name}] train.autocast={cfg.train.autocast} not applied: DeepSpeed already trains in {precision}")
 
@@ -203,6 +198,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                         f"[{stage.name}] step {step}/{cfg.train.max_steps} {losses} lr {metrics['lr']:.2e} "
                         f"{metrics['samples_per_s']:.1f} samples/s (data wait {metrics['data_wait_frac']:.0%}) ETA {eta}"
                     )
+                    tracker.log_metrics(metrics, step)
                 window, window_start, window_samples, window_wait = {}, time.perf_counter(), 0, 0.0
             if step % cfg.checkpoint.every_steps == 0 or step == cfg.train.max_steps:
                 save_checkpoint(metrics or {k: float(np.mean(v)) for k, v in window.items()})

@@ -6,6 +6,7 @@ Layout of a run at OUT (local folder or s3:// prefix):
     OUT/ray_train/           Ray Train's storage: checkpoint_*/ (DeepSpeed state, EMA, bundle)
     OUT/bundle/              the final inference bundle, copied from the latest checkpoint
     OUT/result.json          final step and metrics
+    OUT/mlflow_run.json      with tracking on: the MLflow run this folder logs to (a resumed launch continues it)
 
 Running the same command again with the same OUT resumes from the latest checkpoint.
 """
@@ -258,6 +259,16 @@ def run_training(
         storage.write_bytes_atomic(fs, storage.join(root, TEACHER_FILE), json.dumps(teacher_identity, indent=2).encode())
 
     dataset = training_dataset(data, store, train_rows, cfg, options)
+    from s2o_platform.tracking import finish_training_run, redact, start_training_run
+
+    # MLflow (off unless tracking.uri or $MLFLOW_TRACKING_URI): a resumed launch continues the run recorded in OUT
+    run_params = {"s2o.stage": stage, "s2o.data": data}
+    if teacher_identity is not None:
+        run_params.update({"s2o.teacher": teacher_identity["bundle"], "s2o.teacher_sha256": teacher_identity["sha256"]})
+    tracker = start_training_run(cfg.tracking, stage, out, fs, root, resumed_from, cfg.model_dump(mode="json"), run_params)
+    if tracker.enabled:
+        log(f"[{stage}] MLflow run {tracker.run_id} on {redact(tracker.uri)}")
+
     storage_path = root if storage.is_uri(out) else os.path.abspath(root)
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -269,6 +280,7 @@ def run_training(
             "extra": extra or {},
             # a fully shuffled split needs no local shuffle buffer on top (it only costs copies per batch)
             "local_shuffle": not materialized(store, train_rows, cfg),
+            "tracking": tracker.worker_spec(),  # rank 0 logs its progress metrics there
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers,
@@ -284,9 +296,13 @@ def run_training(
         ),
         datasets={"train": dataset},
     )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"training finished without a checkpoint in {out}")
+    try:
+        result = trainer.fit()
+        if result.checkpoint is None:
+            raise RuntimeError(f"training finished without a checkpoint in {out}")
+    except BaseException as err:
+        tracker.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
     bundle_uri = out.rstrip("/") + "/" + BUNDLE_DIR
     _copy_tree(result.checkpoint.filesystem, storage.join(result.checkpoint.path, BUNDLE_DIR), fs, storage.join(root, BUNDLE_DIR))
     metrics = dict(result.metrics or {})
@@ -295,6 +311,7 @@ def run_training(
     history = json.loads(storage.read_bytes(ckpt_fs, storage.join(ckpt_path, TRAINER_STATE_FILE))).get("history", [])
     summary = {"stage": stage, "step": step, "metrics": metrics, "bundle": bundle_uri, "resumed_from": resumed_from, "history": history}
     storage.write_bytes_atomic(fs, storage.join(root, "result.json"), json.dumps(summary, indent=2, default=str).encode())
+    finish_training_run(tracker, cfg.tracking, fs, storage.join(root, BUNDLE_DIR), step)
     return TrainingResult(out, bundle_uri, step, metrics, resumed_from, time.perf_counter() - started, history)
 
 

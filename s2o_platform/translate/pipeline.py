@@ -27,11 +27,11 @@ from s2o_platform.bundle import check_bundle
 from s2o_platform.data.normalization import SarScale
 from s2o_platform.data.rasters import InputError
 from s2o_platform.evaluation.speed import DTYPES
-from s2o_platform.inference import LoadedModel, resolve_sampler_for
+from s2o_platform.inference import LoadedModel, resolve_sampler_for, tile_key
 from s2o_platform.translate.manifest import DestLock, DestLockedError, Manifest, SceneRecord, remove_leftovers, work_folder
 from s2o_platform.translate.scene import SceneInfo, SceneReader, inspect_scene
 from s2o_platform.translate.sources import Scene, discover_scenes
-from s2o_platform.translate.writer import OUTPUT_DTYPES, SceneWriter
+from s2o_platform.translate.writer import OPTICAL_TILE_DTYPE, OUTPUT_DTYPES, SceneWriter
 
 
 class TranslateError(ValueError):
@@ -106,7 +106,7 @@ def read_strip_tiles(batch: dict[str, np.ndarray], infos: list[SceneInfo], reade
 class StripTranslator(LoadedModel):
     """(scene, row) strips -> their tiles, read with rasterio and translated: one output block per call,
     so blocks stay one window row in size (the actor pool is fed strips, not whole scenes).
-    Optical tiles are float16 in [-1, 1]; an unreadable strip passes through as an error row."""
+    Optical tiles are float16 (OPTICAL_TILE_DTYPE) in [-1, 1]; an unreadable strip passes through as an error row."""
 
     def __init__(self, infos: list[SceneInfo], **kwargs):
         super().__init__(**kwargs)
@@ -117,7 +117,7 @@ class StripTranslator(LoadedModel):
         batch = read_strip_tiles(strips, self.infos, self.reader)
         ok = batch["error"] == ""
         n, t = len(ok), batch["sar"].shape[-1]
-        optical = np.zeros((n, 3, t, t), np.float16)
+        optical = np.zeros((n, 3, t, t), OPTICAL_TILE_DTYPE)
         # One forward batch per strip, each tile's noise keyed by its scene's name and window: what a tile
         # becomes depends on nothing else (not the scene's position in this run, not its batch neighbours),
         # so a resumed run reproduces an uninterrupted one exactly.
@@ -125,8 +125,8 @@ class StripTranslator(LoadedModel):
             index = np.flatnonzero(ok & (batch["scene"] == scene) & (batch["row"] == row))
             if len(index):
                 name = self.infos[scene].name
-                keys = [f"{name}:{row}:{col}" for col in batch["col"][index].tolist()]
-                optical[index] = self.translate(batch["sar"][index], "", keys=keys).astype(np.float16)
+                keys = [tile_key(name, row, col) for col in batch["col"][index].tolist()]
+                optical[index] = self.translate(batch["sar"][index], "", keys=keys).astype(OPTICAL_TILE_DTYPE)
         del batch["sar"]
         return {**batch, "optical": optical}
 

@@ -74,11 +74,16 @@ def open_dataset(path: str, env: dict[str, str]) -> Iterator[object]:
 
 
 def inspect_scene(uri: str, name: str, band: str | int | None, sar_scale: str, tile: int, overlap: int,
-                  normalization: SarNormalization, options: storage.StorageOptions | None = None) -> SceneInfo:
-    """Open a scene, check it can be translated, and choose its SAR scale. Raises InputError with the reason."""
+                  normalization: SarNormalization, options: storage.StorageOptions | None = None,
+                  archive: bool = True) -> SceneInfo:
+    """Open a scene, check it can be translated, and choose its SAR scale. Raises InputError with the reason.
+
+    `archive`: archive translation's own conditions too (a CRS, at least one tile); the Python API
+    (`S2OPipeline`) reads any image, a PNG or a scene smaller than a tile, with the same band, pixel and
+    scale rules."""
     path, env = storage.gdal_path(uri, options)
     with open_dataset(path, env) as ds:
-        if ds.crs is None:
+        if archive and ds.crs is None:
             raise InputError(f"{uri} has no CRS: archive translation writes georeferenced outputs, so it needs a georeferenced scene")
         index = _select_sar_band(ds, uri, band)
         dtype, palette, bits = band_pixel_format(ds, index)
@@ -86,16 +91,12 @@ def inspect_scene(uri: str, name: str, band: str | int | None, sar_scale: str, t
             pixels = sar_pixels(dtype, palette=palette, bits=bits)
         except UnsupportedSarPixels as err:
             raise InputError(f"{uri} band {index} ({dtype}): {err}") from None
-        if ds.height < tile or ds.width < tile:
+        if archive and (ds.height < tile or ds.width < tile):
             raise InputError(f"{uri} is {ds.width}x{ds.height} px, smaller than the model's {tile} px tile")
         if sar_scale == SarScale.AUTO.value:
             step = max(1, max(ds.height, ds.width) // 512)
             sample = ds.read(index, out_shape=(max(1, ds.height // step), max(1, ds.width // step)), masked=True)
-            if np.issubdtype(sample.dtype, np.complexfloating):
-                values = sample.filled(np.nan)
-            else:
-                values = np.asarray(sample.filled(np.nan) if np.issubdtype(sample.dtype, np.floating) else sample.compressed(), dtype=np.float64)
-            scale, reason = pixels.detect_scale(values, _units_hint(ds, index))
+            scale, reason = pixels.detect_scale(scale_sample(sample), _units_hint(ds, index))
         else:
             try:
                 scale, reason = pixels.check_scale(sar_scale), f"--sar-scale {sar_scale}"
@@ -103,7 +104,7 @@ def inspect_scene(uri: str, name: str, band: str | int | None, sar_scale: str, t
                 raise InputError(f"{uri} band {index}: {err}") from None
         return SceneInfo(
             uri=uri, name=name, path=path, env=env, band=index, height=ds.height, width=ds.width, dtype=dtype,
-            crs_wkt=ds.crs.to_wkt(), transform=tuple(ds.transform)[:6], scale=scale.value, scale_reason=reason,
+            crs_wkt=ds.crs.to_wkt() if ds.crs is not None else "", transform=tuple(ds.transform)[:6], scale=scale.value, scale_reason=reason,
             tile=tile, overlap=overlap, normalization=normalization.to_dict(),
         )
 
@@ -112,24 +113,45 @@ def read_strip(info: SceneInfo, row: int, dataset=None) -> tuple[np.ndarray, np.
     """The tiles of one window row: (n_cols, 1, T, T) float32 in the model's range (nodata filled with -1)
     and (n_cols, T, T) bool validity. Memory: one strip of T rows across the scene. Reads from `dataset`
     where given (see SceneReader), else opens the scene for this one row."""
+    model, valid = read_rows(info, row, info.tile, dataset)
+    cols = info.col_starts
+    tiles = np.stack([model[:, c : c + info.tile] for c in cols])[:, None]
+    masks = np.stack([valid[:, c : c + info.tile] for c in cols])
+    return tiles, masks
+
+
+def read_rows(info: SceneInfo, row: int, rows: int, dataset=None) -> tuple[np.ndarray, np.ndarray]:
+    """`rows` full-width rows of the scene from `row` on, in the model's range ((rows, W) float32, nodata -1)
+    with their (rows, W) bool validity (`model_pixels`). Reads from `dataset` where given, else opens the scene."""
     from rasterio.windows import Window
 
-    norm = SarNormalization.from_dict(info.normalization)
-    window = Window(0, row, info.width, info.tile)
+    window = Window(0, row, info.width, rows)
     if dataset is None:
         with open_dataset(info.path, info.env) as ds:
             masked = ds.read(info.band, window=window, masked=True)
     else:
         masked = dataset.read(info.band, window=window, masked=True)
-    masked = sar_pixels(info.dtype).to_real(masked, info.scale)  # complex SLC -> |z| or |z|^2; real: as it is
-    raw = np.asarray(masked.filled(0), dtype=np.float64)
-    valid = ~np.ma.getmaskarray(masked) & np.isfinite(raw)
-    model = norm.to_model(np.where(valid, raw, 1.0), info.scale)
-    model = np.where(valid, model, -1.0).astype(np.float32)
-    cols = info.col_starts
-    tiles = np.stack([model[:, c : c + info.tile] for c in cols])[:, None]
-    masks = np.stack([valid[:, c : c + info.tile] for c in cols])
-    return tiles, masks
+    return model_pixels(masked, info.dtype, info.scale, SarNormalization.from_dict(info.normalization))
+
+
+def model_pixels(raw, dtype: str, scale: str, norm: SarNormalization) -> tuple[np.ndarray, np.ndarray]:
+    """Raw SAR pixels of type `dtype` (an array, or a masked array whose mask is nodata) in `scale` -> values in
+    the model's range (float32; nodata, NaN and infinite pixels -1) and their bool validity: the one rule for
+    what archive translation reads and what the Python API (`S2OPipeline`) is given."""
+    masked = sar_pixels(dtype).to_real(raw, scale)  # complex SLC -> |z| or |z|^2; real: as it is
+    values = np.asarray(np.ma.filled(masked, 0), dtype=np.float64)
+    valid = ~np.ma.getmaskarray(masked) & np.isfinite(values)
+    model = norm.to_model(np.where(valid, values, 1.0), scale)
+    return np.where(valid, model, -1.0).astype(np.float32), valid
+
+
+def scale_sample(sample) -> np.ndarray:
+    """The values scale detection (`SarPixels.detect_scale`) is given from a sample of a band (masked where
+    nodata): NaN-filled floats and complex values, the unmasked values of integers."""
+    sample = np.ma.asarray(sample)
+    if np.issubdtype(sample.dtype, np.complexfloating):
+        return sample.filled(np.nan)
+    return np.asarray(sample.filled(np.nan) if np.issubdtype(sample.dtype, np.floating) else sample.compressed(), dtype=np.float64)
 
 
 class SceneReader:
