@@ -8,7 +8,7 @@ the tiny teacher for --teacher-steps, then from that one teacher an ACD student 
 no-adversarial ablation, all with configs/tiny/distill.yaml and the same --distill-steps, then one
 `s2o eval` of every student at 1, 2 and 4 steps against the teacher's DDIM-50 on the same test tiles and
 seeds (paired PSNR differences with bootstrap intervals, sharpness, land cover). Every stage is reused
-when its output exists, so an interrupted sweep resumes. The README's table comes from report.md.
+when its output exists, so an interrupted sweep resumes. The table in docs/MEASUREMENTS.md ("The adversarial term, measured") comes from report.md.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import torch
 from s2o_platform.bundle import load_bundle
 from s2o_platform.data.store import decode_batch, read_tiles
 from s2o_platform.evaluation.quality import tile_scores, to_unit
-from s2o_platform.evaluation.speed import DTYPES, device_name, resolve_device
+from s2o_platform.devices import DTYPES, device_name, resolve_device
 from s2o_platform.inference import translate_tiles
 
 

@@ -7,7 +7,7 @@ Every candidate trains in this process (no Ray, no DeepSpeed: the model and loss
 under the same EMA rule) on the demo's synthetic tiles, for the same number of seconds, one after the
 other on the same machine, then is scored on the same held-out test tiles (teacher: DDIM-50 with a fixed
 noise seed; pix2pix: one forward pass). What it prints per candidate: steps reached, samples/s and PSNR
-against the two baselines. The README's "Choosing the tiny presets" table comes from this script.
+against the two baselines. The "Choosing the tiny presets" table of docs/MEASUREMENTS.md comes from this script.
 """
 
 from __future__ import annotations

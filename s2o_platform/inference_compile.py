@@ -6,7 +6,7 @@ which calls a `torch.compile`d copy of it (inductor) with static shapes:
 
 - off: eager PyTorch, as before.
 - default: `torch.compile(mode="default")` on a CPU (measured on the tiny student and teacher: 1.1-1.5x
-  the eager throughput in the same dtype, README "Compiled inference"); on a GPU `mode="reduce-overhead"`, which
+  the eager throughput in the same dtype, docs/MEASUREMENTS.md "Compiled inference"); on a GPU `mode="reduce-overhead"`, which
   captures CUDA graphs (the launch overhead that makes a small batch launch-bound).
 - max: `mode="max-autotune-no-cudagraphs"` on a CPU, `"max-autotune"` on a GPU: longer compiles that try
   more kernels.

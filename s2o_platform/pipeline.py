@@ -5,7 +5,7 @@
     rgb = pipe(sar, num_inference_steps=4, generator=torch.Generator().manual_seed(0)).images[0]
 
 One object owns an inference bundle on a device and dtype (loading: `bundle.load_bundle`; device, dtype and CPU
-threads: `evaluation.speed`; `--compile`: `inference_compile`). `inference.LoadedModel`, the base of archive
+threads: `devices`; `--compile`: `inference_compile`). `inference.LoadedModel`, the base of archive
 translation's and evaluation's Ray actors and of the Serve replicas, is a thin subclass of it, so every path
 loads, places and compiles a bundle the same way.
 
@@ -27,7 +27,7 @@ Seeds. The run seed and the image's name give every window's noise: the window a
 from `batch_seed(seed, "NAME:row:col")`, as `s2o translate --seed SEED` draws for scene NAME (its file name without
 suffix, or its path under a SOURCE folder). So `pipe("scene.tif", seed=7)` is pixel-identical to the COG
 `s2o translate scene.tif --seed 7` writes, given the same bundle, steps, overlap, batch size, device, dtype and,
-on a CPU, torch thread count (`cpu_share=` translate's --actors): float sums depend on the batch and threads. A
+on a CPU, torch thread count (`threads=devices.cpu_threads(None, actors, reserve=1)`, translate's actor beside its driver): float sums depend on the batch and threads. A
 `generator=` gives the run seed `generator.initial_seed()`: `torch.Generator().manual_seed(7)` is `seed=7` (its
 state is read, not advanced: the same generator gives the same images again). Neither given: the seed is 0, as
 `s2o translate`'s default.
@@ -83,12 +83,12 @@ class S2OPipeline:
                  warm_up: bool = False):
         """`bundle`: a bundle's path or URI (s3://...), or a loaded `Bundle` (moved to `device` and `dtype`).
         `device`: auto | cpu | cuda | cuda:N | a torch.device. `dtype`: auto | fp32 | fp16 | bf16 or a torch dtype
-        (auto: fp16 on a GPU, bf16 on a CPU that runs it at speed, else fp32; `evaluation.speed.resolve_dtype`).
+        (auto: fp16 on a GPU, bf16 on a CPU that runs it at speed, else fp32; `devices.resolve_dtype`).
         `compile`: off | auto | default | max (`inference_compile`); with `warm_up`, every batch size up to
         `batch_size` is compiled here. `threads` / `cpu_share`: on a CPU, torch's threads are set to `threads`,
         else the cores shared among `cpu_share` processes; neither given, torch's setting is left as it is."""
         from s2o_platform.bundle import load_bundle
-        from s2o_platform.evaluation.speed import cpu_threads
+        from s2o_platform.devices import cpu_threads
         from s2o_platform.inference_compile import buckets_up_to, compile_bundle, resolve_compile
 
         self.device = _resolve_device(device)
@@ -120,7 +120,7 @@ class S2OPipeline:
                    storage_options=storage_options, **kwargs)
 
     def _set_dtype(self, dtype: torch.dtype) -> None:
-        from s2o_platform.evaluation.speed import dtype_name
+        from s2o_platform.devices import dtype_name
 
         self.dtype, self.dtype_name = dtype, dtype_name(dtype)
 
@@ -128,7 +128,7 @@ class S2OPipeline:
         """Move the network to a device and/or dtype, as diffusers' `pipe.to("cuda")`, `pipe.to(torch.float16)`,
         `pipe.to("cuda", torch.float16)`; returns the pipeline. A compiled network is compiled again for the new
         device (on its first call)."""
-        from s2o_platform.evaluation.speed import DTYPES
+        from s2o_platform.devices import DTYPES
         from s2o_platform.inference_compile import CompiledNetwork, compile_bundle, resolve_compile
 
         for arg in args:
@@ -335,8 +335,8 @@ class S2OPipeline:
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
-    """auto | cpu | cuda (`evaluation.speed.resolve_device`), or cuda:N / a torch.device."""
-    from s2o_platform.evaluation.speed import resolve_device
+    """auto | cpu | cuda (`devices.resolve_device`), or cuda:N / a torch.device."""
+    from s2o_platform.devices import resolve_device
 
     if isinstance(device, torch.device) or (isinstance(device, str) and ":" in device):
         resolved = torch.device(device)
@@ -346,8 +346,8 @@ def _resolve_device(device: str | torch.device) -> torch.device:
 
 
 def _resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """auto | fp32 | fp16 | bf16 or a torch dtype, checked for the device (`evaluation.speed.resolve_dtype`)."""
-    from s2o_platform.evaluation.speed import DTYPES, dtype_name, resolve_dtype
+    """auto | fp32 | fp16 | bf16 or a torch dtype, checked for the device (`devices.resolve_dtype`)."""
+    from s2o_platform.devices import DTYPES, dtype_name, resolve_dtype
 
     if isinstance(dtype, torch.dtype):
         if dtype not in DTYPES.values():

@@ -60,7 +60,7 @@ def test_eval_writes_report_table_and_plots(synth_store_32, bundles, tmp_path):
     ddim_ms, student_ms = rows["teacher ddim-50"]["latency_ms"], rows["acd lcm-1"]["latency_ms"]
     assert ddim_ms > 0 and student_ms > 0
     assert rows["acd lcm-1"]["speedup_vs_ddim"] == pytest.approx(ddim_ms / student_ms)
-    from s2o_platform.evaluation.speed import cpu_supports
+    from s2o_platform.devices import cpu_supports
 
     auto = "bf16" if cpu_supports("bf16") else "fp32"  # --dtype auto on a CPU: bf16 where it has AVX512-BF16/AMX
     assert report["fid_status"] == FID_SKIPPED and report["device"] == "cpu" and report["dtype"] == auto

@@ -24,7 +24,8 @@ from s2o_platform.evaluation.quality import (
 from s2o_platform.evaluation.report import Report, Row, add_speedups, console_table, markdown
 from s2o_platform.evaluation.runner import EvalError, add_paired, check_fits_store, summarise
 from s2o_platform.evaluation.spec import ModelSetting, SpecError, parse_model_spec, unique_labels
-from s2o_platform.evaluation.speed import resolve_device, resolve_dtype, time_calls
+from s2o_platform.devices import resolve_device, resolve_dtype
+from s2o_platform.evaluation.speed import time_calls
 from s2o_platform.bundle import BundleMetadata, SamplerSpec
 
 
@@ -259,7 +260,7 @@ def test_fid_weights_errors_name_the_file(tmp_path):
 
 def test_device_and_dtype_choice():
     assert resolve_device("cpu").type == "cpu"
-    from s2o_platform.evaluation.speed import cpu_supports
+    from s2o_platform.devices import cpu_supports
 
     assert resolve_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if cpu_supports("bf16") else torch.float32)
     assert resolve_dtype("auto", torch.device("cuda")) == torch.float16

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from s2o_platform import S2OPipeline, S2OPipelineOutput
 from s2o_platform.bundle import BundleError
-from s2o_platform.evaluation.speed import cpu_supports
+from s2o_platform.devices import cpu_supports, cpu_threads
 from s2o_platform.inference import LoadedModel, batch_seed, translate_tiles
 from tests.fixtures import write_smallest_bundles
 
@@ -211,7 +211,7 @@ def test_the_api_and_serving_import_no_training_code():
         if module not in seen:
             seen.add(module)
             todo += sorted(imported_modules(module) - seen)
-    assert "s2o_platform.translate.scene" in seen and "s2o_platform.evaluation.speed" in seen  # the walk follows lazy imports
+    assert "s2o_platform.translate.scene" in seen and "s2o_platform.devices" in seen  # the walk follows lazy imports
     assert not [m for m in seen if m.startswith("s2o_platform.train")], sorted(seen)
     light = subprocess.run([sys.executable, "-c", "import sys, s2o_platform; s2o_platform.__version__; "
                             "print(sorted(m for m in ('torch', 'numpy', 'diffusers') if m in sys.modules))"],
@@ -224,7 +224,7 @@ def test_a_geotiff_is_pixel_identical_to_s2o_translate(ray_cluster, bundles, tmp
     """The same scene, bundle, steps and seed: `s2o translate`'s COG and the pipeline's image are equal pixel for
     pixel (a float dB scene with NaN nodata and a uint16 DN one with nodata 0, each with a nodata corner; 70 px: not
     a tile multiple). Float sums depend on the batch and on torch's thread count, so the pipeline runs with
-    translate's (batch size 32; on a CPU the cores shared among --actors: cpu_share=1)."""
+    translate's (batch size 32; on a CPU the actor's threads: the cores less one kept for the driver, over --actors)."""
     from s2o_platform.cli import app
     from s2o_platform.data.synth_writer import write_scene_geotiffs
 
@@ -236,7 +236,7 @@ def test_a_geotiff_is_pixel_identical_to_s2o_translate(ray_cluster, bundles, tmp
                                       "--out", str(out), "--steps", "2", "--seed", "11", "--dtype", "fp32", "--no-progress"])
     assert result.exit_code == 0, result.output
     try:
-        pipe = S2OPipeline.from_pretrained(bundles["student"], device="cpu", dtype="fp32", cpu_share=1)
+        pipe = S2OPipeline.from_pretrained(bundles["student"], device="cpu", dtype="fp32", threads=cpu_threads(None, 1, reserve=1))
         for source in sources:
             with rasterio.open(out / source.name) as ds:
                 cog = ds.read().transpose(1, 2, 0)

@@ -1,6 +1,7 @@
 """Pure training helpers: LR schedule, EMA, paired augmentation, DeepSpeed config, CPU threads."""
 
 import copy
+import os
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from s2o_platform.config import TeacherConfig, load_config
 from s2o_platform.data.transforms import augment_pairs, dihedral
 from s2o_platform.train.deepspeed_config import compute_dtype, deepspeed_config, effective_batch, resolve_precision
 from s2o_platform.train.ema import ema_decay_at, ema_update
-from s2o_platform.evaluation.speed import cpu_threads
+from s2o_platform.devices import cpu_threads
 from s2o_platform.train.harness import format_eta
 from s2o_platform.train.schedule import lr_factor
 
@@ -131,6 +132,9 @@ def test_zero3_rejected_with_reason():
 def test_cpu_threads_and_eta():
     assert cpu_threads(3, 2) == 3
     assert cpu_threads(None, 10_000) == 1
+    cores = os.cpu_count() or 1
+    assert cpu_threads(None, 1) == cores and cpu_threads(None, 1, reserve=1) == max(1, cores - 1)
+    assert cpu_threads(None, 2, reserve=1) == max(1, (cores - 1) // 2) and cpu_threads(4, 1, reserve=1) == 4
     assert format_eta(125) == "2m05s" and format_eta(3725) == "1h02m"
 
 

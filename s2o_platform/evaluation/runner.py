@@ -45,7 +45,8 @@ from s2o_platform.evaluation.quality import (
 )
 from s2o_platform.evaluation.report import FID_RECOMMENDED_SAMPLES, REFERENCE_DDIM_STEPS, Report, Row, add_speedups
 from s2o_platform.evaluation.spec import ModelSetting, parse_model_spec, unique_labels
-from s2o_platform.evaluation.speed import device_name, dtype_name, resolve_device, resolve_dtype, time_calls
+from s2o_platform.devices import device_name, dtype_name, resolve_device, resolve_dtype
+from s2o_platform.evaluation.speed import time_calls
 from s2o_platform.inference import resolve_sampler_for, translate_tiles
 from s2o_platform.inference_compile import CompiledNetwork, compile_bundle, resolve_compile
 

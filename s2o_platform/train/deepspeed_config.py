@@ -7,8 +7,8 @@ from typing import Any
 import torch
 
 from s2o_platform.config import TrainingStageConfig
+from s2o_platform.devices import DTYPES
 
-COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_precision(requested: str, device_type: str, bf16_supported: bool, fp16_supported: bool) -> str:
@@ -41,7 +41,7 @@ def compute_dtype(precision: str, autocast: str) -> torch.dtype:
     runs over fp32 weights."""
     if precision == "fp32" and autocast == "bf16":
         return torch.bfloat16
-    return COMPUTE_DTYPES[precision]
+    return DTYPES[precision]
 
 
 def effective_batch(cfg: TrainingStageConfig) -> int:

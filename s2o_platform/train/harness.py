@@ -27,7 +27,7 @@ import torch
 
 from s2o_platform.data.store import StoreMetadata, decode_batch
 from s2o_platform.data.transforms import augment_pairs
-from s2o_platform.evaluation.speed import cpu_threads  # one rule for training and inference workers
+from s2o_platform.devices import cpu_threads  # one rule for training and inference workers
 from s2o_platform.tracking import Tracker
 from s2o_platform.train.runtime import build_runtime, get_stage
 

@@ -26,7 +26,7 @@ from s2o_platform import storage
 from s2o_platform.bundle import check_bundle
 from s2o_platform.data.normalization import SarScale
 from s2o_platform.data.rasters import InputError
-from s2o_platform.evaluation.speed import DTYPES
+from s2o_platform.devices import DTYPES, cpu_threads
 from s2o_platform.inference import LoadedModel, resolve_sampler_for, tile_key
 from s2o_platform.translate.manifest import DestLock, DestLockedError, Manifest, SceneRecord, remove_leftovers, work_folder
 from s2o_platform.translate.scene import SceneInfo, SceneReader, inspect_scene
@@ -52,7 +52,7 @@ class TranslateOptions:
     output_dtype: str = "uint8"
     seed: int = 0
     device: str = "auto"
-    dtype: str = "auto"  # auto | fp32 | fp16 | bf16 (evaluation/speed.resolve_dtype)
+    dtype: str = "auto"  # auto | fp32 | fp16 | bf16 (devices.resolve_dtype)
     compile: str = "off"  # off | auto | default | max (inference_compile.resolve_compile)
     address: str | None = None
     progress: bool = True
@@ -108,7 +108,15 @@ class StripTranslator(LoadedModel):
     so blocks stay one window row in size (the actor pool is fed strips, not whole scenes).
     Optical tiles are float16 (OPTICAL_TILE_DTYPE) in [-1, 1]; an unreadable strip passes through as an error row."""
 
-    def __init__(self, infos: list[SceneInfo], **kwargs):
+    def __init__(self, infos: list[SceneInfo], driver_node: str | None = None, **kwargs):
+        if kwargs.get("device") == "cpu" and kwargs.get("threads") is None:
+            import ray
+
+            # On the driver's node one core is kept for the driver, which mosaics and writes every scene: with
+            # the model's threads on all cores, both stall (measured on 2 cores: 1 thread translates faster
+            # than 2; README "Archive translation"). Other nodes give the model all their cores.
+            on_driver_node = ray.get_runtime_context().get_node_id() == driver_node
+            kwargs["threads"] = cpu_threads(None, kwargs.get("cpu_share", 1), reserve=1 if on_driver_node else 0)
         super().__init__(**kwargs)
         self.infos = infos
         self.reader = SceneReader()
@@ -269,7 +277,8 @@ def _stream(infos, options, steps, manifest, summary, dest_fs, dest_root, workdi
     strips_per_call = max(1, options.batch_size // max(1, min(len(i.col_starts) for i in infos)))
     translated = ray.data.from_items(strips).map_batches(
         StripTranslator,
-        fn_constructor_kwargs=dict(infos=infos, bundle=options.model, steps=steps, seed=options.seed,
+        fn_constructor_kwargs=dict(infos=infos, driver_node=ray.get_runtime_context().get_node_id(), bundle=options.model,
+                                   steps=steps, seed=options.seed,
                                    device="cuda" if gpus else ("cpu" if options.device == "auto" else options.device),
                                    dtype=options.dtype, storage_options=options.storage, cpu_share=options.actors, batch_size=options.batch_size,
                                    compile=options.compile, warm_up=False),
