@@ -28,7 +28,7 @@ from s2o_platform.data.store import StoreMetadata
 from s2o_platform.evaluation.runner import measure_latency, measure_throughput
 from s2o_platform.evaluation.spec import ModelSetting
 from s2o_platform.devices import DTYPES, device_name, resolve_device
-from s2o_platform.evaluation.untrained import write_untrained_bundles
+from s2o_platform.train.untrained import write_untrained_bundles
 from s2o_platform.models.unet import count_parameters
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 from s2o_platform.data.normalization import SarNormalization  # noqa: E402
 from s2o_platform.data.store import StoreMetadata  # noqa: E402
-from s2o_platform.evaluation.untrained import write_untrained_bundles  # noqa: E402
+from s2o_platform.train.untrained import write_untrained_bundles  # noqa: E402
 from s2o_platform.serving.runner import free_port  # noqa: E402
 from s2o_platform.serving.settings import DEFAULT_CONFIG  # noqa: E402
 

@@ -41,12 +41,12 @@ from s2o_platform.bundle import load_bundle, read_bundle_metadata  # noqa: E402
 from s2o_platform.data.normalization import SarNormalization  # noqa: E402
 from s2o_platform.data.store import StoreMetadata  # noqa: E402
 from s2o_platform.data.synth_writer import write_scene_geotiffs  # noqa: E402
-from s2o_platform.evaluation.untrained import write_untrained_bundles  # noqa: E402
+from s2o_platform.train.untrained import write_untrained_bundles  # noqa: E402
 from s2o_platform.devices import cpu_threads, resolve_dtype  # noqa: E402
 from s2o_platform.inference import resolve_sampler, translate_tiles  # noqa: E402
 from s2o_platform.inference_compile import compile_bundle, resolve_compile  # noqa: E402
 from s2o_platform.translate.pipeline import TranslateOptions, run_translate  # noqa: E402
-from s2o_platform.translate.scene import inspect_scene, read_strip  # noqa: E402
+from s2o_platform.data.scene import inspect_scene, read_strip  # noqa: E402
 
 
 def bare_model(bundle_path: str, tiles: np.ndarray, batch_size: int, steps: int | None, dtype: str = "auto",

@@ -42,8 +42,10 @@ S3EndpointOption = Annotated[
         "$AWS_ENDPOINT_URL, else AWS. Credentials come from the usual AWS environment variables or profile.",
     ),
 ]
-ConfigOption = Annotated[Optional[Path], typer.Option("--config", help="YAML preset (e.g. configs/tiny/ingest.yaml; outside a checkout, "
-                                                                     "configs/<preset>/<stage>.yaml names the copy installed with the package).")]
+ConfigOption = Annotated[Optional[Path], typer.Option("--config", help="YAML file of this command's settings, the keys --set takes "
+                                                                     "(e.g. configs/tiny/ingest.yaml for data ingest; outside a checkout, "
+                                                                     "configs/<preset>/<stage>.yaml names the copy installed with the package). "
+                                                                     "Precedence: defaults < file < --set < explicit options.")]
 SetOption = Annotated[
     Optional[list[str]],
     typer.Option("--set", help="Override a config key: --set dotted.key=value (repeatable; value parsed as YAML)."),
@@ -250,13 +252,14 @@ OutOption = Annotated[
     typer.Option("--out", help="Run folder (or s3:// prefix): checkpoints, config and the final bundle at OUT/bundle. "
                  "The same --out again resumes from its latest checkpoint."),
 ]
-DtypeOption = Annotated[str, typer.Option("--dtype", help="Network precision: auto (fp16 on a GPU; on a CPU bf16 where "
-                                          "it has AVX512-BF16/AMX, measured 1.9x fp32's speed at equal PSNR, else fp32), "
-                                          "fp32, fp16 or bf16.")]
-CompileOption = Annotated[str, typer.Option("--compile", help="The forward pass: off (eager), auto (torch.compile where a "
-                                            "C++ compiler / Triton works here, else eager), default (torch.compile with static "
-                                            "shapes per batch size; CUDA graphs on a GPU) or max (autotuned; longer compiles). "
-                                            "Compiling takes seconds to a minute per batch size on a CPU (see README).")]
+DtypeOption = Annotated[Optional[str], typer.Option("--dtype", help="Network precision: auto (fp16 on a GPU; on a CPU bf16 where "
+                                                    "it has AVX512-BF16/AMX, measured 1.9x fp32's speed at equal PSNR, else fp32), "
+                                                    "fp32, fp16 or bf16. Default: auto.", show_default=False)]
+CompileOption = Annotated[Optional[str], typer.Option("--compile", help="The forward pass: off (eager), auto (torch.compile where a "
+                                                      "C++ compiler / Triton works here, else eager), default (torch.compile with static "
+                                                      "shapes per batch size; CUDA graphs on a GPU) or max (autotuned; longer compiles). "
+                                                      "Compiling takes seconds to a minute per batch size on a CPU (see README). "
+                                                      "Default: off.", show_default=False)]
 RequiredConfigOption = Annotated[Path, typer.Option("--config", help="YAML preset, e.g. configs/tiny/teacher.yaml (CPU) or configs/paper/teacher.yaml (GPU); "
                                                     "outside a checkout, configs/<preset>/<stage>.yaml names the copy installed with the package.")]
 
@@ -300,6 +303,37 @@ def _tile_size(cfg, extra: dict | None) -> int:
     from s2o_platform.bundle import check_bundle
 
     return check_bundle(extra["teacher"]).tile_size
+
+
+def _command_config(model, config: Path | None, set_: list[str] | None, flags: dict):
+    """A command's settings: `model`'s defaults < --config FILE < --set key=value < the explicit options in `flags`
+    (dotted key -> value; None: not given). A problem (unknown key, wrong type) is a one-line error, exit code 2."""
+    from s2o_platform.config import ConfigError, load_config
+
+    try:
+        return load_config(model, config, list(set_ or []), flags=flags, flags_source=_option_name)
+    except ConfigError as err:
+        fail(str(err))
+
+
+def _option_name(key: str) -> str:
+    """The command-line option of a config key (batch_size -> --batch-size; eval's models list -> --model)."""
+    return "--model" if key == "models" else "--" + key.replace("_", "-")
+
+
+def translate_config(config: Path | None = None, set_: list[str] | None = None, **flags):
+    """`s2o translate`'s TranslateConfig from --config, --set and its explicit options (keyword = config key)."""
+    from s2o_platform.config import TranslateConfig
+
+    return _command_config(TranslateConfig, config, set_, flags)
+
+
+def eval_config(config: Path | None = None, set_: list[str] | None = None, **flags):
+    """`s2o eval`'s EvalConfig from --config, --set and its explicit options (keyword = config key; models: the
+    --model list, which replaces the file's)."""
+    from s2o_platform.config import EvalConfig
+
+    return _command_config(EvalConfig, config, set_, flags)
 
 
 @train_app.command("teacher")
@@ -363,28 +397,36 @@ def train_gan(
 def translate(
     source: Annotated[str, typer.Argument(help="SAR scenes: a folder (recursive), a glob ('archive/**/*.tif'), a .txt file "
                                          "listing paths/URIs, an s3:// prefix, or one GeoTIFF.")],
-    model: Annotated[str, typer.Option("--model", help="The bundle to translate with (a student's OUT/bundle; any stage works).")],
-    out: Annotated[str, typer.Option("--out", help="Destination folder or s3:// prefix: DEST/<scene name>.tif COGs and "
-                                     "DEST/_s2o_manifest.jsonl. Running again skips scenes already done.")],
+    model: Annotated[Optional[str], typer.Option("--model", help="The bundle to translate with (a student's OUT/bundle; any "
+                                                 "stage works). Required, here or as model: in --config.", show_default=False)] = None,
+    out: Annotated[str, typer.Option("--out", help="Destination folder or s3:// prefix: DEST/<scene name>.tif COGs, "
+                                     "DEST/_s2o_manifest.jsonl and the run's resolved settings, DEST/_s2o_config.yaml. "
+                                     "Running again skips scenes already done.")] = ...,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Sampling steps (student: 1..8); default: the bundle's.")] = None,
     overlap: Annotated[Optional[int], typer.Option("--overlap", help="Overlap of neighbouring windows in px, blended "
                                                    "smoothly (default: a quarter of the tile).")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Tiles per forward pass.")] = 32,
-    actors: Annotated[int, typer.Option("--actors", help="Model actors (each takes a GPU where the cluster has them).")] = 1,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Tiles per forward pass. Default: 32.", show_default=False)] = None,
+    actors: Annotated[Optional[int], typer.Option("--actors", help="Model actors (each takes a GPU where the cluster has them). "
+                                                  "Default: 1.", show_default=False)] = None,
     band: Annotated[Optional[str], typer.Option("--band", help="SAR band by name (VV, VH) or 1-based index. Default: "
                                                 "the band described VV, else the first.")] = None,
-    sar_scale: Annotated[SarScale, typer.Option("--sar-scale", help="How SAR values are expressed. auto decides per scene: "
-                                                "uint8 -> display-scaled image; other integers -> DN; float metadata "
-                                                "saying dB/linear wins; floats with negatives -> dB; non-negative floats "
-                                                "with 99th percentile < 10 -> linear power; else dB.")] = SarScale.AUTO,
-    output_dtype: Annotated[str, typer.Option("--output-dtype", help="uint8 RGB (nodata 0) or float32 in [0, 1] (nodata NaN).")] = "uint8",
-    seed: Annotated[int, typer.Option("--seed", help="Noise seed (each batch seeded from it and its first tile).")] = 0,
-    dtype: DtypeOption = "auto",
-    compile_: CompileOption = "off",
+    sar_scale: Annotated[Optional[SarScale], typer.Option("--sar-scale", help="How SAR values are expressed. auto (default) decides per "
+                                                          "scene: uint8 -> display-scaled image; other integers -> DN; float metadata "
+                                                          "saying dB/linear wins; floats with negatives -> dB; non-negative floats "
+                                                          "with 99th percentile < 10 -> linear power; else dB.", show_default=False)] = None,
+    output_dtype: Annotated[Optional[str], typer.Option("--output-dtype", help="uint8 RGB (nodata 0) or float32 in [0, 1] (nodata NaN). "
+                                                        "Default: uint8.", show_default=False)] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Noise seed (each batch seeded from it and its first tile). "
+                                                "Default: 0.", show_default=False)] = None,
+    dtype: DtypeOption = None,
+    compile_: CompileOption = None,
     address: AddressOption = None,
     s3_endpoint: S3EndpointOption = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
-    split: Annotated[str, typer.Option("--split", help="For a tile store SOURCE: the split to translate into Parquet.")] = "test",
+    split: Annotated[Optional[str], typer.Option("--split", help="For a tile store SOURCE: the split to translate into Parquet. "
+                                                 "Default: test.", show_default=False)] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
 ) -> None:
     """Translate an archive of SAR GeoTIFF scenes into georeferenced optical Cloud-Optimised GeoTIFFs.
 
@@ -396,22 +438,31 @@ def translate(
     transform and nodata. Memory per scene is two window rows across its width, whatever its height.
     A scene that cannot be read is recorded in the manifest with its reason; the others go on; the
     exit code is 1 when any failed.
+
+    Settings also come from --config FILE and --set key=value, with the options' names as keys
+    (model, steps, overlap, batch_size, actors, band, sar_scale, output_dtype, seed, dtype, compile,
+    split; and device: auto|cpu|cuda); an explicit option wins over both. SOURCE, --out, --address,
+    --s3-endpoint and --progress are the command line's only. DEST/_s2o_config.yaml keeps the
+    resolved settings of the latest run.
     """
     from s2o_platform import storage
     from s2o_platform.translate.pipeline import TranslateError, TranslateOptions, run_translate, run_translate_store
 
-    options = TranslateOptions(
-        source=source, model=model, dest=out, steps=steps, overlap=overlap, batch_size=batch_size, actors=actors,
-        band=band, sar_scale=sar_scale.value, output_dtype=output_dtype, seed=seed, dtype=dtype, compile=compile_, address=address, progress=progress,
-        storage=storage.StorageOptions.from_env(s3_endpoint),
-    )
+    cfg = translate_config(config, set_, model=model, steps=steps, overlap=overlap, batch_size=batch_size, actors=actors,
+                           band=band, sar_scale=sar_scale.value if sar_scale else None, output_dtype=output_dtype, seed=seed,
+                           dtype=dtype, compile=compile_, split=split)
+    try:
+        options = TranslateOptions.from_config(cfg, source, out, address=address, progress=progress,
+                                               storage_options=storage.StorageOptions.from_env(s3_endpoint))
+    except TranslateError as err:
+        fail(str(err))
     from s2o_platform.data.store import METADATA_FILE
 
     fs, root = storage.resolve(source, options.storage)
     is_store = storage.exists(fs, storage.join(root, METADATA_FILE))
     try:
         if is_store:
-            summary = run_translate_store(options, split, log=lambda m: typer.echo(m, err=True))
+            summary = run_translate_store(options, cfg.split, log=lambda m: typer.echo(m, err=True))
         else:
             summary = run_translate(options, log=lambda m: typer.echo(m, err=True))
     except TranslateError as err:
@@ -424,43 +475,52 @@ def translate(
 @app.command("eval")
 def evaluate(
     data: Annotated[str, typer.Option("--data", help="The tile store (folder or s3:// URI) to evaluate on.")],
+    out: Annotated[Path, typer.Option("--out", help="Report folder: report.json, report.md, tradeoff.png, samples.png and "
+                                      "the run's resolved settings, config.yaml.")],
     model: Annotated[
-        list[str],
+        Optional[list[str]],
         typer.Option(
             "--model",
             help="NAME=BUNDLE[@SAMPLER[:STEPS[,STEPS...]]], repeatable; one report row per step count. Samplers: "
             "ddpm (teacher, all training steps), ddim:N (teacher), lcm:1..8 (student), none for pix2pix. "
-            "Without @SAMPLER the bundle's default. E.g. --model acd=runs/s/bundle@lcm:1,2,4,8",
+            "Without @SAMPLER the bundle's default. E.g. --model acd=runs/s/bundle@lcm:1,2,4,8. At least one, here "
+            "or in the models: list of --config (--model replaces that list).",
+            show_default=False,
         ),
-    ],
-    out: Annotated[Path, typer.Option("--out", help="Report folder: report.json, report.md, tradeoff.png, samples.png.")],
-    split: Annotated[str, typer.Option("--split", help="Store split to evaluate on.")] = "test",
+    ] = None,
+    split: Annotated[Optional[str], typer.Option("--split", help="Store split to evaluate on. Default: test.", show_default=False)] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate the first N tiles (by tile id) of the split.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Tiles per forward pass; throughput is measured at this size.")] = 32,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Tiles per forward pass; throughput is measured at "
+                                                      "this size. Default: 32.", show_default=False)] = None,
     fid_weights: Annotated[
         Optional[Path],
         typer.Option("--fid-weights", help="Inception-v3 FID network: TorchScript (e.g. inception-2015-12-05.pt) or a "
                      "torch-fidelity weights file. Nothing is downloaded; without it FID is reported as skipped."),
     ] = None,
-    device: Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu or cuda.")] = "auto",
-    dtype: DtypeOption = "auto",
-    compile_: CompileOption = "off",
-    seed: Annotated[int, typer.Option("--seed", help="Noise seed: batch i uses seed + i, the same for every model.")] = 0,
-    repeats: Annotated[int, typer.Option("--repeats", help="Timed calls per latency measurement (median; after one warm-up).")] = 3,
-    ddpm_limit: Annotated[int, typer.Option("--ddpm-limit", help="Tiles scored with ancestral DDPM (1000 steps per tile).")] = 32,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto (CUDA when present), cpu or cuda. Default: auto.",
+                                                  show_default=False)] = None,
+    dtype: DtypeOption = None,
+    compile_: CompileOption = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Noise seed: batch i uses seed + i, the same for every model. "
+                                                "Default: 0.", show_default=False)] = None,
+    repeats: Annotated[Optional[int], typer.Option("--repeats", help="Timed calls per latency measurement (median; after one "
+                                                   "warm-up). Default: 3.", show_default=False)] = None,
+    ddpm_limit: Annotated[Optional[int], typer.Option("--ddpm-limit", help="Tiles scored with ancestral DDPM (1000 steps per "
+                                                      "tile). Default: 32.", show_default=False)] = None,
     address: Annotated[
         Optional[str],
         typer.Option("--address", help="Score on a Ray cluster ('auto', 'host:6379', or 'local' for a local one): Ray Data "
                      "streams the split through --workers actors per model (1 GPU each where the cluster has GPUs). "
                      "Speed is always timed in this process. Default: everything in this process."),
     ] = None,
-    workers: Annotated[int, typer.Option("--workers", help="Ray Data actors per model setting (with --address).")] = 1,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Ray Data actors per model setting (with --address). "
+                                                   "Default: 1.", show_default=False)] = None,
     speed_references: Annotated[
-        bool,
+        Optional[bool],
         typer.Option("--speed-references/--no-speed-references",
                      help="Time teacher DDPM (all steps) and DDIM-50 for the speed-ups when a teacher is given but "
-                     "those settings are not listed."),
-    ] = True,
+                     "those settings are not listed. Default: --speed-references.", show_default=False),
+    ] = None,
     s3_endpoint: S3EndpointOption = None,
     mlflow_run_id: Annotated[
         Optional[str],
@@ -468,6 +528,8 @@ def evaluate(
                      "model, in RUN/mlflow_run.json): metrics per setting and the report files, on the server in "
                      "$MLFLOW_TRACKING_URI. An unreachable server is a warning, not a failed evaluation."),
     ] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
 ) -> None:
     """Quality and speed of several models on the same test tiles and seeds, in one run.
 
@@ -475,18 +537,22 @@ def evaluate(
     --fid-weights. Speed: latency per image at batch 1 after warm-up (synchronised on GPU), throughput
     at --batch-size, and the speed-up of every setting against the teacher with DDPM (all steps) and
     DDIM-50, timed in the same run even when not listed (quality of those is only measured when listed).
+
+    Settings also come from --config FILE and --set key=value, with the options' names as keys (models,
+    the --model list; split, limit, batch_size, fid_weights, device, dtype, compile, seed, repeats,
+    ddpm_limit, workers, speed_references; and sample_tiles, landcover_fit_tiles); an explicit option
+    wins over both. --data, --out, --address, --s3-endpoint and --mlflow-run-id are the command line's
+    only. REPORT_DIR/config.yaml keeps the resolved settings.
     """
     from s2o_platform import storage
     from s2o_platform.evaluation.report import console_table
     from s2o_platform.evaluation.runner import EvalError, EvalOptions, evaluate as run
 
-    options = EvalOptions(
-        data=data, models=model, out=str(out), split=split, limit=limit, batch_size=batch_size,
-        fid_weights=str(fid_weights) if fid_weights else None, device=device, dtype=dtype, compile=compile_, seed=seed,
-        repeats=repeats, ddpm_limit=ddpm_limit, address=address, workers=workers,
-        references=speed_references,
-        storage=storage.StorageOptions.from_env(s3_endpoint), mlflow_run_id=mlflow_run_id,
-    )
+    cfg = eval_config(config, set_, models=model or None, split=split, limit=limit, batch_size=batch_size,
+                      fid_weights=str(fid_weights) if fid_weights else None, device=device, dtype=dtype, compile=compile_,
+                      seed=seed, repeats=repeats, ddpm_limit=ddpm_limit, workers=workers, speed_references=speed_references)
+    options = EvalOptions.from_config(cfg, data, str(out), address=address, mlflow_run_id=mlflow_run_id,
+                                      storage_options=storage.StorageOptions.from_env(s3_endpoint))
     try:
         report, written = run(options, log=lambda m: typer.echo(m, err=True))
     except EvalError as err:
@@ -495,6 +561,22 @@ def evaluate(
     typer.echo("report: " + ", ".join(str(p) for p in written))
     if any(r.error for r in report.rows):
         raise typer.Exit(1)
+
+
+def serve_plan(config: Path | None = None, *, model: str | None = None, host: str = "127.0.0.1", port: int = 8000,
+               set_: list[str] | None = None, dtype: str | None = None, compile_: str | None = None):
+    """`s2o serve`'s plan (and the Serve config it read): the config's application args < --set < --model, --dtype,
+    --compile. Everything is checked before Ray starts; a problem is a one-line error, exit code 2."""
+    from s2o_platform.serving.runner import plan_serving
+    from s2o_platform.serving.settings import DEFAULT_CONFIG, ServeConfigError
+
+    if config is None:  # a --config given always wins; without one, a checkout's copy, else the packaged one
+        config = Path("serve/config.yaml") if Path("serve/config.yaml").is_file() else DEFAULT_CONFIG
+    explicit = {k: v for k, v in {"dtype": dtype, "compile": compile_}.items() if v}
+    try:
+        return plan_serving(config, model=model, host=host, port=port, overrides=explicit or None, sets=list(set_ or [])), config
+    except ServeConfigError as err:
+        fail(str(err))
 
 
 @app.command("serve")
@@ -513,6 +595,11 @@ def serve_command(
     compile_: Annotated[Optional[str], typer.Option("--compile", help="The replicas' forward pass: off, auto, default or max "
                                                     "(see s2o translate --help). Default: args.compile of the Serve config.")] = None,
     address: AddressOption = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one of the application's args (the `args:` "
+                                                      "of the Serve config, e.g. --set max_request_model_s=30 --set "
+                                                      "max_image_side=2048): --set key=value, repeatable, value parsed as YAML. "
+                                                      "Precedence: the config's args < --set < --model, --dtype, --compile.",
+                                                      show_default=False)] = None,
 ) -> None:
     """Serve a model over HTTP with Ray Serve until interrupted (Ctrl-C or SIGTERM).
 
@@ -533,15 +620,9 @@ def serve_command(
     import time
 
     from s2o_platform.ray_cluster import connect
-    from s2o_platform.serving.runner import plan_serving, start_serving
-    from s2o_platform.serving.settings import DEFAULT_CONFIG, ServeConfigError
+    from s2o_platform.serving.runner import start_serving
 
-    if config is None:  # a --config given always wins; without one, a checkout's copy, else the packaged one
-        config = Path("serve/config.yaml") if Path("serve/config.yaml").is_file() else DEFAULT_CONFIG
-    try:
-        plan = plan_serving(config, model=model, host=host, port=port, overrides={k: v for k, v in {"dtype": dtype, "compile": compile_}.items() if v} or None)
-    except ServeConfigError as err:
-        fail(str(err))
+    plan, config = serve_plan(config, model=model, host=host, port=port, set_=set_, dtype=dtype, compile_=compile_)
 
     def stop_on_sigterm(signum, frame) -> None:
         # SIGTERM (kill, systemd, docker stop, Kubernetes) takes Ctrl-C's path through the finally below.
@@ -575,6 +656,20 @@ def serve_command(
             ray.shutdown()
 
 
+def demo_preset(preset: str | None = None, config: Path | None = None, set_: list[str] | None = None):
+    """`s2o demo`'s settings: --preset (else the automatic choice) < --config FILE < --set key=value; an unknown
+    key or a bad value is a one-line error, exit code 2 (an unknown preset, as before: exit code 1)."""
+    from s2o_platform.config import ConfigError
+    from s2o_platform.demo import DemoError, resolve_preset
+
+    try:
+        return resolve_preset(preset, config, list(set_ or []))
+    except ConfigError as err:
+        fail(str(err))
+    except DemoError as err:
+        fail(str(err), code=1)
+
+
 @app.command("demo")
 def demo_command(
     out: Annotated[Path, typer.Option("--out", help="Where every artefact goes; a re-run reuses the stages done there.")] = Path("runs/demo"),
@@ -583,6 +678,8 @@ def demo_command(
                                                    "gpu-small (one GPU, longer training) or smoke (every stage, minimal "
                                                    "work: checks the wiring). Default: gpu-small where a GPU is visible, "
                                                    "else tiny.")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
 ) -> None:
     """The whole platform end to end on one machine, with no data of yours and no cloud.
 
@@ -592,11 +689,16 @@ def demo_command(
     of synthetic georeferenced scenes into COGs -> Ray Serve up, real HTTP requests translated, Serve
     shut down -> a summary of every artefact and the headline figures (OUT/summary.md).
     Each stage's result is kept in OUT/stages/; running again resumes after the last finished stage.
-    """
-    from s2o_platform.demo import Demo, DemoError, choose_preset, summary_text
 
+    --config FILE and --set key=value change the chosen preset's keys (precedence: preset < file < --set):
+    pairs, scene_size, batch_size, teacher_steps, distill_steps, gan_steps, eval_limit, student_steps,
+    speed_references, use_gpu; e.g. --set teacher_steps=200 --set student_steps=[1,2,4]. The resolved
+    settings are saved as OUT/config.yaml.
+    """
+    from s2o_platform.demo import Demo, DemoError, summary_text
+
+    chosen = demo_preset(preset, config, set_)
     try:
-        chosen = choose_preset(preset)
         summary = Demo(out, chosen, force=force, log=lambda m: typer.echo(m, err=True)).run()
     except DemoError as err:
         fail(str(err), code=1)

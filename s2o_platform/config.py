@@ -8,11 +8,13 @@ came from (the YAML file or `--set`). The resolved config is what a run saves be
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from s2o_platform.data.normalization import SarScale
 
@@ -37,6 +39,20 @@ class Section(BaseModel):
 
 class StageConfig(Section):
     """Base of the per-stage configuration models."""
+
+
+def _off_is_off(value: Any) -> Any:
+    """YAML 1.1 reads an unquoted `off` as false: `--set compile=off` (or `compile: off`) means the choice 'off'."""
+    return "off" if value is False else value
+
+
+def _text(value: Any) -> Any:
+    """A band given as a number (`--set band=2`, YAML `band: 2`) is its 1-based index, as `--band 2` is."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+#: A `compile` choice (off | auto | default | max), unquoted `off` in YAML included.
+CompileChoice = Annotated[str, BeforeValidator(_off_is_off)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,10 +156,28 @@ def _flatten(data: Any, prefix: str = "") -> list[str]:
     return out
 
 
-def load_config(model: type[ConfigT], path: str | Path | None = None, overrides: list[str] | None = None) -> ConfigT:
-    """Build a stage config from a YAML file (optional) and `--set` overrides, validating everything."""
-    data: dict[str, Any] = {}
-    sources: dict[str, str] = {}
+def _merge(into: dict, update: Mapping) -> None:
+    """Deep-merge `update` into `into`: sections merge key by key, anything else is replaced."""
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = copy.deepcopy(value)
+
+
+def load_config(model: type[ConfigT], path: str | Path | None = None, overrides: list[str] | None = None, *,
+                flags: Mapping[str, Any] | None = None, base: Mapping[str, Any] | None = None,
+                base_source: str = "defaults", flags_source: str | Callable[[str], str] = "the command line") -> ConfigT:
+    """Build a config from a YAML file (optional) and `--set` overrides, validating everything.
+
+    Precedence, lowest first: the model's defaults < `base` (a preset's values, e.g. `s2o demo --preset`)
+    < the file < `overrides` (`--set dotted.key=value`, in order) < `flags` (dotted key -> value: a
+    command's explicit options; None values are left out, so an option not given changes nothing).
+    Errors name where a value came from: `base_source`, the file, the `--set`, or `flags_source` (a text, or a
+    function of the key, e.g. key -> its option's name).
+    """
+    data: dict[str, Any] = copy.deepcopy(dict(base or {}))
+    sources: dict[str, str] = {k: base_source for k in _flatten(data)} if data else {}
     if path is not None:
         path = packaged_preset(Path(path))
         try:
@@ -156,12 +190,17 @@ def load_config(model: type[ConfigT], path: str | Path | None = None, overrides:
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(loaded).__name__}")
-        data = loaded
-        sources.update({k: f"file {path}" for k in _flatten(data)})
+        _merge(data, loaded)
+        sources.update({k: f"file {path}" for k in _flatten(loaded)})
     for text in overrides or []:
         keys, value = parse_override(text)
         _set_nested(data, keys, value, text)
         sources[".".join(keys)] = f"--set {text}"
+    for key, value in (flags or {}).items():
+        if value is not None:
+            where = flags_source(key) if callable(flags_source) else flags_source
+            _set_nested(data, key.split("."), value, f"{key}={value!r} ({where})")
+            sources[key] = where
     try:
         return model.model_validate(data)
     except ValidationError as err:
@@ -361,3 +400,69 @@ class GanConfig(TrainingStageConfig):
     generator: GeneratorSection = GeneratorSection()
     discriminator: PatchDiscriminatorSection = PatchDiscriminatorSection()
     gan: GanSection = GanSection()
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference commands: `s2o translate` and `s2o eval` (pure data: the commands build their run options from these)
+# ---------------------------------------------------------------------------------------------
+
+#: Network precision names (devices.DTYPES) and auto.
+DTYPE_PATTERN = "^(auto|fp32|fp16|bf16)$"
+COMPILE_PATTERN = "^(off|auto|default|max)$"
+
+
+class TranslateConfig(StageConfig):
+    """`s2o translate`: how SAR scenes (or a tile store's split) are translated. SOURCE and DEST, the Ray
+    cluster (--address), the storage endpoint (--s3-endpoint) and --progress stay on the command line;
+    the resolved config is saved as DEST/_s2o_config.yaml."""
+
+    model: str | None = Field(None, description="the bundle to translate with (a student's OUT/bundle; any stage "
+                              "works), local or s3://; required, here or as --model")
+    steps: int | None = Field(None, ge=1, description="sampling steps (student: 1..8); null: the bundle's default")
+    overlap: int | None = Field(None, ge=0, description="overlap of neighbouring windows in px, blended smoothly; "
+                                "null: a quarter of the tile")
+    batch_size: int = Field(32, ge=1, description="tiles per forward pass")
+    actors: int = Field(1, ge=1, description="model actors (each takes a GPU where the cluster has them)")
+    band: Annotated[str | None, BeforeValidator(_text)] = Field(
+        None, description="SAR band by name (VV, VH) or 1-based index; null: the band described VV, else the first")
+    sar_scale: SarScale = Field(SarScale.AUTO, description="how SAR values are expressed: auto decides per scene "
+                                "(see `s2o translate --help`), or uint8 | db | linear | dn")
+    output_dtype: str = Field("uint8", pattern="^(uint8|float32)$", description="uint8 RGB (nodata 0) or float32 "
+                              "in [0, 1] (nodata NaN)")
+    seed: int = Field(0, description="noise seed (each tile's noise is keyed by it, its scene and its window)")
+    device: str = Field("auto", pattern="^(auto|cpu|cuda)$", description="where the model actors run: auto (a GPU "
+                        "where the cluster has one, else the CPU), cpu or cuda")
+    dtype: str = Field("auto", pattern=DTYPE_PATTERN, description="network precision: auto (fp16 on a GPU; bf16 on "
+                       "a CPU that has it, else fp32), fp32, fp16 or bf16")
+    compile: CompileChoice = Field("off", pattern=COMPILE_PATTERN, description="the forward pass: off (eager), auto, "
+                                   "default or max (torch.compile; see `s2o translate --help`)")
+    split: str = Field("test", description="for a tile store SOURCE: the split translated into Parquet")
+
+
+class EvalConfig(StageConfig):
+    """`s2o eval`: which model settings are compared, on which tiles, and how speed is measured. The store
+    (--data), the report folder (--out), the Ray cluster (--address), the storage endpoint (--s3-endpoint) and
+    --mlflow-run-id stay on the command line; the resolved config is saved as REPORT_DIR/config.yaml."""
+
+    models: list[str] = Field(default_factory=list, description="NAME=BUNDLE[@SAMPLER[:STEPS[,STEPS...]]] specs, "
+                              "one report row per step count (see `s2o eval --help`); at least one, here or as "
+                              "--model (which replaces this list)")
+    split: str = Field("test", description="store split to evaluate on: train, val or test")
+    limit: int | None = Field(None, ge=1, description="evaluate the first N tiles (by tile id) of the split; null: all")
+    batch_size: int = Field(32, ge=1, description="tiles per forward pass; throughput is measured at this size")
+    fid_weights: str | None = Field(None, description="Inception-v3 FID network (TorchScript or torch-fidelity "
+                                    "weights file); null: FID is reported as skipped")
+    device: str = Field("auto", pattern="^(auto|cpu|cuda)$", description="auto (CUDA when present), cpu or cuda")
+    dtype: str = Field("auto", pattern=DTYPE_PATTERN, description="network precision: auto, fp32, fp16 or bf16")
+    compile: CompileChoice = Field("off", pattern=COMPILE_PATTERN, description="the forward pass of every model, "
+                                   "speed references included: off, auto, default or max")
+    seed: int = Field(0, description="noise seed: batch i uses seed + i, the same for every model")
+    repeats: int = Field(3, ge=1, description="timed calls per latency measurement (median; after one warm-up)")
+    ddpm_limit: int = Field(32, ge=1, description="tiles scored with ancestral DDPM (all training steps per tile)")
+    workers: int = Field(1, ge=1, description="Ray Data actors per model setting (with --address)")
+    speed_references: bool = Field(True, description="time teacher DDPM (all steps) and DDIM-50 for the speed-ups "
+                                   "when a teacher is given but those settings are not listed")
+    sample_tiles: int = Field(4, ge=1, description="tiles shown per setting in samples.png")
+    landcover_fit_tiles: int = Field(1024, ge=1, description="train tiles the land-cover classifier is fitted on "
+                                     "(where the store has class maps)")
+

@@ -18,45 +18,51 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from s2o_platform.config import PRESETS_DIR
+from pydantic import ConfigDict, Field
+
+from s2o_platform.config import PRESETS_DIR, StageConfig, dump_config, load_config
 
 # The tiny presets shipped in the package (copies of the repository's configs/tiny/, the source of truth),
 # so that the demo runs the same from a checkout and from an installed wheel.
 CONFIGS = PRESETS_DIR / "tiny"
 
 
-@dataclass(frozen=True)
-class DemoPreset:
-    """How much work each stage does. Both presets use the tiny architectures (32 px tiles)."""
+class DemoPreset(StageConfig):
+    """How much work each stage does. Every preset uses the tiny architectures (32 px tiles).
 
-    name: str
-    use_gpu: bool
-    pairs: int
-    scene_size: int
-    batch_size: int | None  # per training worker; None: each stage's preset batch (configs/tiny/)
-    teacher_steps: int
-    distill_steps: int
-    gan_steps: int
-    eval_limit: int
-    student_steps: tuple[int, ...] = (1, 4)
-    speed_references: bool = True  # also time the teacher's 1000-step DDPM (~25 s a call on 2 CPU cores)
+    `s2o demo --preset NAME` picks one of PRESETS; --config FILE and --set key=value change its keys (the demo's
+    config: unknown keys are errors). The resolved preset is saved as OUT/config.yaml."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(description="the preset --preset chose (kept when other keys are changed)")
+    use_gpu: bool = Field(description="train on a GPU and serve on it (the gpu-small preset)")
+    pairs: int = Field(ge=1, description="tile pairs of the synthetic store")
+    scene_size: int = Field(ge=32, description="side in px of the synthetic georeferenced scene translated into a COG")
+    batch_size: int | None = Field(ge=1, description="per training worker; null: each stage's preset batch (configs/tiny/)")
+    teacher_steps: int = Field(ge=1, description="optimizer steps of the diffusion teacher")
+    distill_steps: int = Field(ge=1, description="optimizer steps of each distillation (the student and its ablation)")
+    gan_steps: int = Field(ge=1, description="optimizer steps of the pix2pix baseline")
+    eval_limit: int = Field(ge=1, description="test tiles the evaluation scores")
+    student_steps: tuple[Annotated[int, Field(ge=1, le=8)], ...] = Field(
+        (1, 4), min_length=1, description="the student's step counts evaluated (the last also for the ablation)")
+    speed_references: bool = Field(True, description="also time the teacher's 1000-step DDPM (~25 s a call on 2 CPU cores)")
 
 
 PRESETS = {
     # Sized to finish within a quarter of an hour on 2 CPU cores with models that clearly learn (README:
     # measured time and quality); 2048 pairs leave more than 128 test tiles to measure on.
-    "tiny": DemoPreset("tiny", use_gpu=False, pairs=2048, scene_size=384, batch_size=None,
+    "tiny": DemoPreset(name="tiny", use_gpu=False, pairs=2048, scene_size=384, batch_size=None,
                        teacher_steps=500, distill_steps=60, gan_steps=400, eval_limit=128),
     # The smallest setting: every stage runs, for checking the wiring (the test suite runs this).
-    "smoke": DemoPreset("smoke", use_gpu=False, pairs=256, scene_size=128, batch_size=8,
+    "smoke": DemoPreset(name="smoke", use_gpu=False, pairs=256, scene_size=128, batch_size=8,
                         teacher_steps=10, distill_steps=4, gan_steps=10, eval_limit=8, student_steps=(1,),
                         speed_references=False),
     # One GPU: the same pipeline with longer training, so the figures mean more.
-    "gpu-small": DemoPreset("gpu-small", use_gpu=True, pairs=4096, scene_size=1024, batch_size=None,
+    "gpu-small": DemoPreset(name="gpu-small", use_gpu=True, pairs=4096, scene_size=1024, batch_size=None,
                             teacher_steps=3000, distill_steps=600, gan_steps=2000, eval_limit=256),
 }
 
@@ -73,6 +79,15 @@ def choose_preset(name: str | None) -> DemoPreset:
     if name not in PRESETS:
         raise DemoError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]
+
+
+def resolve_preset(name: str | None, config: str | Path | None = None, overrides: list[str] | None = None) -> DemoPreset:
+    """The demo's settings: the preset (`--preset`, else the automatic choice) < --config FILE < --set key=value.
+    Raises DemoError for an unknown preset, config.ConfigError for an unknown key or a bad value."""
+    preset = choose_preset(name)
+    if config is None and not overrides:
+        return preset
+    return load_config(DemoPreset, config, overrides, base=preset.model_dump(mode="json"), base_source=f"preset {preset.name}")
 
 
 def real_sample_dir() -> Path | None:
@@ -97,6 +112,7 @@ class Demo:
             self.log(f"[demo] --force: removing {self.out}")
             shutil.rmtree(self.out)
         (self.out / "stages").mkdir(parents=True, exist_ok=True)
+        (self.out / "config.yaml").write_text(dump_config(preset))  # the resolved preset this run uses
         self.started = time.perf_counter()
         self.timings: dict[str, float] = {}
 
@@ -262,7 +278,7 @@ class Demo:
                                 lambda: self.translate(store["scenes"], acd["bundle"]))
         served = self.stage("serve", "8/9 online serving: Ray Serve, real HTTP requests",
                             lambda: self.serve(acd["bundle"], store["scenes"], real))
-        summary = {"preset": asdict(p), "out": str(self.out), "store": store, "real_store": real_store, "teacher": teacher,
+        summary = {"preset": p.model_dump(mode="json"), "out": str(self.out), "store": store, "real_store": real_store, "teacher": teacher,
                    "student": acd, "ablation": ablation, "pix2pix": gan, "report": report, "real_report": real_report,
                    "translate": translated, "serve": served, "seconds": round(time.perf_counter() - self.started, 1)}
         summary["stage_seconds"] = {k: v["seconds"] for k, v in summary.items()

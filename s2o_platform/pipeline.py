@@ -12,15 +12,16 @@ loads, places and compiles a bundle the same way.
 A call translates whole images of any size exactly as `s2o translate` translates a scene, with the project's own
 rules, each called from its one home:
 
-    input -> SAR pixels in the model's range + validity   translate.scene (inspect_scene / read_rows / model_pixels:
-                                                          band, pixel type, --sar-scale, nodata)
+    input -> SAR pixels in the model's range + validity   data.scene (inspect_scene / read_rows), data.normalization
+                                                          (model_pixels, PILLOW_MODES): band, pixel type,
+                                                          --sar-scale, nodata
           -> windows with overlap (reflection-padded when  geo.blending.cut_image
              smaller than a tile)
           -> tiles, one forward batch per window row,      inference.translate_tiles, keys inference.tile_key
              each tile's noise from batch_seed(seed, key)
-          -> float16 tiles, blended with their validity     translate.writer (OPTICAL_TILE_DTYPE, mosaic_tile),
-                                                          geo.blending.mosaic_image (StripMosaic)
-          -> uint8 RGB 1..255 (0 nodata) | float [0, 1]     translate.writer.output_pixels
+          -> float16 tiles, blended with their validity     geo.blending (OPTICAL_TILE_DTYPE, mosaic_tile,
+                                                          mosaic_image: StripMosaic)
+          -> uint8 RGB 1..255 (0 nodata) | float [0, 1]     geo.blending.output_pixels
              (NaN nodata)
 
 Seeds. The run seed and the image's name give every window's noise: the window at (row, col) of image NAME draws
@@ -224,9 +225,8 @@ class S2OPipeline:
     def _translate_image(self, image: _SarImage, seed: int, sampler: str, steps: int, overlap: int,
                          output_dtype: str) -> np.ndarray:
         """One image -> its (3, H, W) output pixels, as `s2o translate` makes a scene's (see the module doc)."""
-        from s2o_platform.geo.blending import cut_image, mosaic_image
+        from s2o_platform.geo.blending import OPTICAL_TILE_DTYPE, cut_image, mosaic_image, mosaic_tile, output_pixels
         from s2o_platform.inference import tile_key
-        from s2o_platform.translate.writer import OPTICAL_TILE_DTYPE, mosaic_tile, output_pixels
 
         channels, height, width = image.values.shape
         tile = self.metadata.tile_size
@@ -282,8 +282,7 @@ class S2OPipeline:
     def _read_array(self, raw: np.ndarray, sar_scale: str, name: str, dtype: str, palette: bool = False,
                     bits: int | None = None) -> _SarImage:
         """Raw SAR values (H, W) or (C, H, W) -> the model's range, by the rules archive translation reads with."""
-        from s2o_platform.translate.scene import model_pixels, scale_sample
-        from s2o_platform.data.normalization import sar_pixels
+        from s2o_platform.data.normalization import model_pixels, sar_pixels, scale_sample
 
         if raw.ndim == 2:
             raw = raw[None]
@@ -302,26 +301,26 @@ class S2OPipeline:
         return _SarImage(values, valid.all(axis=0), name)
 
     def _read_pil(self, image, sar_scale: str, name: str | None) -> _SarImage:
-        from s2o_platform.serving.codec import _PILLOW_MODES
+        from s2o_platform.data.normalization import PILLOW_MODES
 
-        if image.mode not in _PILLOW_MODES:
+        if image.mode not in PILLOW_MODES:
             raise ValueError(f"a PIL image of mode {image.mode!r} is not one SAR band: give a single-band image "
-                             f"(modes {', '.join(_PILLOW_MODES)}) or a numpy array")
-        dtype, bits, palette = _PILLOW_MODES[image.mode]
+                             f"(modes {', '.join(PILLOW_MODES)}) or a numpy array")
+        dtype, bits, palette = PILLOW_MODES[image.mode]
         raw = np.asarray(image)
         return self._read_array(raw.astype(dtype, copy=False), sar_scale, name or "", dtype, palette=palette,
                                 bits=bits if bits < 8 else None)
 
     def _read_path(self, uri: str, sar_scale: str, band: str | int | None, name: str | None) -> _SarImage:
         """A GeoTIFF or PNG (local, file:// or s3://), read as `s2o translate` reads a scene (whole, in memory)."""
-        from s2o_platform.translate.scene import inspect_scene, read_rows
-        from s2o_platform.translate.sources import _strip_suffix
+        from s2o_platform.data.rasters import strip_suffix
+        from s2o_platform.data.scene import inspect_scene, read_rows
 
         metadata = self.metadata
         if metadata.sar_channels != 1:
             raise ValueError(f"this bundle takes {metadata.sar_channels} SAR channels; a file gives one band: read the "
                              f"bands yourself and pass a ({metadata.sar_channels}, H, W) array")
-        scene_name = name if name is not None else _strip_suffix(uri.rstrip("/").rsplit("/", 1)[-1])
+        scene_name = name if name is not None else strip_suffix(uri.rstrip("/").rsplit("/", 1)[-1])
         tile = metadata.tile_size
         info = inspect_scene(uri, scene_name, band, sar_scale, tile, tile // 4, metadata.sar_normalization,
                              self.storage_options, archive=False)

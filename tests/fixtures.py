@@ -114,7 +114,7 @@ def write_smallest_bundles(root: Path, tile: int) -> dict[str, str]:
     (one down and one up block of 8 channels): for tests of inference plumbing, where weights do not matter."""
     from s2o_platform.data.normalization import SarNormalization
     from s2o_platform.data.store import StoreMetadata
-    from s2o_platform.evaluation.untrained import write_untrained_bundles
+    from s2o_platform.train.untrained import write_untrained_bundles
 
     configs = root / "configs"
     configs.mkdir(parents=True)

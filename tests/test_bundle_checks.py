@@ -13,7 +13,7 @@ from s2o_platform.bundle import BundleError, check_bundle, load_bundle
 from s2o_platform.cli import app
 from s2o_platform.data.normalization import SarNormalization
 from s2o_platform.data.store import StoreMetadata
-from s2o_platform.evaluation.untrained import write_untrained_bundles
+from s2o_platform.train.untrained import write_untrained_bundles
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "tiny"
 runner = CliRunner()

@@ -16,7 +16,7 @@ from s2o_platform.data.normalization import SarNormalization
 from s2o_platform.data.store import StoreMetadata, read_metadata
 from s2o_platform.evaluation.quality import FID_SKIPPED
 from s2o_platform.evaluation.runner import EvalError, EvalOptions, plan, run_evaluation
-from s2o_platform.evaluation.untrained import write_untrained_bundles
+from s2o_platform.train.untrained import write_untrained_bundles
 
 pytestmark = pytest.mark.ray
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "tiny"

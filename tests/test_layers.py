@@ -71,18 +71,7 @@ IMPORT_CALLS = ("import_module", "__import__")
 #: Violations of the layer rule in the code today, as (importing module, imported module): to be removed.
 #: Each one that is fixed must be deleted here (the test fails while a listed one no longer occurs), and no
 #: new one may appear. The edges listed here are also left out of the transitive no-training check.
-KNOWN_VIOLATIONS: set[tuple[str, str]] = {
-    # to be removed: the Python API reuses translate's and serving's image rules (scene reading, the output
-    # pixels and tile mosaic, source names, Pillow modes) from above its layer
-    (f"{PACKAGE}.pipeline", f"{PACKAGE}.translate.writer"),
-    (f"{PACKAGE}.pipeline", f"{PACKAGE}.translate.scene"),
-    (f"{PACKAGE}.pipeline", f"{PACKAGE}.translate.sources"),
-    (f"{PACKAGE}.pipeline", f"{PACKAGE}.serving.codec"),
-    # to be removed: untrained test/benchmark bundles are written with the training stages' exporters
-    (f"{PACKAGE}.evaluation.untrained", f"{PACKAGE}.train.stages.distill"),
-    (f"{PACKAGE}.evaluation.untrained", f"{PACKAGE}.train.stages.gan"),
-    (f"{PACKAGE}.evaluation.untrained", f"{PACKAGE}.train.stages.teacher"),
-}
+KNOWN_VIOLATIONS: set[tuple[str, str]] = set()
 
 
 # -- the import graph -----------------------------------------------------------------------------------

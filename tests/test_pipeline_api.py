@@ -211,7 +211,7 @@ def test_the_api_and_serving_import_no_training_code():
         if module not in seen:
             seen.add(module)
             todo += sorted(imported_modules(module) - seen)
-    assert "s2o_platform.translate.scene" in seen and "s2o_platform.devices" in seen  # the walk follows lazy imports
+    assert "s2o_platform.data.scene" in seen and "s2o_platform.devices" in seen  # the walk follows lazy imports
     assert not [m for m in seen if m.startswith("s2o_platform.train")], sorted(seen)
     light = subprocess.run([sys.executable, "-c", "import sys, s2o_platform; s2o_platform.__version__; "
                             "print(sorted(m for m in ('torch', 'numpy', 'diffusers') if m in sys.modules))"],

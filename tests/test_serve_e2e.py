@@ -17,7 +17,7 @@ import yaml
 from PIL import Image
 
 from s2o_platform.data.store import read_metadata
-from s2o_platform.evaluation.untrained import write_untrained_bundles
+from s2o_platform.train.untrained import write_untrained_bundles
 from s2o_platform.serving.runner import plan_serving, start_serving
 from s2o_platform.serving.settings import DEFAULT_CONFIG, ServeConfigError, load_serve_config
 from s2o_platform.serving.runner import free_port

@@ -19,7 +19,7 @@ import requests
 from PIL import Image
 
 from s2o_platform.data.store import read_metadata
-from s2o_platform.evaluation.untrained import write_untrained_bundles
+from s2o_platform.train.untrained import write_untrained_bundles
 from s2o_platform.serving.runner import free_port, plan_serving, start_serving
 from s2o_platform.serving.settings import DEFAULT_CONFIG
 from tests.test_serve_e2e import CONFIGS, post

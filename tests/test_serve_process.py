@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from s2o_platform.data.store import SarNormalization, StoreMetadata
-from s2o_platform.evaluation.untrained import write_untrained_bundles
+from s2o_platform.train.untrained import write_untrained_bundles
 from s2o_platform.ray_cluster import (
     ANY_INTERFACE,
     BIND_ENV,

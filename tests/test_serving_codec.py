@@ -346,8 +346,8 @@ def test_gdal_block_cache_is_bounded_while_decodes_run_and_restored_after(monkey
 
     before = int(get_gdal_config("GDAL_CACHEMAX"))
     seen = []
-    units_hint = rasters._units_hint
-    monkeypatch.setattr(rasters, "_units_hint", lambda ds, band: seen.append(int(get_gdal_config("GDAL_CACHEMAX"))) or units_hint(ds, band))
+    units_hint = rasters.units_hint
+    monkeypatch.setattr(rasters, "units_hint", lambda ds, band: seen.append(int(get_gdal_config("GDAL_CACHEMAX"))) or units_hint(ds, band))
     decode_sar(tiff_bytes(np.full((1, 32, 32), -10.0, np.float32)), "tiff", NORM, 1, 1024, BUDGET)
     assert seen == [min(before, GDAL_CACHE_BYTES)]
     assert int(get_gdal_config("GDAL_CACHEMAX")) == before

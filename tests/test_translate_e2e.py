@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from s2o_platform.cli import app
 from s2o_platform.data.store import read_metadata
 from s2o_platform.data.synth_writer import write_scene_geotiffs
-from s2o_platform.evaluation.untrained import write_untrained_bundles
+from s2o_platform.train.untrained import write_untrained_bundles
 from s2o_platform.translate.manifest import MANIFEST_FILE
 from tests.fixtures import truncate
 

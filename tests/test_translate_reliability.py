@@ -27,6 +27,7 @@ pytestmark = pytest.mark.ray
 # The names users see in DEST, spelled out: what they find there is the contract.
 LOCK_FILE = "_s2o_translate.lock"
 MANIFEST_RECORDS_FOLDER = "_s2o_manifest"
+CONFIG_FILE = "_s2o_config.yaml"  # the resolved settings of the latest run
 
 
 def manifest_records(out: Path) -> list[dict]:
@@ -274,7 +275,7 @@ def test_a_killed_run_leaves_a_stale_lock_and_work_files_that_the_next_run_clear
     assert f"stale lock {out / LOCK_FILE}" in result.output and f"pid {proc.pid}" in result.output, result.output
     assert "removed leftovers of an earlier run" in result.output, result.output
     assert f"{6 - len(done_before)} scene(s) translated, {len(done_before)} skipped" in result.output
-    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST_FILE] + [p.name for p in (archive / "sar").glob("*.tif")])
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST_FILE, CONFIG_FILE] + [p.name for p in (archive / "sar").glob("*.tif")])
     work_folders = [p for p in private_tmp.iterdir() if p.name.startswith("s2o-")]
     assert not work_folders  # of either run
 
@@ -288,7 +289,7 @@ def test_dest_inside_source_is_not_read_back_as_scenes(scenes, bundles, tmp_path
     again = translate(archive, "--model", bundles["gan"], "--out", out)
     assert again.exit_code == 0, again.output
     assert "0 scene(s) translated, 3 skipped (already done), 0 failed" in again.output, again.output
-    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST_FILE] + [p.name for p in scenes.glob("*.tif")])
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST_FILE, CONFIG_FILE] + [p.name for p in scenes.glob("*.tif")])
 
 
 def test_an_output_that_would_overwrite_its_scene_is_refused(scenes, bundles, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 
 from s2o_platform.data.normalization import SarNormalization, UnsupportedSarPixels, sar_pixels
 from s2o_platform.data.rasters import InputError
-from s2o_platform.translate.scene import inspect_scene, read_strip
+from s2o_platform.data.scene import inspect_scene, read_strip
 from s2o_platform.translate.sources import SourceError, discover_scenes
 
 

@@ -238,6 +238,33 @@ def sar_pixels(dtype: str, *, palette: bool = False, bits: int | None = None) ->
     raise UnsupportedSarPixels(f"pixel type {dtype} is not taken as SAR: {_SEND_INSTEAD}")
 
 
+#: Pillow mode of a one-band image -> (numpy type of its pixels, bits per pixel, colour-mapped): what `sar_pixels`
+#: is given for a PNG/JPEG body (the HTTP service) or a PIL image (the Python API).
+PILLOW_MODES = {"1": ("uint8", 1, False), "L": ("uint8", 8, False), "P": ("uint8", 8, True),
+                "I;16": ("uint16", 16, False), "I;16L": ("uint16", 16, False), "I;16B": ("uint16", 16, False),
+                "I": ("int32", 32, False), "F": ("float32", 32, False)}
+
+
+def model_pixels(raw, dtype: str, scale: str, norm: SarNormalization) -> tuple[np.ndarray, np.ndarray]:
+    """Raw SAR pixels of type `dtype` (an array, or a masked array whose mask is nodata) in `scale` -> values in
+    the model's range (float32; nodata, NaN and infinite pixels -1) and their bool validity: the one rule for
+    what archive translation reads and what the Python API (`S2OPipeline`) is given."""
+    masked = sar_pixels(dtype).to_real(raw, scale)  # complex SLC -> |z| or |z|^2; real: as it is
+    values = np.asarray(np.ma.filled(masked, 0), dtype=np.float64)
+    valid = ~np.ma.getmaskarray(masked) & np.isfinite(values)
+    model = norm.to_model(np.where(valid, values, 1.0), scale)
+    return np.where(valid, model, -1.0).astype(np.float32), valid
+
+
+def scale_sample(sample) -> np.ndarray:
+    """The values scale detection (`SarPixels.detect_scale`) is given from a sample of a band (masked where
+    nodata): NaN-filled floats and complex values, the unmasked values of integers."""
+    sample = np.ma.asarray(sample)
+    if np.issubdtype(sample.dtype, np.complexfloating):
+        return sample.filled(np.nan)
+    return np.asarray(sample.filled(np.nan) if np.issubdtype(sample.dtype, np.floating) else sample.compressed(), dtype=np.float64)
+
+
 @dataclass(frozen=True)
 class OpticalNormalization:
     """Optical imagery to 8-bit RGB and from there to [-1, 1].

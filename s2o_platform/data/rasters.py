@@ -82,6 +82,12 @@ def _suffix(path: str) -> str:
     return "." + name.rsplit(".", 1)[-1] if "." in name else ""
 
 
+def strip_suffix(path: str) -> str:
+    """A path (or name) without its file suffix: a scene's name, from which its output name and its tiles' noise
+    keys follow (`s2o translate` and the Python API alike)."""
+    return path.rsplit(".", 1)[0]
+
+
 def _decode_plain(data: bytes, path: str) -> np.ndarray:
     """Decode PNG/JPEG with Pillow into (bands, rows, cols); truncated files raise."""
     from PIL import Image, UnidentifiedImageError
@@ -133,7 +139,9 @@ def _masked_to_nan(masked: np.ma.MaskedArray) -> np.ndarray:
     return out
 
 
-def _units_hint(ds, band: int) -> str | None:
+def units_hint(ds, band: int) -> str | None:
+    """What band `band` (1-based) of an open rasterio dataset says of its units (description, units, tags), for
+    SAR scale detection (`normalization.detect_sar_scale`); None when it says nothing."""
     parts = [ds.descriptions[band - 1] or "", (ds.units[band - 1] if ds.units else None) or ""]
     parts += [f"{k}={v}" for k, v in {**ds.tags(), **ds.tags(band)}.items() if k.lower() in ("units", "unit", "scale")]
     text = " ".join(p for p in parts if p)
@@ -151,7 +159,7 @@ def band_pixel_format(ds, band: int) -> tuple[str, bool, int | None]:
     return ds.dtypes[band - 1], ds.colorinterp[band - 1] == ColorInterp.palette, bits
 
 
-def _select_sar_band(ds, path: str, band: str | int | None) -> int:
+def select_sar_band(ds, path: str, band: str | int | None) -> int:
     """1-based band index of the SAR polarisation to use (VV by default where bands are named)."""
     names = [(d or "").upper() for d in ds.descriptions]
     if isinstance(band, int) or (isinstance(band, str) and band.isdigit()):
@@ -286,14 +294,14 @@ def open_sar(path: str, fs: pafs.FileSystem, band: str | int | None = None) -> I
         yield Raster(array.shape[1], array.shape[2], str(array.dtype), array=array)
         return
     with contextlib.ExitStack() as stack, _open_rasterio(path, fs) as ds:
-        index = _select_sar_band(ds, path, band)
+        index = select_sar_band(ds, path, band)
         yield Raster(
             ds.height,
             ds.width,
             ds.dtypes[index - 1],
             crs=_crs_text(ds.crs),
             transform=_affine(ds.transform) if ds.crs is not None else None,
-            units_hint=_units_hint(ds, index),
+            units_hint=units_hint(ds, index),
             _reader=_rasterio_reader(stack, [(ds, index)]),
         )
 

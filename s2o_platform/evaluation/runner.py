@@ -20,6 +20,7 @@ import torch
 
 from s2o_platform import storage
 from s2o_platform.bundle import Bundle, BundleError, BundleMetadata, check_bundle, load_bundle, read_scheduler_config
+from s2o_platform.config import EvalConfig, dump_config
 from s2o_platform.data.store import (
     SPLITS,
     TILE_SCHEMA,
@@ -78,6 +79,28 @@ class EvalOptions:
     storage: storage.StorageOptions = field(default_factory=storage.StorageOptions)
     mlflow_run_id: str | None = None  # also log the report into this MLflow run ($MLFLOW_TRACKING_URI)
 
+    @classmethod
+    def from_config(cls, config: EvalConfig, data: str, out: str, *, address: str | None = None,
+                    storage_options: storage.StorageOptions | None = None, mlflow_run_id: str | None = None) -> EvalOptions:
+        """The run's options from a resolved `s2o eval` config."""
+        values = config.model_dump(mode="json", exclude={"speed_references"})
+        return cls(data=data, out=out, address=address, storage=storage_options or storage.StorageOptions(),
+                   mlflow_run_id=mlflow_run_id, references=config.speed_references, **values)
+
+    def to_config(self) -> EvalConfig:
+        """The settings of this run as the config `s2o eval --config` reads (what REPORT_DIR/config.yaml holds).
+        A value the config would refuse but the run accepts (a library caller's) is kept as it is."""
+        values = {name: getattr(self, name) for name in EvalConfig.model_fields if name != "speed_references"}
+        values["models"] = list(values["models"])
+        try:
+            return EvalConfig(speed_references=self.references, **values)
+        except ValueError:
+            return EvalConfig.model_construct(speed_references=self.references, **values)
+
+
+#: The resolved config of the run, saved in REPORT_DIR beside the report (yaml.safe_dump).
+CONFIG_FILE = "config.yaml"
+
 
 @dataclass
 class PlannedSetting:
@@ -103,7 +126,7 @@ def plan(options: EvalOptions) -> tuple[StoreMetadata, list[PlannedSetting]]:
     if options.batch_size < 1 or (options.limit is not None and options.limit < 1):
         raise EvalError("--batch-size and --limit must be >= 1")
     if not options.models:
-        raise EvalError("no --model given: pass at least one NAME=BUNDLE[@SAMPLER:STEPS]")
+        raise EvalError("no --model given: pass at least one NAME=BUNDLE[@SAMPLER:STEPS] (or list them under models: in --config)")
     try:
         store = read_metadata(options.data, options.storage)
     except ValueError as err:
@@ -509,6 +532,9 @@ def evaluate(options: EvalOptions, log: Callable[[str], None] = print) -> tuple[
         raise EvalError("--mlflow-run-id needs the tracking server in MLFLOW_TRACKING_URI (e.g. http://127.0.0.1:5000)")
     report, samples = run_evaluation(options, log)
     written = write_report(report, Path(options.out), samples)
+    config_path = Path(options.out) / CONFIG_FILE
+    config_path.write_text(dump_config(options.to_config()))
+    written.append(config_path)
     if options.mlflow_run_id and log_evaluation(options.mlflow_run_id, report, written, Path(options.out).name):
         log(f"report logged to MLflow run {options.mlflow_run_id} (metrics eval/<setting>/..., artefacts eval/{Path(options.out).name}/)")
     return report, written

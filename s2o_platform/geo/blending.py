@@ -8,6 +8,10 @@ instead of meeting at a seam.
 `StripMosaic` takes tiles window row by window row (row-major order) and hands back finished bands
 of output rows as soon as no later window can touch them: it never holds more than two window
 heights of rows, i.e. about 2 * tile * width * (channels + 1) * 4 bytes, whatever the scene height.
+
+What a translated tile adds to a mosaic (`mosaic_tile`: RGB plus validity, in OPTICAL_TILE_DTYPE's precision) and
+the output pixels a blended band becomes (`output_pixels`) are one rule for archive translation's COGs and the
+Python API's images alike.
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
+
+OUTPUT_DTYPES = ("uint8", "float32")
+#: The precision optical tiles travel in from the model to the mosaic (StripTranslator's output blocks).
+OPTICAL_TILE_DTYPE = np.float16
 
 
 def taper_1d(length: int, overlap: int) -> np.ndarray:
@@ -135,3 +143,20 @@ def mosaic_image(predictions: np.ndarray, positions: list[tuple[int, int]], heig
     for first_row, band in bands:
         out[:, first_row : first_row + band.shape[1]] = band
     return out[:, :height, :width]
+
+
+def mosaic_tile(optical: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """What one tile adds to a scene's mosaic: optical (3, T, T) in [-1, 1] as [0, 1], and its (T, T) validity
+    as a fourth channel (validity blends exactly: every tile sees the same pixel's validity). (4, T, T) float32."""
+    return np.concatenate([(optical.astype(np.float32) + 1.0) / 2.0, valid[None].astype(np.float32)])
+
+
+def output_pixels(band: np.ndarray, output_dtype: str = "uint8") -> np.ndarray:
+    """A blended (4, rows, W) band of `mosaic_tile`s -> the (3, rows, W) output pixels: uint8 1..255 (0 is nodata)
+    or float32 [0, 1] (NaN is nodata)."""
+    rgb, valid = np.clip(band[:3], 0.0, 1.0), band[3] > 0.5
+    if output_dtype == "uint8":
+        return np.where(valid, np.clip(np.rint(rgb * 255.0), 1, 255), 0).astype(np.uint8)
+    if output_dtype == "float32":
+        return np.where(valid, rgb, np.nan).astype(np.float32)
+    raise ValueError(f"output dtype must be one of {OUTPUT_DTYPES}, got {output_dtype!r}")

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from s2o_platform.data.normalization import (
+    PILLOW_MODES,
     SarNormalization,
     SarScale,
     UnsupportedSarPixels,
@@ -50,10 +51,6 @@ GDAL_CACHE_BYTES = 64 * 1024 * 1024  # GDAL's block cache while decodes run (GDA
 _MAGIC = {"png": (b"\x89PNG\r\n\x1a\n",), "jpeg": (b"\xff\xd8\xff",),
           "tiff": (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")}
 _PILLOW_FORMATS = {"png": "PNG", "jpeg": "JPEG"}
-# Pillow mode of a one-band image -> (numpy type of its pixels, bits per pixel, colour-mapped)
-_PILLOW_MODES = {"1": ("uint8", 1, False), "L": ("uint8", 8, False), "P": ("uint8", 8, True),
-                 "I;16": ("uint16", 16, False), "I;16L": ("uint16", 16, False), "I;16B": ("uint16", 16, False),
-                 "I": ("int32", 32, False), "F": ("float32", 32, False)}
 
 
 class RequestError(ValueError):
@@ -214,11 +211,11 @@ def _pillow_header(body: bytes, kind: str, max_side: int) -> ImageHeader:
     image = _pillow_open(body, kind, max_side)
     mode = image.mode
     bands = len(image.getbands())
-    dtype, bits, palette = _PILLOW_MODES.get(mode, (mode, None, False))
+    dtype, bits, palette = PILLOW_MODES.get(mode, (mode, None, False))
     if bits is not None and bits >= 8:
         bits = None  # full-depth: the type says it all
     # Pillow holds every multi-band mode in 4 bytes a pixel
-    per_pixel = 4 if bands > 1 else (np.dtype(dtype).itemsize if mode in _PILLOW_MODES else 4)
+    per_pixel = 4 if bands > 1 else (np.dtype(dtype).itemsize if mode in PILLOW_MODES else 4)
     return ImageHeader(kind, image.width, image.height, bands, dtype, image.width * image.height * per_pixel,
                        bits=bits, palette=palette)
 
@@ -410,12 +407,12 @@ def _decode_pillow(body: bytes, header: ImageHeader, normalization: SarNormaliza
 
 
 def _decode_tiff(body: bytes, header: ImageHeader, normalization: SarNormalization) -> SarImage:
-    from s2o_platform.data.rasters import _units_hint
+    from s2o_platform.data.rasters import units_hint
 
     pixels = sar_pixels(header.dtype)
     with _quiet_gdal(), _open_tiff(body) as ds:
         masked = ds.read(masked=True)
-        hint = _units_hint(ds, 1)
+        hint = units_hint(ds, 1)
         crs = ds.crs.to_wkt() if ds.crs else None
         transform = tuple(ds.transform)[:6] if ds.crs else None
     filled = masked.filled(0)

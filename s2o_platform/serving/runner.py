@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from s2o_platform.serving.settings import DEFAULT_CONFIG, ServeConfigError, ServeSettings, load_serve_config, settings_from_args
+from s2o_platform.serving.settings import DEFAULT_CONFIG, ServeConfigError, ServeSettings, load_serve_config
 
 
 @dataclass
@@ -36,17 +36,19 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def plan_serving(config: str | Path = DEFAULT_CONFIG, model: str | None = None, host: str | None = None,
-                 port: int | None = None, overrides: dict[str, Any] | None = None) -> ServingPlan:
-    """Read and check everything before Ray starts: the config, the settings and the bundle."""
+                 port: int | None = None, overrides: dict[str, Any] | None = None, sets: list[str] | None = None) -> ServingPlan:
+    """Read and check everything before Ray starts: the config, the settings and the bundle.
+
+    The application's settings, lowest precedence first: the args of the Serve config < `sets` (`s2o serve
+    --set key=value`, values parsed as YAML) < `model` and `overrides` (explicit options: --model, --dtype,
+    --compile)."""
     from s2o_platform.bundle import BundleError, check_bundle
     from s2o_platform.serving.app import DEPLOYMENTS
 
     schema = load_serve_config(config)
     app = schema.applications[0]
-    args = {**(app.args or {}), **({"model": model} if model else {}), **(overrides or {})}
-    if not args.get("model"):
-        raise ServeConfigError("no model bundle: pass --model BUNDLE (or set args.model in the Serve config)")
-    settings = settings_from_args(args)
+    settings = resolve_settings(app.args or {}, sets, {**({"model": model} if model else {}), **(overrides or {})},
+                                f"args of {config}")
     try:
         check_bundle(settings.model)
     except BundleError as err:
@@ -60,6 +62,22 @@ def plan_serving(config: str | Path = DEFAULT_CONFIG, model: str | None = None, 
     http = schema.http_options
     return ServingPlan(settings, options, app.name, app.route_prefix or "/", host or http.host or "127.0.0.1",
                        int(port if port is not None else http.port), http.request_timeout_s)
+
+
+def resolve_settings(args: dict[str, Any], sets: list[str] | None = None, explicit: dict[str, Any] | None = None,
+                     where: str = "the Serve config's args") -> ServeSettings:
+    """ServeSettings from the application's args, `--set key=value` overrides and explicit values, in that
+    precedence. An unknown key or a bad value is a ServeConfigError naming the key, the value and its source."""
+    from s2o_platform.config import ConfigError, load_config, parse_override
+
+    try:
+        set_keys = [".".join(parse_override(text)[0]) for text in sets or []]
+        if not ((explicit or {}).get("model") or "model" in set_keys or args.get("model")):
+            raise ServeConfigError("no model bundle: pass --model BUNDLE (or set args.model in the Serve config)")
+        return load_config(ServeSettings, None, list(sets or []), flags=explicit, base=args, base_source=where,
+                           flags_source="the explicit settings (--model, --dtype, --compile)")
+    except ConfigError as err:
+        raise ServeConfigError(f"bad serve application args: {err}") from None
 
 
 def check_compile_backend(settings: ServeSettings) -> None:

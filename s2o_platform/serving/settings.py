@@ -8,6 +8,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from s2o_platform.config import CompileChoice
+
 #: The Serve config shipped inside the package (package data: it is in the wheel). The repository's
 #: serve/config.yaml is the source of truth; this is a byte-identical copy (tests/test_wheel.py fails
 #: on drift and says which file to copy).
@@ -41,10 +43,10 @@ class ServeSettings(BaseModel):
     device: str = Field("auto", description="auto | cpu | cuda")
     dtype: str = Field("auto", pattern="^(auto|fp32|fp16|bf16)$", description="network precision: auto (fp16 on a GPU; "
                        "bf16 on a CPU that has it, else fp32), fp32, fp16 or bf16")
-    compile: str = Field("off", pattern="^(off|auto|default|max)$", description="the forward pass (inference_compile): "
+    compile: CompileChoice = Field("off", pattern="^(off|auto|default|max)$", description="the forward pass (inference_compile): "
                          "off (eager), auto (compiled where a C++ compiler / Triton works, else eager), default "
                          "(torch.compile; CUDA graphs on a GPU) or max; every batch size a replica can run is compiled "
-                         "before it reports ready (quote 'off' in YAML)")
+                         "before it reports ready (an unquoted off, which YAML reads as false, means 'off')")
     torch_threads: int | None = Field(None, ge=1, description="CPU replicas: torch threads; None: the CPUs the "
                                       "replica reserves (ray_actor_options.num_cpus), leaving the rest to the HTTP proxy")
 

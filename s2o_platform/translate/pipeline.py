@@ -24,14 +24,16 @@ import numpy as np
 
 from s2o_platform import storage
 from s2o_platform.bundle import check_bundle
+from s2o_platform.config import TranslateConfig, dump_config
 from s2o_platform.data.normalization import SarScale
 from s2o_platform.data.rasters import InputError
+from s2o_platform.data.scene import SceneInfo, SceneReader, inspect_scene
+from s2o_platform.geo.blending import OPTICAL_TILE_DTYPE, OUTPUT_DTYPES
 from s2o_platform.devices import DTYPES, cpu_threads
 from s2o_platform.inference import LoadedModel, resolve_sampler_for, tile_key
 from s2o_platform.translate.manifest import DestLock, DestLockedError, Manifest, SceneRecord, remove_leftovers, work_folder
-from s2o_platform.translate.scene import SceneInfo, SceneReader, inspect_scene
 from s2o_platform.translate.sources import Scene, discover_scenes
-from s2o_platform.translate.writer import OPTICAL_TILE_DTYPE, OUTPUT_DTYPES, SceneWriter
+from s2o_platform.translate.writer import SceneWriter
 
 
 class TranslateError(ValueError):
@@ -57,6 +59,37 @@ class TranslateOptions:
     address: str | None = None
     progress: bool = True
     storage: storage.StorageOptions = field(default_factory=storage.StorageOptions)
+
+    @classmethod
+    def from_config(cls, config: TranslateConfig, source: str, dest: str, *, address: str | None = None,
+                    progress: bool = True, storage_options: storage.StorageOptions | None = None) -> TranslateOptions:
+        """The run's options from a resolved `s2o translate` config (config.model must be set)."""
+        if not config.model:
+            raise TranslateError("no model bundle: pass --model BUNDLE (or set model: in --config)")
+        return cls(source=source, dest=dest, address=address, progress=progress,
+                   storage=storage_options or storage.StorageOptions(),
+                   **config.model_dump(mode="json", exclude={"split"}))
+
+    def to_config(self, split: str = "test") -> TranslateConfig:
+        """The settings of this run as the config `s2o translate --config` reads (what DEST/_s2o_config.yaml holds).
+        A value the config would refuse but the run accepts (a library caller's) is kept as it is."""
+        values = {name: getattr(self, name) for name in TranslateConfig.model_fields if name != "split"}
+        try:
+            return TranslateConfig(split=split, **values)
+        except ValueError:
+            return TranslateConfig.model_construct(split=split, **values)
+
+
+#: The resolved config of the latest run into DEST (yaml.safe_dump), next to its manifest.
+CONFIG_FILE = "_s2o_config.yaml"
+
+
+def save_config(options: TranslateOptions, split: str = "test") -> str:
+    """Write DEST/_s2o_config.yaml (local or s3://, through the storage layer); returns its path."""
+    fs, root = storage.resolve(options.dest, options.storage)
+    path = storage.join(root, CONFIG_FILE)
+    storage.write_bytes_atomic(fs, path, dump_config(options.to_config(split)).encode())
+    return path
 
 
 @dataclass
@@ -199,6 +232,7 @@ def run_translate(options: TranslateOptions, log: Callable[[str], None] = print)
             log(f"[translate] removed leftovers of an earlier run that did not finish: {', '.join(removed[:3])}"
                 + (f" and {len(removed) - 3} more" if len(removed) > 3 else ""))
         os.makedirs(workdir)
+        save_config(options)
         manifest = Manifest(options.dest, options.storage, log)
         try:
             _translate_scenes(scenes, metadata, steps, overlap, options, manifest, summary, workdir, log)
@@ -410,5 +444,6 @@ def run_translate_store(options: TranslateOptions, split: str = "test", log: Cal
     )
     fs, root = storage.resolve(options.dest, options.storage)
     predicted.write_parquet(root, filesystem=fs, mode="overwrite")
+    save_config(options, split)  # after the write, which replaces DEST (readers of DEST skip names starting with _)
     summary = TranslateSummary(done=[options.source], tiles=total, seconds=time.perf_counter() - started)
     return summary

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 
 from s2o_platform import storage
-from s2o_platform.data.rasters import TIFF_SUFFIXES
+from s2o_platform.data.rasters import TIFF_SUFFIXES, strip_suffix
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 
@@ -30,10 +30,6 @@ class Scene:
 
 def _is_tiff(path: str) -> bool:
     return path.lower().endswith(TIFF_SUFFIXES)
-
-
-def _strip_suffix(path: str) -> str:
-    return path.rsplit(".", 1)[0]
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -73,7 +69,7 @@ def _prefix_scene(scheme: str, source: str, root: str, path: str) -> Scene:
     if not storage.is_safe_relative_key(key):
         return Scene(uri, key, refused=f"its key {key!r} under {source} has '..' or an absolute part, so its output would "
                                        f"be written outside DEST; rename the object (keys are relative paths)")
-    return Scene(uri, _strip_suffix(key))
+    return Scene(uri, strip_suffix(key))
 
 
 def discover_scenes(source: str, options: storage.StorageOptions | None = None, dest: str | None = None) -> list[Scene]:
@@ -94,7 +90,7 @@ def discover_scenes(source: str, options: storage.StorageOptions | None = None, 
         files = sorted(p for p in glob.glob(source, recursive=True) if os.path.isfile(p) and _is_tiff(p)
                        and not (outputs and _inside(_real(p), outputs)))
         base = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in files]) if files else ""
-        scenes = [Scene(os.path.abspath(p), _strip_suffix(os.path.relpath(os.path.abspath(p), base))) for p in files]
+        scenes = [Scene(os.path.abspath(p), strip_suffix(os.path.relpath(os.path.abspath(p), base))) for p in files]
     elif os.path.isdir(source):
         outputs = _searched_dest(source, dest)
         files = []
@@ -102,14 +98,14 @@ def discover_scenes(source: str, options: storage.StorageOptions | None = None, 
             subfolders[:] = [f for f in subfolders if not (outputs and _inside(_real(os.path.join(folder, f)), outputs))]
             files += [os.path.join(folder, f) for f in names if _is_tiff(f)]
         files.sort()
-        scenes = [Scene(os.path.abspath(p), _strip_suffix(os.path.relpath(p, source)).replace(os.sep, "/")) for p in files]
+        scenes = [Scene(os.path.abspath(p), strip_suffix(os.path.relpath(p, source)).replace(os.sep, "/")) for p in files]
     elif os.path.isfile(source) and source.lower().endswith(LIST_SUFFIXES):
         lines = [ln.strip() for ln in open(source, encoding="utf-8")]
         entries = [ln for ln in lines if ln and not ln.startswith("#")]
         scenes = [Scene(e if storage.is_uri(e) else os.path.abspath(os.path.join(os.path.dirname(source), e)),
-                        _strip_suffix(e.split("://", 1)[-1].rsplit("/", 1)[-1])) for e in entries]
+                        strip_suffix(e.split("://", 1)[-1].rsplit("/", 1)[-1])) for e in entries]
     elif os.path.isfile(source) and _is_tiff(source):
-        scenes = [Scene(os.path.abspath(source), _strip_suffix(os.path.basename(source)))]
+        scenes = [Scene(os.path.abspath(source), strip_suffix(os.path.basename(source)))]
     else:
         raise SourceError(f"SOURCE {source!r} is not a folder, glob, list file (.txt), GeoTIFF or s3:// prefix")
     if not scenes:

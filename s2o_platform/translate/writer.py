@@ -13,29 +13,13 @@ import os
 import numpy as np
 
 from s2o_platform import storage
-from s2o_platform.geo.blending import StripMosaic
-from s2o_platform.translate.scene import SceneInfo
-
-OUTPUT_DTYPES = ("uint8", "float32")
-#: The precision optical tiles travel in from the model to the mosaic (StripTranslator's output blocks).
-OPTICAL_TILE_DTYPE = np.float16
-
-
-def mosaic_tile(optical: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """What one tile adds to a scene's mosaic: optical (3, T, T) in [-1, 1] as [0, 1], and its (T, T) validity
-    as a fourth channel (validity blends exactly: every tile sees the same pixel's validity). (4, T, T) float32."""
-    return np.concatenate([(optical.astype(np.float32) + 1.0) / 2.0, valid[None].astype(np.float32)])
-
-
-def output_pixels(band: np.ndarray, output_dtype: str = "uint8") -> np.ndarray:
-    """A blended (4, rows, W) band of `mosaic_tile`s -> the (3, rows, W) output pixels: uint8 1..255 (0 is nodata)
-    or float32 [0, 1] (NaN is nodata)."""
-    rgb, valid = np.clip(band[:3], 0.0, 1.0), band[3] > 0.5
-    if output_dtype == "uint8":
-        return np.where(valid, np.clip(np.rint(rgb * 255.0), 1, 255), 0).astype(np.uint8)
-    if output_dtype == "float32":
-        return np.where(valid, rgb, np.nan).astype(np.float32)
-    raise ValueError(f"output dtype must be one of {OUTPUT_DTYPES}, got {output_dtype!r}")
+from s2o_platform.data.scene import SceneInfo
+from s2o_platform.geo.blending import (  # the tile and output-pixel rules are geo.blending's
+    OUTPUT_DTYPES,
+    StripMosaic,
+    mosaic_tile,
+    output_pixels,
+)
 
 
 class SceneWriter:

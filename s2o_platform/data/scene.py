@@ -1,4 +1,8 @@
-"""One SAR scene: checks, scale choice, window grid and strip reads (rasterio, window by window)."""
+"""One SAR scene: checks, scale choice, window grid and strip reads (rasterio, window by window).
+
+What archive translation (`s2o translate`: its Ray tasks and actors read strips through `SceneReader`) and the
+Python API (`S2OPipeline`, a whole image through `read_rows`) read a scene with; the per-pixel rules they apply
+(`model_pixels`, `scale_sample`) are `data.normalization`'s."""
 
 from __future__ import annotations
 
@@ -15,9 +19,11 @@ from s2o_platform.data.normalization import (
     SarNormalization,
     SarScale,
     UnsupportedSarPixels,
+    model_pixels,
     sar_pixels,
+    scale_sample,
 )
-from s2o_platform.data.rasters import InputError, _select_sar_band, _units_hint, band_pixel_format
+from s2o_platform.data.rasters import InputError, band_pixel_format, select_sar_band, units_hint
 from s2o_platform.geo.tiling import window_starts
 
 SUPPORTED_DTYPES = SAR_REAL_DTYPES  # real types taken as they are; complex SLC too, detected (data.normalization.sar_pixels)
@@ -85,7 +91,7 @@ def inspect_scene(uri: str, name: str, band: str | int | None, sar_scale: str, t
     with open_dataset(path, env) as ds:
         if archive and ds.crs is None:
             raise InputError(f"{uri} has no CRS: archive translation writes georeferenced outputs, so it needs a georeferenced scene")
-        index = _select_sar_band(ds, uri, band)
+        index = select_sar_band(ds, uri, band)
         dtype, palette, bits = band_pixel_format(ds, index)
         try:  # the shared SAR pixel rule: real types as they are, complex SLC detected, palette/1-bit/int8 refused
             pixels = sar_pixels(dtype, palette=palette, bits=bits)
@@ -96,7 +102,7 @@ def inspect_scene(uri: str, name: str, band: str | int | None, sar_scale: str, t
         if sar_scale == SarScale.AUTO.value:
             step = max(1, max(ds.height, ds.width) // 512)
             sample = ds.read(index, out_shape=(max(1, ds.height // step), max(1, ds.width // step)), masked=True)
-            scale, reason = pixels.detect_scale(scale_sample(sample), _units_hint(ds, index))
+            scale, reason = pixels.detect_scale(scale_sample(sample), units_hint(ds, index))
         else:
             try:
                 scale, reason = pixels.check_scale(sar_scale), f"--sar-scale {sar_scale}"
@@ -132,26 +138,6 @@ def read_rows(info: SceneInfo, row: int, rows: int, dataset=None) -> tuple[np.nd
     else:
         masked = dataset.read(info.band, window=window, masked=True)
     return model_pixels(masked, info.dtype, info.scale, SarNormalization.from_dict(info.normalization))
-
-
-def model_pixels(raw, dtype: str, scale: str, norm: SarNormalization) -> tuple[np.ndarray, np.ndarray]:
-    """Raw SAR pixels of type `dtype` (an array, or a masked array whose mask is nodata) in `scale` -> values in
-    the model's range (float32; nodata, NaN and infinite pixels -1) and their bool validity: the one rule for
-    what archive translation reads and what the Python API (`S2OPipeline`) is given."""
-    masked = sar_pixels(dtype).to_real(raw, scale)  # complex SLC -> |z| or |z|^2; real: as it is
-    values = np.asarray(np.ma.filled(masked, 0), dtype=np.float64)
-    valid = ~np.ma.getmaskarray(masked) & np.isfinite(values)
-    model = norm.to_model(np.where(valid, values, 1.0), scale)
-    return np.where(valid, model, -1.0).astype(np.float32), valid
-
-
-def scale_sample(sample) -> np.ndarray:
-    """The values scale detection (`SarPixels.detect_scale`) is given from a sample of a band (masked where
-    nodata): NaN-filled floats and complex values, the unmasked values of integers."""
-    sample = np.ma.asarray(sample)
-    if np.issubdtype(sample.dtype, np.complexfloating):
-        return sample.filled(np.nan)
-    return np.asarray(sample.filled(np.nan) if np.issubdtype(sample.dtype, np.floating) else sample.compressed(), dtype=np.float64)
 
 
 class SceneReader:

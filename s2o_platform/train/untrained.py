@@ -3,6 +3,9 @@
 Speed does not depend on the weights, so latency benchmarks of a preset's architectures and
 end-to-end tests of everything downstream of training (evaluation, batch, serving) use these instead
 of waiting for a training run. Their model card says they are untrained.
+
+Its home is training, beside the exporters it drives: only tests and benchmarks import it, never evaluation,
+translation or serving (which read bundles, and never import s2o_platform.train).
 """
 
 from __future__ import annotations
