@@ -155,6 +155,6 @@ def test_eval_job_uploads_its_report_to_s3(ray_cluster, synth_store_32, bundles,
     client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     listed = client.list_objects_v2(Bucket="s2o-test", Prefix="reports/run1/")["Contents"]
     keys = {o["Key"] for o in listed if not o["Key"].endswith("/")}  # pyarrow leaves a directory marker
-    assert keys == {f"reports/run1/{name}" for name in ("report.json", "report.md", "tradeoff.png", "samples.png")}
+    assert keys == {f"reports/run1/{name}" for name in ("report.json", "report.md", "tradeoff.png", "samples.png", "config.yaml")}
     report = json.loads(client.get_object(Bucket="s2o-test", Key="reports/run1/report.json")["Body"].read())
     assert report["rows"][0]["tiles"] == 8 and "Ray Data" in report["quality_pass"]
