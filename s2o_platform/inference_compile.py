@@ -123,6 +123,17 @@ def resolve_compile(choice: str, device: torch.device | str, log_fn: Callable[[s
     return CompilePlan(choice, MODES[("max" if choice == "max" else "default", device_type)], device_type)
 
 
+def check_compile_here(choice: str, device: str) -> None:
+    """--compile before anything starts (translate, serve): CompileError for an unknown choice, or for default/max
+    where this machine cannot compile for the device the workers will most likely use (`device`: auto | cpu |
+    cuda; auto is CUDA where this machine has it). off and auto pass: under auto each worker falls back to eager
+    where it runs, and logs why."""
+    if choice in ("off", "auto"):
+        return
+    target = "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+    resolve_compile(choice, target)
+
+
 def batch_bucket(n: int, max_batch: int | None = None) -> int:
     """The batch size a batch of n runs at: the next power of two, capped at max_batch (when n <= max_batch)."""
     bucket = 1 << max(0, int(n) - 1).bit_length()

@@ -125,3 +125,12 @@ def write_smallest_bundles(root: Path, tile: int) -> dict[str, str]:
     (configs / "gan.yaml").write_text("generator:\n  base_channels: 8\n")
     store = StoreMetadata(tile_size=tile, sar_channels=1, sar_normalization=SarNormalization())
     return write_untrained_bundles(configs, root / "bundles", store)
+
+
+#: `--set` overrides of the tiny teacher preset for a smaller U-Net (two 32-channel levels, no attention): the
+#: training end-to-end tests' network, quick on 2 cores; the preset itself is checked elsewhere.
+SMALL_TEACHER_UNET = [
+    "model.block_out_channels=[32, 32]",
+    "model.down_block_types=[DownBlock2D, DownBlock2D]",
+    "model.up_block_types=[UpBlock2D, UpBlock2D]",
+]

@@ -19,14 +19,13 @@ from s2o_platform.config import TeacherConfig, load_config
 from s2o_platform.serving.runner import free_port
 from s2o_platform.tracking import RUN_FILE, flatten_params, metric_name, redact
 from s2o_platform.train.launcher import run_training
+from tests.fixtures import SMALL_TEACHER_UNET
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_PRESET = REPO / "configs" / "tiny" / "teacher.yaml"
 # The teacher e2e tests' small network, a few steps of a few tiles.
 FAST = [
-    "model.block_out_channels=[32, 32]",
-    "model.down_block_types=[DownBlock2D, DownBlock2D]",
-    "model.up_block_types=[UpBlock2D, UpBlock2D]",
+    *SMALL_TEACHER_UNET,
     "train.batch_size=4",
     "train.warmup_steps=2",
     "train.log_every_steps=2",

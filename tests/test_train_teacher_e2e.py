@@ -21,15 +21,14 @@ from s2o_platform.data.normalization import SarNormalization
 from s2o_platform.data.synth_writer import run_synth
 from s2o_platform.inference import translate_tiles
 from s2o_platform.train.launcher import TrainingSetupError, latest_checkpoint_step, run_training
+from tests.fixtures import SMALL_TEACHER_UNET
 
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parents[1]
 TINY_PRESET = REPO / "configs" / "tiny" / "teacher.yaml"
 # A smaller network than the tiny preset keeps these tests quick; the preset itself is checked elsewhere.
 FAST = [
-    "model.block_out_channels=[32, 32]",
-    "model.down_block_types=[DownBlock2D, DownBlock2D]",
-    "model.up_block_types=[UpBlock2D, UpBlock2D]",
+    *SMALL_TEACHER_UNET,
     "train.batch_size=16",
     "train.warmup_steps=5",
     "train.lr=2e-3",

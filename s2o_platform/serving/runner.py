@@ -53,7 +53,12 @@ def plan_serving(config: str | Path = DEFAULT_CONFIG, model: str | None = None, 
         check_bundle(settings.model)
     except BundleError as err:
         raise ServeConfigError(str(err)) from None
-    check_compile_backend(settings)
+    from s2o_platform.inference_compile import CompileError, check_compile_here
+
+    try:  # default/max where this machine cannot compile for the replicas' device: refused before Ray starts
+        check_compile_here(settings.compile, settings.device)
+    except CompileError as err:
+        raise ServeConfigError(str(err)) from None
     options: dict[str, dict[str, Any]] = {}
     for deployment in app.deployments:
         if deployment.name not in DEPLOYMENTS:
@@ -78,22 +83,6 @@ def resolve_settings(args: dict[str, Any], sets: list[str] | None = None, explic
                            flags_source="the explicit settings (--model, --dtype, --compile)")
     except ConfigError as err:
         raise ServeConfigError(f"bad serve application args: {err}") from None
-
-
-def check_compile_backend(settings: ServeSettings) -> None:
-    """`compile` default/max where this machine cannot compile for the replicas' device: refused before Ray
-    starts (auto falls back to eager in the replica, which logs why)."""
-    if settings.compile in ("off", "auto"):
-        return
-    import torch
-
-    from s2o_platform.inference_compile import CompileError, resolve_compile
-
-    target = "cuda" if settings.device == "cuda" or (settings.device == "auto" and torch.cuda.is_available()) else "cpu"
-    try:
-        resolve_compile(settings.compile, target)
-    except CompileError as err:
-        raise ServeConfigError(str(err)) from None
 
 
 def start_serving(plan: ServingPlan, address: str | None = None) -> str:

@@ -31,6 +31,7 @@ from s2o_platform.data.scene import SceneInfo, SceneReader, inspect_scene
 from s2o_platform.geo.blending import OPTICAL_TILE_DTYPE, OUTPUT_DTYPES
 from s2o_platform.devices import DTYPES, cpu_threads
 from s2o_platform.inference import LoadedModel, resolve_sampler_for, tile_key
+from s2o_platform.inference_compile import CompileError, check_compile_here
 from s2o_platform.translate.manifest import DestLock, DestLockedError, Manifest, SceneRecord, remove_leftovers, work_folder
 from s2o_platform.translate.sources import Scene, discover_scenes
 from s2o_platform.translate.writer import SceneWriter
@@ -189,22 +190,11 @@ def check_options(options: TranslateOptions):
         raise TranslateError("--batch-size and --actors must be >= 1")
     if options.dtype not in ("auto", *DTYPES):
         raise TranslateError(f"--dtype must be auto, {', '.join(DTYPES)}; got {options.dtype!r}")
-    check_compile(options.compile, options.device)
-    return metadata, steps, overlap
-
-
-def check_compile(choice: str, device: str) -> None:
-    """--compile before anything runs: the choice, and the backend on this machine for the device the actors
-    will most likely use (CUDA where this machine has it, else CPU); each actor checks again where it runs."""
-    import torch
-
-    from s2o_platform.inference_compile import CompileError, resolve_compile
-
-    target = "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
     try:
-        resolve_compile(choice, target, log_fn=lambda message: None)
+        check_compile_here(options.compile, options.device)
     except CompileError as err:
         raise TranslateError(str(err)) from None
+    return metadata, steps, overlap
 
 
 def run_translate(options: TranslateOptions, log: Callable[[str], None] = print) -> TranslateSummary:
