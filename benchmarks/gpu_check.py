@@ -141,7 +141,8 @@ def main() -> None:
     for precision in args.precisions:
         sets = [*common, f"deepspeed.precision={precision}"]
         teacher_cfg = load_config(TeacherConfig, presets / "teacher.yaml", sets)
-        size = teacher_cfg.model.sample_size
+        size = teacher_cfg.model_tile_size() or 32  # a preset that leaves the size to the store: the demo's 32 px
+        teacher_cfg = teacher_cfg.sized_for_store(size)
         store = StoreMetadata(tile_size=size, sar_channels=1, sar_normalization=SarNormalization())
         with tempfile.TemporaryDirectory(prefix="s2o-gpu-check-") as tmp:
             teacher_bundle, student_bundle, gan_bundle = f"{tmp}/teacher", f"{tmp}/student", f"{tmp}/gan"
@@ -163,7 +164,7 @@ def main() -> None:
                     return summary
 
                 checks.run(f"{precision} train distill {label}", distill)
-            gan_cfg = load_config(GanConfig, presets / "gan.yaml", sets)
+            gan_cfg = load_config(GanConfig, presets / "gan.yaml", sets).sized_for_store(size)
 
             def gan():
                 runtime, summary = train_steps("gan", gan_cfg, store, {}, device, args.steps, args.batch)

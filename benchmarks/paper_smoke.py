@@ -149,6 +149,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="optimizer steps per training stage")
     parser.add_argument("--port", type=int, default=0, help="port of `s2o serve` (0: a free one)")
     parser.add_argument("--gpu", action="store_true", help="train on a GPU worker (scaling.use_gpu=true)")
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster for ingest, training and translation (default: each command starts its own local "
+                        "one, as a user's would; the test suite passes its shared cluster, which saves a start-up per stage). "
+                        "Eval runs without Ray and serve always on its own cluster.")
     args = parser.parse_args()
 
     real = Path(args.real)
@@ -166,23 +170,24 @@ def main() -> None:
     paper = ROOT / "configs" / "paper"
     sets = [f"--set={s.format(gpu=str(args.gpu).lower())}" for s in SMOKE_SETS]
     steps = [f"--set=train.max_steps={args.steps}", f"--set=checkpoint.every_steps={args.steps}"]
+    on = ["--address", args.address] if args.address else []
     store, results = str(work / "store"), []
     started = time.perf_counter()
     try:
         run_stage("ingest", ["data", "ingest", str(real), "--out", store, "--tile-size", "256", "--test-fraction", "0.5",
-                             "--val-fraction", "0"], logs, results)
+                             "--val-fraction", "0", *on], logs, results)
         run_stage("train teacher", ["train", "teacher", "--config", str(paper / "teacher.yaml"), "--data", store,
-                                    "--out", str(work / "teacher"), *sets, *steps], logs, results)
+                                    "--out", str(work / "teacher"), *sets, *steps, *on], logs, results)
         teacher = str(work / "teacher" / "bundle")
         run_stage("train distill", ["train", "distill", "--config", str(paper / "distill.yaml"), "--data", store,
-                                    "--teacher", teacher, "--out", str(work / "distill"), *sets, *steps], logs, results)
+                                    "--teacher", teacher, "--out", str(work / "distill"), *sets, *steps, *on], logs, results)
         student = str(work / "distill" / "bundle")
         run_stage("train gan", ["train", "gan", "--config", str(paper / "gan.yaml"), "--data", store,
-                                "--out", str(work / "gan"), *sets, *steps], logs, results)
+                                "--out", str(work / "gan"), *sets, *steps, *on], logs, results)
         run_stage("eval", ["eval", "--data", store, "--model", f"acd={student}@lcm:1", "--out", str(work / "eval"),
                            "--limit", "2", "--batch-size", "2", "--dtype", "bf16", "--repeats", "1"], logs, results)
         run_stage("translate", ["translate", str(scene), "--model", student, "--out", str(work / "translated"), "--steps", "1",
-                                "--dtype", "bf16", "--batch-size", "4", "--no-progress"], logs, results)
+                                "--dtype", "bf16", "--batch-size", "4", "--no-progress", *on], logs, results)
         from s2o_platform.serving.runner import free_port
 
         serve_once(student, sorted((real / "sar").glob("*.png"))[0], args.port or free_port(), logs, results)

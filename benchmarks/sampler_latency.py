@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def write_bundles(preset: str, directory: Path, sar_channels: int) -> dict[str, str]:
     teacher_cfg = load_config(TeacherConfig, ROOT / "configs" / preset / "teacher.yaml", [])
-    store = StoreMetadata(tile_size=teacher_cfg.model.sample_size, sar_channels=sar_channels, sar_normalization=SarNormalization())
+    tile = teacher_cfg.model_tile_size() or 32  # a preset that leaves the size to the store: the demo's 32 px
+    store = StoreMetadata(tile_size=tile, sar_channels=sar_channels, sar_normalization=SarNormalization())
     paths = write_untrained_bundles(ROOT / "configs" / preset, directory, store)
     teacher = load_bundle(paths["teacher"]).model
     generator = load_bundle(paths["gan"]).model

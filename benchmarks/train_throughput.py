@@ -24,9 +24,10 @@ import torch
 from s2o_platform import storage
 from s2o_platform.config import TeacherConfig, load_config
 from s2o_platform.data.store import shard_paths
+from s2o_platform.devices import cpu_threads
 from s2o_platform.models.unet import build_unet
+from s2o_platform.train.collate import TRAIN_COLUMNS, PairCollate
 from s2o_platform.train.ema import ema_update
-from s2o_platform.train.harness import TRAIN_COLUMNS, PairCollate, cpu_threads
 from s2o_platform.train.stages.teacher import diffusion_loss, noise_scheduler
 
 
@@ -135,6 +136,7 @@ def main() -> None:
     from s2o_platform.ray_cluster import connect
 
     cfg = load_config(TeacherConfig, args.config)
+    cfg = cfg.sized_for_store(cfg.model_tile_size() or 32)  # a preset that leaves the size to the store: 32 px tiles
     if args.torch_threads:
         cfg.scaling.torch_threads = args.torch_threads
     threads = cpu_threads(cfg.scaling.torch_threads, 1)

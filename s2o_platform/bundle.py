@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from s2o_platform import storage
 from s2o_platform.data.normalization import OpticalNormalization, SarNormalization
+from s2o_platform.errors import S2OError
 
 BUNDLE_FILE = "s2o_bundle.json"
 BUNDLE_FORMAT = "s2o-bundle"
@@ -38,8 +39,19 @@ BUNDLE_FORMAT_VERSION = 1
 STAGES = ("teacher", "student", "gan")
 
 
-class BundleError(ValueError):
+class BundleError(S2OError, ValueError):
     """A bundle that is missing, corrupt or unfit for what it is asked to do."""
+
+
+#: The step range a consistency student advertises unless its bundle says otherwise (METHOD.md section 5).
+STUDENT_MAX_STEPS = 8
+
+
+def default_max_steps(name: str) -> int | None:
+    """The largest step count a bundle sampling with `name` takes when its metadata does not say (bundles
+    written before `max_steps` was recorded): an LCM student 1..8, the GAN's direct pass 1, a DDPM/DDIM
+    teacher no limit beyond its own schedule (None)."""
+    return {"lcm": STUDENT_MAX_STEPS, "direct": 1}.get(name)
 
 
 @dataclass
@@ -47,9 +59,11 @@ class SamplerSpec:
     name: str  # ddpm | ddim | lcm | direct
     default_steps: int
     allowed: list[str] = field(default_factory=list)
+    #: The largest step count the bundle samples with (1..max_steps); None: no limit beyond >= 1 (a teacher).
+    max_steps: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "default_steps": self.default_steps, "allowed": self.allowed}
+        return {"name": self.name, "default_steps": self.default_steps, "allowed": self.allowed, "max_steps": self.max_steps}
 
 
 @dataclass
@@ -107,13 +121,19 @@ class BundleMetadata:
             raise BundleError(f"corrupt bundle metadata in {where}: normalisation: {err}") from None
         if checked.format_version > BUNDLE_FORMAT_VERSION:
             raise BundleError(f"{where} has bundle format {checked.format_version}, newer than this s2o-platform reads")
+        sampler = checked.sampler.model_dump()
+        if "max_steps" not in checked.sampler.model_fields_set:  # written before bundles recorded it
+            sampler["max_steps"] = default_max_steps(sampler["name"])
+        if sampler["max_steps"] is not None and sampler["default_steps"] > sampler["max_steps"]:
+            raise BundleError(f"corrupt bundle metadata in {where}: sampler.default_steps: {sampler['default_steps']} is more "
+                              f"than sampler.max_steps ({sampler['max_steps']}): the bundle samples with 1..{sampler['max_steps']} steps")
         return cls(
             stage=checked.stage,
             tile_size=checked.tile_size,
             sar_channels=checked.sar_channels,
             sar_normalization=sar,
             optical_normalization=optical,
-            sampler=SamplerSpec(**checked.sampler.model_dump()),
+            sampler=SamplerSpec(**sampler),
             model_card=dict(checked.model_card),
         )
 
@@ -123,6 +143,8 @@ class SamplerFile(BaseModel):
     name: Literal["ddpm", "ddim", "lcm", "direct"]
     default_steps: int = Field(ge=1, le=1000)
     allowed: list[Literal["ddpm", "ddim", "lcm", "direct"]] = Field(min_length=1)
+    #: Absent in bundles written before it was recorded: then `default_max_steps(name)`. null: no limit (a teacher).
+    max_steps: int | None = Field(None, ge=1, le=1000, description="the largest step count the bundle samples with")
 
 
 class BundleFile(BaseModel):
@@ -197,7 +219,8 @@ def model_card_markdown(metadata: BundleMetadata) -> str:
         "",
         f"- tile size: {metadata.tile_size} px, SAR channels: {metadata.sar_channels}",
         f"- SAR normalisation: dB window {list(metadata.sar_normalization.clip_db)} -> [-1, 1]",
-        f"- sampler: {metadata.sampler.name}, default steps {metadata.sampler.default_steps}, allowed {metadata.sampler.allowed}",
+        f"- sampler: {metadata.sampler.name}, default steps {metadata.sampler.default_steps}, allowed {metadata.sampler.allowed}"
+        + (f", steps 1..{metadata.sampler.max_steps}" if metadata.sampler.max_steps is not None else ""),
     ]
     lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in card.items()]
     return "\n".join(lines) + "\n"
@@ -303,6 +326,39 @@ def check_bundle(uri: str, options: storage.StorageOptions | None = None) -> Bun
     if metadata.stage != "gan" and not storage.exists(fs, storage.join(root, "scheduler", "scheduler_config.json")):
         raise BundleError(f"{uri} has no scheduler/scheduler_config.json: a {metadata.stage} bundle needs its noise schedule")
     return metadata
+
+
+#: What a bundle and a tile store must agree on: (field of both metadata, its name for people). Optical
+#: normalisation is in it for every use (evaluation, translating a store, distilling from a teacher): a model's
+#: outputs live in the optical space of the store it was trained on, so scores against, or a student trained
+#: on, another store's optical tiles would be silently wrong.
+FIT_FIELDS = (
+    ("tile_size", "tile size"),
+    ("sar_channels", "SAR channels"),
+    ("sar_normalization", "SAR normalisation"),
+    ("optical_normalization", "optical normalisation"),
+)
+
+
+def check_fits(bundle: BundleMetadata, store: Any, bundle_path: str, store_path: str, role: str = "bundle",
+               advice: str = "use a store ingested with the settings of the one it was trained on") -> None:
+    """The one rule for "does this bundle fit this store" (`store`: a data.store.StoreMetadata): every field
+    of FIT_FIELDS equal. Raises BundleError naming both paths and each field that differs, with both values.
+    `role` names the bundle in the message (e.g. "teacher"); `advice` ends it."""
+    def show(value: Any) -> str:
+        return str(value.to_dict()) if hasattr(value, "to_dict") else str(value)
+
+    differences = []
+    for name, label in FIT_FIELDS:
+        theirs, ours = getattr(bundle, name), getattr(store, name)
+        if theirs != ours:
+            # the metadata key too (what to look for in s2o_bundle.json / the store's metadata), with the values
+            # where they are short
+            key = f"{name}={theirs} vs {ours}" if isinstance(theirs, int) else name
+            differences.append(f"{label} {show(theirs)} but the store {store_path} has {show(ours)} ({key})")
+    if differences:
+        raise BundleError(f"the {role} {bundle_path} was trained for other tiles than the store {store_path} holds: "
+                          + "; ".join(differences) + f". {advice[:1].upper()}{advice[1:]}")
 
 
 def bundle_digest(uri: str, options: storage.StorageOptions | None = None) -> str:

@@ -8,10 +8,27 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from s2o_platform.data.normalization import SarScale
+from s2o_platform.errors import S2OError
+
+
+class S2OGroup(TyperGroup):
+    """The root command group: an S2OError from any command (sub-commands run inside this invoke) is printed
+    as `error: <message>`, no traceback, and exits with its class's exit_code. It lives here rather than in
+    main() so that every way of running `app` gets it: the console script, the jobs/ scripts and typer's
+    CliRunner in the tests, which calls `app` and bypasses main()."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except S2OError as err:
+            fail(str(err), code=err.exit_code)
+
 
 app = typer.Typer(
+    cls=S2OGroup,
     help="s2o-platform: translate SAR (Sentinel-1) into optical-looking imagery with diffusion models on Ray.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -53,6 +70,8 @@ SetOption = Annotated[
 
 
 def fail(message: str, code: int = 2) -> None:
+    """A one-line error and exit `code`: for the command line's own checks of its arguments (an S2OError
+    raised by the package needs no catching: S2OGroup prints it the same way)."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
@@ -115,7 +134,7 @@ def data_ingest(
     Exits 1 when nothing valid was found.
     """
     from s2o_platform import storage
-    from s2o_platform.config import ConfigError, IngestConfig, load_config
+    from s2o_platform.config import IngestConfig, load_config
 
     overrides = list(set_ or [])
     for key, value in (
@@ -131,10 +150,7 @@ def data_ingest(
     ):
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")
-    try:
-        cfg = load_config(IngestConfig, config, overrides)
-    except ConfigError as err:
-        fail(str(err))
+    cfg = load_config(IngestConfig, config, overrides)
 
     from s2o_platform.data.ingest import format_summary, run_ingest
     from s2o_platform.data.store import StoreError
@@ -186,16 +202,13 @@ def data_synth(
     """Write a procedural SEN12-like benchmark set: land-cover maps -> optical colour/texture and
     SAR backscatter with Gamma speckle. Prints the PSNR of two baselines (mean colour, class oracle)."""
     from s2o_platform import storage
-    from s2o_platform.config import ConfigError, SynthConfig, load_config
+    from s2o_platform.config import SynthConfig, load_config
 
     overrides = list(set_ or [])
     for key, value in (("pairs", pairs), ("size", size), ("split.seed", seed)):
         if value is not None:
             overrides.append(f"{key}={value}")
-    try:
-        cfg = load_config(SynthConfig, config, overrides)
-    except ConfigError as err:
-        fail(str(err))
+    cfg = load_config(SynthConfig, config, overrides)
     from s2o_platform.data.synth_writer import run_synth
     from s2o_platform.ray_cluster import connect
 
@@ -237,12 +250,8 @@ def data_info(
     """Rows per split, tile size, normalisation, schema and a few statistics of a tile store."""
     from s2o_platform import storage
     from s2o_platform.data.info import format_info, store_info
-    from s2o_platform.data.store import StoreError
 
-    try:
-        info = store_info(store, sample=sample, options=storage.StorageOptions.from_env(s3_endpoint))
-    except StoreError as err:
-        fail(str(err))
+    info = store_info(store, sample=sample, options=storage.StorageOptions.from_env(s3_endpoint))
     typer.echo(json.dumps(info, indent=2) if as_json else format_info(info))
 
 
@@ -266,40 +275,29 @@ RequiredConfigOption = Annotated[Path, typer.Option("--config", help="YAML prese
 
 def _train(stage: str, config: Path, set_: list[str] | None, data: str, out: str, address: str | None, s3_endpoint: str | None, extra: dict | None = None) -> None:
     from s2o_platform import storage
-    from s2o_platform.config import ConfigError, load_config
+    from s2o_platform.config import load_config
     from s2o_platform.train.runtime import get_stage
 
     model = get_stage(stage).config_model
-    try:
-        cfg = load_config(model, config, list(set_ or []))
-    except ConfigError as err:
-        fail(str(err))
-    from s2o_platform.bundle import BundleError
+    cfg = load_config(model, config, list(set_ or []))
     from s2o_platform.ray_cluster import connect
-    from s2o_platform.train.launcher import TrainingSetupError, run_training
+    from s2o_platform.train.launcher import run_training
 
-    try:
-        tile_size = _tile_size(cfg, extra)  # for distillation: the teacher bundle, checked before Ray starts
-    except BundleError as err:
-        fail(str(err))
+    tile_size = _tile_size(cfg, extra)  # for distillation: the teacher bundle, checked before Ray starts
     typer.echo(f"[{stage}] training on {connect(address)}; run folder {out}", err=True)
-    try:
-        result = run_training(
-            stage, cfg, data, out, tile_size=tile_size, extra=extra, options=storage.StorageOptions.from_env(s3_endpoint),
-            log=lambda m: typer.echo(m, err=True),
-        )
-    except (TrainingSetupError, BundleError) as err:
-        fail(str(err))
+    result = run_training(
+        stage, cfg, data, out, tile_size=tile_size, extra=extra, options=storage.StorageOptions.from_env(s3_endpoint),
+        log=lambda m: typer.echo(m, err=True),
+    )
     metrics = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items() if isinstance(v, (int, float)))
     typer.echo(f"[{stage}] done at step {result.step} in {result.seconds:.0f} s: {metrics}")
     typer.echo(f"[{stage}] bundle: {result.bundle}")
 
 
-def _tile_size(cfg, extra: dict | None) -> int:
-    """The tile size a stage's model is built for: its config, or for distillation the teacher bundle."""
-    for section in ("model", "generator"):
-        if hasattr(cfg, section):
-            return getattr(cfg, section).sample_size
+def _tile_size(cfg, extra: dict | None) -> int | None:
+    """The tile size a stage's model is built for: its config (None: the store's), or for distillation the teacher bundle."""
+    if hasattr(cfg, "model") or hasattr(cfg, "generator"):
+        return cfg.model_tile_size()
     from s2o_platform.bundle import check_bundle
 
     return check_bundle(extra["teacher"]).tile_size
@@ -308,12 +306,9 @@ def _tile_size(cfg, extra: dict | None) -> int:
 def _command_config(model, config: Path | None, set_: list[str] | None, flags: dict):
     """A command's settings: `model`'s defaults < --config FILE < --set key=value < the explicit options in `flags`
     (dotted key -> value; None: not given). A problem (unknown key, wrong type) is a one-line error, exit code 2."""
-    from s2o_platform.config import ConfigError, load_config
+    from s2o_platform.config import load_config
 
-    try:
-        return load_config(model, config, list(set_ or []), flags=flags, flags_source=_option_name)
-    except ConfigError as err:
-        fail(str(err))
+    return load_config(model, config, list(set_ or []), flags=flags, flags_source=_option_name)
 
 
 def _option_name(key: str) -> str:
@@ -372,7 +367,7 @@ def train_distill(
     (distill.huber_c); a discriminator built from the teacher's encoder (distill.real:
     ground_truth|target, distill.gan_loss: non_saturating|hinge|wgan, distill.lambda_adv).
     --set distill.adversarial=false trains the no-adversarial ablation. The student bundle (OUT/bundle)
-    samples with LCM in 1..8 steps (default distill.default_steps).
+    samples with LCM in 1..N steps (N: distill.max_sampling_steps, 8 by default; default distill.default_steps).
     """
     _train("distill", config, set_, data, out, address, s3_endpoint, extra={"teacher": teacher})
 
@@ -402,7 +397,7 @@ def translate(
     out: Annotated[str, typer.Option("--out", help="Destination folder or s3:// prefix: DEST/<scene name>.tif COGs, "
                                      "DEST/_s2o_manifest.jsonl and the run's resolved settings, DEST/_s2o_config.yaml. "
                                      "Running again skips scenes already done.")] = ...,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Sampling steps (student: 1..8); default: the bundle's.")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Sampling steps (student: 1..the bundle's max_steps, 8 for s2o train distill's default); default: the bundle's.")] = None,
     overlap: Annotated[Optional[int], typer.Option("--overlap", help="Overlap of neighbouring windows in px, blended "
                                                    "smoothly (default: a quarter of the tile).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Tiles per forward pass. Default: 32.", show_default=False)] = None,
@@ -446,27 +441,21 @@ def translate(
     resolved settings of the latest run.
     """
     from s2o_platform import storage
-    from s2o_platform.translate.pipeline import TranslateError, TranslateOptions, run_translate, run_translate_store
+    from s2o_platform.translate.pipeline import TranslateOptions, run_translate, run_translate_store
 
     cfg = translate_config(config, set_, model=model, steps=steps, overlap=overlap, batch_size=batch_size, actors=actors,
                            band=band, sar_scale=sar_scale.value if sar_scale else None, output_dtype=output_dtype, seed=seed,
                            dtype=dtype, compile=compile_, split=split)
-    try:
-        options = TranslateOptions.from_config(cfg, source, out, address=address, progress=progress,
-                                               storage_options=storage.StorageOptions.from_env(s3_endpoint))
-    except TranslateError as err:
-        fail(str(err))
+    options = TranslateOptions.from_config(cfg, source, out, address=address, progress=progress,
+                                           storage_options=storage.StorageOptions.from_env(s3_endpoint))
     from s2o_platform.data.store import METADATA_FILE
 
     fs, root = storage.resolve(source, options.storage)
     is_store = storage.exists(fs, storage.join(root, METADATA_FILE))
-    try:
-        if is_store:
-            summary = run_translate_store(options, cfg.split, log=lambda m: typer.echo(m, err=True))
-        else:
-            summary = run_translate(options, log=lambda m: typer.echo(m, err=True))
-    except TranslateError as err:
-        fail(str(err))
+    if is_store:
+        summary = run_translate_store(options, cfg.split, log=lambda m: typer.echo(m, err=True))
+    else:
+        summary = run_translate(options, log=lambda m: typer.echo(m, err=True))
     typer.echo(summary.text())
     if summary.failed:
         raise typer.Exit(1)
@@ -482,7 +471,8 @@ def evaluate(
         typer.Option(
             "--model",
             help="NAME=BUNDLE[@SAMPLER[:STEPS[,STEPS...]]], repeatable; one report row per step count. Samplers: "
-            "ddpm (teacher, all training steps), ddim:N (teacher), lcm:1..8 (student), none for pix2pix. "
+            "ddpm (teacher, all training steps), ddim:N (teacher), lcm:1..the bundle's max_steps (student; 8 for s2o train "
+            "distill's default), none for pix2pix. "
             "Without @SAMPLER the bundle's default. E.g. --model acd=runs/s/bundle@lcm:1,2,4,8. At least one, here "
             "or in the models: list of --config (--model replaces that list).",
             show_default=False,
@@ -546,17 +536,14 @@ def evaluate(
     """
     from s2o_platform import storage
     from s2o_platform.evaluation.report import console_table
-    from s2o_platform.evaluation.runner import EvalError, EvalOptions, evaluate as run
+    from s2o_platform.evaluation.runner import EvalOptions, evaluate as run
 
     cfg = eval_config(config, set_, models=model or None, split=split, limit=limit, batch_size=batch_size,
                       fid_weights=str(fid_weights) if fid_weights else None, device=device, dtype=dtype, compile=compile_,
                       seed=seed, repeats=repeats, ddpm_limit=ddpm_limit, workers=workers, speed_references=speed_references)
     options = EvalOptions.from_config(cfg, data, str(out), address=address, mlflow_run_id=mlflow_run_id,
                                       storage_options=storage.StorageOptions.from_env(s3_endpoint))
-    try:
-        report, written = run(options, log=lambda m: typer.echo(m, err=True))
-    except EvalError as err:
-        fail(str(err))
+    report, written = run(options, log=lambda m: typer.echo(m, err=True))
     typer.echo(console_table(report))
     typer.echo("report: " + ", ".join(str(p) for p in written))
     if any(r.error for r in report.rows):
@@ -568,15 +555,12 @@ def serve_plan(config: Path | None = None, *, model: str | None = None, host: st
     """`s2o serve`'s plan (and the Serve config it read): the config's application args < --set < --model, --dtype,
     --compile. Everything is checked before Ray starts; a problem is a one-line error, exit code 2."""
     from s2o_platform.serving.runner import plan_serving
-    from s2o_platform.serving.settings import DEFAULT_CONFIG, ServeConfigError
+    from s2o_platform.serving.settings import DEFAULT_CONFIG
 
     if config is None:  # a --config given always wins; without one, a checkout's copy, else the packaged one
         config = Path("serve/config.yaml") if Path("serve/config.yaml").is_file() else DEFAULT_CONFIG
     explicit = {k: v for k, v in {"dtype": dtype, "compile": compile_}.items() if v}
-    try:
-        return plan_serving(config, model=model, host=host, port=port, overrides=explicit or None, sets=list(set_ or [])), config
-    except ServeConfigError as err:
-        fail(str(err))
+    return plan_serving(config, model=model, host=host, port=port, overrides=explicit or None, sets=list(set_ or [])), config
 
 
 @app.command("serve")
@@ -659,15 +643,9 @@ def serve_command(
 def demo_preset(preset: str | None = None, config: Path | None = None, set_: list[str] | None = None):
     """`s2o demo`'s settings: --preset (else the automatic choice) < --config FILE < --set key=value; an unknown
     key or a bad value is a one-line error, exit code 2 (an unknown preset, as before: exit code 1)."""
-    from s2o_platform.config import ConfigError
-    from s2o_platform.demo import DemoError, resolve_preset
+    from s2o_platform.demo import resolve_preset
 
-    try:
-        return resolve_preset(preset, config, list(set_ or []))
-    except ConfigError as err:
-        fail(str(err))
-    except DemoError as err:
-        fail(str(err), code=1)
+    return resolve_preset(preset, config, list(set_ or []))
 
 
 @app.command("demo")
@@ -695,25 +673,17 @@ def demo_command(
     speed_references, use_gpu; e.g. --set teacher_steps=200 --set student_steps=[1,2,4]. The resolved
     settings are saved as OUT/config.yaml.
     """
-    from s2o_platform.demo import Demo, DemoError, summary_text
+    from s2o_platform.demo import Demo, summary_text
 
     chosen = demo_preset(preset, config, set_)
-    try:
-        summary = Demo(out, chosen, force=force, log=lambda m: typer.echo(m, err=True)).run()
-    except DemoError as err:
-        fail(str(err), code=1)
+    summary = Demo(out, chosen, force=force, log=lambda m: typer.echo(m, err=True)).run()
     typer.echo(summary_text(summary))
 
 
 def main() -> None:
-    """The `s2o` script: the Typer app, with a Ray start-up problem printed as one line, not a traceback."""
-    from s2o_platform.ray_cluster import RayStartError
-
-    try:
-        app()
-    except RayStartError as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise SystemExit(2) from None
+    """The `s2o` script: the Typer app. Its S2OGroup prints any S2OError (a Ray start-up problem included) as
+    one line, not a traceback, and exits with the error's exit_code."""
+    app()
 
 
 if __name__ == "__main__":

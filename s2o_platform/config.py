@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from s2o_platform.data.normalization import SarScale
+from s2o_platform.errors import S2OError
 
 ConfigT = TypeVar("ConfigT", bound="StageConfig")
 
@@ -27,7 +28,7 @@ ConfigT = TypeVar("ConfigT", bound="StageConfig")
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 
 
-class ConfigError(ValueError):
+class ConfigError(S2OError, ValueError):
     """A configuration problem; the message names the key, the value and the source."""
 
 
@@ -231,7 +232,7 @@ def dump_config(config: BaseModel) -> str:
 class UNetSection(Section):
     """diffusers UNet2DModel architecture; input = concat(noisy optical, SAR), output = 3 channels."""
 
-    sample_size: int = Field(32, ge=8, description="tile side in pixels; must equal the store's tile size")
+    sample_size: int | None = Field(None, ge=8, description="tile side in pixels; null: the training store's tile size")
     block_out_channels: tuple[int, ...] = (32, 64, 128)
     layers_per_block: int = Field(1, ge=1)
     down_block_types: tuple[str, ...] = ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D")
@@ -334,6 +335,22 @@ class TrainingStageConfig(StageConfig):
     failure: FailureSection = FailureSection()
     tracking: TrackingSection = TrackingSection()
 
+    def model_tile_size(self) -> int | None:
+        """The tile side the stage's network is configured for (null: take the store's; distillation: the teacher's)."""
+        for section in ("model", "generator"):
+            if hasattr(self, section):
+                return getattr(self, section).sample_size
+        return None
+
+    def sized_for_store(self, tile_size: int) -> TrainingStageConfig:
+        """This config with a network tile side left null set to the training store's: the store knows its tiles, so
+        a preset need not restate them. The filled-in value is what the run folder's config.yaml records."""
+        for section in ("model", "generator"):
+            part = getattr(self, section, None)
+            if part is not None and part.sample_size is None:
+                return self.model_copy(update={section: part.model_copy(update={"sample_size": tile_size})})
+        return self
+
 
 class TeacherLossSection(Section):
     min_snr_gamma: float | None = Field(None, gt=0, description="Min-SNR-gamma loss weighting (Hang et al. 2023; "
@@ -360,11 +377,20 @@ class DistillSection(Section):
     gan_loss: str = Field("non_saturating", pattern="^(non_saturating|hinge|wgan)$")
     lambda_adv: float = Field(1.0, ge=0)
     discriminator_lr: float | None = Field(None, gt=0, description="default: train.lr")
-    default_steps: int = Field(4, ge=1, le=8, description="student steps the bundle advertises")
+    default_steps: int = Field(4, ge=1, description="student steps the bundle advertises (at most max_sampling_steps)")
+    max_sampling_steps: int = Field(8, ge=1, le=50, description="the student bundle's step range 1..N, written as its "
+                                    "sampler.max_steps (METHOD.md section 5: 1..8); more steps are refused at inference")
     frozen_fp32: bool = Field(False, description="false: the frozen teacher and the EMA target (fp32 weights, no "
                               "gradients) run under autocast in the student's compute dtype (bf16/fp16 when it trains "
                               "in them): their outputs are regression targets for a student that itself computes in "
                               "that dtype, and on a GPU this halves the two extra forward passes; true: fp32 passes")
+
+    @model_validator(mode="after")
+    def _default_within_range(self) -> DistillSection:
+        if self.default_steps > self.max_sampling_steps:
+            raise ValueError(f"default_steps ({self.default_steps}) must be at most max_sampling_steps "
+                             f"({self.max_sampling_steps}): the bundle samples with 1..{self.max_sampling_steps} steps")
+        return self
 
 
 class DistillConfig(TrainingStageConfig):
@@ -378,7 +404,7 @@ class DistillConfig(TrainingStageConfig):
 
 
 class GeneratorSection(Section):
-    sample_size: int = Field(32, ge=8, description="tile side; a power of two")
+    sample_size: int | None = Field(None, ge=8, description="tile side, a power of two; null: the training store's tile size")
     base_channels: int = Field(64, ge=4)
     dropout: float = Field(0.5, ge=0, lt=1)
 
@@ -418,7 +444,7 @@ class TranslateConfig(StageConfig):
 
     model: str | None = Field(None, description="the bundle to translate with (a student's OUT/bundle; any stage "
                               "works), local or s3://; required, here or as --model")
-    steps: int | None = Field(None, ge=1, description="sampling steps (student: 1..8); null: the bundle's default")
+    steps: int | None = Field(None, ge=1, description="sampling steps (student: 1..the bundle's max_steps, 8 by default); null: the bundle's default")
     overlap: int | None = Field(None, ge=0, description="overlap of neighbouring windows in px, blended smoothly; "
                                 "null: a quarter of the tile")
     batch_size: int = Field(32, ge=1, description="tiles per forward pass")

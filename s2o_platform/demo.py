@@ -24,6 +24,7 @@ from typing import Annotated, Any
 from pydantic import ConfigDict, Field
 
 from s2o_platform.config import PRESETS_DIR, StageConfig, dump_config, load_config
+from s2o_platform.errors import S2OError
 
 # The tiny presets shipped in the package (copies of the repository's configs/tiny/, the source of truth),
 # so that the demo runs the same from a checkout and from an installed wheel.
@@ -67,8 +68,10 @@ PRESETS = {
 }
 
 
-class DemoError(RuntimeError):
+class DemoError(S2OError, RuntimeError):
     """A stage failed; the message says which and why (earlier stages' artefacts are kept)."""
+
+    exit_code = 1  # `s2o demo`: a failed stage (or an unknown preset) exits 1
 
 
 def choose_preset(name: str | None) -> DemoPreset:
@@ -172,7 +175,7 @@ class Demo:
             f"train.max_steps={steps}", *batch, f"checkpoint.every_steps={steps}",
             f"train.log_every_steps={max(1, steps // 10)}", f"scaling.use_gpu={str(p.use_gpu).lower()}",
             "scaling.num_workers=1", *overrides])
-        result = run_training(stage, cfg, data, out, tile_size=32, extra=extra, log=self.log)
+        result = run_training(stage, cfg, data, out, tile_size=cfg.model_tile_size(), extra=extra, log=self.log)
         metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
         return {"run": out, "bundle": result.bundle, "steps": result.step, "metrics": metrics}
 

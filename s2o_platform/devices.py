@@ -4,6 +4,7 @@ translation and serving), so each has one home below all of them."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -73,3 +74,40 @@ def device_name(device: torch.device) -> str:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    """Where a Ray Data pool of model actors runs (`inference_actors`): the device each actor loads its model
+    on, the most actors in the pool and the GPUs each reserves. CPU actors on one node share its cores
+    (`cpu_share`, for cpu_threads); Ray Data's default of one CPU per actor is kept."""
+
+    device: str  # cuda | cpu (or what was asked for where the cluster has no GPU: resolve_device refuses it there)
+    actors: int
+    gpus_per_actor: int
+
+    @property
+    def cpu_share(self) -> int:
+        return self.actors
+
+    def map_batches_args(self) -> dict:
+        """`compute` and `num_gpus` for Dataset.map_batches: an autoscaling pool of 1..actors actors."""
+        import ray.data
+
+        return {"compute": ray.data.ActorPoolStrategy(min_size=1, max_size=self.actors), "num_gpus": self.gpus_per_actor}
+
+
+def inference_actors(actors: int, cluster_gpus: int, device: str = "auto") -> ActorPlan:
+    """The one rule for model actors on Ray Data (evaluation, translation of scenes and of stores): where the
+    cluster has GPUs every actor takes one and runs on CUDA; else each runs on `device` (auto: the CPU).
+    At least one actor."""
+    on_gpu = cluster_gpus > 0
+    return ActorPlan(device="cuda" if on_gpu else ("cpu" if device == "auto" else device), actors=max(1, actors),
+                     gpus_per_actor=1 if on_gpu else 0)
+
+
+def cluster_gpus() -> int:
+    """GPUs of the connected Ray cluster."""
+    import ray
+
+    return int(ray.cluster_resources().get("GPU", 0))

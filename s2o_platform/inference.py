@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from s2o_platform.bundle import Bundle, BundleError, BundleMetadata
-from s2o_platform.diffusion.sampling import STUDENT_STEPS, TEACHER_SAMPLERS, sample_student, sample_teacher
+from s2o_platform.diffusion.sampling import TEACHER_SAMPLERS, sample_student, sample_teacher
 from s2o_platform.pipeline import S2OPipeline
 
 
@@ -27,10 +27,10 @@ def resolve_sampler_for(metadata: BundleMetadata, where: str, sampler: str | Non
     n = int(steps if steps is not None else spec.default_steps)
     if n < 1:
         raise BundleError(f"the step count must be at least 1; {n} was asked for")
-    if name == "lcm" and n not in STUDENT_STEPS:
-        raise BundleError(f"a student samples with 1..8 steps; {n} was asked for")
     if name == "direct":
-        n = 1
+        return name, 1  # one forward pass, whatever was asked
+    if spec.max_steps is not None and n > spec.max_steps:
+        raise BundleError(f"{where} ({metadata.stage}) samples with 1..{spec.max_steps} steps; {n} was asked for")
     return name, n
 
 
@@ -71,7 +71,8 @@ def translate_tiles(
         if name in TEACHER_SAMPLERS:
             out = sample_teacher(bundle.model, chunk, bundle.scheduler_config, name, n_steps, generator)
         elif name == "lcm":
-            out = sample_student(bundle.model, chunk, bundle.scheduler_config, n_steps, generator)
+            out = sample_student(bundle.model, chunk, bundle.scheduler_config, n_steps, generator,
+                                 max_steps=bundle.metadata.sampler.max_steps or n_steps)
         elif name == "direct":
             out = bundle.model(chunk).clamp(-1, 1)
         else:

@@ -36,6 +36,8 @@ from typing import Any
 
 import torch
 
+from s2o_platform.errors import S2OError
+
 log = logging.getLogger(__name__)
 
 COMPILE_CHOICES = ("off", "auto", "default", "max")
@@ -50,7 +52,7 @@ MODES = {
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
-class CompileError(ValueError):
+class CompileError(S2OError, ValueError):
     """--compile cannot be honoured here (no C++ compiler, no Triton, an unknown choice or a failed compile)."""
 
 

@@ -18,6 +18,8 @@ import os
 import stat
 from pathlib import Path
 
+from s2o_platform.errors import S2OError
+
 #: Logical CPUs of a local cluster: at least 4 even on a 2-core machine, so that Ray Train workers
 #: and the Ray Data tasks feeding them can run side by side (with 2 logical CPUs, 2 training
 #: workers starve the reads and `fit()` hangs). Work is still bounded by the physical cores.
@@ -41,7 +43,7 @@ def local_cpus(num_cpus: int | None = None) -> int:
     return num_cpus or max(MIN_LOCAL_CPUS, os.cpu_count() or 1)
 
 
-class RayStartError(RuntimeError):
+class RayStartError(S2OError, RuntimeError):
     """Ray could not be started or reached; the message says what to do."""
 
 

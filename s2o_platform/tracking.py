@@ -117,15 +117,19 @@ def _unreachable(err: BaseException) -> bool:
     try:
         import requests
 
-        network: tuple[type[BaseException], ...] = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
+        # RetryError: only retryable answers (429, 5xx: e.g. a proxy before a server that is down) until
+        # mlflow's retries ran out.
+        network: tuple[type[BaseException], ...] = (
+            requests.exceptions.ConnectionError, requests.exceptions.Timeout, requests.exceptions.RetryError,
+        )
     except ImportError:  # pragma: no cover - mlflow's client needs requests
         network = ()
     seen: set[int] = set()
+    # mlflow wraps a requests error in an MlflowException raised inside its `except` (rest_utils.http_request),
+    # so the requests error is that exception's __context__ (or __cause__): found by type on the chain.
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if isinstance(err, (*network, ConnectionError, TimeoutError)):
-            return True
-        if "API request to" in str(err) and "failed with" in str(err):  # mlflow's wrapping of requests errors
             return True
         err = err.__cause__ or err.__context__
     return False

@@ -133,3 +133,53 @@ def test_a_bundle_written_over_another_is_whole_or_the_old_one(good, tmp_path):
     write_bundle(target, meta, old.model, None, "x: 2\n")
     assert read_bundle_metadata(str(target)).model_card["note"] == "rewritten" and (target / "config.yaml").read_text() == "x: 2\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gan"]
+
+
+def test_a_bundle_without_max_steps_gets_its_samplers_range(good, tmp_path):
+    """Bundles written before `sampler.max_steps` was recorded still load: the range comes from the sampler's name."""
+    from s2o_platform.bundle import read_bundle_metadata
+
+    ranges = {"student": 8, "teacher": None, "gan": 1}
+    for stage, expected in ranges.items():
+        assert "max_steps" in json.loads((Path(good[stage]) / "s2o_bundle.json").read_text())["sampler"]
+        old = edit_metadata(damaged(good[stage], tmp_path, f"old-{stage}"),
+                            lambda d: {**d, "sampler": {k: v for k, v in d["sampler"].items() if k != "max_steps"}})
+        assert check_bundle(str(old)).sampler.max_steps == expected, stage
+        assert read_bundle_metadata(str(old)).sampler.max_steps == expected, stage
+
+
+def test_a_student_refuses_steps_beyond_its_bundles_range(good, tmp_path):
+    """A student distilled with distill.max_sampling_steps=4 writes max_steps 4: 4 steps run, 5 are refused."""
+    from s2o_platform.config import DistillConfig, load_config
+    from s2o_platform.inference import resolve_sampler, translate_tiles
+    from s2o_platform.train.stages.distill import DistillStage
+    from s2o_platform.train.untrained import CARD
+
+    teacher = load_bundle(good["teacher"])
+    cfg = load_config(DistillConfig, CONFIGS / "distill.yaml", ["distill.max_sampling_steps=4", "distill.default_steps=2"])
+    stage = DistillStage()
+    stage.teacher_scheduler_config = teacher.scheduler_config
+    stage.prediction_type = teacher.metadata.model_card["prediction_type"]
+    store = StoreMetadata(tile_size=32, sar_channels=1, sar_normalization=SarNormalization())
+    stage.export(str(tmp_path / "student4"), teacher.model, cfg, store, CARD)
+    student = load_bundle(str(tmp_path / "student4"))
+    assert student.metadata.sampler.max_steps == 4 and student.metadata.model_card["allowed_steps"] == "1..4"
+    assert resolve_sampler(student, None, None) == ("lcm", 2) and resolve_sampler(student, "lcm", 4) == ("lcm", 4)
+    with pytest.raises(BundleError, match=r"samples with 1\.\.4 steps; 5 was asked for"):
+        resolve_sampler(student, None, 5)
+    assert translate_tiles(student, torch.zeros(1, 1, 32, 32).numpy(), steps=4).shape == (1, 3, 32, 32)
+    # The standard student keeps its 1..8.
+    with pytest.raises(BundleError, match=r"1\.\.8"):
+        resolve_sampler(load_bundle(good["student"]), None, 9)
+
+
+@pytest.mark.parametrize("sampler,words", [
+    ({"default_steps": 6, "max_steps": 4}, "sampler.default_steps: 6 is more than sampler.max_steps (4)"),
+    ({"max_steps": 0}, "sampler.max_steps: Input should be greater than or equal to 1"),
+    ({"max_steps": "8"}, "sampler.max_steps: Input should be a valid integer"),
+])
+def test_a_bad_step_range_is_one_named_error(good, tmp_path, sampler, words):
+    bundle = edit_metadata(damaged(good["student"], tmp_path, "b"), lambda d: {**d, "sampler": {**d["sampler"], **sampler}})
+    with pytest.raises(BundleError) as err:
+        check_bundle(str(bundle))
+    assert words in str(err.value) and "\n" not in str(err.value)

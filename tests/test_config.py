@@ -64,6 +64,22 @@ def test_override_into_scalar_is_an_error():
         load_config(IngestConfig, None, ["tile_size=3", "tile_size.x=1"])
 
 
+def test_distill_default_steps_lie_within_the_sampling_range():
+    """distill.default_steps is one of the student's 1..distill.max_sampling_steps (8 by default, METHOD.md section 5)."""
+    from s2o_platform.config import DistillConfig
+
+    cfg = load_config(DistillConfig)
+    assert cfg.distill.max_sampling_steps == 8 and cfg.distill.default_steps <= 8
+    assert load_config(DistillConfig, None, ["distill.max_sampling_steps=16", "distill.default_steps=12"]).distill.default_steps == 12
+    assert load_config(DistillConfig, None, ["distill.max_sampling_steps=2", "distill.default_steps=2"]).distill.max_sampling_steps == 2
+    with pytest.raises(ConfigError, match=r"default_steps \(9\) must be at most max_sampling_steps \(8\).*--set"):
+        load_config(DistillConfig, None, ["distill.default_steps=9"])
+    with pytest.raises(ConfigError, match=r"default_steps \(4\) must be at most max_sampling_steps \(2\)"):
+        load_config(DistillConfig, None, ["distill.max_sampling_steps=2"])
+    with pytest.raises(ConfigError, match=r"distill.max_sampling_steps.*less than or equal to 50"):
+        load_config(DistillConfig, None, ["distill.max_sampling_steps=64"])
+
+
 def test_missing_and_invalid_files(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(IngestConfig, tmp_path / "nope.yaml")

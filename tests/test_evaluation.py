@@ -275,10 +275,19 @@ def test_device_and_dtype_choice():
             resolve_device("cuda")
 
 
-def test_time_calls_warms_up_then_times_each_repeat():
-    calls = []
-    timing = time_calls(lambda: calls.append(1), torch.device("cpu"), repeats=3, warmup=2)
-    assert len(calls) == 5 and len(timing.seconds) == 3 and timing.median >= 0
+def test_time_calls_warms_up_then_times_each_repeat(monkeypatch):
+    # A clock that only moves when the timed function runs: call k takes k seconds.
+    from s2o_platform.evaluation import speed
+
+    clock = {"now": 0.0, "calls": 0}
+
+    def call():
+        clock["calls"] += 1
+        clock["now"] += clock["calls"]
+
+    monkeypatch.setattr(speed.time, "perf_counter", lambda: clock["now"])
+    timing = time_calls(call, torch.device("cpu"), repeats=3, warmup=2)
+    assert clock["calls"] == 5 and timing.seconds == [3.0, 4.0, 5.0] and timing.median == 4.0  # warm-up calls untimed
 
 
 # --- report -----------------------------------------------------------------------------------------

@@ -28,9 +28,11 @@ SCRIPT_DIRS = ("jobs",)
 #: A component is a module or a package (then every module under it); PACKAGE itself names only the root
 #: __init__ (its lazy `S2OPipeline` alias is resolved to s2o_platform.pipeline where it is imported).
 LAYERS: list[tuple[str, bool, tuple[str, ...]]] = [
-    # pure and infrastructure modules: configuration, storage, tracking, Ray connection, tile data, geometry
+    # pure and infrastructure modules: the errors' base, configuration, storage, tracking, Ray connection, tile
+    # data, geometry
     ("foundation", False, (
         PACKAGE,
+        f"{PACKAGE}.errors",
         f"{PACKAGE}.config",
         f"{PACKAGE}.storage",
         f"{PACKAGE}.devices",

@@ -22,11 +22,13 @@ def test_sar_separates_classes_water_dark_urban_bright():
     assert means["water"] == min(means.values()) and means["urban"] == max(means.values())
 
 
-def test_speckle_has_gamma_statistics():
-    # Multiplicative Gamma(L, 1/L) speckle: the ratio of power to its mean has variance 1/L.
-    rng = np.random.default_rng(0)
-    speckle = rng.gamma(4, 1 / 4, size=200_000)
-    assert abs(speckle.mean() - 1) < 0.01 and abs(speckle.var() - 0.25) < 0.01
+def test_speckle_is_multiplicative_on_power_with_l_look_statistics():
+    # On a flat -10 dB field the intensity keeps its mean (0.1) and has variance mean^2 / L: speckle applied
+    # to the power, not added in dB (which would bias the mean and give other statistics).
+    for looks in (1, 4):
+        power = 10.0 ** (synth.speckled_db(np.random.default_rng(looks), np.full((400, 500), -10.0), looks) / 10.0)
+        assert abs(power.mean() / 0.1 - 1) < 0.01, looks
+        assert abs(power.var() / 0.1**2 - 1 / looks) < 0.02, looks
 
 
 def test_smooth_field_is_normalised_and_correlated():

@@ -12,8 +12,8 @@ from s2o_platform.data.transforms import augment_pairs, dihedral
 from s2o_platform.train.deepspeed_config import compute_dtype, deepspeed_config, effective_batch, resolve_precision
 from s2o_platform.train.ema import ema_decay_at, ema_update
 from s2o_platform.devices import cpu_threads
-from s2o_platform.train.harness import format_eta
-from s2o_platform.train.schedule import lr_factor
+from s2o_platform.train.progress import format_eta
+from s2o_platform.train.schedule import lr_factor, lr_scheduler
 
 
 def test_warmup_is_linear_then_cosine():
@@ -32,16 +32,19 @@ def test_constant_and_linear_schedules():
         lr_factor(1, 0, 10, "step")
 
 
-def test_lambda_lr_steps_once_per_optimizer_update():
+def test_the_runtimes_lr_scheduler_follows_the_configs_schedule():
+    """The scheduler the training runtime builds reads warmup_steps, max_steps and lr_schedule from the config."""
     p = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.SGD([p], lr=1.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, 2, 10))
+    opt = torch.optim.SGD([p], lr=2.0)
+    cfg = load_config(TeacherConfig, None, ["train.warmup_steps=2", "train.max_steps=10", "train.lr_schedule=linear"])
+    sched = lr_scheduler(opt, cfg.train)
     lrs = []
-    for _ in range(4):
+    for _ in range(11):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    assert lrs[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    # warm-up 2/3, 4/3; then linear decay over the 8 remaining updates to 0 at max_steps
+    assert lrs == pytest.approx([2 / 3, 4 / 3, 2.0, 1.75, 1.5, 1.25, 1.0, 0.75, 0.5, 0.25, 0.0])
 
 
 def test_ema_update_hand_values():

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from s2o_platform import storage
@@ -50,12 +51,18 @@ def test_train_on_s3_loss_falls_and_bundle_loads(ray_cluster, s3_endpoint, store
     s3_store = "s3://s2o-test/train-store"
     run_synth(s3_store, pairs=256, size=32, seed=1, options=options, progress=False)
     out = "s3://s2o-test/runs/teacher"
-    result = run_training("teacher", cfg("train.max_steps=40", "checkpoint.every_steps=20"), s3_store, out, 32, options=options, log=lambda m: None)
+    run_cfg = cfg("train.max_steps=40", "checkpoint.every_steps=20")
+    assert run_cfg.model.sample_size is None  # the preset leaves the tile side to the store
+    result = run_training("teacher", run_cfg, s3_store, out, run_cfg.model_tile_size(), options=options, log=lambda m: None)
     assert result.step == 40 and result.bundle == out + "/bundle"
+    # ... and the run records the size it took from the store
+    fs, root = storage.resolve(out, options)
+    assert yaml.safe_load(storage.read_bytes(fs, storage.join(root, "config.yaml")))["model"]["sample_size"] == 32
     losses = [h["loss"] for h in result.history]
     assert len(losses) == 8 and np.mean(losses[-3:]) < 0.8 * losses[0], losses
     bundle = load_bundle(result.bundle, options=options)
     assert bundle.metadata.stage == "teacher" and bundle.metadata.model_card["trained_steps"] == 40
+    assert bundle.metadata.tile_size == 32
     sar = decode_batch(read_tiles(store, "test").take_batch(4, batch_format="numpy"))["sar"]
     out_tiles = translate_tiles(bundle, sar, "ddim", 5, seed=0)
     assert out_tiles.shape == (4, 3, 32, 32) and np.isfinite(out_tiles).all()
@@ -67,6 +74,7 @@ def test_killed_run_resumes_past_its_last_checkpoint(ray_cluster, store, tmp_pat
     """Kill the whole driver mid-training (two workers, ZeRO-2), then run the same command again."""
     import ray
 
+    free_before = ray.available_resources().get("CPU", 0)
     out = tmp_path / "run"
     sets = [*FAST, "train.max_steps=400", "checkpoint.every_steps=10", "scaling.num_workers=2", "deepspeed.zero_stage=2"]
     command = [sys.executable, "-m", "s2o_platform.cli", "train", "teacher", "--config", str(TINY_PRESET), "--data", store,
@@ -97,7 +105,11 @@ def test_killed_run_resumes_past_its_last_checkpoint(ray_cluster, store, tmp_pat
     assert latest_checkpoint_step(str(out))[0] == killed_at
 
     # The same command again, with a reachable max_steps: it resumes instead of starting over.
-    time.sleep(2)  # let Ray reap the killed job's workers
+    # The killed driver's training workers hold CPUs until Ray reaps them: wait until they are free again.
+    deadline = time.monotonic() + 120
+    while ray.available_resources().get("CPU", 0) < free_before:
+        assert time.monotonic() < deadline, f"the killed run's workers still hold CPUs: {ray.available_resources()}"
+        time.sleep(0.2)
     messages = []
     final = killed_at + 10
     result = run_training("teacher", cfg(*sets[len(FAST):], f"train.max_steps={final}"), store, str(out), 32, log=messages.append)
@@ -116,7 +128,7 @@ def test_killed_run_resumes_past_its_last_checkpoint(ray_cluster, store, tmp_pat
 
 
 def test_setup_errors_before_any_worker(ray_cluster, store, tmp_path):
-    run = lambda c, data=store, out=tmp_path / "o": run_training("teacher", c, data, str(out), c.model.sample_size, log=lambda m: None)  # noqa: E731
+    run = lambda c, data=store, out=tmp_path / "o": run_training("teacher", c, data, str(out), c.model_tile_size(), log=lambda m: None)  # noqa: E731
     with pytest.raises(TrainingSetupError, match="needs 1 GPU.*has 0"):
         run(cfg("scaling.use_gpu=true"))
     with pytest.raises(TrainingSetupError, match="no tile store"):

@@ -23,11 +23,12 @@ from s2o_platform import storage
 from s2o_platform.data.extract import PairReport, TilingSettings, tiles_from_pair
 from s2o_platform.data.normalization import OpticalNormalization, SarNormalization, SarScale
 from s2o_platform.data.rasters import InputError
+from s2o_platform.data.ray_context import scoped_data_context
 from s2o_platform.data.sources import PairSource, discover_all
 from s2o_platform.data.splits import SPLITS, assign_splits
 from s2o_platform.data.store import (
-    StoreError,
     StoreMetadata,
+    StoreMissingError,
     discard_staged,
     publish_staged,
     read_columns,
@@ -70,9 +71,7 @@ def ensure_store_metadata(out: str, wanted: StoreMetadata, options: storage.Stor
     """Open the store at `out` (checking it matches `wanted`) or create it."""
     try:
         existing = read_metadata(out, options)
-    except StoreError as err:
-        if "is missing" not in str(err):
-            raise
+    except StoreMissingError:
         write_metadata(out, wanted, options)
         return wanted
     existing.check_compatible(wanted, f"the existing store {out}")
@@ -216,39 +215,39 @@ def run_ingest(
     known_ids, known_scenes = existing_tiles(out, options)
     splits = assign_splits({p.scene_id for p in pairs}, test_fraction, val_fraction, seed, existing=known_scenes)
 
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    packets = make_packets(pairs, splits)
-    settings = asdict(TilingSettings(tile_size, stride, SarScale(sar_scale), sar_band, max_nodata))
-    settings["sar_scale"] = SarScale(sar_scale).value
-    results = ray.data.from_items(packets, override_num_blocks=len(packets)).map_batches(
-        ingest_packet,
-        batch_size=1,
-        fn_kwargs={
-            "out": out,
-            "settings": settings,
-            "metadata": metadata.to_dict(),
-            "options": asdict(options),
-            "known_ids_ref": ray.put(known_ids),
-            "max_rows_per_shard": shard_rows_for(metadata, shard_mb),
-        },
-        num_cpus=1,
-    )
-    with tqdm(total=len(pairs), desc="ingest", unit="pair", disable=not progress) as bar:
-        for row in results.iter_rows():
-            bar.update(1)
-            if row["status"] == "ok":
-                summary.pairs_ingested += 1
-                summary.tiles_written[row["split"]] += int(row["written"])
-                summary.tiles_already_present += int(row["present"])
-                summary.scales[row["scale"].split(":")[0]] += 1
-            else:
-                summary.skipped.append({"path": row["path"], "reason": row["reason"]})
-            summary.windows_masked += int(row["windows_masked"]) if row["status"] == "ok" else 0
-            lost = json.loads(row["windows_skipped"])
-            summary.windows_skipped.update(lost)
-            if row["status"] == "ok" and sum(lost.values()) > LOSS_WARNING * max(1, int(row["windows"])):
-                summary.heavy_losses.append({"path": row["path"], "lost": sum(lost.values()), "windows": int(row["windows"]), "reasons": lost})
-            bar.set_postfix(tiles=summary.total_written, skipped=len(summary.skipped))
+    with scoped_data_context(enable_progress_bars=False):  # ours (pairs) says more; for this dataset only
+        packets = make_packets(pairs, splits)
+        settings = asdict(TilingSettings(tile_size, stride, SarScale(sar_scale), sar_band, max_nodata))
+        settings["sar_scale"] = SarScale(sar_scale).value
+        results = ray.data.from_items(packets, override_num_blocks=len(packets)).map_batches(
+            ingest_packet,
+            batch_size=1,
+            fn_kwargs={
+                "out": out,
+                "settings": settings,
+                "metadata": metadata.to_dict(),
+                "options": asdict(options),
+                "known_ids_ref": ray.put(known_ids),
+                "max_rows_per_shard": shard_rows_for(metadata, shard_mb),
+            },
+            num_cpus=1,
+        )
+        with tqdm(total=len(pairs), desc="ingest", unit="pair", disable=not progress) as bar:
+            for row in results.iter_rows():
+                bar.update(1)
+                if row["status"] == "ok":
+                    summary.pairs_ingested += 1
+                    summary.tiles_written[row["split"]] += int(row["written"])
+                    summary.tiles_already_present += int(row["present"])
+                    summary.scales[row["scale"].split(":")[0]] += 1
+                else:
+                    summary.skipped.append({"path": row["path"], "reason": row["reason"]})
+                summary.windows_masked += int(row["windows_masked"]) if row["status"] == "ok" else 0
+                lost = json.loads(row["windows_skipped"])
+                summary.windows_skipped.update(lost)
+                if row["status"] == "ok" and sum(lost.values()) > LOSS_WARNING * max(1, int(row["windows"])):
+                    summary.heavy_losses.append({"path": row["path"], "lost": sum(lost.values()), "windows": int(row["windows"]), "reasons": lost})
+                bar.set_postfix(tiles=summary.total_written, skipped=len(summary.skipped))
 
     metadata = read_metadata(out, options)
     metadata.history.append(

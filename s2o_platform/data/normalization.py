@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from s2o_platform.errors import S2OError
+
 #: Smallest linear power taken into log space; floors zeros instead of producing -inf dB.
 LINEAR_POWER_FLOOR = 1e-10
 
@@ -164,7 +166,7 @@ _SEND_INSTEAD = ("send one SAR band as 8-bit greyscale (display-scaled), 16/32-b
                  "dB or linear power, or complex SLC")
 
 
-class UnsupportedSarPixels(ValueError):
+class UnsupportedSarPixels(S2OError, ValueError):
     """Pixels no SAR scale can be given to; the message says what to send instead."""
 
 

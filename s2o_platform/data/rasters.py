@@ -25,6 +25,7 @@ import pyarrow.fs as pafs
 
 from s2o_platform import storage
 from s2o_platform.data.store import UNLABELLED
+from s2o_platform.errors import S2OError
 from s2o_platform.geo.tiling import AffineCoefficients, Window
 
 PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -37,7 +38,7 @@ _RGB_BAND_PATTERNS = [re.compile(rf"(^|[^0-9A-Za-z])B0?{n}([^0-9A-Za-z]|$)", re.
 _S2_STACK_RGB = (4, 3, 2)
 
 
-class InputError(ValueError):
+class InputError(S2OError, ValueError):
     """An input that cannot be turned into valid tiles; the message is the reason recorded."""
 
 

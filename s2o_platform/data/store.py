@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from s2o_platform import storage
 from s2o_platform.data.normalization import OpticalNormalization, SarNormalization, uint8_to_model
 from s2o_platform.data.splits import SPLITS
+from s2o_platform.errors import S2OError
 
 METADATA_FILE = "_s2o_store.json"
 STAGING_DIR = "_staging"  # shards of a pair still being ingested; never read
@@ -63,8 +64,12 @@ OPTICAL_CHANNELS = 3
 UNLABELLED = 255
 
 
-class StoreError(ValueError):
+class StoreError(S2OError, ValueError):
     """A store that is missing, empty or inconsistent with what is asked of it."""
+
+
+class StoreMissingError(StoreError):
+    """No store at all at the path: its metadata file does not exist (ingest creates one there)."""
 
 
 @dataclass
@@ -219,7 +224,7 @@ def read_metadata(uri: str, options: storage.StorageOptions | None = None) -> St
     try:
         raw = storage.read_bytes(fs, path)
     except FileNotFoundError:
-        raise StoreError(
+        raise StoreMissingError(
             f"no tile store at {uri}: {METADATA_FILE} is missing. Create one with "
             "`s2o data ingest SOURCE --out STORE` or `s2o data synth --out STORE`"
         ) from None

@@ -62,6 +62,13 @@ def land_cover(rng: np.random.Generator, height: int, width: int, scale: float =
     return np.argmax(fields + CLASS_BIAS[:, None, None], axis=0).astype(np.uint8)
 
 
+def speckled_db(rng: np.random.Generator, mean_db: np.ndarray, looks: int) -> np.ndarray:
+    """Backscatter in dB with L-look speckle: multiplicative Gamma(L, 1/L) noise on the *power* (not on dB),
+    so the intensity keeps its mean and has variance mean^2 / L, as an L-look SAR intensity image does."""
+    speckle = rng.gamma(shape=looks, scale=1.0 / looks, size=np.shape(mean_db))
+    return 10.0 * np.log10(10.0 ** (np.asarray(mean_db) / 10.0) * speckle)
+
+
 def make_scene(rng: np.random.Generator, height: int, width: int, looks: int = 4, scale: float = 12.0) -> SynthScene:
     """One synthetic scene of `height` x `width` pixels."""
     classes = land_cover(rng, height, width, scale)
@@ -70,8 +77,7 @@ def make_scene(rng: np.random.Generator, height: int, width: int, looks: int = 4
     optical = CLASS_RGB[classes] + CLASS_OPTICAL_TEXTURE[classes][..., None] * (0.5 * texture + 0.8 * brightness)
     sar_texture = smooth_field(rng, height, width, 3.0)
     mean_db = CLASS_DB[classes] + CLASS_SAR_TEXTURE[classes] * sar_texture
-    speckle = rng.gamma(shape=looks, scale=1.0 / looks, size=(height, width))
-    sar_db = 10.0 * np.log10(10.0 ** (mean_db / 10.0) * speckle)
+    sar_db = speckled_db(rng, mean_db, looks)
     return SynthScene(
         classes=classes,
         optical=np.clip(np.rint(optical), 0, 255).astype(np.uint8),

@@ -18,6 +18,7 @@ from s2o_platform import storage
 from s2o_platform.data import synth
 from s2o_platform.data.ingest import ensure_store_metadata, existing_tiles, shard_rows_for
 from s2o_platform.data.normalization import SarNormalization, SarScale
+from s2o_platform.data.ray_context import scoped_data_context
 from s2o_platform.data.splits import SPLITS, assign_splits
 from s2o_platform.data.store import StoreMetadata, encode_tile, read_metadata, write_metadata, write_shards
 from s2o_platform.geo.tiling import grid_windows, window_transform
@@ -139,30 +140,30 @@ def run_synth(
         {"scene": k, "n_tiles": min(per_scene, pairs - k * per_scene), "split": splits[scene_ids[k]]}
         for k in range(n_scenes)
     ]
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    # A few blocks per CPU keeps every core busy while each task writes shards of useful size.
-    blocks = max(1, min(len(items), 4 * int(ray.available_resources().get("CPU", 1))))
-    results = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
-        synth_batch,
-        batch_size=max(1, math.ceil(len(items) / blocks)),
-        fn_kwargs={
-            "out": out,
-            "size": size,
-            "seed": seed,
-            "metadata": metadata.to_dict(),
-            "options": {"s3_endpoint": options.s3_endpoint, "s3_region": options.s3_region},
-            "max_rows_per_shard": shard_rows_for(metadata, 64.0),
-            "known_ids_ref": ray.put(existing_tiles(out, options)[0]),
-        },
-        num_cpus=1,
-    )
-    summary = SynthSummary(scenes=n_scenes)
-    all_stats = []
-    with tqdm(total=pairs, desc="synth", unit="tile", disable=not progress) as bar:
-        for row in results.iter_rows():
-            summary.tiles[row["split"]] += int(row["tiles"])
-            all_stats.append(np.frombuffer(row["stats"], dtype=np.float64).reshape(-1, len(synth.CLASSES), 7))
-            bar.update(int(row["tiles"]))
+    with scoped_data_context(enable_progress_bars=False):  # ours (tiles) says more; for this dataset only
+        # A few blocks per CPU keeps every core busy while each task writes shards of useful size.
+        blocks = max(1, min(len(items), 4 * int(ray.available_resources().get("CPU", 1))))
+        results = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
+            synth_batch,
+            batch_size=max(1, math.ceil(len(items) / blocks)),
+            fn_kwargs={
+                "out": out,
+                "size": size,
+                "seed": seed,
+                "metadata": metadata.to_dict(),
+                "options": {"s3_endpoint": options.s3_endpoint, "s3_region": options.s3_region},
+                "max_rows_per_shard": shard_rows_for(metadata, 64.0),
+                "known_ids_ref": ray.put(existing_tiles(out, options)[0]),
+            },
+            num_cpus=1,
+        )
+        summary = SynthSummary(scenes=n_scenes)
+        all_stats = []
+        with tqdm(total=pairs, desc="synth", unit="tile", disable=not progress) as bar:
+            for row in results.iter_rows():
+                summary.tiles[row["split"]] += int(row["tiles"])
+                all_stats.append(np.frombuffer(row["stats"], dtype=np.float64).reshape(-1, len(synth.CLASSES), 7))
+                bar.update(int(row["tiles"]))
     summary.baselines = synth.baselines_from_statistics(np.concatenate(all_stats))
 
     metadata = read_metadata(out, options)

@@ -12,6 +12,7 @@ import numpy as np
 
 from s2o_platform.bundle import Bundle
 from s2o_platform.data.store import decode_batch, read_tiles
+from s2o_platform.devices import cluster_gpus, inference_actors
 from s2o_platform.evaluation.landcover import confusion_per_tile
 from s2o_platform.evaluation.quality import tile_scores, to_unit
 from s2o_platform.evaluation.spec import ModelSetting
@@ -60,8 +61,6 @@ class RayQuality:
     """The quality pass over Ray Data actors (same interface as runner.LocalQuality)."""
 
     def __init__(self, options, classifier=None):
-        import ray
-
         from s2o_platform.data.store import split_counts
         from s2o_platform.ray_cluster import connect
 
@@ -69,7 +68,8 @@ class RayQuality:
         self.classifier = None if classifier is None else {
             "num_classes": classifier.num_classes, "state": {k: v.clone() for k, v in classifier.state_dict().items()}}
         connect(None if options.address == "local" else options.address)
-        self.gpus = int(ray.cluster_resources().get("GPU", 0))
+        self.gpus = cluster_gpus()
+        self.actors = inference_actors(options.workers, self.gpus)  # on CUDA where the cluster has GPUs, else the CPU
         self.available = split_counts(options.data, options.storage)[options.split]
         self.n_tiles = min(self.available, options.limit or self.available)
         self.where = (f"on Ray Data, {options.workers} actor(s) per setting"
@@ -80,21 +80,18 @@ class RayQuality:
         return ds.limit(count) if count < self.available else ds
 
     def run(self, bundle: Bundle, setting: ModelSetting, count: int, keep: int):
-        import ray.data
-
         from s2o_platform.evaluation.runner import SettingOutput
 
         o = self.options
         scored = self.dataset(count).map_batches(
             TileScorer,
             fn_constructor_kwargs=dict(bundle=setting.bundle, sampler=setting.sampler, steps=setting.steps, seed=o.seed,
-                                       device="cuda" if self.gpus else "cpu", dtype=o.dtype if self.gpus else "fp32",
+                                       device=self.actors.device, dtype=o.dtype if self.gpus else "fp32",
                                        fid_weights=o.fid_weights, classifier=self.classifier, storage_options=o.storage,
-                                       batch_size=o.batch_size, cpu_share=max(1, o.workers),
+                                       batch_size=o.batch_size, cpu_share=self.actors.cpu_share,
                                        compile=o.compile, warm_up=False),
             batch_size=o.batch_size,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, o.workers)),
-            num_gpus=1 if self.gpus else 0,
+            **self.actors.map_batches_args(),
         )
         columns: dict[str, list[np.ndarray]] = {}
         for batch in scored.iter_batches(batch_format="numpy", batch_size=None):

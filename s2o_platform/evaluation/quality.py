@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+from s2o_platform.errors import S2OError
 from s2o_platform.losses import masked_mean
 
 #: A tile predicted exactly has infinite PSNR; capped so that means and JSON stay finite.
@@ -118,7 +119,7 @@ def to_uint8_images(unit: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-class FidError(ValueError):
+class FidError(S2OError, ValueError):
     """--fid-weights that cannot be used."""
 
 

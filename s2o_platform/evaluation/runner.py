@@ -19,7 +19,15 @@ import pyarrow.parquet as pq
 import torch
 
 from s2o_platform import storage
-from s2o_platform.bundle import Bundle, BundleError, BundleMetadata, check_bundle, load_bundle, read_scheduler_config
+from s2o_platform.bundle import (
+    Bundle,
+    BundleError,
+    BundleMetadata,
+    check_bundle,
+    check_fits,
+    load_bundle,
+    read_scheduler_config,
+)
 from s2o_platform.config import EvalConfig, dump_config
 from s2o_platform.data.store import (
     SPLITS,
@@ -32,6 +40,7 @@ from s2o_platform.data.store import (
     read_metadata,
     shard_paths,
 )
+from s2o_platform.errors import S2OError
 from s2o_platform.evaluation import landcover
 from s2o_platform.evaluation.quality import (
     FID_SKIPPED,
@@ -52,7 +61,7 @@ from s2o_platform.inference import resolve_sampler_for, translate_tiles
 from s2o_platform.inference_compile import CompiledNetwork, compile_bundle, resolve_compile
 
 
-class EvalError(ValueError):
+class EvalError(S2OError, ValueError):
     """Input that makes the evaluation impossible; raised before any work."""
 
 
@@ -110,13 +119,11 @@ class PlannedSetting:
 
 
 def check_fits_store(metadata: BundleMetadata, where: str, store: StoreMetadata, data: str) -> None:
-    for name in ("tile_size", "sar_channels", "sar_normalization", "optical_normalization"):
-        theirs, ours = getattr(metadata, name), getattr(store, name)
-        if theirs != ours:
-            raise EvalError(
-                f"the bundle {where} has {name}={theirs!r} but the store {data} has {ours!r}: it was trained for "
-                "other tiles; evaluate it on a store ingested with the same settings"
-            )
+    """bundle.check_fits (the one rule), as an EvalError."""
+    try:
+        check_fits(metadata, store, where, data, advice="evaluate it on a store ingested with the same settings")
+    except BundleError as err:
+        raise EvalError(str(err)) from None
 
 
 def plan(options: EvalOptions) -> tuple[StoreMetadata, list[PlannedSetting]]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from s2o_platform.errors import S2OError
+
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
-class SpecError(ValueError):
+class SpecError(S2OError, ValueError):
     """A --model argument that cannot be parsed."""
 
 

@@ -103,13 +103,12 @@ class Metrics:
             self.dropped_tiles = metrics.Counter("s2o_serve_dropped_tiles", "tiles not run because their caller went away")
 
 
-def _allowed_steps(sampler: str) -> "list[int] | str":
-    from s2o_platform.diffusion.sampling import STUDENT_STEPS
-
-    if sampler == "lcm":
-        return list(STUDENT_STEPS)
+def _allowed_steps(sampler: str, max_steps: "int | None") -> "list[int] | str":
+    """The step counts the served bundle takes: 1..its sampler spec's max_steps (a student's 1..8 by default)."""
     if sampler == "direct":
         return [1]
+    if max_steps is not None:
+        return list(range(1, max_steps + 1))
     return "any (a teacher; DDIM takes any step count, DDPM its full schedule)"
 
 
@@ -205,7 +204,7 @@ class SarTranslator:
         m, s = self.metadata, self.settings
         return {
             "stage": m.stage, "tile_size": m.tile_size, "sar_channels": m.sar_channels, "sampler": self.sampler,
-            "default_steps": self.default_steps, "allowed_steps": _allowed_steps(self.sampler), "overlap": self.overlap,
+            "default_steps": self.default_steps, "allowed_steps": _allowed_steps(self.sampler, m.sampler.max_steps), "overlap": self.overlap,
             "max_image_side": s.max_image_side, "max_body_bytes": s.max_body_bytes, "max_decode_bytes": s.max_decode_bytes,
             "max_request_model_s": s.max_request_model_s, "model_batch_tiles": s.model_batch_tiles,
             "seconds_per_tile_step": round(self.seconds_per_tile_step, 6), "dtype": self.model.dtype_name,
@@ -407,7 +406,7 @@ class SarGateway:
             return _unavailable("no model replica answered; retry after Retry-After seconds")
 
     @api.post("/v1/translate")
-    async def translate(self, request: Request, steps: "str | None" = Query(None, description="sampling steps (student: 1-8)"),
+    async def translate(self, request: Request, steps: "str | None" = Query(None, description="sampling steps (student: 1..the bundle's max_steps; GET /v1/model lists them)"),
                         output_format: "str | None" = Query(None, alias="format", description="png (default) or tiff")):
         started = time.perf_counter()
         try:

@@ -42,6 +42,7 @@ from s2o_platform.data.normalization import (
     model_to_uint8,
     sar_pixels,
 )
+from s2o_platform.errors import S2OError
 
 CONTENT_TYPES = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/tiff": "tiff", "image/geotiff": "tiff"}
 OUTPUT_FORMATS = ("png", "tiff")
@@ -53,7 +54,7 @@ _MAGIC = {"png": (b"\x89PNG\r\n\x1a\n",), "jpeg": (b"\xff\xd8\xff",),
 _PILLOW_FORMATS = {"png": "PNG", "jpeg": "JPEG"}
 
 
-class RequestError(ValueError):
+class RequestError(S2OError, ValueError):
     """A request the service refuses: HTTP `status`, error `kind` (for clients and metrics), message."""
 
     def __init__(self, status: int, kind: str, message: str):

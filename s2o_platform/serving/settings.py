@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from s2o_platform.config import CompileChoice
+from s2o_platform.errors import S2OError
 
 #: The Serve config shipped inside the package (package data: it is in the wheel). The repository's
 #: serve/config.yaml is the source of truth; this is a byte-identical copy (tests/test_wheel.py fails
@@ -16,7 +17,7 @@ from s2o_platform.config import CompileChoice
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.yaml"
 
 
-class ServeConfigError(ValueError):
+class ServeConfigError(S2OError, ValueError):
     """serve/config.yaml or the service's settings are unusable (said before anything starts)."""
 
 

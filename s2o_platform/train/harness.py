@@ -5,7 +5,8 @@
       [2] build_runtime (train/runtime.py): the stage's models, one DeepSpeed engine per trainable
           module, the precision, the fp32 EMA and the noise generator
       [3] resume: DeepSpeed state, EMA, generator and step from ray.train.get_checkpoint()
-      [4] stream tiles: ray.train.get_dataset_shard("train").iter_torch_batches, paired augmentation
+      [4] stream tiles: ray.train.get_dataset_shard("train").iter_torch_batches (a local shuffle buffer
+          seeded per rank and epoch from train.seed, train/data_order.py), paired augmentation (train/collate.py)
       [5] runtime.step(batch) per micro-batch (the EMA follows every optimizer step); progress on rank 0,
           which also logs it to the MLflow run the driver started, when tracking is on (s2o_platform/tracking.py)
       [6] checkpoint: each rank saves its DeepSpeed shard and generator -> barrier -> rank 0 adds EMA,
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,59 +25,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from s2o_platform.data.store import StoreMetadata, decode_batch
-from s2o_platform.data.transforms import augment_pairs
+from s2o_platform.data.store import StoreMetadata
 from s2o_platform.devices import cpu_threads  # one rule for training and inference workers
 from s2o_platform.tracking import Tracker
+from s2o_platform.train.checkpoint_files import (
+    BUNDLE_DIR,
+    DEEPSPEED_DIR,
+    DEEPSPEED_TAG,
+    EMA_FILE,
+    GENERATOR_FILE,
+    TRAINER_STATE_FILE,
+)
+from s2o_platform.train.collate import PairCollate
+from s2o_platform.train.data_order import LOCAL, shuffle_seed
+from s2o_platform.train.progress import format_eta, log
 from s2o_platform.train.runtime import build_runtime, get_stage
-
-TRAINER_STATE_FILE = "trainer_state.json"
-EMA_FILE = "ema.safetensors"
-DEEPSPEED_DIR = "deepspeed"
-BUNDLE_DIR = "bundle"
-DEEPSPEED_TAG = "state"
-GENERATOR_FILE = "generator_rank{rank}.json"  # the noise/timestep generator of each rank
-#: The columns a training worker reads from the store.
-TRAIN_COLUMNS = ["tile_id", "sar", "optical", "tile_size", "sar_channels", "valid"]
-
-
-def _collate_base():
-    try:  # Ray Data's typed collate base (a plain function is deprecated there); plain object without Ray
-        from ray.data.collate_fn import NumpyBatchCollateFn
-
-        return NumpyBatchCollateFn
-    except ImportError:  # pragma: no cover
-        return object
-
-
-class PairCollate(_collate_base()):
-    """Store rows (numpy batch) -> {'sar', 'optical'} tensors on the device, augmented identically, and 'valid'
-    (B, 1, H, W) where any tile of the batch has invalid pixels (the stages' losses then skip them)."""
-
-    def __init__(self, augment: bool, rng: np.random.Generator, device: torch.device) -> None:
-        super().__init__()
-        self.augment, self.rng, self.device = augment, rng, device
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        decoded = decode_batch(batch)
-        arrays = [decoded["sar"], decoded["optical"]]
-        if "valid" in decoded:
-            arrays.append(decoded["valid"][:, None].astype(np.float32))
-        if self.augment:
-            arrays = list(augment_pairs(arrays[0], arrays[1], self.rng, *arrays[2:]))
-        names = ("sar", "optical", "valid")
-        return {name: torch.from_numpy(array).to(self.device, non_blocking=True) for name, array in zip(names, arrays)}
-
-
-def log(message: str) -> None:
-    # stderr: Ray Train V2 echoes a worker's stdout twice, stderr once.
-    sys.stderr.write(message + "\n")
-    sys.stderr.flush()
-
-
-def format_eta(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
@@ -165,7 +127,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     # [5] loop ------------------------------------------------------------------------------------
     while main.global_steps < cfg.train.max_steps:
         batches = 0
-        batch_iter = iter(shard.iter_torch_batches(batch_size=cfg.train.batch_size, collate_fn=collate, drop_last=True, local_shuffle_buffer_size=shuffle_buffer))
+        # the local buffer's order follows train.seed too: its own seed per rank and epoch (train/data_order.py)
+        local_seed = shuffle_seed(cfg.train.seed, LOCAL, rank, epoch) if shuffle_buffer else None
+        batch_iter = iter(shard.iter_torch_batches(batch_size=cfg.train.batch_size, collate_fn=collate, drop_last=True,
+                                                   local_shuffle_buffer_size=shuffle_buffer, local_shuffle_seed=local_seed))
         while True:
             # Time blocked on the data pipeline: the share of a window not spent training.
             waited = time.perf_counter()

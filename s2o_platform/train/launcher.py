@@ -24,9 +24,14 @@ import yaml
 
 from s2o_platform import storage
 from s2o_platform.config import TrainingStageConfig, dump_config
+from s2o_platform.data.ray_context import scoped_data_context
 from s2o_platform.data.store import StoreError, StoreMetadata, read_metadata, read_tiles, split_counts
+from s2o_platform.errors import S2OError
+from s2o_platform.train.checkpoint_files import BUNDLE_DIR, TRAINER_STATE_FILE
+from s2o_platform.train.collate import TRAIN_COLUMNS
+from s2o_platform.train.data_order import SPLIT, shuffle_seed
 from s2o_platform.train.deepspeed_config import effective_batch
-from s2o_platform.train.harness import BUNDLE_DIR, TRAIN_COLUMNS, TRAINER_STATE_FILE, train_loop_per_worker
+from s2o_platform.train.harness import train_loop_per_worker
 
 RUN_NAME = "ray_train"
 STAGE_FILE = "stage.txt"
@@ -40,7 +45,7 @@ DEFINING_SECTIONS = {
 }
 
 
-class TrainingSetupError(ValueError):
+class TrainingSetupError(S2OError, ValueError):
     """A problem found before any worker starts (config, data, checkpoint, resources)."""
 
 
@@ -116,8 +121,9 @@ def check_resources(cfg: TrainingStageConfig) -> None:
         )
 
 
-def check_store(data: str, tile_size: int, options: storage.StorageOptions | None) -> tuple[StoreMetadata, int]:
-    """The store's metadata and its number of training rows, after checking it can feed this model."""
+def check_store(data: str, tile_size: int | None, options: storage.StorageOptions | None) -> tuple[StoreMetadata, int]:
+    """The store's metadata and its number of training rows, after checking it can feed this model (tile_size
+    None: a model sized from the store, which always fits)."""
     try:
         metadata = read_metadata(data, options)
     except StoreError as err:
@@ -125,7 +131,7 @@ def check_store(data: str, tile_size: int, options: storage.StorageOptions | Non
     counts = split_counts(data, options)
     if counts["train"] == 0:
         raise TrainingSetupError(f"the store {data} has no training tiles (rows per split: {counts})")
-    if metadata.tile_size != tile_size:
+    if tile_size is not None and metadata.tile_size != tile_size:
         raise TrainingSetupError(
             f"the store {data} has {metadata.tile_size} px tiles but the model is built for {tile_size} px "
             f"(model.sample_size): use --set model.sample_size={metadata.tile_size} or a store ingested with "
@@ -136,7 +142,7 @@ def check_store(data: str, tile_size: int, options: storage.StorageOptions | Non
 
 def check_teacher_bundle(teacher: str, store: StoreMetadata, data: str, options: storage.StorageOptions | None) -> None:
     """A distillation teacher must be a teacher bundle made for this store's tiles and normalisation."""
-    from s2o_platform.bundle import BundleError, check_bundle
+    from s2o_platform.bundle import BundleError, check_bundle, check_fits
 
     try:
         meta = check_bundle(teacher, options)
@@ -144,13 +150,10 @@ def check_teacher_bundle(teacher: str, store: StoreMetadata, data: str, options:
         raise TrainingSetupError(str(err)) from None
     if meta.stage != "teacher":
         raise TrainingSetupError(f"{teacher} is a {meta.stage} bundle, not a teacher: pass the bundle of `s2o train teacher` (RUN/bundle)")
-    for name, theirs, ours in (
-        ("tile size", meta.tile_size, store.tile_size),
-        ("SAR channels", meta.sar_channels, store.sar_channels),
-        ("SAR normalisation", meta.sar_normalization, store.sar_normalization),
-    ):
-        if theirs != ours:
-            raise TrainingSetupError(f"the teacher {teacher} has {name} {theirs} but the store {data} has {ours}: distil on the store the teacher was trained for")
+    try:  # optical normalisation included: a student distilled on other optical tiles than its teacher's is wrong
+        check_fits(meta, store, teacher, data, role="teacher", advice="distil on the store the teacher was trained for")
+    except BundleError as err:
+        raise TrainingSetupError(str(err)) from None
 
 
 def _flat(data: Any, prefix: str) -> dict[str, Any]:
@@ -206,15 +209,34 @@ def materialized(store: StoreMetadata, train_rows: int, cfg: TrainingStageConfig
 
 
 def training_dataset(data: str, store: StoreMetadata, train_rows: int, cfg: TrainingStageConfig, options: storage.StorageOptions | None):
-    """The train split as a Ray Dataset: materialised and fully shuffled per epoch when small, streamed when large."""
-    import ray.data
+    """The train split as a Ray Dataset: materialised and fully shuffled per epoch when small, streamed when large.
 
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    dataset = read_tiles(data, "train", options, columns=TRAIN_COLUMNS)
+    Its order follows train.seed: each execution (epoch) of the returned dataset has its own order, and
+    the same seed gives the same sequence of orders (train/data_order.py).
+    """
+    from ray.data import RandomSeedConfig  # DeveloperAPI of Ray Data (pinned Ray)
+
+    # Kept by the dataset; the driver's context is untouched. preserve_order: blocks (and rows) in read order, not
+    # completion order: the seeded shuffles below number their inputs, so the same seed gives the same order
+    # only over the same input order (without it, a repeated build came out in a different order every time).
+    with scoped_data_context(enable_progress_bars=False, preserve_order=True):
+        dataset = read_tiles(data, "train", options, columns=TRAIN_COLUMNS)
+    # A plain int seed would repeat one order every epoch; reseeding folds in Ray Data's execution index.
+    seed = RandomSeedConfig(seed=shuffle_seed(cfg.train.seed, SPLIT), reseed_after_execution=True)
     if materialized(store, train_rows, cfg):
         # Re-reading many small shards every epoch costs more than the training step on small sets.
-        return dataset.materialize().random_shuffle()
-    return dataset.randomize_block_order()
+        return dataset.materialize().random_shuffle(seed=seed)
+    return dataset.randomize_block_order(seed=seed)
+
+
+def ingest_config():
+    """Ray Train's data ingest options, keeping the order of blocks (the driver's other settings carried
+    over): Train replaces a dataset's execution options with these, and the seeded order needs it."""
+    import ray.train
+
+    options = ray.train.DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return ray.train.DataConfig(execution_options=options)
 
 
 def run_training(
@@ -222,7 +244,7 @@ def run_training(
     cfg: TrainingStageConfig,
     data: str,
     out: str,
-    tile_size: int,
+    tile_size: int | None,
     extra: dict[str, Any] | None = None,
     options: storage.StorageOptions | None = None,
     log=print,
@@ -235,6 +257,7 @@ def run_training(
     started = time.perf_counter()
     check_resources(cfg)
     store, train_rows = check_store(data, tile_size, options)
+    cfg = cfg.sized_for_store(store.tile_size)
     teacher_identity = None
     if stage == "distill":
         from s2o_platform.bundle import bundle_digest
@@ -295,6 +318,7 @@ def run_training(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
         ),
         datasets={"train": dataset},
+        dataset_config=ingest_config(),
     )
     try:
         result = trainer.fit()

@@ -27,7 +27,7 @@ import torch
 from s2o_platform.data.store import StoreMetadata
 from s2o_platform.train.deepspeed_config import compute_dtype, deepspeed_config, resolve_precision
 from s2o_platform.train.ema import ema_decay_at, ema_update
-from s2o_platform.train.schedule import lr_factor
+from s2o_platform.train.schedule import lr_scheduler
 from s2o_platform.train.stages.base import StageModels
 
 
@@ -141,9 +141,7 @@ def build_runtime(stage_name: str, cfg: Any, store: StoreMetadata, extra: dict[s
         optimizer = torch.optim.AdamW(
             [p for p in module.parameters() if p.requires_grad], lr=lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay
         )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, cfg.train.warmup_steps, cfg.train.max_steps, cfg.train.lr_schedule)
-        )
+        scheduler = lr_scheduler(optimizer, cfg.train)
         engine, _, _, _ = deepspeed.initialize(
             model=module, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg, precision), dist_init_required=False
         )

@@ -1,8 +1,11 @@
-"""Learning-rate schedules as pure functions of the optimizer step (wrapped in LambdaLR by the harness)."""
+"""Learning-rate schedules as pure functions of the optimizer step, and the LambdaLR the training runtime steps."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
+
+import torch
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, kind: str = "cosine") -> float:
@@ -22,3 +25,11 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, kind: str = "cosin
     if kind == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     raise ValueError(f"unknown lr schedule {kind!r}: use cosine, linear or constant")
+
+
+def lr_scheduler(optimizer: torch.optim.Optimizer, train: Any) -> torch.optim.lr_scheduler.LambdaLR:
+    """`lr_factor` over a run's `train` section (warmup_steps, max_steps, lr_schedule), stepped once per
+    optimizer update (DeepSpeed steps it after each real update, not per micro-batch)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, train.warmup_steps, train.max_steps, train.lr_schedule)
+    )

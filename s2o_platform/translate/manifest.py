@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 import pyarrow.fs as pafs
 
 from s2o_platform import storage
+from s2o_platform.errors import S2OError
 
 MANIFEST_FILE = "_s2o_manifest.jsonl"
 MANIFEST_RECORDS_FOLDER = "_s2o_manifest"  # s3:// DEST: one object per record until the run compacts them
@@ -127,7 +128,7 @@ class Manifest:
         self._record_objects = []
 
 
-class DestLockedError(RuntimeError):
+class DestLockedError(S2OError, RuntimeError):
     """Another run holds DEST's lock."""
 
 

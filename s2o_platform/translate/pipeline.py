@@ -28,8 +28,9 @@ from s2o_platform.config import TranslateConfig, dump_config
 from s2o_platform.data.normalization import SarScale
 from s2o_platform.data.rasters import InputError
 from s2o_platform.data.scene import SceneInfo, SceneReader, inspect_scene
+from s2o_platform.errors import S2OError
 from s2o_platform.geo.blending import OPTICAL_TILE_DTYPE, OUTPUT_DTYPES
-from s2o_platform.devices import DTYPES, cpu_threads
+from s2o_platform.devices import DTYPES, cluster_gpus, cpu_threads, inference_actors
 from s2o_platform.inference import LoadedModel, resolve_sampler_for, tile_key
 from s2o_platform.inference_compile import CompileError, check_compile_here
 from s2o_platform.translate.manifest import DestLock, DestLockedError, Manifest, SceneRecord, remove_leftovers, work_folder
@@ -37,7 +38,7 @@ from s2o_platform.translate.sources import Scene, discover_scenes
 from s2o_platform.translate.writer import SceneWriter
 
 
-class TranslateError(ValueError):
+class TranslateError(S2OError, ValueError):
     """Arguments that make the whole run impossible (raised before any scene is read)."""
 
 
@@ -283,6 +284,15 @@ def _fail(manifest: Manifest, summary: TranslateSummary, uri: str, reason: str, 
 
 
 def _stream(infos, options, steps, manifest, summary, dest_fs, dest_root, workdir, log) -> None:
+    from s2o_platform.data.ray_context import scoped_data_context
+
+    # preserve_order: each scene's tiles reach its mosaic row by row; no Ray progress bars: ours (tiles of all
+    # scenes) says more. For this run's dataset only, its creation and iteration both inside the block.
+    with scoped_data_context(preserve_order=True, enable_progress_bars=False, enable_progress_bar_name_truncation=True):
+        _stream_in_order(infos, options, steps, manifest, summary, dest_fs, dest_root, workdir, log)
+
+
+def _stream_in_order(infos, options, steps, manifest, summary, dest_fs, dest_root, workdir, log) -> None:
     import ray
     import ray.data
     from tqdm import tqdm
@@ -290,11 +300,7 @@ def _stream(infos, options, steps, manifest, summary, dest_fs, dest_root, workdi
     from s2o_platform.ray_cluster import connect
 
     connect(None if options.address == "local" else options.address)
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True  # each scene's tiles reach its mosaic row by row
-    context.enable_progress_bars = False  # ours (tiles of all scenes) says more
-    context.enable_progress_bar_name_truncation = True
+    actors = inference_actors(options.actors, cluster_gpus(), options.device)
     strips = [{"scene": i, "row": r} for i, info in enumerate(infos) for r in info.row_starts]
     # The model actors read their strips themselves (a strip is milliseconds of rasterio): each call
     # returns one block of a few window rows, so blocks, and the driver's buffers, stay small.
@@ -303,12 +309,11 @@ def _stream(infos, options, steps, manifest, summary, dest_fs, dest_root, workdi
         StripTranslator,
         fn_constructor_kwargs=dict(infos=infos, driver_node=ray.get_runtime_context().get_node_id(), bundle=options.model,
                                    steps=steps, seed=options.seed,
-                                   device="cuda" if gpus else ("cpu" if options.device == "auto" else options.device),
-                                   dtype=options.dtype, storage_options=options.storage, cpu_share=options.actors, batch_size=options.batch_size,
+                                   device=actors.device,
+                                   dtype=options.dtype, storage_options=options.storage, cpu_share=actors.cpu_share, batch_size=options.batch_size,
                                    compile=options.compile, warm_up=False),
         batch_size=strips_per_call,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=options.actors),
-        num_gpus=1 if gpus else 0,
+        **actors.map_batches_args(),
     )
     writers: dict[int, SceneWriter] = {}
     received = [0] * len(infos)
@@ -400,37 +405,34 @@ class StoreTileTranslator(LoadedModel):
 
 def run_translate_store(options: TranslateOptions, split: str = "test", log: Callable[[str], None] = print) -> TranslateSummary:
     """Translate a tile store's split into Parquet files of predicted tiles under DEST (one run; DEST is replaced)."""
-    import ray
-    import ray.data
-
-    from s2o_platform.bundle import BundleError
+    from s2o_platform.bundle import BundleError, check_fits
     from s2o_platform.data.store import read_metadata, read_tiles, split_counts
     from s2o_platform.ray_cluster import connect
 
     try:
         metadata, steps, _ = check_options(options)
+        store = read_metadata(options.source, options.storage)
+        # optical normalisation included: the predictions are written beside the store's optical tiles, to be
+        # compared with them
+        check_fits(metadata, store, options.model, options.source, role="model",
+                   advice="translate a store ingested with the settings of the one it was trained on")
     except BundleError as err:
         raise TranslateError(str(err)) from None
-    store = read_metadata(options.source, options.storage)
-    if (store.tile_size, store.sar_channels, store.sar_normalization) != (metadata.tile_size, metadata.sar_channels, metadata.sar_normalization):
-        raise TranslateError(f"{options.model} was trained for other tiles than the store {options.source} holds "
-                             f"(tile size {metadata.tile_size} vs {store.tile_size}, or SAR channels/normalisation)")
     total = split_counts(options.source, options.storage).get(split, 0)
     if not total:
         raise TranslateError(f"the store {options.source} has no tiles in its {split!r} split")
     started = time.perf_counter()
     connect(None if options.address == "local" else options.address)
-    gpus = int(ray.cluster_resources().get("GPU", 0))
+    actors = inference_actors(options.actors, cluster_gpus())  # (--device is not consulted here: auto)
     log(f"[translate] {total} {split} tiles of {options.source} -> Parquet in {options.dest}")
     predicted = read_tiles(options.source, split, options.storage).map_batches(
         StoreTileTranslator,
         fn_constructor_kwargs=dict(bundle=options.model, steps=steps, seed=options.seed,
-                                   device="cuda" if gpus else "cpu", dtype=options.dtype, storage_options=options.storage,
-                                   cpu_share=options.actors,
+                                   device=actors.device, dtype=options.dtype, storage_options=options.storage,
+                                   cpu_share=actors.cpu_share,
                                    batch_size=options.batch_size, compile=options.compile, warm_up=False),
         batch_size=options.batch_size,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=options.actors),
-        num_gpus=1 if gpus else 0,
+        **actors.map_batches_args(),
     )
     fs, root = storage.resolve(options.dest, options.storage)
     predicted.write_parquet(root, filesystem=fs, mode="overwrite")

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 
 from s2o_platform import storage
 from s2o_platform.data.rasters import TIFF_SUFFIXES, strip_suffix
+from s2o_platform.errors import S2OError
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 
 
-class SourceError(ValueError):
+class SourceError(S2OError, ValueError):
     """A SOURCE argument that names no scenes."""
 
 

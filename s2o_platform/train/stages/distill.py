@@ -133,7 +133,8 @@ class DistillStage:
         return metrics
 
     def bundle_metadata(self, cfg: DistillConfig, store: StoreMetadata, card: dict[str, Any]) -> BundleMetadata:
-        sampler = SamplerSpec(name="lcm", default_steps=cfg.distill.default_steps, allowed=["lcm"])
+        sampler = SamplerSpec(name="lcm", default_steps=cfg.distill.default_steps, allowed=["lcm"],
+                              max_steps=cfg.distill.max_sampling_steps)
         return BundleMetadata.for_store(
             "student",
             store,
@@ -141,7 +142,7 @@ class DistillStage:
             sampler,
             {
                 "method": "adversarial consistency distillation" if cfg.distill.adversarial else "consistency distillation (no adversarial term)",
-                "allowed_steps": "1..8",
+                "allowed_steps": f"1..{cfg.distill.max_sampling_steps}",
                 "real_for_discriminator": cfg.distill.real if cfg.distill.adversarial else None,
                 "prediction_type": self.prediction_type,
                 **card,

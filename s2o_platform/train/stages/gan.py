@@ -59,7 +59,7 @@ class GanStage:
         return {"loss_l1": loss_l1.item(), "loss_g_adv": loss_adv.item(), "loss_d": loss_d.item(), "d_acc_real": acc_real, "d_acc_fake": acc_fake}
 
     def bundle_metadata(self, cfg: GanConfig, store: StoreMetadata, card: dict[str, Any]) -> BundleMetadata:
-        sampler = SamplerSpec(name="direct", default_steps=1, allowed=["direct"])
+        sampler = SamplerSpec(name="direct", default_steps=1, allowed=["direct"], max_steps=1)
         return BundleMetadata.for_store("gan", store, cfg.generator.sample_size, sampler, {"method": "pix2pix (U-Net + PatchGAN, L1 + adversarial)", **card})
 
     def export(self, directory: str, ema: torch.nn.Module, cfg: GanConfig, store: StoreMetadata, card: dict[str, Any]) -> None:

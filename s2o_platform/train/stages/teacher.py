@@ -93,7 +93,9 @@ class TeacherStage:
         return {"loss": loss.item()}
 
     def bundle_metadata(self, cfg: TeacherConfig, store: StoreMetadata, card: dict[str, Any]) -> BundleMetadata:
-        sampler = SamplerSpec(name="ddim", default_steps=cfg.sample_steps, allowed=["ddpm", "ddim"])
+        # No step limit in the spec: DDIM takes any count up to the schedule's timesteps (checked against the
+        # bundle's scheduler config when sampling), DDPM always runs its full schedule.
+        sampler = SamplerSpec(name="ddim", default_steps=cfg.sample_steps, allowed=["ddpm", "ddim"], max_steps=None)
         return BundleMetadata.for_store("teacher", store, cfg.model.sample_size, sampler, {"prediction_type": cfg.diffusion.prediction_type, **card})
 
     def export(self, directory: str, ema: torch.nn.Module, cfg: TeacherConfig, store: StoreMetadata, card: dict[str, Any]) -> None:
