@@ -167,12 +167,14 @@ class SarTranslator:
         self.reported_dropped = 0
         self.pass_started: float | None = None
         # Ready only after real forward passes: a replica that cannot translate never takes traffic. The
-        # second, timed pass (the first pays one-time costs) gives admission its first speed figure.
+        # second, timed pass (the first pays one-time costs) gives admission its first speed figure. Both take
+        # the fewest steps the sampler allows: the figure is per network call, and at the paper size on a CPU
+        # the default steps made start-up minutes long (8 tiles x 4 steps at ~4 s a call).
         probe = np.zeros((min(SPEED_SAMPLE_TILES, s.model_batch_tiles), self.metadata.sar_channels, self.tile, self.tile), np.float32)
-        warm = self.executor.submit(self.model.translate, probe[:1], "warm-up").result()
+        warm = self.executor.submit(self.model.translate, probe[:1], "warm-up", steps=1).result()
         started = time.perf_counter()
-        self.executor.submit(self.model.translate, probe, "speed", steps=self.default_steps).result()
-        self.seconds_per_tile_step = (time.perf_counter() - started) / (len(probe) * self._network_calls(self.default_steps))
+        self.executor.submit(self.model.translate, probe, "speed", steps=1).result()
+        self.seconds_per_tile_step = (time.perf_counter() - started) / (len(probe) * self._network_calls(1))
         # The measured speed follows real passes, within a band around the start-up figure: neighbours' load may
         # slow passes, but a burst of decode work must not make admission refuse what the replica can do.
         self.speed_band = (self.seconds_per_tile_step / 2, self.seconds_per_tile_step * 3)
