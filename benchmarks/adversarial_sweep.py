@@ -34,7 +34,9 @@ def run(args: list[str], done: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/sweep"))
     parser.add_argument("--teacher-steps", type=int, default=1500)
     parser.add_argument("--distill-steps", type=int, default=200)
@@ -44,21 +46,65 @@ def main() -> None:
     out = args.out.resolve()
     store, teacher = out / "store", out / "teacher"
     run(["data", "synth", "--out", str(store), "--pairs", "2048", "--size", "32"], store / "_s2o_store.json")
-    run(["train", "teacher", "--config", "configs/tiny/teacher.yaml", "--data", str(store), "--out", str(teacher),
-         "--set", f"train.max_steps={args.teacher_steps}", "--set", f"checkpoint.every_steps={args.teacher_steps}"],
-        teacher / "bundle" / "s2o_bundle.json")
+    run(
+        [
+            "train",
+            "teacher",
+            "--config",
+            "configs/tiny/teacher.yaml",
+            "--data",
+            str(store),
+            "--out",
+            str(teacher),
+            "--set",
+            f"train.max_steps={args.teacher_steps}",
+            "--set",
+            f"checkpoint.every_steps={args.teacher_steps}",
+        ],
+        teacher / "bundle" / "s2o_bundle.json",
+    )
     students = {f"acd-{lam}": ["--set", f"distill.lambda_adv={lam}"] for lam in args.lambdas.split(",")}
     students["ablation"] = ["--set", "distill.adversarial=false"]
     for name, extra in students.items():
-        run(["train", "distill", "--config", "configs/tiny/distill.yaml", "--teacher", str(teacher / "bundle"),
-             "--data", str(store), "--out", str(out / name), "--set", f"train.max_steps={args.distill_steps}",
-             "--set", f"checkpoint.every_steps={args.distill_steps}", *extra],
-            out / name / "bundle" / "s2o_bundle.json")
+        run(
+            [
+                "train",
+                "distill",
+                "--config",
+                "configs/tiny/distill.yaml",
+                "--teacher",
+                str(teacher / "bundle"),
+                "--data",
+                str(store),
+                "--out",
+                str(out / name),
+                "--set",
+                f"train.max_steps={args.distill_steps}",
+                "--set",
+                f"checkpoint.every_steps={args.distill_steps}",
+                *extra,
+            ],
+            out / name / "bundle" / "s2o_bundle.json",
+        )
     models = ["--model", f"teacher={teacher / 'bundle'}@ddim:50"]
     for name in students:
         models += ["--model", f"{name}={out / name / 'bundle'}@lcm:1,2,4"]
-    run(["eval", "--data", str(store), "--out", str(out / "report"), "--limit", str(args.limit), "--repeats", "1",
-         "--no-speed-references", *models], out / "report" / "report.md")
+    run(
+        [
+            "eval",
+            "--data",
+            str(store),
+            "--out",
+            str(out / "report"),
+            "--limit",
+            str(args.limit),
+            "--repeats",
+            "1",
+            "--no-speed-references",
+            *models,
+        ],
+        out / "report" / "report.md",
+    )
     print((out / "report" / "report.md").read_text())
 
 

@@ -21,8 +21,8 @@ import torch
 
 from s2o_platform.bundle import load_bundle
 from s2o_platform.data.store import decode_batch, read_tiles
-from s2o_platform.evaluation.quality import tile_scores, to_unit
 from s2o_platform.devices import DTYPES, device_name, resolve_device
+from s2o_platform.evaluation.quality import tile_scores, to_unit
 from s2o_platform.inference import translate_tiles
 
 
@@ -33,7 +33,9 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--bundle", required=True)
     parser.add_argument("--data", required=True, help="tile store; its test split is translated")
     parser.add_argument("--tiles", type=int, default=128)
@@ -65,19 +67,30 @@ def main() -> None:
 
     reference = args.dtypes[0]
     base = len(sar) / statistics.median(seconds[reference])
-    print(f"device: {device_name(device)}, torch threads {torch.get_num_threads()}; bundle {args.bundle} "
-          f"({bundles[reference].metadata.stage}), {len(sar)} test tiles of {args.data}, {args.rounds} interleaved rounds")
-    print(f"| dtype | tiles/s | ratio to {reference} | PSNR vs truth dB | mean tile PSNR dB | PSNR vs {reference} output dB |")
+    print(
+        f"device: {device_name(device)}, torch threads {torch.get_num_threads()}; bundle {args.bundle} "
+        f"({bundles[reference].metadata.stage}), {len(sar)} test tiles of {args.data}, {args.rounds} interleaved rounds"
+    )
+    print(
+        f"| dtype | tiles/s | ratio to {reference} | PSNR vs truth dB | mean tile PSNR dB | PSNR vs {reference} output dB |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     results = {}
     for name in args.dtypes:
         rate = len(sar) / statistics.median(seconds[name])
         per_tile = tile_scores(to_unit(outputs[name]), to_unit(truth))["psnr"]
-        row = {"tiles_per_s": rate, "ratio": rate / base, "psnr_vs_truth": psnr(outputs[name], truth),
-               "mean_tile_psnr": float(np.mean(per_tile)), "psnr_vs_reference": psnr(outputs[name], outputs[reference])}
+        row = {
+            "tiles_per_s": rate,
+            "ratio": rate / base,
+            "psnr_vs_truth": psnr(outputs[name], truth),
+            "mean_tile_psnr": float(np.mean(per_tile)),
+            "psnr_vs_reference": psnr(outputs[name], outputs[reference]),
+        }
         results[name] = row
-        print(f"| {name} | {rate:.1f} | {row['ratio']:.2f} | {row['psnr_vs_truth']:.2f} | {row['mean_tile_psnr']:.2f} | "
-              f"{row['psnr_vs_reference']:.1f} |")
+        print(
+            f"| {name} | {rate:.1f} | {row['ratio']:.2f} | {row['psnr_vs_truth']:.2f} | {row['mean_tile_psnr']:.2f} | "
+            f"{row['psnr_vs_reference']:.1f} |"
+        )
     print(json.dumps(results))
 
 

@@ -38,8 +38,15 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 S2O = [sys.executable, "-m", "s2o_platform.cli"]
-SMOKE_SETS = ["scaling.num_workers=1", "scaling.use_gpu={gpu}", "scaling.cpus_per_worker=1", "train.batch_size=1",
-              "train.warmup_steps=0", "train.log_every_steps=1", "deepspeed.precision=bf16"]
+SMOKE_SETS = [
+    "scaling.num_workers=1",
+    "scaling.use_gpu={gpu}",
+    "scaling.cpus_per_worker=1",
+    "train.batch_size=1",
+    "train.warmup_steps=0",
+    "train.log_every_steps=1",
+    "deepspeed.precision=bf16",
+]
 
 
 class TreeMemory:
@@ -82,7 +89,9 @@ def run_stage(name: str, args: list[str], log_dir: Path, results: list[dict]) ->
         rc = proc.wait()
     peak = memory.stop()
     seconds = time.perf_counter() - started
-    results.append({"stage": name, "seconds": round(seconds, 1), "peak_rss_gib": round(peak / 2**30, 2), "rc": rc})
+    results.append(
+        {"stage": name, "seconds": round(seconds, 1), "peak_rss_gib": round(peak / 2**30, 2), "rc": rc}
+    )
     print(f"[smoke] {name}: rc {rc}, {seconds:.1f} s, peak RSS {peak / 2**30:.2f} GiB", flush=True)
     if rc != 0:
         print(log_path.read_text()[-6000:], file=sys.stderr)
@@ -104,7 +113,9 @@ def serve_once(bundle: str, sar_png: Path, port: int, log_dir: Path, results: li
             deadline = time.monotonic() + 900
             while True:  # the replica is ready only after its warm-up forward pass
                 if proc.poll() is not None:
-                    raise SystemExit(f"[smoke] s2o serve exited with {proc.returncode} before it was ready; log: {log_path}")
+                    raise SystemExit(
+                        f"[smoke] s2o serve exited with {proc.returncode} before it was ready; log: {log_path}"
+                    )
                 try:
                     with urllib.request.urlopen(f"{url}/healthz", timeout=5) as response:
                         if json.loads(response.read()).get("status") == "ready":
@@ -115,8 +126,12 @@ def serve_once(bundle: str, sar_png: Path, port: int, log_dir: Path, results: li
                     raise SystemExit(f"[smoke] s2o serve not ready after 900 s; log: {log_path}")
                 time.sleep(1)
             ready = time.perf_counter() - started
-            request = urllib.request.Request(f"{url}/v1/translate?steps=1", data=sar_png.read_bytes(),
-                                             headers={"Content-Type": "image/png"}, method="POST")
+            request = urllib.request.Request(
+                f"{url}/v1/translate?steps=1",
+                data=sar_png.read_bytes(),
+                headers={"Content-Type": "image/png"},
+                method="POST",
+            )
             sent = time.perf_counter()
             with urllib.request.urlopen(request, timeout=600) as response:
                 body, status = response.read(), response.status
@@ -135,32 +150,62 @@ def serve_once(bundle: str, sar_png: Path, port: int, log_dir: Path, results: li
                 proc.kill()
     peak = memory.stop()
     seconds = time.perf_counter() - started
-    results.append({"stage": name, "seconds": round(seconds, 1), "ready_s": round(ready, 1), "request_s": round(latency, 2),
-                    "peak_rss_gib": round(peak / 2**30, 2), "rc": 0})
-    print(f"[smoke] {name}: ready after {ready:.1f} s, one 256 px request {latency:.2f} s, peak RSS {peak / 2**30:.2f} GiB", flush=True)
+    results.append(
+        {
+            "stage": name,
+            "seconds": round(seconds, 1),
+            "ready_s": round(ready, 1),
+            "request_s": round(latency, 2),
+            "peak_rss_gib": round(peak / 2**30, 2),
+            "rc": 0,
+        }
+    )
+    print(
+        f"[smoke] {name}: ready after {ready:.1f} s, one 256 px request {latency:.2f} s, peak RSS {peak / 2**30:.2f} GiB",
+        flush=True,
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", help="work folder (default: a temporary one, removed afterwards)")
-    parser.add_argument("--real", default=os.environ.get("S2O_SHARED_DATA", str(ROOT.parent / "shared" / "data" / "real")),
-                        help="the real SEN1-2 sample (sar/ and optical/ 256 px PNGs) and GeoTIFFs")
-    parser.add_argument("--scene", default=None, help="Sentinel-1 GeoTIFF to translate (default: one under REAL/geotiff)")
+    parser.add_argument(
+        "--real",
+        default=os.environ.get("S2O_SHARED_DATA", str(ROOT.parent / "shared" / "data" / "real")),
+        help="the real SEN1-2 sample (sar/ and optical/ 256 px PNGs) and GeoTIFFs",
+    )
+    parser.add_argument(
+        "--scene", default=None, help="Sentinel-1 GeoTIFF to translate (default: one under REAL/geotiff)"
+    )
     parser.add_argument("--steps", type=int, default=2, help="optimizer steps per training stage")
     parser.add_argument("--port", type=int, default=0, help="port of `s2o serve` (0: a free one)")
     parser.add_argument("--gpu", action="store_true", help="train on a GPU worker (scaling.use_gpu=true)")
-    parser.add_argument("--address", default=None,
-                        help="Ray cluster for ingest, training and translation (default: each command starts its own local "
-                        "one, as a user's would; the test suite passes its shared cluster, which saves a start-up per stage). "
-                        "Eval runs without Ray and serve always on its own cluster.")
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster for ingest, training and translation (default: each command starts its own local "
+        "one, as a user's would; the test suite passes its shared cluster, which saves a start-up per stage). "
+        "Eval runs without Ray and serve always on its own cluster.",
+    )
     args = parser.parse_args()
 
     real = Path(args.real)
     # A real Sentinel-1 GRD VV scene at least one 256 px tile in size (SSL4EO-S12, 264 x 264 px, float32).
-    scene = Path(args.scene) if args.scene else next(iter(sorted((real / "geotiff" / "ssl4eo_s12_0000200" / "s1").glob("*/VV.tif"))), real / "missing VV.tif")
+    scene = (
+        Path(args.scene)
+        if args.scene
+        else next(
+            iter(sorted((real / "geotiff" / "ssl4eo_s12_0000200" / "s1").glob("*/VV.tif"))),
+            real / "missing VV.tif",
+        )
+    )
     for needed in (real / "sar", real / "optical", scene):
         if not needed.exists():
-            raise SystemExit(f"[smoke] {needed} is missing: pass --real (a folder with sar/ and optical/ SEN1-2 PNGs) and --scene")
+            raise SystemExit(
+                f"[smoke] {needed} is missing: pass --real (a folder with sar/ and optical/ SEN1-2 PNGs) and --scene"
+            )
     work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="s2o-paper-smoke-"))
     if work.exists() and args.out:
         shutil.rmtree(work)
@@ -174,31 +219,141 @@ def main() -> None:
     store, results = str(work / "store"), []
     started = time.perf_counter()
     try:
-        run_stage("ingest", ["data", "ingest", str(real), "--out", store, "--tile-size", "256", "--test-fraction", "0.5",
-                             "--val-fraction", "0", *on], logs, results)
-        run_stage("train teacher", ["train", "teacher", "--config", str(paper / "teacher.yaml"), "--data", store,
-                                    "--out", str(work / "teacher"), *sets, *steps, *on], logs, results)
+        run_stage(
+            "ingest",
+            [
+                "data",
+                "ingest",
+                str(real),
+                "--out",
+                store,
+                "--tile-size",
+                "256",
+                "--test-fraction",
+                "0.5",
+                "--val-fraction",
+                "0",
+                *on,
+            ],
+            logs,
+            results,
+        )
+        run_stage(
+            "train teacher",
+            [
+                "train",
+                "teacher",
+                "--config",
+                str(paper / "teacher.yaml"),
+                "--data",
+                store,
+                "--out",
+                str(work / "teacher"),
+                *sets,
+                *steps,
+                *on,
+            ],
+            logs,
+            results,
+        )
         teacher = str(work / "teacher" / "bundle")
-        run_stage("train distill", ["train", "distill", "--config", str(paper / "distill.yaml"), "--data", store,
-                                    "--teacher", teacher, "--out", str(work / "distill"), *sets, *steps, *on], logs, results)
+        run_stage(
+            "train distill",
+            [
+                "train",
+                "distill",
+                "--config",
+                str(paper / "distill.yaml"),
+                "--data",
+                store,
+                "--teacher",
+                teacher,
+                "--out",
+                str(work / "distill"),
+                *sets,
+                *steps,
+                *on,
+            ],
+            logs,
+            results,
+        )
         student = str(work / "distill" / "bundle")
-        run_stage("train gan", ["train", "gan", "--config", str(paper / "gan.yaml"), "--data", store,
-                                "--out", str(work / "gan"), *sets, *steps, *on], logs, results)
-        run_stage("eval", ["eval", "--data", store, "--model", f"acd={student}@lcm:1", "--out", str(work / "eval"),
-                           "--limit", "2", "--batch-size", "2", "--dtype", "bf16", "--repeats", "1"], logs, results)
-        run_stage("translate", ["translate", str(scene), "--model", student, "--out", str(work / "translated"), "--steps", "1",
-                                "--dtype", "bf16", "--batch-size", "4", "--no-progress", *on], logs, results)
+        run_stage(
+            "train gan",
+            [
+                "train",
+                "gan",
+                "--config",
+                str(paper / "gan.yaml"),
+                "--data",
+                store,
+                "--out",
+                str(work / "gan"),
+                *sets,
+                *steps,
+                *on,
+            ],
+            logs,
+            results,
+        )
+        run_stage(
+            "eval",
+            [
+                "eval",
+                "--data",
+                store,
+                "--model",
+                f"acd={student}@lcm:1",
+                "--out",
+                str(work / "eval"),
+                "--limit",
+                "2",
+                "--batch-size",
+                "2",
+                "--dtype",
+                "bf16",
+                "--repeats",
+                "1",
+            ],
+            logs,
+            results,
+        )
+        run_stage(
+            "translate",
+            [
+                "translate",
+                str(scene),
+                "--model",
+                student,
+                "--out",
+                str(work / "translated"),
+                "--steps",
+                "1",
+                "--dtype",
+                "bf16",
+                "--batch-size",
+                "4",
+                "--no-progress",
+                *on,
+            ],
+            logs,
+            results,
+        )
         from s2o_platform.serving.runner import free_port
 
         serve_once(student, sorted((real / "sar").glob("*.png"))[0], args.port or free_port(), logs, results)
     finally:
         total = time.perf_counter() - started
-        print(f"\n[smoke] paper-scale smoke on {os.cpu_count()} CPU cores{' + GPU' if args.gpu else ''}: {total:.0f} s in all")
+        print(
+            f"\n[smoke] paper-scale smoke on {os.cpu_count()} CPU cores{' + GPU' if args.gpu else ''}: {total:.0f} s in all"
+        )
         print("| stage | wall s | peak RSS GiB |")
         print("| --- | ---: | ---: |")
         for r in results:
             print(f"| {r['stage']} | {r['seconds']:.1f} | {r['peak_rss_gib']:.2f} |")
-        (work / "smoke.json").write_text(json.dumps({"results": results, "total_s": round(total, 1)}, indent=2))
+        (work / "smoke.json").write_text(
+            json.dumps({"results": results, "total_s": round(total, 1)}, indent=2)
+        )
         if not args.out:
             shutil.rmtree(work, ignore_errors=True)
 

@@ -19,7 +19,6 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from s2o_platform.config import DiffusionSection, UNetSection
 from s2o_platform.data import synth
@@ -30,9 +29,9 @@ from s2o_platform.data.transforms import augment_pairs
 from s2o_platform.diffusion.sampling import sample_teacher
 from s2o_platform.losses import discriminator_loss, generator_loss
 from s2o_platform.models.pix2pix import PatchDiscriminator, UNetGenerator
-from s2o_platform.train.schedule import lr_factor
 from s2o_platform.models.unet import build_unet, count_parameters
 from s2o_platform.train.ema import ema_decay_at, ema_update
+from s2o_platform.train.schedule import lr_factor
 from s2o_platform.train.stages.teacher import diffusion_loss, noise_scheduler
 
 TEACHER_CANDIDATES: dict[str, dict] = {
@@ -85,8 +84,13 @@ def unet_section(channels: tuple[int, ...], attn: bool) -> UNetSection:
     up = ["UpBlock2D"] * n
     if attn:  # attention at the lowest resolution that still has a down-sampling block above it
         down[n - 2], up[1] = "AttnDownBlock2D", "AttnUpBlock2D"
-    return UNetSection(sample_size=32, block_out_channels=channels, down_block_types=down, up_block_types=up,
-                       norm_num_groups=16 if min(channels) % 32 else 32)
+    return UNetSection(
+        sample_size=32,
+        block_out_channels=channels,
+        down_block_types=down,
+        up_block_types=up,
+        norm_num_groups=16 if min(channels) % 32 else 32,
+    )
 
 
 def psnr01(prediction: torch.Tensor, target: torch.Tensor) -> float:
@@ -157,8 +161,14 @@ def train_gan(name: str, spec: dict, train: dict, test: dict, budget: Budget) ->
     trained = budget.elapsed()
     with torch.no_grad():
         score = psnr01(ema.eval()(test["sar"]), test["optical"])
-    return {"name": name, "params_M": count_parameters(gen) / 1e6, "steps": step,
-            "samples_per_s": step * spec["batch"] / trained, "psnr": score, "sampler": "one pass"}
+    return {
+        "name": name,
+        "params_M": count_parameters(gen) / 1e6,
+        "steps": step,
+        "samples_per_s": step * spec["batch"] / trained,
+        "psnr": score,
+        "sampler": "one pass",
+    }
 
 
 def train_teacher(name: str, spec: dict, train: dict, test: dict, budget: Budget) -> dict:
@@ -183,18 +193,37 @@ def train_teacher(name: str, spec: dict, train: dict, test: dict, budget: Budget
         ema_update(ema, unet, ema_decay_at(step, 0.999))
     trained = budget.elapsed()
     with torch.no_grad():
-        outs = [sample_teacher(ema, test["sar"][i:i + 64], dict(scheduler.config), "ddim", 50,
-                               torch.Generator().manual_seed(i)) for i in range(0, len(test["sar"]), 64)]
+        outs = [
+            sample_teacher(
+                ema,
+                test["sar"][i : i + 64],
+                dict(scheduler.config),
+                "ddim",
+                50,
+                torch.Generator().manual_seed(i),
+            )
+            for i in range(0, len(test["sar"]), 64)
+        ]
     score = psnr01(torch.cat(outs), test["optical"])
-    return {"name": name, "params_M": count_parameters(unet) / 1e6, "steps": step,
-            "samples_per_s": step * spec["batch"] / trained, "psnr": score, "sampler": "DDIM-50"}
+    return {
+        "name": name,
+        "params_M": count_parameters(unet) / 1e6,
+        "steps": step,
+        "samples_per_s": step * spec["batch"] / trained,
+        "psnr": score,
+        "sampler": "DDIM-50",
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("stage", choices=["teacher", "gan"])
     parser.add_argument("--seconds", type=float, default=240.0, help="training wall time per candidate")
-    parser.add_argument("--steps", type=int, default=None, help="instead of --seconds: optimizer steps, cosine LR decay")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="instead of --seconds: optimizer steps, cosine LR decay"
+    )
     parser.add_argument("--candidates", default="base,small-bf16,small-bf16-minsnr")
     parser.add_argument("--pairs", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=2)
@@ -204,13 +233,21 @@ def main() -> None:
     opt_u8 = ((test["optical"].numpy().transpose(0, 2, 3, 1) + 1) * 127.5).round().astype(np.uint8)
     mean_rgb = opt_u8.reshape(-1, 3).mean(0) / 255
     mean_psnr = float(np.mean([synth.psnr(np.broadcast_to(mean_rgb, t.shape), t / 255) for t in opt_u8]))
-    print(f"train tiles {len(train['sar'])}, test tiles {len(test['sar'])}, mean-colour PSNR {mean_psnr:.2f} dB; "
-          f"budget {f'{args.steps} steps' if args.steps else f'{args.seconds:.0f} s'} per candidate", flush=True)
-    candidates, train_fn = (TEACHER_CANDIDATES, train_teacher) if args.stage == "teacher" else (GAN_CANDIDATES, train_gan)
+    print(
+        f"train tiles {len(train['sar'])}, test tiles {len(test['sar'])}, mean-colour PSNR {mean_psnr:.2f} dB; "
+        f"budget {f'{args.steps} steps' if args.steps else f'{args.seconds:.0f} s'} per candidate",
+        flush=True,
+    )
+    candidates, train_fn = (
+        (TEACHER_CANDIDATES, train_teacher) if args.stage == "teacher" else (GAN_CANDIDATES, train_gan)
+    )
     for name in args.candidates.split(","):
         result = train_fn(name, candidates[name], train, test, Budget(args.seconds, args.steps))
-        print(f"{result['name']:<22} {result['params_M']:.2f} M params  {result['steps']:5d} steps  "
-              f"{result['samples_per_s']:6.1f} samples/s  {result['sampler']} PSNR {result['psnr']:.2f} dB", flush=True)
+        print(
+            f"{result['name']:<22} {result['params_M']:.2f} M params  {result['steps']:5d} steps  "
+            f"{result['samples_per_s']:6.1f} samples/s  {result['sampler']} PSNR {result['psnr']:.2f} dB",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -53,9 +53,9 @@ sys.path.insert(0, str(ROOT))
 
 from s2o_platform.data.normalization import SarNormalization  # noqa: E402
 from s2o_platform.data.store import StoreMetadata  # noqa: E402
-from s2o_platform.train.untrained import write_untrained_bundles  # noqa: E402
 from s2o_platform.serving.runner import free_port  # noqa: E402
 from s2o_platform.serving.settings import DEFAULT_CONFIG  # noqa: E402
+from s2o_platform.train.untrained import write_untrained_bundles  # noqa: E402
 
 REQUEST_TIMEOUT_S = 60.0  # a client's limit per attempt (serve/config.yaml's request_timeout_s)
 RETRIES_503 = 3
@@ -69,11 +69,14 @@ TIFF_BLOCK = 8192  # px a side of the TIFF bomb's one block (GDAL accepts blocks
 
 # ---------------------------------------------------------------- bodies
 
+
 def noise_png(side: int, seed: int) -> bytes:
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (side, side), dtype=np.uint8)).save(buffer, format="PNG")
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (side, side), dtype=np.uint8)).save(
+        buffer, format="PNG"
+    )
     return buffer.getvalue()
 
 
@@ -92,7 +95,12 @@ def png_bomb(side: int = 60000) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 1000))
+        + chunk(b"IEND", b"")
+    )
 
 
 def tiff_bomb(side: int = 1024, block: int = TIFF_BLOCK) -> bytes:
@@ -103,13 +111,23 @@ def tiff_bomb(side: int = 1024, block: int = TIFF_BLOCK) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with MemoryFile() as memfile:
-            with memfile.open(driver="GTiff", width=side, height=side, count=1, dtype="float64", tiled=True,
-                              blockxsize=block, blockysize=block, compress="deflate") as ds:
+            with memfile.open(
+                driver="GTiff",
+                width=side,
+                height=side,
+                count=1,
+                dtype="float64",
+                tiled=True,
+                blockxsize=block,
+                blockysize=block,
+                compress="deflate",
+            ) as ds:
                 ds.write(np.zeros((1, side, side)))
             return memfile.read()
 
 
 # ---------------------------------------------------------------- helpers
+
 
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
@@ -143,8 +161,11 @@ def translator_replicas(app_name: str) -> list:
 
     # our own cluster's address: other local clusters may run on this machine
     address = ray.get_runtime_context().gcs_address
-    return [a for a in list_actors(address=address, filters=[("state", "=", "ALIVE")])
-            if DEPLOYMENT in (a.class_name or "") and app_name in f"{a.class_name} {a.name}"]
+    return [
+        a
+        for a in list_actors(address=address, filters=[("state", "=", "ALIVE")])
+        if DEPLOYMENT in (a.class_name or "") and app_name in f"{a.class_name} {a.name}"
+    ]
 
 
 class Outcomes:
@@ -163,10 +184,14 @@ class Outcomes:
 
     def text(self) -> str:
         with self.lock:
-            return ", ".join(f"{label} x{n}" for label, n in sorted(self.counts.items(), key=lambda kv: -kv[1])) or "none"
+            return (
+                ", ".join(f"{label} x{n}" for label, n in sorted(self.counts.items(), key=lambda kv: -kv[1]))
+                or "none"
+            )
 
 
 # ---------------------------------------------------------------- legitimate clients
+
 
 class Legit:
     """Closed-loop clients following the client retry rule; records every request's final outcome."""
@@ -186,7 +211,9 @@ class Legit:
         waits = conn_retried = 0
         while True:
             try:
-                answer = session.post(self.url, data=body, headers={"Content-Type": "image/png"}, timeout=REQUEST_TIMEOUT_S)
+                answer = session.post(
+                    self.url, data=body, headers={"Content-Type": "image/png"}, timeout=REQUEST_TIMEOUT_S
+                )
             except requests.exceptions.ConnectionError as err:
                 if conn_retried:
                     return False, time.perf_counter() - started, type(err).__name__
@@ -230,15 +257,25 @@ class Legit:
         latencies = [seconds for _, seconds, _ in records]
         failures = Counter(label for success, _, label in records if not success)
         p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
-        return {"requests": len(records), "ok": ok, "success": ok / len(records) if records else 0.0,
-                "p50_ms": None if p50 is None else 1000 * p50, "p99_ms": None if p99 is None else 1000 * p99,
-                "max_ms": 1000 * max(latencies) if latencies else None,
-                "failures": dict(failures), "retries_503": self.retries_503, "retries_connection": self.retries_conn}
+        return {
+            "requests": len(records),
+            "ok": ok,
+            "success": ok / len(records) if records else 0.0,
+            "p50_ms": None if p50 is None else 1000 * p50,
+            "p99_ms": None if p99 is None else 1000 * p99,
+            "max_ms": 1000 * max(latencies) if latencies else None,
+            "failures": dict(failures),
+            "retries_503": self.retries_503,
+            "retries_connection": self.retries_conn,
+        }
 
 
 # ---------------------------------------------------------------- attacks
 
-def repeat_posts(url: str, bodies: list[tuple[str, str, bytes]], stop: threading.Event, outcomes: Outcomes) -> None:
+
+def repeat_posts(
+    url: str, bodies: list[tuple[str, str, bytes]], stop: threading.Event, outcomes: Outcomes
+) -> None:
     """Post the (label, content type, body)s in turn, one at a time, until `stop`; count 'label: status kind'."""
     import requests
 
@@ -249,7 +286,9 @@ def repeat_posts(url: str, bodies: list[tuple[str, str, bytes]], stop: threading
             i += 1
             started = time.perf_counter()
             try:
-                answer = session.post(f"{url}/v1/translate", data=body, headers={"Content-Type": content_type}, timeout=90)
+                answer = session.post(
+                    f"{url}/v1/translate", data=body, headers={"Content-Type": content_type}, timeout=90
+                )
                 outcome = f"{answer.status_code} {error_kind(answer)}" if answer.status_code != 200 else "200"
             except requests.RequestException as err:
                 outcome = type(err).__name__
@@ -261,8 +300,10 @@ def slow_bodies(url: str, connections: int, stop: threading.Event, outcomes: Out
     """`connections` sockets that send headers (Content-Length 100000) and 10 bytes, then idle; each is
     re-opened as soon as the server answers it. Counts the answers' statuses (and seconds to answer)."""
     parts = urlsplit(url)
-    head = (f"POST {parts.path.rstrip('/')}/v1/translate?steps=1 HTTP/1.1\r\nHost: {parts.hostname}\r\n"
-            f"Content-Type: image/png\r\nContent-Length: {SLOW_BODY_LENGTH}\r\nConnection: close\r\n\r\n").encode()
+    head = (
+        f"POST {parts.path.rstrip('/')}/v1/translate?steps=1 HTTP/1.1\r\nHost: {parts.hostname}\r\n"
+        f"Content-Type: image/png\r\nContent-Length: {SLOW_BODY_LENGTH}\r\nConnection: close\r\n\r\n"
+    ).encode()
     selector = selectors.DefaultSelector()
 
     def open_one() -> None:
@@ -351,7 +392,9 @@ class RssWatch:
         return max(self.peak[pid] - self.base[pid] for pid in self.base) / 2**20
 
 
-def kill_replica(url: str, app_name: str, after_s: float, stop: threading.Event, outcomes: Outcomes, result: dict) -> None:
+def kill_replica(
+    url: str, app_name: str, after_s: float, stop: threading.Event, outcomes: Outcomes, result: dict
+) -> None:
     """After `after_s`, kill one SarTranslator replica; poll /healthz every 0.2 s until 200 (time to recovery)."""
     import ray
 
@@ -385,6 +428,7 @@ def kill_replica(url: str, app_name: str, after_s: float, stop: threading.Event,
 
 # ---------------------------------------------------------------- cases
 
+
 def run_case(name: str, url: str, app_name: str, seconds: float, clients: int, attack=None) -> dict:
     settle_started = time.perf_counter()
     while health_status(url) != 200 and time.perf_counter() - settle_started < SETTLE_LIMIT_S:
@@ -408,8 +452,16 @@ def run_case(name: str, url: str, app_name: str, seconds: float, clients: int, a
         thread.join(timeout=REQUEST_TIMEOUT_S * 2 + 10)
     if attacker is not None:
         attacker.join(timeout=RECOVERY_LIMIT_S)
-    row = {"case": name, "seconds": time.perf_counter() - started, "settle_s": settle_s, **legit.summary(),
-           "attack": dict(outcomes.counts), "attack_text": outcomes.text(), "replica_rss_growth_mb": rss.growth_mb(), **extra}
+    row = {
+        "case": name,
+        "seconds": time.perf_counter() - started,
+        "settle_s": settle_s,
+        **legit.summary(),
+        "attack": dict(outcomes.counts),
+        "attack_text": outcomes.text(),
+        "replica_rss_growth_mb": rss.growth_mb(),
+        **extra,
+    }
     if outcomes.seconds and attack is not None:
         row["attack_answer_p50_s"] = percentile(outcomes.seconds, 0.5)
     return row
@@ -429,15 +481,22 @@ def fmt_ms(value: float | None) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default=None, help="a bundle (default: an untrained tiny student)")
     parser.add_argument("--seconds-per-case", type=float, default=30.0)
-    parser.add_argument("--baseline-seconds", type=float, default=None, help="default: half of --seconds-per-case")
+    parser.add_argument(
+        "--baseline-seconds", type=float, default=None, help="default: half of --seconds-per-case"
+    )
     parser.add_argument("--clients", type=int, default=4, help="legitimate closed-loop clients")
     parser.add_argument("--slow-connections", type=int, default=100)
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--serve-logs", action="store_true",
-                        help="let Serve's replicas log to this terminal (default: only to Ray's session log files)")
+    parser.add_argument(
+        "--serve-logs",
+        action="store_true",
+        help="let Serve's replicas log to this terminal (default: only to Ray's session log files)",
+    )
     args = parser.parse_args()
     if not args.serve_logs:  # read by the replicas, which inherit this process's environment
         os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
@@ -456,10 +515,15 @@ def main() -> None:
         if bundle is None:
             store = StoreMetadata(tile_size=32, sar_channels=1, sar_normalization=SarNormalization())
             bundle = write_untrained_bundles(ROOT / "configs" / "tiny", scratch, store)["student"]
-        plan = plan_serving(DEFAULT_CONFIG, model=bundle, port=free_port(), overrides={"max_image_side": 1024})
+        plan = plan_serving(
+            DEFAULT_CONFIG, model=bundle, port=free_port(), overrides={"max_image_side": 1024}
+        )
         costly, bomb_png, bomb_tiff = blank_png(1024), png_bomb(), tiff_bomb()
-        print(f"model {bundle}; attack bodies: blank 1024 px PNG {len(costly)} B, 60000 px PNG {len(bomb_png)} B, "
-              f"TIFF with a {TIFF_BLOCK} px block {len(bomb_tiff)} B", flush=True)
+        print(
+            f"model {bundle}; attack bodies: blank 1024 px PNG {len(costly)} B, 60000 px PNG {len(bomb_png)} B, "
+            f"TIFF with a {TIFF_BLOCK} px block {len(bomb_tiff)} B",
+            flush=True,
+        )
         print(connect(), flush=True)
         rows = []
         try:
@@ -468,32 +532,52 @@ def main() -> None:
             app = plan.app_name
             cases = [
                 ("baseline", baseline_s, None),
-                ("costly 1024 px PNG", seconds,
-                 lambda stop, out, extra: repeat_posts(url, [("", "image/png", costly)], stop, out)),
-                (f"slow bodies x{args.slow_connections}", seconds,
-                 lambda stop, out, extra: slow_bodies(url, args.slow_connections, stop, out)),
-                ("decode bombs", seconds,
-                 lambda stop, out, extra: repeat_posts(url, [("png ", "image/png", bomb_png), ("tiff ", "image/tiff", bomb_tiff)],
-                                                      stop, out)),
-                ("replica kill", seconds,
-                 lambda stop, out, extra: kill_replica(url, app, seconds / 4, stop, out, extra)),
+                (
+                    "costly 1024 px PNG",
+                    seconds,
+                    lambda stop, out, extra: repeat_posts(url, [("", "image/png", costly)], stop, out),
+                ),
+                (
+                    f"slow bodies x{args.slow_connections}",
+                    seconds,
+                    lambda stop, out, extra: slow_bodies(url, args.slow_connections, stop, out),
+                ),
+                (
+                    "decode bombs",
+                    seconds,
+                    lambda stop, out, extra: repeat_posts(
+                        url, [("png ", "image/png", bomb_png), ("tiff ", "image/tiff", bomb_tiff)], stop, out
+                    ),
+                ),
+                (
+                    "replica kill",
+                    seconds,
+                    lambda stop, out, extra: kill_replica(url, app, seconds / 4, stop, out, extra),
+                ),
             ]
             for name, case_s, attack in cases:
                 row = run_case(name, url, app, case_s, args.clients, attack)
                 rows.append(row)
-                recovery = f", recovery {row['recovery_s']:.1f} s" if row.get("recovery_s") is not None else ""
+                recovery = (
+                    f", recovery {row['recovery_s']:.1f} s" if row.get("recovery_s") is not None else ""
+                )
                 rss = row["replica_rss_growth_mb"]
-                print(f"  {name}: legit {row['ok']}/{row['requests']} ok ({row['success']:.3f}), p50 {fmt_ms(row['p50_ms'])} ms, "
-                      f"p99 {fmt_ms(row['p99_ms'])} ms, max {fmt_ms(row['max_ms'])} ms, failures {row['failures'] or '-'}, 503 retries {row['retries_503']}, "
-                      f"conn retries {row['retries_connection']}; replica RSS +{'-' if rss is None else f'{rss:.0f}'} MB; "
-                      f"attack: {row['attack_text']}{recovery} (settled {row['settle_s']:.1f} s)", flush=True)
+                print(
+                    f"  {name}: legit {row['ok']}/{row['requests']} ok ({row['success']:.3f}), p50 {fmt_ms(row['p50_ms'])} ms, "
+                    f"p99 {fmt_ms(row['p99_ms'])} ms, max {fmt_ms(row['max_ms'])} ms, failures {row['failures'] or '-'}, 503 retries {row['retries_503']}, "
+                    f"conn retries {row['retries_connection']}; replica RSS +{'-' if rss is None else f'{rss:.0f}'} MB; "
+                    f"attack: {row['attack_text']}{recovery} (settled {row['settle_s']:.1f} s)",
+                    flush=True,
+                )
         finally:
             logs = _logs_dir()
             serve.shutdown()
             ray.shutdown()
 
     print()
-    print("| case | legit requests | success | p50 ms | p99 ms | max ms | legit failures | 503 retries | replica RSS growth MB | attack outcome |")
+    print(
+        "| case | legit requests | success | p50 ms | p99 ms | max ms | legit failures | 503 retries | replica RSS growth MB | attack outcome |"
+    )
     print("|---|---:|---:|---:|---:|---:|---|---:|---:|---|")
     for r in rows:
         failures = ", ".join(f"{k} x{v}" for k, v in r["failures"].items()) or "-"
@@ -505,16 +589,31 @@ def main() -> None:
         if r.get("attack_answer_p50_s") is not None:
             attack += f"; answered in p50 {r['attack_answer_p50_s']:.2f} s"
         rss = r["replica_rss_growth_mb"]
-        print(f"| {r['case']} | {r['requests']} | {r['success']:.3f} | {fmt_ms(r['p50_ms'])} | {fmt_ms(r['p99_ms'])} | {fmt_ms(r['max_ms'])} | "
-              f"{failures} | {r['retries_503']} | {'-' if rss is None else f'{rss:.0f}'} | {attack} |")
+        print(
+            f"| {r['case']} | {r['requests']} | {r['success']:.3f} | {fmt_ms(r['p50_ms'])} | {fmt_ms(r['p99_ms'])} | {fmt_ms(r['max_ms'])} | "
+            f"{failures} | {r['retries_503']} | {'-' if rss is None else f'{rss:.0f}'} | {attack} |"
+        )
     total_s = time.perf_counter() - run_started
     if logs:
         print(f"\nServe's logs (tracebacks of server errors): {logs}/serve")
-    print(f"whole run {total_s:.0f} s; success = share of legitimate requests finally answered 200 (target >= 0.99)")
+    print(
+        f"whole run {total_s:.0f} s; success = share of legitimate requests finally answered 200 (target >= 0.99)"
+    )
     min_success = min(r["success"] for r in rows) if rows else 0.0
     if args.json:
-        args.json.write_text(json.dumps({"cases": rows, "min_success": min_success, "seconds_per_case": seconds,
-                                         "clients": args.clients, "total_s": total_s}, indent=2, default=str))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "cases": rows,
+                    "min_success": min_success,
+                    "seconds_per_case": seconds,
+                    "clients": args.clients,
+                    "total_s": total_s,
+                },
+                indent=2,
+                default=str,
+            )
+        )
     print(f"min_success={min_success:.3f}")
 
 

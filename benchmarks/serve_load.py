@@ -49,10 +49,10 @@ from s2o_platform.bundle import read_bundle_metadata  # noqa: E402
 from s2o_platform.data.normalization import SarNormalization  # noqa: E402
 from s2o_platform.data.store import StoreMetadata  # noqa: E402
 from s2o_platform.devices import device_name  # noqa: E402
-from s2o_platform.train.untrained import write_untrained_bundles  # noqa: E402
 from s2o_platform.inference import LoadedModel  # noqa: E402
 from s2o_platform.serving.runner import free_port  # noqa: E402
 from s2o_platform.serving.settings import DEFAULT_CONFIG  # noqa: E402
+from s2o_platform.train.untrained import write_untrained_bundles  # noqa: E402
 
 
 def plan_threads(config: Path) -> float:
@@ -68,11 +68,15 @@ def tile_png(size: int, seed: int) -> bytes:
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size), dtype=np.uint8)).save(buffer, format="PNG")
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size), dtype=np.uint8)).save(
+        buffer, format="PNG"
+    )
     return buffer.getvalue()
 
 
-def bare_model(model: LoadedModel, tile: int, batch: int, steps: int, repeats: int) -> tuple[float, float, float]:
+def bare_model(
+    model: LoadedModel, tile: int, batch: int, steps: int, repeats: int
+) -> tuple[float, float, float]:
     """(tiles/s at batch 1, tiles/s at `batch`, p50 ms of one single-tile call)."""
     sar = np.random.default_rng(0).uniform(-1, 1, (batch, 1, tile, tile)).astype(np.float32)
     model.translate(sar, "warm-up", steps=steps)
@@ -106,7 +110,9 @@ async def load(url: str, body: bytes, concurrency: int, requests: int, max_secon
             latencies.append(time.perf_counter() - started)
 
     connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=120)
+    ) as session:
         for _ in range(3):  # warm the connection pool and the replica
             async with session.post(url, data=body, headers={"Content-Type": "image/png"}) as response:
                 await response.read()
@@ -128,16 +134,24 @@ async def load(url: str, body: bytes, concurrency: int, requests: int, max_secon
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default=None, help="a bundle (default: an untrained tiny student)")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the bundle's)")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--requests", type=int, default=160, help="requests per measurement")
     parser.add_argument("--max-seconds", type=float, default=40.0, help="time bound per measurement")
-    parser.add_argument("--max-batch", type=int, default=16, help="dynamic batch size, and the bare model's batch")
+    parser.add_argument(
+        "--max-batch", type=int, default=16, help="dynamic batch size, and the bare model's batch"
+    )
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--compile", default="off", choices=["off", "default", "max"],
-                        help="also measure the same config with the model compiled (bare model and replicas)")
+    parser.add_argument(
+        "--compile",
+        default="off",
+        choices=["off", "default", "max"],
+        help="also measure the same config with the model compiled (bare model and replicas)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -164,11 +178,19 @@ def main() -> None:
         replica_threads = int(plan_threads(DEFAULT_CONFIG))
         # one model per forward pass and thread count: inductor generates its CPU kernels for the thread count
         # it compiles at, so the bare model on the replica's threads is compiled at them, as the replica is
-        models = {(v, t): LoadedModel(bundle, device="auto", steps=steps, batch_size=args.max_batch, compile=v, threads=t)
-                  for v in variants for t in sorted({all_cores, replica_threads})}
+        models = {
+            (v, t): LoadedModel(
+                bundle, device="auto", steps=steps, batch_size=args.max_batch, compile=v, threads=t
+            )
+            for v in variants
+            for t in sorted({all_cores, replica_threads})
+        }
         model = models[("off", all_cores)]
-        print(f"model {bundle} ({metadata.stage}, {tile} px, {steps} steps) on {device_name(model.device)}; forward pass: "
-              + ", ".join(f"{label(v)} = {models[(v, all_cores)].compile_plan.describe()}" for v in variants), flush=True)
+        print(
+            f"model {bundle} ({metadata.stage}, {tile} px, {steps} steps) on {device_name(model.device)}; forward pass: "
+            + ", ".join(f"{label(v)} = {models[(v, all_cores)].compile_plan.describe()}" for v in variants),
+            flush=True,
+        )
 
         def bare_both(v):
             out = {}
@@ -181,32 +203,59 @@ def main() -> None:
 
         # passes never exceed max_batch tiles here (one-tile requests, max_batch_size requests per pass): a replica's
         # model batch is set to it, so a compiled replica compiles the buckets it can meet (1, 2, 4, ... max_batch)
-        plan = plan_serving(DEFAULT_CONFIG, model=bundle, port=free_port(),
-                            overrides={"steps": steps, "model_batch_tiles": args.max_batch})
+        plan = plan_serving(
+            DEFAULT_CONFIG,
+            model=bundle,
+            port=free_port(),
+            overrides={"steps": steps, "model_batch_tiles": args.max_batch},
+        )
         url = start_serving(plan)
-        if len(variants) > 1:  # the config's own app holds a CPU the four measured replicas need (4 logical CPUs)
+        if (
+            len(variants) > 1
+        ):  # the config's own app holds a CPU the four measured replicas need (4 logical CPUs)
             serve.delete(plan.app_name)
-        one_replica = {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
-                       "max_ongoing_requests": max(levels) * 2, "max_queued_requests": max(levels) * 8}
+        one_replica = {
+            "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
+            "max_ongoing_requests": max(levels) * 2,
+            "max_queued_requests": max(levels) * 8,
+        }
         for v in variants:
             for name, batch in (("on", args.max_batch), ("off", 1)):
-                settings = ServeSettings(**{**plan.settings.model_dump(), "max_batch_size": batch, "compile": v})
-                options = {**plan.deployment_options, "SarTranslator": {**plan.deployment_options["SarTranslator"], **one_replica}}
+                settings = ServeSettings(
+                    **{**plan.settings.model_dump(), "max_batch_size": batch, "compile": v}
+                )
+                options = {
+                    **plan.deployment_options,
+                    "SarTranslator": {**plan.deployment_options["SarTranslator"], **one_replica},
+                }
                 started = time.perf_counter()
-                serve.run(application(settings, options), name=app_name(name, v), route_prefix=f"/{app_name(name, v)}")
+                serve.run(
+                    application(settings, options),
+                    name=app_name(name, v),
+                    route_prefix=f"/{app_name(name, v)}",
+                )
                 print(f"  deployed {app_name(name, v)} in {time.perf_counter() - started:.0f} s", flush=True)
         body = tile_png(tile, 1)
         rows = []
         for concurrency in levels:
             for v in variants:
                 for name in ("off", "on"):
-                    result = asyncio.run(load(f"{url}/{app_name(name, v)}/v1/translate", body, concurrency, args.requests,
-                                              args.max_seconds))
+                    result = asyncio.run(
+                        load(
+                            f"{url}/{app_name(name, v)}/v1/translate",
+                            body,
+                            concurrency,
+                            args.requests,
+                            args.max_seconds,
+                        )
+                    )
                     result["batching"], result["forward"] = name, label(v)
                     rows.append(result)
-                    print(f"  {label(v)}, batching {name:3s} concurrency {concurrency:2d}: {result['tiles_per_s']:6.1f} tiles/s, "
-                          f"p50 {result['p50_ms']:7.1f} ms, p99 {result['p99_ms']:7.1f} ms, statuses {result['statuses']}",
-                          flush=True)
+                    print(
+                        f"  {label(v)}, batching {name:3s} concurrency {concurrency:2d}: {result['tiles_per_s']:6.1f} tiles/s, "
+                        f"p50 {result['p50_ms']:7.1f} ms, p99 {result['p99_ms']:7.1f} ms, statuses {result['statuses']}",
+                        flush=True,
+                    )
         serve.shutdown()
         after = {v: bare_both(v) for v in variants}
 
@@ -216,7 +265,9 @@ def main() -> None:
     print("| forward pass | batching | concurrency | tiles/s | p50 ms | p99 ms |")
     print("|---|---|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['forward']} | {r['batching']} | {r['concurrency']} | {r['tiles_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |")
+        print(
+            f"| {r['forward']} | {r['batching']} | {r['concurrency']} | {r['tiles_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |"
+        )
     summary = {}
     for v in variants:
         name = label(v)
@@ -229,31 +280,58 @@ def main() -> None:
         print()
         print(f"[{name}]")
         for t, (one, many, _) in sorted(bare.items()):
-            print(f"bare model, {t} torch thread(s): {one:.1f} tiles/s at batch 1 ({before[v][t][0]:.1f} before / "
-                  f"{after[v][t][0]:.1f} after), {many:.1f} at batch {args.max_batch} ({before[v][t][1]:.1f} / "
-                  f"{after[v][t][1]:.1f}): batching gain {many / one:.2f}x")
-        print(f"serving ({replica_threads} torch thread(s) per replica): batching gain at concurrency {top} {serve_gain:.2f}x")
-        print(f"HTTP path p50 overhead at concurrency {min(levels)}: {http_p50:.1f} ms over a direct call's {direct_ms:.1f} ms "
-              f"(+{http_p50 - direct_ms:.1f} ms)")
+            print(
+                f"bare model, {t} torch thread(s): {one:.1f} tiles/s at batch 1 ({before[v][t][0]:.1f} before / "
+                f"{after[v][t][0]:.1f} after), {many:.1f} at batch {args.max_batch} ({before[v][t][1]:.1f} / "
+                f"{after[v][t][1]:.1f}): batching gain {many / one:.2f}x"
+            )
+        print(
+            f"serving ({replica_threads} torch thread(s) per replica): batching gain at concurrency {top} {serve_gain:.2f}x"
+        )
+        print(
+            f"HTTP path p50 overhead at concurrency {min(levels)}: {http_p50:.1f} ms over a direct call's {direct_ms:.1f} ms "
+            f"(+{http_p50 - direct_ms:.1f} ms)"
+        )
         print(f"ratio serving gain / bare gain on the replica's threads: {ratio:.2f} (target >= 0.7)")
         if all_cores != replica_threads:
             one, many, _ = bare[all_cores]
             print(f"ratio serving gain / bare gain on all {all_cores} cores: {serve_gain / (many / one):.2f}")
-        summary[name] = {"bare_batch1_tiles_per_s": b1, "bare_batch_tiles_per_s": bmax, "bare_gain": bare_gain,
-                         "serve_gain": serve_gain, "ratio": ratio, "direct_p50_ms": direct_ms, "http_p50_ms": http_p50,
-                         "bare_by_threads": {str(t): x for t, x in bare.items()}}
+        summary[name] = {
+            "bare_batch1_tiles_per_s": b1,
+            "bare_batch_tiles_per_s": bmax,
+            "bare_gain": bare_gain,
+            "serve_gain": serve_gain,
+            "ratio": ratio,
+            "direct_p50_ms": direct_ms,
+            "http_p50_ms": http_p50,
+            "bare_by_threads": {str(t): x for t, x in bare.items()},
+        }
     if len(variants) > 1:
         eager, compiled = label(variants[0]), label(variants[1])
         print()
-        print(f"{compiled} against {eager}, same config: bare model on the replica's threads "
-              f"{summary[compiled]['bare_batch_tiles_per_s'] / summary[eager]['bare_batch_tiles_per_s']:.2f}x at batch "
-              f"{args.max_batch}, {summary[compiled]['bare_batch1_tiles_per_s'] / summary[eager]['bare_batch1_tiles_per_s']:.2f}x "
-              "at batch 1; serving: " + ", ".join(
-                  f"{b} c{c} {by[(compiled, b, c)]['tiles_per_s'] / by[(eager, b, c)]['tiles_per_s']:.2f}x"
-                  for c in levels for b in ("off", "on")))
+        print(
+            f"{compiled} against {eager}, same config: bare model on the replica's threads "
+            f"{summary[compiled]['bare_batch_tiles_per_s'] / summary[eager]['bare_batch_tiles_per_s']:.2f}x at batch "
+            f"{args.max_batch}, {summary[compiled]['bare_batch1_tiles_per_s'] / summary[eager]['bare_batch1_tiles_per_s']:.2f}x "
+            "at batch 1; serving: "
+            + ", ".join(
+                f"{b} c{c} {by[(compiled, b, c)]['tiles_per_s'] / by[(eager, b, c)]['tiles_per_s']:.2f}x"
+                for c in levels
+                for b in ("off", "on")
+            )
+        )
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, **summary[label("off")], "by_forward_pass": summary,
-                                         "device": device_name(model.device)}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "rows": rows,
+                    **summary[label("off")],
+                    "by_forward_pass": summary,
+                    "device": device_name(model.device),
+                },
+                indent=2,
+            )
+        )
 
 
 def label(choice: str) -> str:

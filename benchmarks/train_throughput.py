@@ -60,7 +60,9 @@ def plain_pytorch(cfg: TeacherConfig, store: str, steps: int, warmup: int) -> fl
     torch.manual_seed(cfg.train.seed)
     unet = build_unet(cfg.model)
     ema = copy.deepcopy(unet).requires_grad_(False)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay)
+    optimizer = torch.optim.AdamW(
+        unet.parameters(), lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay
+    )
     scheduler = noise_scheduler(cfg.diffusion)
 
     def train_step(batch):
@@ -86,11 +88,20 @@ def deepspeed_alone(cfg: TeacherConfig, store: str, steps: int, warmup: int) -> 
     ensure_process_group()
     torch.manual_seed(cfg.train.seed)
     unet = build_unet(cfg.model)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay)
+    optimizer = torch.optim.AdamW(
+        unet.parameters(), lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay
+    )
     lr_sched = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, cfg.train.warmup_steps, cfg.train.max_steps, cfg.train.lr_schedule))
-    engine, _, _, _ = deepspeed.initialize(model=unet, optimizer=optimizer, lr_scheduler=lr_sched,
-                                           config=deepspeed_config(cfg, "fp32"), dist_init_required=False)
+        optimizer,
+        lambda step: lr_factor(step, cfg.train.warmup_steps, cfg.train.max_steps, cfg.train.lr_schedule),
+    )
+    engine, _, _, _ = deepspeed.initialize(
+        model=unet,
+        optimizer=optimizer,
+        lr_scheduler=lr_sched,
+        config=deepspeed_config(cfg, "fp32"),
+        dist_init_required=False,
+    )
     if cfg.deepspeed.zero_stage == 0:
         engine.enable_backward_allreduce = False  # as the harness does with one worker
     ema = copy.deepcopy(unet).requires_grad_(False)
@@ -122,25 +133,41 @@ def ray_train(cfg: TeacherConfig, store: str, steps: int, warmup: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "configs", "tiny", "teacher.yaml"))
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config", default=os.path.join(os.path.dirname(__file__), "..", "configs", "tiny", "teacher.yaml")
+    )
     parser.add_argument("--data", help="tile store; default: a fresh synthetic one (1024 pairs)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved plain/Ray rounds (the ratio is their median)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved plain/Ray rounds (the ratio is their median)"
+    )
     parser.add_argument("--steps", type=int, default=60, help="timed steps per loop and round")
     parser.add_argument("--warmup-steps", type=int, default=20)
-    parser.add_argument("--decompose", action="store_true", help="also time the DeepSpeed engine without Ray in each round")
-    parser.add_argument("--torch-threads", type=int, default=None,
-                        help="torch threads on both sides (default: the config's scaling.torch_threads, else all cores)")
+    parser.add_argument(
+        "--decompose", action="store_true", help="also time the DeepSpeed engine without Ray in each round"
+    )
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="torch threads on both sides (default: the config's scaling.torch_threads, else all cores)",
+    )
     args = parser.parse_args()
 
     from s2o_platform.ray_cluster import connect
 
     cfg = load_config(TeacherConfig, args.config)
-    cfg = cfg.sized_for_store(cfg.model_tile_size() or 32)  # a preset that leaves the size to the store: 32 px tiles
+    cfg = cfg.sized_for_store(
+        cfg.model_tile_size() or 32
+    )  # a preset that leaves the size to the store: 32 px tiles
     if args.torch_threads:
         cfg.scaling.torch_threads = args.torch_threads
     threads = cpu_threads(cfg.scaling.torch_threads, 1)
-    print(f"cluster: {connect()}; batch {cfg.train.batch_size}, {threads} torch threads, {os.cpu_count()} cores, device cpu")
+    print(
+        f"cluster: {connect()}; batch {cfg.train.batch_size}, {threads} torch threads, {os.cpu_count()} cores, device cpu"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         store = args.data
         if store is None:
@@ -162,18 +189,29 @@ def main() -> None:
                 line += f" DeepSpeed alone {alone_rates[-1]:6.1f}"
             ray_rates.append(ray_train(cfg, store, args.steps, args.warmup_steps))
             plain.append(plain_pytorch(cfg, store, args.steps, args.warmup_steps))
-            print(f"{line} Ray Train + DeepSpeed (1 worker) {ray_rates[-1]:6.1f}, plain {plain[-1]:6.1f} samples/s", flush=True)
+            print(
+                f"{line} Ray Train + DeepSpeed (1 worker) {ray_rates[-1]:6.1f}, plain {plain[-1]:6.1f} samples/s",
+                flush=True,
+            )
 
     def ratios(rates: list[float]) -> list[float]:
         return [rate / ((plain[i] + plain[i + 1]) / 2) for i, rate in enumerate(rates)]
 
     ray_ratios = ratios(ray_rates)
-    print(f"plain PyTorch loop:            {statistics.median(plain):6.1f} samples/s (median of {len(plain)})")
-    print(f"Ray Train + DeepSpeed (1 wkr): {statistics.median(ray_rates):6.1f} samples/s (median of {len(ray_rates)})")
+    print(
+        f"plain PyTorch loop:            {statistics.median(plain):6.1f} samples/s (median of {len(plain)})"
+    )
+    print(
+        f"Ray Train + DeepSpeed (1 wkr): {statistics.median(ray_rates):6.1f} samples/s (median of {len(ray_rates)})"
+    )
     if args.decompose:
         alone_ratios = ratios(alone_rates)
-        print(f"ratio DeepSpeed alone/plain:   {statistics.median(alone_ratios):6.3f}  (rounds: {' '.join(f'{r:.3f}' for r in alone_ratios)})")
-    print(f"ratio Ray/plain:               {statistics.median(ray_ratios):6.3f}  (rounds: {' '.join(f'{r:.3f}' for r in ray_ratios)}; target >= 0.9)")
+        print(
+            f"ratio DeepSpeed alone/plain:   {statistics.median(alone_ratios):6.3f}  (rounds: {' '.join(f'{r:.3f}' for r in alone_ratios)})"
+        )
+    print(
+        f"ratio Ray/plain:               {statistics.median(ray_ratios):6.3f}  (rounds: {' '.join(f'{r:.3f}' for r in ray_ratios)}; target >= 0.9)"
+    )
 
 
 if __name__ == "__main__":

@@ -63,7 +63,12 @@ class SamplerSpec:
     max_steps: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "default_steps": self.default_steps, "allowed": self.allowed, "max_steps": self.max_steps}
+        return {
+            "name": self.name,
+            "default_steps": self.default_steps,
+            "allowed": self.allowed,
+            "max_steps": self.max_steps,
+        }
 
 
 @dataclass
@@ -90,7 +95,9 @@ class BundleMetadata:
         }
 
     @classmethod
-    def for_store(cls, stage: str, store: Any, tile_size: int, sampler: SamplerSpec, card: dict[str, Any]) -> BundleMetadata:
+    def for_store(
+        cls, stage: str, store: Any, tile_size: int, sampler: SamplerSpec, card: dict[str, Any]
+    ) -> BundleMetadata:
         """Metadata of a bundle trained on `store` (a StoreMetadata): its normalisation travels with the model."""
         return cls(
             stage=stage,
@@ -107,7 +114,9 @@ class BundleMetadata:
         """Validated metadata (`BundleFile`: types, ranges, the normalisations' own rules); any problem is one
         BundleError naming the field."""
         if not isinstance(d, dict):
-            raise BundleError(f"corrupt bundle metadata in {where}: {BUNDLE_FILE} holds a {type(d).__name__}, not an object")
+            raise BundleError(
+                f"corrupt bundle metadata in {where}: {BUNDLE_FILE} holds a {type(d).__name__}, not an object"
+            )
         if d.get("format") != BUNDLE_FORMAT:
             raise BundleError(f"{where} is not an s2o inference bundle (format {d.get('format')!r})")
         try:
@@ -115,18 +124,25 @@ class BundleMetadata:
             sar = SarNormalization.from_dict(checked.sar_normalization)
             optical = OpticalNormalization.from_dict(checked.optical_normalization)
         except ValidationError as err:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in err.errors())
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
+                for e in err.errors()
+            )
             raise BundleError(f"corrupt bundle metadata in {where}: {problems}") from None
         except (ValueError, TypeError, KeyError) as err:
             raise BundleError(f"corrupt bundle metadata in {where}: normalisation: {err}") from None
         if checked.format_version > BUNDLE_FORMAT_VERSION:
-            raise BundleError(f"{where} has bundle format {checked.format_version}, newer than this s2o-platform reads")
+            raise BundleError(
+                f"{where} has bundle format {checked.format_version}, newer than this s2o-platform reads"
+            )
         sampler = checked.sampler.model_dump()
         if "max_steps" not in checked.sampler.model_fields_set:  # written before bundles recorded it
             sampler["max_steps"] = default_max_steps(sampler["name"])
         if sampler["max_steps"] is not None and sampler["default_steps"] > sampler["max_steps"]:
-            raise BundleError(f"corrupt bundle metadata in {where}: sampler.default_steps: {sampler['default_steps']} is more "
-                              f"than sampler.max_steps ({sampler['max_steps']}): the bundle samples with 1..{sampler['max_steps']} steps")
+            raise BundleError(
+                f"corrupt bundle metadata in {where}: sampler.default_steps: {sampler['default_steps']} is more "
+                f"than sampler.max_steps ({sampler['max_steps']}): the bundle samples with 1..{sampler['max_steps']} steps"
+            )
         return cls(
             stage=checked.stage,
             tile_size=checked.tile_size,
@@ -144,7 +160,9 @@ class SamplerFile(BaseModel):
     default_steps: int = Field(ge=1, le=1000)
     allowed: list[Literal["ddpm", "ddim", "lcm", "direct"]] = Field(min_length=1)
     #: Absent in bundles written before it was recorded: then `default_max_steps(name)`. null: no limit (a teacher).
-    max_steps: int | None = Field(None, ge=1, le=1000, description="the largest step count the bundle samples with")
+    max_steps: int | None = Field(
+        None, ge=1, le=1000, description="the largest step count the bundle samples with"
+    )
 
 
 class BundleFile(BaseModel):
@@ -168,6 +186,7 @@ class Bundle:
     model: torch.nn.Module  # UNet2DModel (teacher, student) or UNetGenerator (gan)
     scheduler_config: dict[str, Any] | None
     path: str
+
 
 #: The folder of the network inside a bundle, by stage.
 MODEL_FOLDER = {"teacher": "unet", "student": "unet", "gan": "generator"}
@@ -226,7 +245,9 @@ def model_card_markdown(metadata: BundleMetadata) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _local_copy(uri: str, options: storage.StorageOptions | None) -> tuple[str, tempfile.TemporaryDirectory | None]:
+def _local_copy(
+    uri: str, options: storage.StorageOptions | None
+) -> tuple[str, tempfile.TemporaryDirectory | None]:
     """A local directory holding the bundle (downloaded when it lives in object storage)."""
     if not storage.is_uri(uri) or uri.startswith("file://"):
         return str(storage.resolve(uri)[1]), None
@@ -235,8 +256,10 @@ def _local_copy(uri: str, options: storage.StorageOptions | None) -> tuple[str, 
     keys = [path[len(root) :].removeprefix("/") for path in paths]
     unsafe = [key for key in keys if not storage.is_safe_relative_key(key)]
     if unsafe:  # checked before anything is written: such a key would land outside the download folder
-        raise BundleError(f"{uri} holds the object key {unsafe[0]!r} ('..' or an absolute part), which would be written "
-                          f"outside the bundle's download folder; a bundle never has such keys: remove or rename that object")
+        raise BundleError(
+            f"{uri} holds the object key {unsafe[0]!r} ('..' or an absolute part), which would be written "
+            f"outside the bundle's download folder; a bundle never has such keys: remove or rename that object"
+        )
     tmp = tempfile.TemporaryDirectory(prefix="s2o-bundle-")
     try:
         for path, key in zip(paths, keys):
@@ -254,7 +277,9 @@ def read_bundle_metadata(uri: str, options: storage.StorageOptions | None = None
     try:
         raw = storage.read_bytes(fs, storage.join(root, BUNDLE_FILE))
     except (FileNotFoundError, OSError):
-        raise BundleError(f"no inference bundle at {uri}: {BUNDLE_FILE} is missing (a bundle is a training run's OUT/bundle)") from None
+        raise BundleError(
+            f"no inference bundle at {uri}: {BUNDLE_FILE} is missing (a bundle is a training run's OUT/bundle)"
+        ) from None
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -264,7 +289,18 @@ def read_bundle_metadata(uri: str, options: storage.StorageOptions | None = None
 
 #: Weight files in pickle-based formats: never loaded (a pickle runs code when it is read).
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+SAFETENSORS_DTYPES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
 
 
 def check_safetensors_header(fs, path: str, where: str) -> int:
@@ -274,10 +310,14 @@ def check_safetensors_header(fs, path: str, where: str) -> int:
     with fs.open_input_file(path) as f:
         head = f.read(8)
         if len(head) < 8:
-            raise BundleError(f"{where}: {path} is not a safetensors file (shorter than its 8-byte header length)")
+            raise BundleError(
+                f"{where}: {path} is not a safetensors file (shorter than its 8-byte header length)"
+            )
         n = int.from_bytes(head, "little")
         if n <= 0 or 8 + n > size or n > 100 * 2**20:
-            raise BundleError(f"{where}: {path} is not a valid safetensors file (header length {n} for a {size}-byte file)")
+            raise BundleError(
+                f"{where}: {path} is not a valid safetensors file (header length {n} for a {size}-byte file)"
+            )
         try:
             header = json.loads(f.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -294,10 +334,14 @@ def check_safetensors_header(fs, path: str, where: str) -> int:
             for dim in entry["shape"]:
                 count *= int(dim)
         except (KeyError, TypeError, ValueError):
-            raise BundleError(f"{where}: {path} tensor {name!r} has a malformed header entry {entry!r}") from None
+            raise BundleError(
+                f"{where}: {path} tensor {name!r} has a malformed header entry {entry!r}"
+            ) from None
         if not 0 <= start <= end <= data_size or end - start != count * itemsize:
-            raise BundleError(f"{where}: {path} tensor {name!r} lies outside the file or does not match its shape "
-                              "(a truncated or damaged download?)")
+            raise BundleError(
+                f"{where}: {path} tensor {name!r} lies outside the file or does not match its shape "
+                "(a truncated or damaged download?)"
+            )
         tensors += 1
     if tensors == 0:
         raise BundleError(f"{where}: {path} holds no tensors")
@@ -316,15 +360,27 @@ def check_bundle(uri: str, options: storage.StorageOptions | None = None) -> Bun
     weights = [p for p in files if p.endswith(".safetensors")]
     if not weights:
         pickled = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
-        why = f"only pickled weights ({', '.join(pickled)}), which are never loaded" if pickled else "no weights"
-        raise BundleError(f"{uri} has {why} in {MODEL_FOLDER[metadata.stage]}/: a bundle's network must be safetensors "
-                          "(diffusers save_pretrained(..., safe_serialization=True))")
+        why = (
+            f"only pickled weights ({', '.join(pickled)}), which are never loaded"
+            if pickled
+            else "no weights"
+        )
+        raise BundleError(
+            f"{uri} has {why} in {MODEL_FOLDER[metadata.stage]}/: a bundle's network must be safetensors "
+            "(diffusers save_pretrained(..., safe_serialization=True))"
+        )
     if "config.json" not in names:
-        raise BundleError(f"{uri} has no {MODEL_FOLDER[metadata.stage]}/config.json (the network's architecture)")
+        raise BundleError(
+            f"{uri} has no {MODEL_FOLDER[metadata.stage]}/config.json (the network's architecture)"
+        )
     for path in weights:
         check_safetensors_header(fs, path, uri)
-    if metadata.stage != "gan" and not storage.exists(fs, storage.join(root, "scheduler", "scheduler_config.json")):
-        raise BundleError(f"{uri} has no scheduler/scheduler_config.json: a {metadata.stage} bundle needs its noise schedule")
+    if metadata.stage != "gan" and not storage.exists(
+        fs, storage.join(root, "scheduler", "scheduler_config.json")
+    ):
+        raise BundleError(
+            f"{uri} has no scheduler/scheduler_config.json: a {metadata.stage} bundle needs its noise schedule"
+        )
     return metadata
 
 
@@ -340,11 +396,18 @@ FIT_FIELDS = (
 )
 
 
-def check_fits(bundle: BundleMetadata, store: Any, bundle_path: str, store_path: str, role: str = "bundle",
-               advice: str = "use a store ingested with the settings of the one it was trained on") -> None:
+def check_fits(
+    bundle: BundleMetadata,
+    store: Any,
+    bundle_path: str,
+    store_path: str,
+    role: str = "bundle",
+    advice: str = "use a store ingested with the settings of the one it was trained on",
+) -> None:
     """The one rule for "does this bundle fit this store" (`store`: a data.store.StoreMetadata): every field
     of FIT_FIELDS equal. Raises BundleError naming both paths and each field that differs, with both values.
     `role` names the bundle in the message (e.g. "teacher"); `advice` ends it."""
+
     def show(value: Any) -> str:
         return str(value.to_dict()) if hasattr(value, "to_dict") else str(value)
 
@@ -357,8 +420,11 @@ def check_fits(bundle: BundleMetadata, store: Any, bundle_path: str, store_path:
             key = f"{name}={theirs} vs {ours}" if isinstance(theirs, int) else name
             differences.append(f"{label} {show(theirs)} but the store {store_path} has {show(ours)} ({key})")
     if differences:
-        raise BundleError(f"the {role} {bundle_path} was trained for other tiles than the store {store_path} holds: "
-                          + "; ".join(differences) + f". {advice[:1].upper()}{advice[1:]}")
+        raise BundleError(
+            f"the {role} {bundle_path} was trained for other tiles than the store {store_path} holds: "
+            + "; ".join(differences)
+            + f". {advice[:1].upper()}{advice[1:]}"
+        )
 
 
 def bundle_digest(uri: str, options: storage.StorageOptions | None = None) -> str:
@@ -419,17 +485,23 @@ def load_bundle(
     try:
         model_dir = Path(local) / folder
         if not (model_dir / "diffusion_pytorch_model.safetensors").exists():
-            raise BundleError(f"{uri} has no safetensors weights in {folder}/ (pickled weights are never loaded)")
+            raise BundleError(
+                f"{uri} has no safetensors weights in {folder}/ (pickled weights are never loaded)"
+            )
         try:
             with _quiet_diffusers():
-                model = model_class.from_pretrained(model_dir, use_safetensors=True, torch_dtype=dtype, low_cpu_mem_usage=False)
+                model = model_class.from_pretrained(
+                    model_dir, use_safetensors=True, torch_dtype=dtype, low_cpu_mem_usage=False
+                )
                 model = model.to(device=device, dtype=dtype).eval()
         except (OSError, ValueError, RuntimeError) as err:
             raise BundleError(f"cannot load the network of {uri}: {err}") from None
         scheduler_path = Path(local) / "scheduler" / "scheduler_config.json"
         scheduler_config = json.loads(scheduler_path.read_text()) if scheduler_path.exists() else None
         if scheduler_config is None and metadata.stage != "gan":
-            raise BundleError(f"{uri} has no scheduler/scheduler_config.json: a {metadata.stage} bundle needs its noise schedule")
+            raise BundleError(
+                f"{uri} has no scheduler/scheduler_config.json: a {metadata.stage} bundle needs its noise schedule"
+            )
     finally:
         if tmp is not None:
             tmp.cleanup()

@@ -33,7 +33,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-data_app = typer.Typer(help="Build and inspect tile stores of paired SAR/optical tiles.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Build and inspect tile stores of paired SAR/optical tiles.", no_args_is_help=True
+)
 app.add_typer(data_app, name="data")
 train_app = typer.Typer(
     help="Train a stage on Ray Train + DeepSpeed. Re-running with the same --out resumes from the latest checkpoint.",
@@ -59,13 +61,21 @@ S3EndpointOption = Annotated[
         "$AWS_ENDPOINT_URL, else AWS. Credentials come from the usual AWS environment variables or profile.",
     ),
 ]
-ConfigOption = Annotated[Optional[Path], typer.Option("--config", help="YAML file of this command's settings, the keys --set takes "
-                                                                     "(e.g. configs/tiny/ingest.yaml for data ingest; outside a checkout, "
-                                                                     "configs/<preset>/<stage>.yaml names the copy installed with the package). "
-                                                                     "Precedence: defaults < file < --set < explicit options.")]
+ConfigOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--config",
+        help="YAML file of this command's settings, the keys --set takes "
+        "(e.g. configs/tiny/ingest.yaml for data ingest; outside a checkout, "
+        "configs/<preset>/<stage>.yaml names the copy installed with the package). "
+        "Precedence: defaults < file < --set < explicit options.",
+    ),
+]
 SetOption = Annotated[
     Optional[list[str]],
-    typer.Option("--set", help="Override a config key: --set dotted.key=value (repeatable; value parsed as YAML)."),
+    typer.Option(
+        "--set", help="Override a config key: --set dotted.key=value (repeatable; value parsed as YAML)."
+    ),
 ]
 
 
@@ -99,9 +109,15 @@ def data_ingest(
             show_default=False,
         ),
     ],
-    out: Annotated[str, typer.Option("--out", help="The tile store to create or add to (folder or s3://bucket/prefix).")],
-    tile_size: Annotated[Optional[int], typer.Option("--tile-size", help="Tile side in pixels. [default: 256]")] = None,
-    stride: Annotated[Optional[int], typer.Option("--stride", help="Window step in pixels. [default: tile size]")] = None,
+    out: Annotated[
+        str, typer.Option("--out", help="The tile store to create or add to (folder or s3://bucket/prefix).")
+    ],
+    tile_size: Annotated[
+        Optional[int], typer.Option("--tile-size", help="Tile side in pixels. [default: 256]")
+    ] = None,
+    stride: Annotated[
+        Optional[int], typer.Option("--stride", help="Window step in pixels. [default: tile size]")
+    ] = None,
     sar_scale: Annotated[
         Optional[SarScale],
         typer.Option(
@@ -111,20 +127,41 @@ def data_ingest(
             "non-negative floats with 99th percentile < 10 -> linear power; else dB.",
         ),
     ] = None,
-    clip_db: Annotated[Optional[str], typer.Option("--clip-db", help="dB window LO,HI mapped onto [-1, 1]. [default: -25,0]")] = None,
-    test_fraction: Annotated[Optional[float], typer.Option("--test-fraction", help="Fraction of scenes for test. [default: 0.1]")] = None,
-    val_fraction: Annotated[Optional[float], typer.Option("--val-fraction", help="Fraction of scenes for val. [default: 0.1]")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the split by scene. [default: 0]")] = None,
-    sar_band: Annotated[Optional[str], typer.Option("--sar-band", help="SAR polarisation by name or 1-based index. [default: VV, else band 1]")] = None,
-    max_nodata: Annotated[Optional[float], typer.Option("--max-nodata", help="Largest share of invalid pixels (declared "
-                                                        "nodata, NaN, fill regions) a kept window may hold; they are "
-                                                        "masked in training losses and metrics. 0 keeps only fully "
-                                                        "valid windows. [default: 0.1]")] = None,
+    clip_db: Annotated[
+        Optional[str], typer.Option("--clip-db", help="dB window LO,HI mapped onto [-1, 1]. [default: -25,0]")
+    ] = None,
+    test_fraction: Annotated[
+        Optional[float], typer.Option("--test-fraction", help="Fraction of scenes for test. [default: 0.1]")
+    ] = None,
+    val_fraction: Annotated[
+        Optional[float], typer.Option("--val-fraction", help="Fraction of scenes for val. [default: 0.1]")
+    ] = None,
+    seed: Annotated[
+        Optional[int], typer.Option("--seed", help="Seed of the split by scene. [default: 0]")
+    ] = None,
+    sar_band: Annotated[
+        Optional[str],
+        typer.Option(
+            "--sar-band", help="SAR polarisation by name or 1-based index. [default: VV, else band 1]"
+        ),
+    ] = None,
+    max_nodata: Annotated[
+        Optional[float],
+        typer.Option(
+            "--max-nodata",
+            help="Largest share of invalid pixels (declared "
+            "nodata, NaN, fill regions) a kept window may hold; they are "
+            "masked in training losses and metrics. 0 keeps only fully "
+            "valid windows. [default: 0.1]",
+        ),
+    ] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
     address: AddressOption = None,
     s3_endpoint: S3EndpointOption = None,
-    summary_json: Annotated[Optional[Path], typer.Option("--summary-json", help="Also write the summary as JSON here.")] = None,
+    summary_json: Annotated[
+        Optional[Path], typer.Option("--summary-json", help="Also write the summary as JSON here.")
+    ] = None,
 ) -> None:
     """Tile paired SAR/optical sources into a Parquet tile store, on Ray Data.
 
@@ -186,12 +223,22 @@ def data_ingest(
 
 @data_app.command("synth")
 def data_synth(
-    out: Annotated[str, typer.Option("--out", help="The tile store to write (folder or s3://bucket/prefix).")],
-    pairs: Annotated[Optional[int], typer.Option("--pairs", help="Number of tile pairs. [default: 2048]")] = None,
-    size: Annotated[Optional[int], typer.Option("--size", help="Tile side in pixels (32 matches the tiny presets). [default: 32]")] = None,
+    out: Annotated[
+        str, typer.Option("--out", help="The tile store to write (folder or s3://bucket/prefix).")
+    ],
+    pairs: Annotated[
+        Optional[int], typer.Option("--pairs", help="Number of tile pairs. [default: 2048]")
+    ] = None,
+    size: Annotated[
+        Optional[int],
+        typer.Option("--size", help="Tile side in pixels (32 matches the tiny presets). [default: 32]"),
+    ] = None,
     scenes: Annotated[
         Optional[Path],
-        typer.Option("--scenes", help="Also write large georeferenced SAR/optical GeoTIFF scenes here (sar/ + optical/), for the archive tools."),
+        typer.Option(
+            "--scenes",
+            help="Also write large georeferenced SAR/optical GeoTIFF scenes here (sar/ + optical/), for the archive tools.",
+        ),
     ] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the whole set. [default: 0]")] = None,
     config: ConfigOption = None,
@@ -255,25 +302,60 @@ def data_info(
     typer.echo(json.dumps(info, indent=2) if as_json else format_info(info))
 
 
-DataOption = Annotated[str, typer.Option("--data", help="The tile store to train on (folder or s3:// URI); its train split is used.")]
+DataOption = Annotated[
+    str,
+    typer.Option("--data", help="The tile store to train on (folder or s3:// URI); its train split is used."),
+]
 OutOption = Annotated[
     str,
-    typer.Option("--out", help="Run folder (or s3:// prefix): checkpoints, config and the final bundle at OUT/bundle. "
-                 "The same --out again resumes from its latest checkpoint."),
+    typer.Option(
+        "--out",
+        help="Run folder (or s3:// prefix): checkpoints, config and the final bundle at OUT/bundle. "
+        "The same --out again resumes from its latest checkpoint.",
+    ),
 ]
-DtypeOption = Annotated[Optional[str], typer.Option("--dtype", help="Network precision: auto (fp16 on a GPU; on a CPU bf16 where "
-                                                    "it has AVX512-BF16/AMX, measured 1.9x fp32's speed at equal PSNR, else fp32), "
-                                                    "fp32, fp16 or bf16. Default: auto.", show_default=False)]
-CompileOption = Annotated[Optional[str], typer.Option("--compile", help="The forward pass: off (eager), auto (torch.compile where a "
-                                                      "C++ compiler / Triton works here, else eager), default (torch.compile with static "
-                                                      "shapes per batch size; CUDA graphs on a GPU) or max (autotuned; longer compiles). "
-                                                      "Compiling takes seconds to a minute per batch size on a CPU (see README). "
-                                                      "Default: off.", show_default=False)]
-RequiredConfigOption = Annotated[Path, typer.Option("--config", help="YAML preset, e.g. configs/tiny/teacher.yaml (CPU) or configs/paper/teacher.yaml (GPU); "
-                                                    "outside a checkout, configs/<preset>/<stage>.yaml names the copy installed with the package.")]
+DtypeOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--dtype",
+        help="Network precision: auto (fp16 on a GPU; on a CPU bf16 where "
+        "it has AVX512-BF16/AMX, measured 1.9x fp32's speed at equal PSNR, else fp32), "
+        "fp32, fp16 or bf16. Default: auto.",
+        show_default=False,
+    ),
+]
+CompileOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--compile",
+        help="The forward pass: off (eager), auto (torch.compile where a "
+        "C++ compiler / Triton works here, else eager), default (torch.compile with static "
+        "shapes per batch size; CUDA graphs on a GPU) or max (autotuned; longer compiles). "
+        "Compiling takes seconds to a minute per batch size on a CPU (see README). "
+        "Default: off.",
+        show_default=False,
+    ),
+]
+RequiredConfigOption = Annotated[
+    Path,
+    typer.Option(
+        "--config",
+        help="YAML preset, e.g. configs/tiny/teacher.yaml (CPU) or configs/paper/teacher.yaml (GPU); "
+        "outside a checkout, configs/<preset>/<stage>.yaml names the copy installed with the package.",
+    ),
+]
 
 
-def _train(stage: str, config: Path, set_: list[str] | None, data: str, out: str, address: str | None, s3_endpoint: str | None, extra: dict | None = None) -> None:
+def _train(
+    stage: str,
+    config: Path,
+    set_: list[str] | None,
+    data: str,
+    out: str,
+    address: str | None,
+    s3_endpoint: str | None,
+    extra: dict | None = None,
+) -> None:
     from s2o_platform import storage
     from s2o_platform.config import load_config
     from s2o_platform.train.runtime import get_stage
@@ -286,7 +368,13 @@ def _train(stage: str, config: Path, set_: list[str] | None, data: str, out: str
     tile_size = _tile_size(cfg, extra)  # for distillation: the teacher bundle, checked before Ray starts
     typer.echo(f"[{stage}] training on {connect(address)}; run folder {out}", err=True)
     result = run_training(
-        stage, cfg, data, out, tile_size=tile_size, extra=extra, options=storage.StorageOptions.from_env(s3_endpoint),
+        stage,
+        cfg,
+        data,
+        out,
+        tile_size=tile_size,
+        extra=extra,
+        options=storage.StorageOptions.from_env(s3_endpoint),
         log=lambda m: typer.echo(m, err=True),
     )
     metrics = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items() if isinstance(v, (int, float)))
@@ -353,7 +441,12 @@ def train_teacher(
 @train_app.command("distill")
 def train_distill(
     config: RequiredConfigOption,
-    teacher: Annotated[str, typer.Option("--teacher", help="The teacher bundle (RUN/bundle of `s2o train teacher`), local or s3://.")],
+    teacher: Annotated[
+        str,
+        typer.Option(
+            "--teacher", help="The teacher bundle (RUN/bundle of `s2o train teacher`), local or s3://."
+        ),
+    ],
     data: DataOption,
     out: OutOption,
     set_: SetOption = None,
@@ -390,36 +483,107 @@ def train_gan(
 
 @app.command("translate")
 def translate(
-    source: Annotated[str, typer.Argument(help="SAR scenes: a folder (recursive), a glob ('archive/**/*.tif'), a .txt file "
-                                         "listing paths/URIs, an s3:// prefix, or one GeoTIFF.")],
-    model: Annotated[Optional[str], typer.Option("--model", help="The bundle to translate with (a student's OUT/bundle; any "
-                                                 "stage works). Required, here or as model: in --config.", show_default=False)] = None,
-    out: Annotated[str, typer.Option("--out", help="Destination folder or s3:// prefix: DEST/<scene name>.tif COGs, "
-                                     "DEST/_s2o_manifest.jsonl and the run's resolved settings, DEST/_s2o_config.yaml. "
-                                     "Running again skips scenes already done.")] = ...,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Sampling steps (student: 1..the bundle's max_steps, 8 for s2o train distill's default); default: the bundle's.")] = None,
-    overlap: Annotated[Optional[int], typer.Option("--overlap", help="Overlap of neighbouring windows in px, blended "
-                                                   "smoothly (default: a quarter of the tile).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Tiles per forward pass. Default: 32.", show_default=False)] = None,
-    actors: Annotated[Optional[int], typer.Option("--actors", help="Model actors (each takes a GPU where the cluster has them). "
-                                                  "Default: 1.", show_default=False)] = None,
-    band: Annotated[Optional[str], typer.Option("--band", help="SAR band by name (VV, VH) or 1-based index. Default: "
-                                                "the band described VV, else the first.")] = None,
-    sar_scale: Annotated[Optional[SarScale], typer.Option("--sar-scale", help="How SAR values are expressed. auto (default) decides per "
-                                                          "scene: uint8 -> display-scaled image; other integers -> DN; float metadata "
-                                                          "saying dB/linear wins; floats with negatives -> dB; non-negative floats "
-                                                          "with 99th percentile < 10 -> linear power; else dB.", show_default=False)] = None,
-    output_dtype: Annotated[Optional[str], typer.Option("--output-dtype", help="uint8 RGB (nodata 0) or float32 in [0, 1] (nodata NaN). "
-                                                        "Default: uint8.", show_default=False)] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Noise seed (each batch seeded from it and its first tile). "
-                                                "Default: 0.", show_default=False)] = None,
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="SAR scenes: a folder (recursive), a glob ('archive/**/*.tif'), a .txt file "
+            "listing paths/URIs, an s3:// prefix, or one GeoTIFF."
+        ),
+    ],
+    model: Annotated[
+        Optional[str],
+        typer.Option(
+            "--model",
+            help="The bundle to translate with (a student's OUT/bundle; any "
+            "stage works). Required, here or as model: in --config.",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[
+        str,
+        typer.Option(
+            "--out",
+            help="Destination folder or s3:// prefix: DEST/<scene name>.tif COGs, "
+            "DEST/_s2o_manifest.jsonl and the run's resolved settings, DEST/_s2o_config.yaml. "
+            "Running again skips scenes already done.",
+        ),
+    ] = ...,
+    steps: Annotated[
+        Optional[int],
+        typer.Option(
+            "--steps",
+            help="Sampling steps (student: 1..the bundle's max_steps, 8 for s2o train distill's default); default: the bundle's.",
+        ),
+    ] = None,
+    overlap: Annotated[
+        Optional[int],
+        typer.Option(
+            "--overlap",
+            help="Overlap of neighbouring windows in px, blended smoothly (default: a quarter of the tile).",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option("--batch-size", help="Tiles per forward pass. Default: 32.", show_default=False),
+    ] = None,
+    actors: Annotated[
+        Optional[int],
+        typer.Option(
+            "--actors",
+            help="Model actors (each takes a GPU where the cluster has them). Default: 1.",
+            show_default=False,
+        ),
+    ] = None,
+    band: Annotated[
+        Optional[str],
+        typer.Option(
+            "--band",
+            help="SAR band by name (VV, VH) or 1-based index. Default: "
+            "the band described VV, else the first.",
+        ),
+    ] = None,
+    sar_scale: Annotated[
+        Optional[SarScale],
+        typer.Option(
+            "--sar-scale",
+            help="How SAR values are expressed. auto (default) decides per "
+            "scene: uint8 -> display-scaled image; other integers -> DN; float metadata "
+            "saying dB/linear wins; floats with negatives -> dB; non-negative floats "
+            "with 99th percentile < 10 -> linear power; else dB.",
+            show_default=False,
+        ),
+    ] = None,
+    output_dtype: Annotated[
+        Optional[str],
+        typer.Option(
+            "--output-dtype",
+            help="uint8 RGB (nodata 0) or float32 in [0, 1] (nodata NaN). Default: uint8.",
+            show_default=False,
+        ),
+    ] = None,
+    seed: Annotated[
+        Optional[int],
+        typer.Option(
+            "--seed",
+            help="Noise seed (each batch seeded from it and its first tile). Default: 0.",
+            show_default=False,
+        ),
+    ] = None,
     dtype: DtypeOption = None,
     compile_: CompileOption = None,
     address: AddressOption = None,
     s3_endpoint: S3EndpointOption = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
-    split: Annotated[Optional[str], typer.Option("--split", help="For a tile store SOURCE: the split to translate into Parquet. "
-                                                 "Default: test.", show_default=False)] = None,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")
+    ] = True,
+    split: Annotated[
+        Optional[str],
+        typer.Option(
+            "--split",
+            help="For a tile store SOURCE: the split to translate into Parquet. Default: test.",
+            show_default=False,
+        ),
+    ] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
@@ -443,11 +607,30 @@ def translate(
     from s2o_platform import storage
     from s2o_platform.translate.pipeline import TranslateOptions, run_translate, run_translate_store
 
-    cfg = translate_config(config, set_, model=model, steps=steps, overlap=overlap, batch_size=batch_size, actors=actors,
-                           band=band, sar_scale=sar_scale.value if sar_scale else None, output_dtype=output_dtype, seed=seed,
-                           dtype=dtype, compile=compile_, split=split)
-    options = TranslateOptions.from_config(cfg, source, out, address=address, progress=progress,
-                                           storage_options=storage.StorageOptions.from_env(s3_endpoint))
+    cfg = translate_config(
+        config,
+        set_,
+        model=model,
+        steps=steps,
+        overlap=overlap,
+        batch_size=batch_size,
+        actors=actors,
+        band=band,
+        sar_scale=sar_scale.value if sar_scale else None,
+        output_dtype=output_dtype,
+        seed=seed,
+        dtype=dtype,
+        compile=compile_,
+        split=split,
+    )
+    options = TranslateOptions.from_config(
+        cfg,
+        source,
+        out,
+        address=address,
+        progress=progress,
+        storage_options=storage.StorageOptions.from_env(s3_endpoint),
+    )
     from s2o_platform.data.store import METADATA_FILE
 
     fs, root = storage.resolve(source, options.storage)
@@ -464,8 +647,14 @@ def translate(
 @app.command("eval")
 def evaluate(
     data: Annotated[str, typer.Option("--data", help="The tile store (folder or s3:// URI) to evaluate on.")],
-    out: Annotated[Path, typer.Option("--out", help="Report folder: report.json, report.md, tradeoff.png, samples.png and "
-                                      "the run's resolved settings, config.yaml.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="Report folder: report.json, report.md, tradeoff.png, samples.png and "
+            "the run's resolved settings, config.yaml.",
+        ),
+    ],
     model: Annotated[
         Optional[list[str]],
         typer.Option(
@@ -478,45 +667,96 @@ def evaluate(
             show_default=False,
         ),
     ] = None,
-    split: Annotated[Optional[str], typer.Option("--split", help="Store split to evaluate on. Default: test.", show_default=False)] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate the first N tiles (by tile id) of the split.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Tiles per forward pass; throughput is measured at "
-                                                      "this size. Default: 32.", show_default=False)] = None,
+    split: Annotated[
+        Optional[str],
+        typer.Option("--split", help="Store split to evaluate on. Default: test.", show_default=False),
+    ] = None,
+    limit: Annotated[
+        Optional[int], typer.Option("--limit", help="Evaluate the first N tiles (by tile id) of the split.")
+    ] = None,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option(
+            "--batch-size",
+            help="Tiles per forward pass; throughput is measured at this size. Default: 32.",
+            show_default=False,
+        ),
+    ] = None,
     fid_weights: Annotated[
         Optional[Path],
-        typer.Option("--fid-weights", help="Inception-v3 FID network: TorchScript (e.g. inception-2015-12-05.pt) or a "
-                     "torch-fidelity weights file. Nothing is downloaded; without it FID is reported as skipped."),
+        typer.Option(
+            "--fid-weights",
+            help="Inception-v3 FID network: TorchScript (e.g. inception-2015-12-05.pt) or a "
+            "torch-fidelity weights file. Nothing is downloaded; without it FID is reported as skipped.",
+        ),
     ] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="auto (CUDA when present), cpu or cuda. Default: auto.",
-                                                  show_default=False)] = None,
+    device: Annotated[
+        Optional[str],
+        typer.Option(
+            "--device", help="auto (CUDA when present), cpu or cuda. Default: auto.", show_default=False
+        ),
+    ] = None,
     dtype: DtypeOption = None,
     compile_: CompileOption = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Noise seed: batch i uses seed + i, the same for every model. "
-                                                "Default: 0.", show_default=False)] = None,
-    repeats: Annotated[Optional[int], typer.Option("--repeats", help="Timed calls per latency measurement (median; after one "
-                                                   "warm-up). Default: 3.", show_default=False)] = None,
-    ddpm_limit: Annotated[Optional[int], typer.Option("--ddpm-limit", help="Tiles scored with ancestral DDPM (1000 steps per "
-                                                      "tile). Default: 32.", show_default=False)] = None,
+    seed: Annotated[
+        Optional[int],
+        typer.Option(
+            "--seed",
+            help="Noise seed: batch i uses seed + i, the same for every model. Default: 0.",
+            show_default=False,
+        ),
+    ] = None,
+    repeats: Annotated[
+        Optional[int],
+        typer.Option(
+            "--repeats",
+            help="Timed calls per latency measurement (median; after one warm-up). Default: 3.",
+            show_default=False,
+        ),
+    ] = None,
+    ddpm_limit: Annotated[
+        Optional[int],
+        typer.Option(
+            "--ddpm-limit",
+            help="Tiles scored with ancestral DDPM (1000 steps per tile). Default: 32.",
+            show_default=False,
+        ),
+    ] = None,
     address: Annotated[
         Optional[str],
-        typer.Option("--address", help="Score on a Ray cluster ('auto', 'host:6379', or 'local' for a local one): Ray Data "
-                     "streams the split through --workers actors per model (1 GPU each where the cluster has GPUs). "
-                     "Speed is always timed in this process. Default: everything in this process."),
+        typer.Option(
+            "--address",
+            help="Score on a Ray cluster ('auto', 'host:6379', or 'local' for a local one): Ray Data "
+            "streams the split through --workers actors per model (1 GPU each where the cluster has GPUs). "
+            "Speed is always timed in this process. Default: everything in this process.",
+        ),
     ] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="Ray Data actors per model setting (with --address). "
-                                                   "Default: 1.", show_default=False)] = None,
+    workers: Annotated[
+        Optional[int],
+        typer.Option(
+            "--workers",
+            help="Ray Data actors per model setting (with --address). Default: 1.",
+            show_default=False,
+        ),
+    ] = None,
     speed_references: Annotated[
         Optional[bool],
-        typer.Option("--speed-references/--no-speed-references",
-                     help="Time teacher DDPM (all steps) and DDIM-50 for the speed-ups when a teacher is given but "
-                     "those settings are not listed. Default: --speed-references.", show_default=False),
+        typer.Option(
+            "--speed-references/--no-speed-references",
+            help="Time teacher DDPM (all steps) and DDIM-50 for the speed-ups when a teacher is given but "
+            "those settings are not listed. Default: --speed-references.",
+            show_default=False,
+        ),
     ] = None,
     s3_endpoint: S3EndpointOption = None,
     mlflow_run_id: Annotated[
         Optional[str],
-        typer.Option("--mlflow-run-id", help="Also log the report to this MLflow run (e.g. the training run of the "
-                     "model, in RUN/mlflow_run.json): metrics per setting and the report files, on the server in "
-                     "$MLFLOW_TRACKING_URI. An unreachable server is a warning, not a failed evaluation."),
+        typer.Option(
+            "--mlflow-run-id",
+            help="Also log the report to this MLflow run (e.g. the training run of the "
+            "model, in RUN/mlflow_run.json): metrics per setting and the report files, on the server in "
+            "$MLFLOW_TRACKING_URI. An unreachable server is a warning, not a failed evaluation.",
+        ),
     ] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
@@ -536,13 +776,34 @@ def evaluate(
     """
     from s2o_platform import storage
     from s2o_platform.evaluation.report import console_table
-    from s2o_platform.evaluation.runner import EvalOptions, evaluate as run
+    from s2o_platform.evaluation.runner import EvalOptions
+    from s2o_platform.evaluation.runner import evaluate as run
 
-    cfg = eval_config(config, set_, models=model or None, split=split, limit=limit, batch_size=batch_size,
-                      fid_weights=str(fid_weights) if fid_weights else None, device=device, dtype=dtype, compile=compile_,
-                      seed=seed, repeats=repeats, ddpm_limit=ddpm_limit, workers=workers, speed_references=speed_references)
-    options = EvalOptions.from_config(cfg, data, str(out), address=address, mlflow_run_id=mlflow_run_id,
-                                      storage_options=storage.StorageOptions.from_env(s3_endpoint))
+    cfg = eval_config(
+        config,
+        set_,
+        models=model or None,
+        split=split,
+        limit=limit,
+        batch_size=batch_size,
+        fid_weights=str(fid_weights) if fid_weights else None,
+        device=device,
+        dtype=dtype,
+        compile=compile_,
+        seed=seed,
+        repeats=repeats,
+        ddpm_limit=ddpm_limit,
+        workers=workers,
+        speed_references=speed_references,
+    )
+    options = EvalOptions.from_config(
+        cfg,
+        data,
+        str(out),
+        address=address,
+        mlflow_run_id=mlflow_run_id,
+        storage_options=storage.StorageOptions.from_env(s3_endpoint),
+    )
     report, written = run(options, log=lambda m: typer.echo(m, err=True))
     typer.echo(console_table(report))
     typer.echo("report: " + ", ".join(str(p) for p in written))
@@ -550,8 +811,16 @@ def evaluate(
         raise typer.Exit(1)
 
 
-def serve_plan(config: Path | None = None, *, model: str | None = None, host: str = "127.0.0.1", port: int = 8000,
-               set_: list[str] | None = None, dtype: str | None = None, compile_: str | None = None):
+def serve_plan(
+    config: Path | None = None,
+    *,
+    model: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    set_: list[str] | None = None,
+    dtype: str | None = None,
+    compile_: str | None = None,
+):
     """`s2o serve`'s plan (and the Serve config it read): the config's application args < --set < --model, --dtype,
     --compile. Everything is checked before Ray starts; a problem is a one-line error, exit code 2."""
     from s2o_platform.serving.runner import plan_serving
@@ -560,30 +829,64 @@ def serve_plan(config: Path | None = None, *, model: str | None = None, host: st
     if config is None:  # a --config given always wins; without one, a checkout's copy, else the packaged one
         config = Path("serve/config.yaml") if Path("serve/config.yaml").is_file() else DEFAULT_CONFIG
     explicit = {k: v for k, v in {"dtype": dtype, "compile": compile_}.items() if v}
-    return plan_serving(config, model=model, host=host, port=port, overrides=explicit or None, sets=list(set_ or [])), config
+    return plan_serving(
+        config, model=model, host=host, port=port, overrides=explicit or None, sets=list(set_ or [])
+    ), config
 
 
 @app.command("serve")
 def serve_command(
-    model: Annotated[Optional[str], typer.Option("--model", help="The bundle to serve (a student's OUT/bundle). "
-                                                 "Default: args.model of the Serve config.")] = None,
-    host: Annotated[str, typer.Option("--host", help="Interface the HTTP proxy listens on (0.0.0.0 for all).")] = "127.0.0.1",
+    model: Annotated[
+        Optional[str],
+        typer.Option(
+            "--model",
+            help="The bundle to serve (a student's OUT/bundle). Default: args.model of the Serve config.",
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option("--host", help="Interface the HTTP proxy listens on (0.0.0.0 for all).")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="HTTP port.")] = 8000,
-    config: Annotated[Optional[Path], typer.Option("--config", help="Serve config: batching, limits, replicas, autoscaling, "
-                                                   "queue limits (the file `serve deploy` takes). Default: "
-                                                   "serve/config.yaml in the current directory where there is one (a "
-                                                   "checkout), else the copy installed with the package "
-                                                   "(s2o_platform/serving/config.yaml).", show_default=False)] = None,
-    dtype: Annotated[Optional[str], typer.Option("--dtype", help="Network precision of the replicas: auto, fp32, fp16 or "
-                                                 "bf16. Default: args.dtype of the Serve config (auto).")] = None,
-    compile_: Annotated[Optional[str], typer.Option("--compile", help="The replicas' forward pass: off, auto, default or max "
-                                                    "(see s2o translate --help). Default: args.compile of the Serve config.")] = None,
+    config: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--config",
+            help="Serve config: batching, limits, replicas, autoscaling, "
+            "queue limits (the file `serve deploy` takes). Default: "
+            "serve/config.yaml in the current directory where there is one (a "
+            "checkout), else the copy installed with the package "
+            "(s2o_platform/serving/config.yaml).",
+            show_default=False,
+        ),
+    ] = None,
+    dtype: Annotated[
+        Optional[str],
+        typer.Option(
+            "--dtype",
+            help="Network precision of the replicas: auto, fp32, fp16 or "
+            "bf16. Default: args.dtype of the Serve config (auto).",
+        ),
+    ] = None,
+    compile_: Annotated[
+        Optional[str],
+        typer.Option(
+            "--compile",
+            help="The replicas' forward pass: off, auto, default or max "
+            "(see s2o translate --help). Default: args.compile of the Serve config.",
+        ),
+    ] = None,
     address: AddressOption = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one of the application's args (the `args:` "
-                                                      "of the Serve config, e.g. --set max_request_model_s=30 --set "
-                                                      "max_image_side=2048): --set key=value, repeatable, value parsed as YAML. "
-                                                      "Precedence: the config's args < --set < --model, --dtype, --compile.",
-                                                      show_default=False)] = None,
+    set_: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--set",
+            help="Override one of the application's args (the `args:` "
+            "of the Serve config, e.g. --set max_request_model_s=30 --set "
+            "max_image_side=2048): --set key=value, repeatable, value parsed as YAML. "
+            "Precedence: the config's args < --set < --model, --dtype, --compile.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve a model over HTTP with Ray Serve until interrupted (Ctrl-C or SIGTERM).
 
@@ -606,7 +909,9 @@ def serve_command(
     from s2o_platform.ray_cluster import connect
     from s2o_platform.serving.runner import start_serving
 
-    plan, config = serve_plan(config, model=model, host=host, port=port, set_=set_, dtype=dtype, compile_=compile_)
+    plan, config = serve_plan(
+        config, model=model, host=host, port=port, set_=set_, dtype=dtype, compile_=compile_
+    )
 
     def stop_on_sigterm(signum, frame) -> None:
         # SIGTERM (kill, systemd, docker stop, Kubernetes) takes Ctrl-C's path through the finally below.
@@ -623,7 +928,9 @@ def serve_command(
         connect(address)
         signal.signal(signal.SIGTERM, stop_on_sigterm)  # again: ray.init installed its own
         url = start_serving(plan, address)
-        typer.echo(f"[serve] ready: POST {url}/v1/translate  |  GET {url}/healthz  |  docs {url}/docs  (Ctrl-C stops)")
+        typer.echo(
+            f"[serve] ready: POST {url}/v1/translate  |  GET {url}/healthz  |  docs {url}/docs  (Ctrl-C stops)"
+        )
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -650,12 +957,22 @@ def demo_preset(preset: str | None = None, config: Path | None = None, set_: lis
 
 @app.command("demo")
 def demo_command(
-    out: Annotated[Path, typer.Option("--out", help="Where every artefact goes; a re-run reuses the stages done there.")] = Path("runs/demo"),
-    force: Annotated[bool, typer.Option("--force", help="Start over: remove --out first and redo every stage.")] = False,
-    preset: Annotated[Optional[str], typer.Option("--preset", help="tiny (CPU, about a quarter of an hour on 2 cores), "
-                                                   "gpu-small (one GPU, longer training) or smoke (every stage, minimal "
-                                                   "work: checks the wiring). Default: gpu-small where a GPU is visible, "
-                                                   "else tiny.")] = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Where every artefact goes; a re-run reuses the stages done there.")
+    ] = Path("runs/demo"),
+    force: Annotated[
+        bool, typer.Option("--force", help="Start over: remove --out first and redo every stage.")
+    ] = False,
+    preset: Annotated[
+        Optional[str],
+        typer.Option(
+            "--preset",
+            help="tiny (CPU, about a quarter of an hour on 2 cores), "
+            "gpu-small (one GPU, longer training) or smoke (every stage, minimal "
+            "work: checks the wiring). Default: gpu-small where a GPU is visible, "
+            "else tiny.",
+        ),
+    ] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:

@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from s2o_platform.data.normalization import SarScale
 from s2o_platform.errors import S2OError
@@ -76,9 +84,14 @@ class IngestConfig(StageConfig):
     sar_band: str | None = Field(None, description="SAR polarisation by name (VV) or 1-based index")
     clip_db: tuple[float, float] = (-25.0, 0.0)
     shard_mb: float = Field(64.0, gt=0, description="target size of one Parquet shard")
-    max_nodata: float = Field(0.1, ge=0, lt=1, description="largest share of invalid pixels (nodata, fill) a kept "
-                              "window may hold; they are recorded in a per-pixel mask that training losses and "
-                              "evaluation metrics ignore. 0: only fully valid windows")
+    max_nodata: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="largest share of invalid pixels (nodata, fill) a kept "
+        "window may hold; they are recorded in a per-pixel mask that training losses and "
+        "evaluation metrics ignore. 0: only fully valid windows",
+    )
     split: SplitSection = SplitSection()
 
     @field_validator("clip_db")
@@ -166,9 +179,16 @@ def _merge(into: dict, update: Mapping) -> None:
             into[key] = copy.deepcopy(value)
 
 
-def load_config(model: type[ConfigT], path: str | Path | None = None, overrides: list[str] | None = None, *,
-                flags: Mapping[str, Any] | None = None, base: Mapping[str, Any] | None = None,
-                base_source: str = "defaults", flags_source: str | Callable[[str], str] = "the command line") -> ConfigT:
+def load_config(
+    model: type[ConfigT],
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    flags: Mapping[str, Any] | None = None,
+    base: Mapping[str, Any] | None = None,
+    base_source: str = "defaults",
+    flags_source: str | Callable[[str], str] = "the command line",
+) -> ConfigT:
     """Build a config from a YAML file (optional) and `--set` overrides, validating everything.
 
     Precedence, lowest first: the model's defaults < `base` (a preset's values, e.g. `s2o demo --preset`)
@@ -232,7 +252,9 @@ def dump_config(config: BaseModel) -> str:
 class UNetSection(Section):
     """diffusers UNet2DModel architecture; input = concat(noisy optical, SAR), output = 3 channels."""
 
-    sample_size: int | None = Field(None, ge=8, description="tile side in pixels; null: the training store's tile size")
+    sample_size: int | None = Field(
+        None, ge=8, description="tile side in pixels; null: the training store's tile size"
+    )
     block_out_channels: tuple[int, ...] = (32, 64, 128)
     layers_per_block: int = Field(1, ge=1)
     down_block_types: tuple[str, ...] = ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D")
@@ -258,7 +280,9 @@ class DiffusionSection(Section):
     beta_start: float = 1e-4
     beta_end: float = 0.02
     prediction_type: str = Field("epsilon", pattern="^(epsilon|v_prediction)$")
-    clip_sample: bool = Field(True, description="samplers clip the predicted clean image to [-1, 1] (pixel space)")
+    clip_sample: bool = Field(
+        True, description="samplers clip the predicted clean image to [-1, 1] (pixel space)"
+    )
 
 
 class TrainSection(Section):
@@ -272,11 +296,18 @@ class TrainSection(Section):
     lr_schedule: str = Field("cosine", pattern="^(cosine|constant|linear)$")
     grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
     ema_decay: float = Field(0.999, ge=0, lt=1)
-    ema_warmup: bool = Field(True, description="cap the EMA decay at (1 + step) / (10 + step), so the average "
-                             "forgets its starting weights early (a random initialisation would linger otherwise)")
-    autocast: str = Field("off", pattern="^(off|bf16)$", description="bf16: forward passes under torch.autocast "
-                          "in bfloat16 with fp32 weights, optimizer and EMA (CPUs with AVX512-BF16/AMX and GPUs); "
-                          "applies where deepspeed.precision resolves to fp32")
+    ema_warmup: bool = Field(
+        True,
+        description="cap the EMA decay at (1 + step) / (10 + step), so the average "
+        "forgets its starting weights early (a random initialisation would linger otherwise)",
+    )
+    autocast: str = Field(
+        "off",
+        pattern="^(off|bf16)$",
+        description="bf16: forward passes under torch.autocast "
+        "in bfloat16 with fp32 weights, optimizer and EMA (CPUs with AVX512-BF16/AMX and GPUs); "
+        "applies where deepspeed.precision resolves to fp32",
+    )
     seed: int = 0
     augment: bool = Field(True, description="random flips and 90-degree rotations, same for SAR and optical")
     log_every_steps: int = Field(10, ge=1)
@@ -286,12 +317,20 @@ class ScalingSection(Section):
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
-    torch_threads: int | None = Field(None, ge=1, description="CPU workers: torch threads; default cores / workers on the node")
+    torch_threads: int | None = Field(
+        None, ge=1, description="CPU workers: torch threads; default cores / workers on the node"
+    )
 
 
 class DeepSpeedSection(Section):
-    zero_stage: int = Field(0, ge=0, le=2, description="ZeRO 0-2 (3 partitions parameters, which EMA export needs whole)")
-    precision: str = Field("auto", pattern="^(auto|fp32|bf16|fp16)$", description="auto: bf16 on GPUs that have it, else fp16 on GPU, fp32 on CPU")
+    zero_stage: int = Field(
+        0, ge=0, le=2, description="ZeRO 0-2 (3 partitions parameters, which EMA export needs whole)"
+    )
+    precision: str = Field(
+        "auto",
+        pattern="^(auto|fp32|bf16|fp16)$",
+        description="auto: bf16 on GPUs that have it, else fp16 on GPU, fp32 on CPU",
+    )
 
 
 class CheckpointSection(Section):
@@ -300,28 +339,44 @@ class CheckpointSection(Section):
 
 
 class FailureSection(Section):
-    max_failures: int = Field(2, ge=0, description="worker/node failures survived by restarting from the latest checkpoint")
+    max_failures: int = Field(
+        2, ge=0, description="worker/node failures survived by restarting from the latest checkpoint"
+    )
 
 
 class DataSection(Section):
     materialize_below_mb: float = Field(
-        2048, ge=0, description="a train split smaller than this is read once into the object store and fully "
-        "shuffled every epoch; a larger one is streamed from storage every epoch"
+        2048,
+        ge=0,
+        description="a train split smaller than this is read once into the object store and fully "
+        "shuffled every epoch; a larger one is streamed from storage every epoch",
     )
-    shuffle_buffer: int = Field(256, ge=0, description="rows in the local shuffle buffer of each worker "
-                                "for a streamed split (0: none; a materialised split is fully shuffled instead)")
+    shuffle_buffer: int = Field(
+        256,
+        ge=0,
+        description="rows in the local shuffle buffer of each worker "
+        "for a streamed split (0: none; a materialised split is fully shuffled instead)",
+    )
 
 
 class TrackingSection(Section):
     """Experiment tracking with MLflow (s2o_platform/tracking.py): off unless a tracking URI is set here or in
     $MLFLOW_TRACKING_URI. Not a defining section: a resumed run may change it."""
 
-    uri: str | None = Field(None, description="MLflow tracking URI (http://host:5000, databricks, ...); "
-                            "null: $MLFLOW_TRACKING_URI, and tracking is off when that is unset too")
-    experiment: str | None = Field(None, description="MLflow experiment; null: s2o-<stage> (s2o-teacher, s2o-distill, s2o-gan)")
+    uri: str | None = Field(
+        None,
+        description="MLflow tracking URI (http://host:5000, databricks, ...); "
+        "null: $MLFLOW_TRACKING_URI, and tracking is off when that is unset too",
+    )
+    experiment: str | None = Field(
+        None, description="MLflow experiment; null: s2o-<stage> (s2o-teacher, s2o-distill, s2o-gan)"
+    )
     run_name: str | None = Field(None, description="name of the MLflow run; null: the run folder's name")
-    register_as: str | None = Field(None, description="register the final bundle as a new version of this "
-                                    "MLflow registered model (created when missing); null: no registration")
+    register_as: str | None = Field(
+        None,
+        description="register the final bundle as a new version of this "
+        "MLflow registered model (created when missing); null: no registration",
+    )
 
 
 class TrainingStageConfig(StageConfig):
@@ -353,8 +408,11 @@ class TrainingStageConfig(StageConfig):
 
 
 class TeacherLossSection(Section):
-    min_snr_gamma: float | None = Field(None, gt=0, description="Min-SNR-gamma loss weighting (Hang et al. 2023; "
-                                        "5 is their choice); null: the plain MSE")
+    min_snr_gamma: float | None = Field(
+        None,
+        gt=0,
+        description="Min-SNR-gamma loss weighting (Hang et al. 2023; 5 is their choice); null: the plain MSE",
+    )
 
 
 class TeacherConfig(TrainingStageConfig):
@@ -369,27 +427,47 @@ class TeacherConfig(TrainingStageConfig):
 class DistillSection(Section):
     """Adversarial consistency distillation (METHOD.md sections 3-4)."""
 
-    num_ddim_steps: int = Field(50, ge=2, description="solver grid points over the training timesteps (skip = T / N)")
-    huber_c: float = Field(0.001, gt=0, description="pseudo-Huber c; 0.001 as in the public code makes it nearly L1")
-    timestep_scaling: float = Field(10.0, gt=0, description="s in c_skip/c_out (sigma_data is 0.5, as in LCMScheduler)")
+    num_ddim_steps: int = Field(
+        50, ge=2, description="solver grid points over the training timesteps (skip = T / N)"
+    )
+    huber_c: float = Field(
+        0.001, gt=0, description="pseudo-Huber c; 0.001 as in the public code makes it nearly L1"
+    )
+    timestep_scaling: float = Field(
+        10.0, gt=0, description="s in c_skip/c_out (sigma_data is 0.5, as in LCMScheduler)"
+    )
     adversarial: bool = Field(True, description="false: consistency distillation only (the ablation)")
-    real: str = Field("ground_truth", pattern="^(ground_truth|target)$", description="what the discriminator sees as real")
+    real: str = Field(
+        "ground_truth", pattern="^(ground_truth|target)$", description="what the discriminator sees as real"
+    )
     gan_loss: str = Field("non_saturating", pattern="^(non_saturating|hinge|wgan)$")
     lambda_adv: float = Field(1.0, ge=0)
     discriminator_lr: float | None = Field(None, gt=0, description="default: train.lr")
-    default_steps: int = Field(4, ge=1, description="student steps the bundle advertises (at most max_sampling_steps)")
-    max_sampling_steps: int = Field(8, ge=1, le=50, description="the student bundle's step range 1..N, written as its "
-                                    "sampler.max_steps (METHOD.md section 5: 1..8); more steps are refused at inference")
-    frozen_fp32: bool = Field(False, description="false: the frozen teacher and the EMA target (fp32 weights, no "
-                              "gradients) run under autocast in the student's compute dtype (bf16/fp16 when it trains "
-                              "in them): their outputs are regression targets for a student that itself computes in "
-                              "that dtype, and on a GPU this halves the two extra forward passes; true: fp32 passes")
+    default_steps: int = Field(
+        4, ge=1, description="student steps the bundle advertises (at most max_sampling_steps)"
+    )
+    max_sampling_steps: int = Field(
+        8,
+        ge=1,
+        le=50,
+        description="the student bundle's step range 1..N, written as its "
+        "sampler.max_steps (METHOD.md section 5: 1..8); more steps are refused at inference",
+    )
+    frozen_fp32: bool = Field(
+        False,
+        description="false: the frozen teacher and the EMA target (fp32 weights, no "
+        "gradients) run under autocast in the student's compute dtype (bf16/fp16 when it trains "
+        "in them): their outputs are regression targets for a student that itself computes in "
+        "that dtype, and on a GPU this halves the two extra forward passes; true: fp32 passes",
+    )
 
     @model_validator(mode="after")
     def _default_within_range(self) -> DistillSection:
         if self.default_steps > self.max_sampling_steps:
-            raise ValueError(f"default_steps ({self.default_steps}) must be at most max_sampling_steps "
-                             f"({self.max_sampling_steps}): the bundle samples with 1..{self.max_sampling_steps} steps")
+            raise ValueError(
+                f"default_steps ({self.default_steps}) must be at most max_sampling_steps "
+                f"({self.max_sampling_steps}): the bundle samples with 1..{self.max_sampling_steps} steps"
+            )
         return self
 
 
@@ -404,7 +482,9 @@ class DistillConfig(TrainingStageConfig):
 
 
 class GeneratorSection(Section):
-    sample_size: int | None = Field(None, ge=8, description="tile side, a power of two; null: the training store's tile size")
+    sample_size: int | None = Field(
+        None, ge=8, description="tile side, a power of two; null: the training store's tile size"
+    )
     base_channels: int = Field(64, ge=4)
     dropout: float = Field(0.5, ge=0, lt=1)
 
@@ -442,26 +522,58 @@ class TranslateConfig(StageConfig):
     cluster (--address), the storage endpoint (--s3-endpoint) and --progress stay on the command line;
     the resolved config is saved as DEST/_s2o_config.yaml."""
 
-    model: str | None = Field(None, description="the bundle to translate with (a student's OUT/bundle; any stage "
-                              "works), local or s3://; required, here or as --model")
-    steps: int | None = Field(None, ge=1, description="sampling steps (student: 1..the bundle's max_steps, 8 by default); null: the bundle's default")
-    overlap: int | None = Field(None, ge=0, description="overlap of neighbouring windows in px, blended smoothly; "
-                                "null: a quarter of the tile")
+    model: str | None = Field(
+        None,
+        description="the bundle to translate with (a student's OUT/bundle; any stage "
+        "works), local or s3://; required, here or as --model",
+    )
+    steps: int | None = Field(
+        None,
+        ge=1,
+        description="sampling steps (student: 1..the bundle's max_steps, 8 by default); null: the bundle's default",
+    )
+    overlap: int | None = Field(
+        None,
+        ge=0,
+        description="overlap of neighbouring windows in px, blended smoothly; null: a quarter of the tile",
+    )
     batch_size: int = Field(32, ge=1, description="tiles per forward pass")
     actors: int = Field(1, ge=1, description="model actors (each takes a GPU where the cluster has them)")
     band: Annotated[str | None, BeforeValidator(_text)] = Field(
-        None, description="SAR band by name (VV, VH) or 1-based index; null: the band described VV, else the first")
-    sar_scale: SarScale = Field(SarScale.AUTO, description="how SAR values are expressed: auto decides per scene "
-                                "(see `s2o translate --help`), or uint8 | db | linear | dn")
-    output_dtype: str = Field("uint8", pattern="^(uint8|float32)$", description="uint8 RGB (nodata 0) or float32 "
-                              "in [0, 1] (nodata NaN)")
-    seed: int = Field(0, description="noise seed (each tile's noise is keyed by it, its scene and its window)")
-    device: str = Field("auto", pattern="^(auto|cpu|cuda)$", description="where the model actors run: auto (a GPU "
-                        "where the cluster has one, else the CPU), cpu or cuda")
-    dtype: str = Field("auto", pattern=DTYPE_PATTERN, description="network precision: auto (fp16 on a GPU; bf16 on "
-                       "a CPU that has it, else fp32), fp32, fp16 or bf16")
-    compile: CompileChoice = Field("off", pattern=COMPILE_PATTERN, description="the forward pass: off (eager), auto, "
-                                   "default or max (torch.compile; see `s2o translate --help`)")
+        None,
+        description="SAR band by name (VV, VH) or 1-based index; null: the band described VV, else the first",
+    )
+    sar_scale: SarScale = Field(
+        SarScale.AUTO,
+        description="how SAR values are expressed: auto decides per scene "
+        "(see `s2o translate --help`), or uint8 | db | linear | dn",
+    )
+    output_dtype: str = Field(
+        "uint8",
+        pattern="^(uint8|float32)$",
+        description="uint8 RGB (nodata 0) or float32 in [0, 1] (nodata NaN)",
+    )
+    seed: int = Field(
+        0, description="noise seed (each tile's noise is keyed by it, its scene and its window)"
+    )
+    device: str = Field(
+        "auto",
+        pattern="^(auto|cpu|cuda)$",
+        description="where the model actors run: auto (a GPU "
+        "where the cluster has one, else the CPU), cpu or cuda",
+    )
+    dtype: str = Field(
+        "auto",
+        pattern=DTYPE_PATTERN,
+        description="network precision: auto (fp16 on a GPU; bf16 on "
+        "a CPU that has it, else fp32), fp32, fp16 or bf16",
+    )
+    compile: CompileChoice = Field(
+        "off",
+        pattern=COMPILE_PATTERN,
+        description="the forward pass: off (eager), auto, "
+        "default or max (torch.compile; see `s2o translate --help`)",
+    )
     split: str = Field("test", description="for a tile store SOURCE: the split translated into Parquet")
 
 
@@ -470,25 +582,51 @@ class EvalConfig(StageConfig):
     (--data), the report folder (--out), the Ray cluster (--address), the storage endpoint (--s3-endpoint) and
     --mlflow-run-id stay on the command line; the resolved config is saved as REPORT_DIR/config.yaml."""
 
-    models: list[str] = Field(default_factory=list, description="NAME=BUNDLE[@SAMPLER[:STEPS[,STEPS...]]] specs, "
-                              "one report row per step count (see `s2o eval --help`); at least one, here or as "
-                              "--model (which replaces this list)")
+    models: list[str] = Field(
+        default_factory=list,
+        description="NAME=BUNDLE[@SAMPLER[:STEPS[,STEPS...]]] specs, "
+        "one report row per step count (see `s2o eval --help`); at least one, here or as "
+        "--model (which replaces this list)",
+    )
     split: str = Field("test", description="store split to evaluate on: train, val or test")
-    limit: int | None = Field(None, ge=1, description="evaluate the first N tiles (by tile id) of the split; null: all")
-    batch_size: int = Field(32, ge=1, description="tiles per forward pass; throughput is measured at this size")
-    fid_weights: str | None = Field(None, description="Inception-v3 FID network (TorchScript or torch-fidelity "
-                                    "weights file); null: FID is reported as skipped")
-    device: str = Field("auto", pattern="^(auto|cpu|cuda)$", description="auto (CUDA when present), cpu or cuda")
-    dtype: str = Field("auto", pattern=DTYPE_PATTERN, description="network precision: auto, fp32, fp16 or bf16")
-    compile: CompileChoice = Field("off", pattern=COMPILE_PATTERN, description="the forward pass of every model, "
-                                   "speed references included: off, auto, default or max")
+    limit: int | None = Field(
+        None, ge=1, description="evaluate the first N tiles (by tile id) of the split; null: all"
+    )
+    batch_size: int = Field(
+        32, ge=1, description="tiles per forward pass; throughput is measured at this size"
+    )
+    fid_weights: str | None = Field(
+        None,
+        description="Inception-v3 FID network (TorchScript or torch-fidelity "
+        "weights file); null: FID is reported as skipped",
+    )
+    device: str = Field(
+        "auto", pattern="^(auto|cpu|cuda)$", description="auto (CUDA when present), cpu or cuda"
+    )
+    dtype: str = Field(
+        "auto", pattern=DTYPE_PATTERN, description="network precision: auto, fp32, fp16 or bf16"
+    )
+    compile: CompileChoice = Field(
+        "off",
+        pattern=COMPILE_PATTERN,
+        description="the forward pass of every model, speed references included: off, auto, default or max",
+    )
     seed: int = Field(0, description="noise seed: batch i uses seed + i, the same for every model")
-    repeats: int = Field(3, ge=1, description="timed calls per latency measurement (median; after one warm-up)")
-    ddpm_limit: int = Field(32, ge=1, description="tiles scored with ancestral DDPM (all training steps per tile)")
+    repeats: int = Field(
+        3, ge=1, description="timed calls per latency measurement (median; after one warm-up)"
+    )
+    ddpm_limit: int = Field(
+        32, ge=1, description="tiles scored with ancestral DDPM (all training steps per tile)"
+    )
     workers: int = Field(1, ge=1, description="Ray Data actors per model setting (with --address)")
-    speed_references: bool = Field(True, description="time teacher DDPM (all steps) and DDIM-50 for the speed-ups "
-                                   "when a teacher is given but those settings are not listed")
+    speed_references: bool = Field(
+        True,
+        description="time teacher DDPM (all steps) and DDIM-50 for the speed-ups "
+        "when a teacher is given but those settings are not listed",
+    )
     sample_tiles: int = Field(4, ge=1, description="tiles shown per setting in samples.png")
-    landcover_fit_tiles: int = Field(1024, ge=1, description="train tiles the land-cover classifier is fitted on "
-                                     "(where the store has class maps)")
-
+    landcover_fit_tiles: int = Field(
+        1024,
+        ge=1,
+        description="train tiles the land-cover classifier is fitted on (where the store has class maps)",
+    )

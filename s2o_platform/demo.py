@@ -42,29 +42,68 @@ class DemoPreset(StageConfig):
     name: str = Field(description="the preset --preset chose (kept when other keys are changed)")
     use_gpu: bool = Field(description="train on a GPU and serve on it (the gpu-small preset)")
     pairs: int = Field(ge=1, description="tile pairs of the synthetic store")
-    scene_size: int = Field(ge=32, description="side in px of the synthetic georeferenced scene translated into a COG")
-    batch_size: int | None = Field(ge=1, description="per training worker; null: each stage's preset batch (configs/tiny/)")
+    scene_size: int = Field(
+        ge=32, description="side in px of the synthetic georeferenced scene translated into a COG"
+    )
+    batch_size: int | None = Field(
+        ge=1, description="per training worker; null: each stage's preset batch (configs/tiny/)"
+    )
     teacher_steps: int = Field(ge=1, description="optimizer steps of the diffusion teacher")
-    distill_steps: int = Field(ge=1, description="optimizer steps of each distillation (the student and its ablation)")
+    distill_steps: int = Field(
+        ge=1, description="optimizer steps of each distillation (the student and its ablation)"
+    )
     gan_steps: int = Field(ge=1, description="optimizer steps of the pix2pix baseline")
     eval_limit: int = Field(ge=1, description="test tiles the evaluation scores")
     student_steps: tuple[Annotated[int, Field(ge=1, le=8)], ...] = Field(
-        (1, 4), min_length=1, description="the student's step counts evaluated (the last also for the ablation)")
-    speed_references: bool = Field(True, description="also time the teacher's 1000-step DDPM (~25 s a call on 2 CPU cores)")
+        (1, 4),
+        min_length=1,
+        description="the student's step counts evaluated (the last also for the ablation)",
+    )
+    speed_references: bool = Field(
+        True, description="also time the teacher's 1000-step DDPM (~25 s a call on 2 CPU cores)"
+    )
 
 
 PRESETS = {
     # Sized to finish within a quarter of an hour on 2 CPU cores with models that clearly learn (README:
     # measured time and quality); 2048 pairs leave more than 128 test tiles to measure on.
-    "tiny": DemoPreset(name="tiny", use_gpu=False, pairs=2048, scene_size=384, batch_size=None,
-                       teacher_steps=500, distill_steps=60, gan_steps=400, eval_limit=128),
+    "tiny": DemoPreset(
+        name="tiny",
+        use_gpu=False,
+        pairs=2048,
+        scene_size=384,
+        batch_size=None,
+        teacher_steps=500,
+        distill_steps=60,
+        gan_steps=400,
+        eval_limit=128,
+    ),
     # The smallest setting: every stage runs, for checking the wiring (the test suite runs this).
-    "smoke": DemoPreset(name="smoke", use_gpu=False, pairs=256, scene_size=128, batch_size=8,
-                        teacher_steps=10, distill_steps=4, gan_steps=10, eval_limit=8, student_steps=(1,),
-                        speed_references=False),
+    "smoke": DemoPreset(
+        name="smoke",
+        use_gpu=False,
+        pairs=256,
+        scene_size=128,
+        batch_size=8,
+        teacher_steps=10,
+        distill_steps=4,
+        gan_steps=10,
+        eval_limit=8,
+        student_steps=(1,),
+        speed_references=False,
+    ),
     # One GPU: the same pipeline with longer training, so the figures mean more.
-    "gpu-small": DemoPreset(name="gpu-small", use_gpu=True, pairs=4096, scene_size=1024, batch_size=None,
-                            teacher_steps=3000, distill_steps=600, gan_steps=2000, eval_limit=256),
+    "gpu-small": DemoPreset(
+        name="gpu-small",
+        use_gpu=True,
+        pairs=4096,
+        scene_size=1024,
+        batch_size=None,
+        teacher_steps=3000,
+        distill_steps=600,
+        gan_steps=2000,
+        eval_limit=256,
+    ),
 }
 
 
@@ -84,13 +123,21 @@ def choose_preset(name: str | None) -> DemoPreset:
     return PRESETS[name]
 
 
-def resolve_preset(name: str | None, config: str | Path | None = None, overrides: list[str] | None = None) -> DemoPreset:
+def resolve_preset(
+    name: str | None, config: str | Path | None = None, overrides: list[str] | None = None
+) -> DemoPreset:
     """The demo's settings: the preset (`--preset`, else the automatic choice) < --config FILE < --set key=value.
     Raises DemoError for an unknown preset, config.ConfigError for an unknown key or a bad value."""
     preset = choose_preset(name)
     if config is None and not overrides:
         return preset
-    return load_config(DemoPreset, config, overrides, base=preset.model_dump(mode="json"), base_source=f"preset {preset.name}")
+    return load_config(
+        DemoPreset,
+        config,
+        overrides,
+        base=preset.model_dump(mode="json"),
+        base_source=f"preset {preset.name}",
+    )
 
 
 def real_sample_dir() -> Path | None:
@@ -109,7 +156,9 @@ def real_sample_dir() -> Path | None:
 
 
 class Demo:
-    def __init__(self, out: str | Path, preset: DemoPreset, force: bool = False, log: Callable[[str], None] = print):
+    def __init__(
+        self, out: str | Path, preset: DemoPreset, force: bool = False, log: Callable[[str], None] = print
+    ):
         self.out, self.preset, self.log = Path(out).resolve(), preset, log
         if force and self.out.exists():
             self.log(f"[demo] --force: removing {self.out}")
@@ -131,8 +180,10 @@ class Demo:
         try:
             result = run()
         except Exception as err:  # noqa: BLE001 - say which stage failed; earlier artefacts stay for the re-run
-            raise DemoError(f"stage {name!r} failed: {type(err).__name__}: {err}. Earlier stages are kept in "
-                            f"{self.out}; run the same command again to retry from here.") from err
+            raise DemoError(
+                f"stage {name!r} failed: {type(err).__name__}: {err}. Earlier stages are kept in "
+                f"{self.out}; run the same command again to retry from here."
+            ) from err
         result["seconds"] = round(time.perf_counter() - began, 1)
         self.timings[name] = result["seconds"]
         marker.write_text(json.dumps(result, indent=2))
@@ -149,61 +200,133 @@ class Demo:
         from s2o_platform.data.synth_writer import run_synth
 
         store, scenes = self.out / "store", self.out / "scenes"
-        summary = run_synth(str(store), pairs=self.preset.pairs, size=32, seed=0, scenes_dir=str(scenes),
-                            n_scene_files=1, scene_size=self.preset.scene_size, progress=False)
-        return {"store": str(store), "scenes": str(scenes / "sar"), "tiles": summary.tiles,
-                "baselines": summary.baselines}
+        summary = run_synth(
+            str(store),
+            pairs=self.preset.pairs,
+            size=32,
+            seed=0,
+            scenes_dir=str(scenes),
+            n_scene_files=1,
+            scene_size=self.preset.scene_size,
+            progress=False,
+        )
+        return {
+            "store": str(store),
+            "scenes": str(scenes / "sar"),
+            "tiles": summary.tiles,
+            "baselines": summary.baselines,
+        }
 
     def make_real_store(self, real: Path) -> dict[str, Any]:
         from s2o_platform.data.ingest import run_ingest
 
         store = self.out / "real-store"
-        summary = run_ingest([str(real)], str(store), tile_size=32, test_fraction=0.5, val_fraction=0.0, progress=False)
+        summary = run_ingest(
+            [str(real)], str(store), tile_size=32, test_fraction=0.5, val_fraction=0.0, progress=False
+        )
         if not summary.total_written:
             raise DemoError(f"no tiles ingested from {real}: {summary.skipped[:3]}")
         return {"store": str(store), "source": str(real), "tiles": dict(summary.tiles_written)}
 
-    def train(self, stage: str, config_file: str, data: str, out: str, steps: int, overrides: list[str],
-              extra: dict | None = None) -> dict[str, Any]:
+    def train(
+        self,
+        stage: str,
+        config_file: str,
+        data: str,
+        out: str,
+        steps: int,
+        overrides: list[str],
+        extra: dict | None = None,
+    ) -> dict[str, Any]:
         from s2o_platform.config import load_config
-        from s2o_platform.train.runtime import get_stage
         from s2o_platform.train.launcher import run_training
+        from s2o_platform.train.runtime import get_stage
 
         p = self.preset
         batch = [f"train.batch_size={p.batch_size}"] if p.batch_size else []
-        cfg = load_config(get_stage(stage).config_model, CONFIGS / config_file, [
-            f"train.max_steps={steps}", *batch, f"checkpoint.every_steps={steps}",
-            f"train.log_every_steps={max(1, steps // 10)}", f"scaling.use_gpu={str(p.use_gpu).lower()}",
-            "scaling.num_workers=1", *overrides])
-        result = run_training(stage, cfg, data, out, tile_size=cfg.model_tile_size(), extra=extra, log=self.log)
+        cfg = load_config(
+            get_stage(stage).config_model,
+            CONFIGS / config_file,
+            [
+                f"train.max_steps={steps}",
+                *batch,
+                f"checkpoint.every_steps={steps}",
+                f"train.log_every_steps={max(1, steps // 10)}",
+                f"scaling.use_gpu={str(p.use_gpu).lower()}",
+                "scaling.num_workers=1",
+                *overrides,
+            ],
+        )
+        result = run_training(
+            stage, cfg, data, out, tile_size=cfg.model_tile_size(), extra=extra, log=self.log
+        )
         metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
         return {"run": out, "bundle": result.bundle, "steps": result.step, "metrics": metrics}
 
-    def evaluate(self, data: str, out: str, models: list[str], limit: int, references: bool) -> dict[str, Any]:
+    def evaluate(
+        self, data: str, out: str, models: list[str], limit: int, references: bool
+    ) -> dict[str, Any]:
         from s2o_platform.evaluation.runner import EvalOptions, evaluate
 
         # one timed call per setting: the teacher's 1000-step reference alone takes ~25 s a call on 2 CPU cores
-        options = EvalOptions(data=data, models=models, out=out, limit=limit, batch_size=32, repeats=1,
-                              references=references, ddpm_limit=4)
+        options = EvalOptions(
+            data=data,
+            models=models,
+            out=out,
+            limit=limit,
+            batch_size=32,
+            repeats=1,
+            references=references,
+            ddpm_limit=4,
+        )
         report, files = evaluate(options, log=self.log)
-        keys = ("label", "tiles", "psnr", "ssim", "paired", "sharpness_ratio", "identity_ratio", "landcover_accuracy",
-                "landcover_miou", "latency_ms", "speedup_vs_ddim", "speedup_vs_ddpm", "error")
+        keys = (
+            "label",
+            "tiles",
+            "psnr",
+            "ssim",
+            "paired",
+            "sharpness_ratio",
+            "identity_ratio",
+            "landcover_accuracy",
+            "landcover_miou",
+            "latency_ms",
+            "speedup_vs_ddim",
+            "speedup_vs_ddpm",
+            "error",
+        )
         rows = [{k: r.__dict__[k] for k in keys} for r in report.rows if not r.speed_only]
         landcover = report.context.get("landcover_classifier") or {}
-        return {"report": out, "files": [str(f) for f in files], "rows": rows,
-                "landcover_heldout_accuracy": landcover.get("heldout_accuracy")}
+        return {
+            "report": out,
+            "files": [str(f) for f in files],
+            "rows": rows,
+            "landcover_heldout_accuracy": landcover.get("heldout_accuracy"),
+        }
 
     def translate(self, scenes: str, model: str) -> dict[str, Any]:
         from s2o_platform.translate.pipeline import TranslateOptions, run_translate
 
         dest = self.out / "translated"
-        summary = run_translate(TranslateOptions(source=scenes, model=model, dest=str(dest), progress=False), log=self.log)
+        summary = run_translate(
+            TranslateOptions(source=scenes, model=model, dest=str(dest), progress=False), log=self.log
+        )
         if summary.failed:
             raise DemoError(f"archive translation failed for {summary.failed}")
         outputs = sorted(str(p) for p in dest.rglob("*.tif"))
         truth = Path(scenes).parent / "optical"
-        quality = scene_quality(outputs[0], truth / Path(outputs[0]).name) if outputs and (truth / Path(outputs[0]).name).is_file() else {}
-        return {"dest": str(dest), "outputs": outputs, "tiles": summary.tiles, "tiles_per_s": round(summary.tiles_per_s, 1), **quality}
+        quality = (
+            scene_quality(outputs[0], truth / Path(outputs[0]).name)
+            if outputs and (truth / Path(outputs[0]).name).is_file()
+            else {}
+        )
+        return {
+            "dest": str(dest),
+            "outputs": outputs,
+            "tiles": summary.tiles,
+            "tiles_per_s": round(summary.tiles_per_s, 1),
+            **quality,
+        }
 
     def serve(self, model: str, scenes: str, real: Path | None) -> dict[str, Any]:
         import requests
@@ -228,14 +351,25 @@ class Demo:
                 requests_to_send.append((first.name, first.read_bytes(), "image/png", "png"))
             for name, body, content_type, fmt in requests_to_send:
                 began = time.perf_counter()
-                response = requests.post(f"{url}/v1/translate?steps=4&format={fmt}", data=body,
-                                         headers={"Content-Type": content_type}, timeout=120)
+                response = requests.post(
+                    f"{url}/v1/translate?steps=4&format={fmt}",
+                    data=body,
+                    headers={"Content-Type": content_type},
+                    timeout=120,
+                )
                 if response.status_code != 200:
                     raise DemoError(f"POST {name}: HTTP {response.status_code}: {response.text[:300]}")
                 target = folder / f"{Path(name).stem}-optical.{fmt}"
                 target.write_bytes(response.content)
-                answers.append({"request": name, "status": response.status_code, "output": str(target),
-                                "ms": round(1000 * (time.perf_counter() - began), 1), "tiles": response.headers.get("x-s2o-tiles")})
+                answers.append(
+                    {
+                        "request": name,
+                        "status": response.status_code,
+                        "output": str(target),
+                        "ms": round(1000 * (time.perf_counter() - began), 1),
+                        "tiles": response.headers.get("x-s2o-tiles"),
+                    }
+                )
         finally:
             serve.shutdown()
             self.log("[demo] Ray Serve shut down")
@@ -250,42 +384,112 @@ class Demo:
         self.log(f"[demo] preset {p.name} into {self.out}; {connect(None)}")
         store = self.stage("store", "1/9 synthetic tile store and georeferenced scenes", self.make_store)
         real = real_sample_dir()
-        real_store = (self.stage("real-store", "1b/9 the real SEN1-2 sample into a second store", lambda: self.make_real_store(real))
-                      if real else None)
+        real_store = (
+            self.stage(
+                "real-store",
+                "1b/9 the real SEN1-2 sample into a second store",
+                lambda: self.make_real_store(real),
+            )
+            if real
+            else None
+        )
         if real is None:
             self.log("[demo] no real sample beside the repository (../shared/data/real): synthetic data only")
         data = store["store"]
         runs = self.out / "runs"
-        teacher = self.stage("teacher", "2/9 diffusion teacher (Ray Train + DeepSpeed)",
-                             lambda: self.train("teacher", "teacher.yaml", data, str(runs / "teacher"), p.teacher_steps, []))
-        acd = self.stage("distill", "3/9 adversarial consistency distillation",
-                         lambda: self.train("distill", "distill.yaml", data, str(runs / "acd"), p.distill_steps, [],
-                                            extra={"teacher": teacher["bundle"]}))
-        ablation = self.stage("ablation", "4/9 consistency distillation without the discriminator (ablation)",
-                              lambda: self.train("distill", "distill.yaml", data, str(runs / "ablation"), p.distill_steps,
-                                                 ["distill.adversarial=false"], extra={"teacher": teacher["bundle"]}))
-        gan = self.stage("gan", "5/9 pix2pix baseline",
-                         lambda: self.train("gan", "gan.yaml", data, str(runs / "gan"), p.gan_steps, []))
+        teacher = self.stage(
+            "teacher",
+            "2/9 diffusion teacher (Ray Train + DeepSpeed)",
+            lambda: self.train("teacher", "teacher.yaml", data, str(runs / "teacher"), p.teacher_steps, []),
+        )
+        acd = self.stage(
+            "distill",
+            "3/9 adversarial consistency distillation",
+            lambda: self.train(
+                "distill",
+                "distill.yaml",
+                data,
+                str(runs / "acd"),
+                p.distill_steps,
+                [],
+                extra={"teacher": teacher["bundle"]},
+            ),
+        )
+        ablation = self.stage(
+            "ablation",
+            "4/9 consistency distillation without the discriminator (ablation)",
+            lambda: self.train(
+                "distill",
+                "distill.yaml",
+                data,
+                str(runs / "ablation"),
+                p.distill_steps,
+                ["distill.adversarial=false"],
+                extra={"teacher": teacher["bundle"]},
+            ),
+        )
+        gan = self.stage(
+            "gan",
+            "5/9 pix2pix baseline",
+            lambda: self.train("gan", "gan.yaml", data, str(runs / "gan"), p.gan_steps, []),
+        )
         steps = ",".join(str(s) for s in p.student_steps)
-        models = [f"teacher={teacher['bundle']}@ddim:50", f"acd={acd['bundle']}@lcm:{steps}",
-                  f"ablation={ablation['bundle']}@lcm:{p.student_steps[-1]}", f"pix2pix={gan['bundle']}"]
-        report = self.stage("evaluate", "6/9 evaluation: quality and speed side by side",
-                            lambda: self.evaluate(data, str(self.out / "report"), models, p.eval_limit, references=p.speed_references))
+        models = [
+            f"teacher={teacher['bundle']}@ddim:50",
+            f"acd={acd['bundle']}@lcm:{steps}",
+            f"ablation={ablation['bundle']}@lcm:{p.student_steps[-1]}",
+            f"pix2pix={gan['bundle']}",
+        ]
+        report = self.stage(
+            "evaluate",
+            "6/9 evaluation: quality and speed side by side",
+            lambda: self.evaluate(
+                data, str(self.out / "report"), models, p.eval_limit, references=p.speed_references
+            ),
+        )
         real_report = None
         if real_store is not None:
-            real_report = self.stage("evaluate-real", "6b/9 the student and pix2pix on the real SEN1-2 tiles",
-                                     lambda: self.evaluate(real_store["store"], str(self.out / "report-real"),
-                                                           [f"acd={acd['bundle']}@lcm:4", f"pix2pix={gan['bundle']}"],
-                                                           64, references=False))
-        translated = self.stage("translate", "7/9 archive translation into COGs",
-                                lambda: self.translate(store["scenes"], acd["bundle"]))
-        served = self.stage("serve", "8/9 online serving: Ray Serve, real HTTP requests",
-                            lambda: self.serve(acd["bundle"], store["scenes"], real))
-        summary = {"preset": p.model_dump(mode="json"), "out": str(self.out), "store": store, "real_store": real_store, "teacher": teacher,
-                   "student": acd, "ablation": ablation, "pix2pix": gan, "report": report, "real_report": real_report,
-                   "translate": translated, "serve": served, "seconds": round(time.perf_counter() - self.started, 1)}
-        summary["stage_seconds"] = {k: v["seconds"] for k, v in summary.items()
-                                    if isinstance(v, dict) and "seconds" in v and k != "preset"}
+            real_report = self.stage(
+                "evaluate-real",
+                "6b/9 the student and pix2pix on the real SEN1-2 tiles",
+                lambda: self.evaluate(
+                    real_store["store"],
+                    str(self.out / "report-real"),
+                    [f"acd={acd['bundle']}@lcm:4", f"pix2pix={gan['bundle']}"],
+                    64,
+                    references=False,
+                ),
+            )
+        translated = self.stage(
+            "translate",
+            "7/9 archive translation into COGs",
+            lambda: self.translate(store["scenes"], acd["bundle"]),
+        )
+        served = self.stage(
+            "serve",
+            "8/9 online serving: Ray Serve, real HTTP requests",
+            lambda: self.serve(acd["bundle"], store["scenes"], real),
+        )
+        summary = {
+            "preset": p.model_dump(mode="json"),
+            "out": str(self.out),
+            "store": store,
+            "real_store": real_store,
+            "teacher": teacher,
+            "student": acd,
+            "ablation": ablation,
+            "pix2pix": gan,
+            "report": report,
+            "real_report": real_report,
+            "translate": translated,
+            "serve": served,
+            "seconds": round(time.perf_counter() - self.started, 1),
+        }
+        summary["stage_seconds"] = {
+            k: v["seconds"]
+            for k, v in summary.items()
+            if isinstance(v, dict) and "seconds" in v and k != "preset"
+        }
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         text = summary_text(summary)
         (self.out / "summary.md").write_text(text + "\n")
@@ -306,7 +510,10 @@ def scene_quality(translated: str, truth: str) -> dict[str, float]:
         prediction = a.read().astype(np.float64)[:, valid].T / 255.0
         target = b.read().astype(np.float64)[:, valid].T / 255.0
     mean_colour = np.broadcast_to(target.mean(axis=0), target.shape)
-    return {"scene_psnr": round(psnr(prediction, target), 2), "scene_mean_colour_psnr": round(psnr(mean_colour, target), 2)}
+    return {
+        "scene_psnr": round(psnr(prediction, target), 2),
+        "scene_mean_colour_psnr": round(psnr(mean_colour, target), 2),
+    }
 
 
 def verdicts(s: dict[str, Any]) -> list[str]:
@@ -318,59 +525,100 @@ def verdicts(s: dict[str, Any]) -> list[str]:
         if row.get("psnr") is None:
             continue
         above = row["psnr"] - floor
-        where = (f"{above:.1f} dB above the mean-colour baseline" if above > 0.5 else
-                 "no better than predicting the mean colour" if above > -0.5 else f"{-above:.1f} dB below the mean-colour baseline")
+        where = (
+            f"{above:.1f} dB above the mean-colour baseline"
+            if above > 0.5
+            else "no better than predicting the mean colour"
+            if above > -0.5
+            else f"{-above:.1f} dB below the mean-colour baseline"
+        )
         line = f"- {row['label']}: {row['psnr']:.2f} dB, {where}, {ceiling - row['psnr']:.1f} dB below the class oracle"
         paired = row.get("paired")
         if paired and paired["reference"] != row["label"]:
             lo, hi = paired["ci95"]
             verdict = "better than" if lo > 0 else "worse than" if hi < 0 else "not distinguishable from"
-            line += (f"; {verdict} {paired['reference']} ({paired['delta_psnr']:+.2f} dB per tile, "
-                     f"95% interval {lo:+.2f} to {hi:+.2f})")
+            line += (
+                f"; {verdict} {paired['reference']} ({paired['delta_psnr']:+.2f} dB per tile, "
+                f"95% interval {lo:+.2f} to {hi:+.2f})"
+            )
         if row.get("landcover_accuracy") is not None:
             line += f"; land cover read back from it: {row['landcover_accuracy']:.0%} of pixels"
         lines.append(line + ".")
     translated = s.get("translate") or {}
     if translated.get("scene_psnr") is not None:
         gain = translated["scene_psnr"] - translated["scene_mean_colour_psnr"]
-        lines.append(f"- the translated scene: {translated['scene_psnr']:.2f} dB against its optical ground truth, "
-                     f"{gain:+.1f} dB over that scene's own mean colour ({translated['scene_mean_colour_psnr']:.2f} dB).")
+        lines.append(
+            f"- the translated scene: {translated['scene_psnr']:.2f} dB against its optical ground truth, "
+            f"{gain:+.1f} dB over that scene's own mean colour ({translated['scene_mean_colour_psnr']:.2f} dB)."
+        )
     return lines
 
 
 def summary_text(s: dict[str, Any]) -> str:
-    lines = [f"# s2o demo ({s['preset']['name']} preset): {s['seconds'] / 60:.1f} min in this run", "",
-             "## Headline figures (test tiles of the synthetic store)", "",
-             "| model | PSNR dB | SSIM | latency ms | speed-up vs DDIM-50 | vs DDPM-1000 |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"# s2o demo ({s['preset']['name']} preset): {s['seconds'] / 60:.1f} min in this run",
+        "",
+        "## Headline figures (test tiles of the synthetic store)",
+        "",
+        "| model | PSNR dB | SSIM | latency ms | speed-up vs DDIM-50 | vs DDPM-1000 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for row in s["report"]["rows"]:
-        lines.append(f"| {row['label']} | {_fmt(row['psnr'], '.2f')} | {_fmt(row['ssim'], '.3f')} | {_fmt(row['latency_ms'], '.1f')} | "
-                     f"{_fmt(row['speedup_vs_ddim'], '.3g', 'x')} | {_fmt(row['speedup_vs_ddpm'], '.4g', 'x')} |")
+        lines.append(
+            f"| {row['label']} | {_fmt(row['psnr'], '.2f')} | {_fmt(row['ssim'], '.3f')} | {_fmt(row['latency_ms'], '.1f')} | "
+            f"{_fmt(row['speedup_vs_ddim'], '.3g', 'x')} | {_fmt(row['speedup_vs_ddpm'], '.4g', 'x')} |"
+        )
     baselines = s["store"]["baselines"]
-    lines += ["", f"Baselines: predicting the dataset's mean colour everywhere scores {baselines['mean_colour']:.2f} dB; "
-              f"an oracle that knows the true land-cover class of every pixel and paints its mean colour scores "
-              f"{baselines['class_oracle']:.2f} dB (texture is not predictable from the SAR, so a model that samples "
-              "realistic texture lands about 3 dB under the oracle).", "", "## How the models compare", ""]
+    lines += [
+        "",
+        f"Baselines: predicting the dataset's mean colour everywhere scores {baselines['mean_colour']:.2f} dB; "
+        f"an oracle that knows the true land-cover class of every pixel and paints its mean colour scores "
+        f"{baselines['class_oracle']:.2f} dB (texture is not predictable from the SAR, so a model that samples "
+        "realistic texture lands about 3 dB under the oracle).",
+        "",
+        "## How the models compare",
+        "",
+    ]
     lines += verdicts(s)
     if s["report"].get("landcover_heldout_accuracy") is not None:
-        lines += ["", f"(The land-cover classifier reads {s['report']['landcover_heldout_accuracy']:.0%} of pixels right "
-                  "on the real optical test tiles: that is the ceiling for the land-cover figures above.)"]
+        lines += [
+            "",
+            f"(The land-cover classifier reads {s['report']['landcover_heldout_accuracy']:.0%} of pixels right "
+            "on the real optical test tiles: that is the ceiling for the land-cover figures above.)",
+        ]
     if s.get("real_report"):
-        lines += ["", "Real SEN1-2 tiles (models trained on synthetic data only): "
-                  + "; ".join(f"{r['label']} {_fmt(r['psnr'], '.2f')} dB" for r in s["real_report"]["rows"])]
-    lines += ["", "## Artefacts", "",
-              f"- tile store: {s['store']['store']}" + (f"; real-sample store: {s['real_store']['store']}" if s.get("real_store") else ""),
-              f"- teacher bundle: {s['teacher']['bundle']}",
-              f"- student (adversarial) bundle: {s['student']['bundle']}",
-              f"- ablation bundle: {s['ablation']['bundle']}",
-              f"- pix2pix bundle: {s['pix2pix']['bundle']}",
-              f"- evaluation report: {s['report']['report']} ({', '.join(Path(f).name for f in s['report']['files'])})"]
+        lines += [
+            "",
+            "Real SEN1-2 tiles (models trained on synthetic data only): "
+            + "; ".join(f"{r['label']} {_fmt(r['psnr'], '.2f')} dB" for r in s["real_report"]["rows"]),
+        ]
+    lines += [
+        "",
+        "## Artefacts",
+        "",
+        f"- tile store: {s['store']['store']}"
+        + (f"; real-sample store: {s['real_store']['store']}" if s.get("real_store") else ""),
+        f"- teacher bundle: {s['teacher']['bundle']}",
+        f"- student (adversarial) bundle: {s['student']['bundle']}",
+        f"- ablation bundle: {s['ablation']['bundle']}",
+        f"- pix2pix bundle: {s['pix2pix']['bundle']}",
+        f"- evaluation report: {s['report']['report']} ({', '.join(Path(f).name for f in s['report']['files'])})",
+    ]
     if s.get("real_report"):
         lines.append(f"- evaluation on the real sample: {s['real_report']['report']}")
-    lines.append(f"- translated COGs: {', '.join(s['translate']['outputs'])} ({s['translate']['tiles']} tiles)")
+    lines.append(
+        f"- translated COGs: {', '.join(s['translate']['outputs'])} ({s['translate']['tiles']} tiles)"
+    )
     for answer in s["serve"]["answers"]:
-        lines.append(f"- served: POST {answer['request']} -> HTTP {answer['status']} in {answer['ms']:.0f} ms -> {answer['output']}")
+        lines.append(
+            f"- served: POST {answer['request']} -> HTTP {answer['status']} in {answer['ms']:.0f} ms -> {answer['output']}"
+        )
     lines.append(f"- this summary: {s['out']}/summary.md and summary.json")
-    lines += ["", "Seconds per stage (when it last ran): " + ", ".join(f"{k} {v:.0f}" for k, v in s["stage_seconds"].items())]
+    lines += [
+        "",
+        "Seconds per stage (when it last ran): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in s["stage_seconds"].items()),
+    ]
     return "\n".join(lines)
 
 

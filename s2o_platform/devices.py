@@ -15,7 +15,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but torch sees no CUDA GPU here; use --device auto or cpu")
+        raise ValueError(
+            "--device cuda was asked for, but torch sees no CUDA GPU here; use --device auto or cpu"
+        )
     if name not in ("cpu", "cuda"):
         raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
     return torch.device(name)
@@ -25,7 +27,10 @@ def cpu_supports(name: str) -> bool:
     """Whether this CPU runs a dtype at speed: bf16 needs AVX512-BF16 or AMX, fp16 AVX512-FP16 (oneDNN)."""
     if name == "fp32":
         return True
-    check = {"bf16": torch.ops.mkldnn._is_mkldnn_bf16_supported, "fp16": torch.ops.mkldnn._is_mkldnn_fp16_supported}[name]
+    check = {
+        "bf16": torch.ops.mkldnn._is_mkldnn_bf16_supported,
+        "fp16": torch.ops.mkldnn._is_mkldnn_fp16_supported,
+    }[name]
     try:
         return bool(check())
     except (AttributeError, RuntimeError):
@@ -45,7 +50,9 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         raise ValueError(f"--dtype must be auto, fp32, fp16 or bf16, got {name!r}")
     if device.type == "cpu" and not cpu_supports(name):
         need = "AVX512-BF16 or AMX" if name == "bf16" else "AVX512-FP16"
-        raise ValueError(f"--dtype {name} on this CPU would run emulated (it lacks {need}); use fp32{' or bf16' if cpu_supports('bf16') else ''}")
+        raise ValueError(
+            f"--dtype {name} on this CPU would run emulated (it lacks {need}); use fp32{' or bf16' if cpu_supports('bf16') else ''}"
+        )
     return DTYPES[name]
 
 
@@ -94,7 +101,10 @@ class ActorPlan:
         """`compute` and `num_gpus` for Dataset.map_batches: an autoscaling pool of 1..actors actors."""
         import ray.data
 
-        return {"compute": ray.data.ActorPoolStrategy(min_size=1, max_size=self.actors), "num_gpus": self.gpus_per_actor}
+        return {
+            "compute": ray.data.ActorPoolStrategy(min_size=1, max_size=self.actors),
+            "num_gpus": self.gpus_per_actor,
+        }
 
 
 def inference_actors(actors: int, cluster_gpus: int, device: str = "auto") -> ActorPlan:
@@ -102,8 +112,11 @@ def inference_actors(actors: int, cluster_gpus: int, device: str = "auto") -> Ac
     cluster has GPUs every actor takes one and runs on CUDA; else each runs on `device` (auto: the CPU).
     At least one actor."""
     on_gpu = cluster_gpus > 0
-    return ActorPlan(device="cuda" if on_gpu else ("cpu" if device == "auto" else device), actors=max(1, actors),
-                     gpus_per_actor=1 if on_gpu else 0)
+    return ActorPlan(
+        device="cuda" if on_gpu else ("cpu" if device == "auto" else device),
+        actors=max(1, actors),
+        gpus_per_actor=1 if on_gpu else 0,
+    )
 
 
 def cluster_gpus() -> int:

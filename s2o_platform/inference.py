@@ -18,7 +18,9 @@ def resolve_sampler(bundle: Bundle, sampler: str | None, steps: int | None) -> t
     return resolve_sampler_for(bundle.metadata, bundle.path, sampler, steps)
 
 
-def resolve_sampler_for(metadata: BundleMetadata, where: str, sampler: str | None, steps: int | None) -> tuple[str, int]:
+def resolve_sampler_for(
+    metadata: BundleMetadata, where: str, sampler: str | None, steps: int | None
+) -> tuple[str, int]:
     """`resolve_sampler` from a bundle's metadata alone (checks before any network is loaded)."""
     spec = metadata.sampler
     name = sampler or spec.name
@@ -30,7 +32,9 @@ def resolve_sampler_for(metadata: BundleMetadata, where: str, sampler: str | Non
     if name == "direct":
         return name, 1  # one forward pass, whatever was asked
     if spec.max_steps is not None and n > spec.max_steps:
-        raise BundleError(f"{where} ({metadata.stage}) samples with 1..{spec.max_steps} steps; {n} was asked for")
+        raise BundleError(
+            f"{where} ({metadata.stage}) samples with 1..{spec.max_steps} steps; {n} was asked for"
+        )
     return name, n
 
 
@@ -55,7 +59,11 @@ def translate_tiles(
     first = next(bundle.model.parameters())
     device, dtype = first.device, first.dtype
     sar_t = torch.as_tensor(np.asarray(sar, dtype=np.float32))
-    if sar_t.ndim != 4 or sar_t.shape[-1] != bundle.metadata.tile_size or sar_t.shape[1] != bundle.metadata.sar_channels:
+    if (
+        sar_t.ndim != 4
+        or sar_t.shape[-1] != bundle.metadata.tile_size
+        or sar_t.shape[1] != bundle.metadata.sar_channels
+    ):
         raise BundleError(
             f"tiles of shape {tuple(sar_t.shape)} do not fit {bundle.path}: expected (N, {bundle.metadata.sar_channels}, "
             f"{bundle.metadata.tile_size}, {bundle.metadata.tile_size})"
@@ -66,13 +74,25 @@ def translate_tiles(
     outputs = []
     for start in range(0, len(sar_t), batch_size):
         chunk = sar_t[start : start + batch_size].to(device=device, dtype=dtype)
-        generator: torch.Generator | list[torch.Generator] = shared if keys is None else [
-            torch.Generator(device=device).manual_seed(batch_seed(seed, key)) for key in keys[start : start + batch_size]]
+        generator: torch.Generator | list[torch.Generator] = (
+            shared
+            if keys is None
+            else [
+                torch.Generator(device=device).manual_seed(batch_seed(seed, key))
+                for key in keys[start : start + batch_size]
+            ]
+        )
         if name in TEACHER_SAMPLERS:
             out = sample_teacher(bundle.model, chunk, bundle.scheduler_config, name, n_steps, generator)
         elif name == "lcm":
-            out = sample_student(bundle.model, chunk, bundle.scheduler_config, n_steps, generator,
-                                 max_steps=bundle.metadata.sampler.max_steps or n_steps)
+            out = sample_student(
+                bundle.model,
+                chunk,
+                bundle.scheduler_config,
+                n_steps,
+                generator,
+                max_steps=bundle.metadata.sampler.max_steps or n_steps,
+            )
         elif name == "direct":
             out = bundle.model(chunk).clamp(-1, 1)
         else:
@@ -101,19 +121,46 @@ class LoadedModel(S2OPipeline):
     A thin subclass of `S2OPipeline` (the Python API), which owns bundle loading, device, dtype, threads and
     `--compile`: this adds the tile-batch call the actors and replicas make (`translate`)."""
 
-    def __init__(self, bundle: str, device: str = "auto", dtype: str = "auto", sampler: str | None = None,
-                 steps: int | None = None, seed: int = 0, batch_size: int = 32, cpu_share: int = 1,
-                 storage_options=None, threads: int | None = None, compile: str = "off", warm_up: bool = True):
+    def __init__(
+        self,
+        bundle: str,
+        device: str = "auto",
+        dtype: str = "auto",
+        sampler: str | None = None,
+        steps: int | None = None,
+        seed: int = 0,
+        batch_size: int = 32,
+        cpu_share: int = 1,
+        storage_options=None,
+        threads: int | None = None,
+        compile: str = "off",
+        warm_up: bool = True,
+    ):
         """`compile`: off | auto | default | max (`inference_compile`). With it on and `warm_up`, every batch size
         this model can run at (1, 2, 4, ... up to `batch_size`) is compiled here, before the first call (what a
         server needs: a request never waits for a compile); without `warm_up`, each on its first use.
         On a CPU, torch's threads are set to `threads`, else the node's cores shared among `cpu_share` actors
         (Ray starts actors with one torch thread)."""
-        super().__init__(bundle, device=device, dtype=dtype, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size,
-                         cpu_share=cpu_share, storage_options=storage_options, threads=threads, compile=compile,
-                         warm_up=warm_up)
+        super().__init__(
+            bundle,
+            device=device,
+            dtype=dtype,
+            sampler=sampler,
+            steps=steps,
+            seed=seed,
+            batch_size=batch_size,
+            cpu_share=cpu_share,
+            storage_options=storage_options,
+            threads=threads,
+            compile=compile,
+            warm_up=warm_up,
+        )
 
-    def translate(self, sar: np.ndarray, key: str, steps: int | None = None, keys: Sequence[str] | None = None) -> np.ndarray:
+    def translate(
+        self, sar: np.ndarray, key: str, steps: int | None = None, keys: Sequence[str] | None = None
+    ) -> np.ndarray:
         """Translate tiles seeded by `key` (see `batch_seed`), or tile by tile by `keys`, with this model's sampler
         and steps unless given."""
-        return self.run_tiles(sar, seed=self.seed if keys is not None else batch_seed(self.seed, key), keys=keys, steps=steps)
+        return self.run_tiles(
+            sar, seed=self.seed if keys is not None else batch_seed(self.seed, key), keys=keys, steps=steps
+        )

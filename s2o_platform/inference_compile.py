@@ -64,7 +64,9 @@ class CompilePlan:
     mode: str | None  # the torch.compile mode; None: eager
     device_type: str = "cpu"
     reason: str = ""  # why eager under auto
-    freeze: bool = False  # inductor freezing on a CPU: measured no faster on the tiny UNet, twice the compile time
+    freeze: bool = (
+        False  # inductor freezing on a CPU: measured no faster on the tiny UNet, twice the compile time
+    )
 
     @property
     def freezing(self) -> bool:
@@ -107,7 +109,9 @@ def backend_problem(device_type: str) -> str | None:
     return None
 
 
-def resolve_compile(choice: str, device: torch.device | str, log_fn: Callable[[str], None] | None = None) -> CompilePlan:
+def resolve_compile(
+    choice: str, device: torch.device | str, log_fn: Callable[[str], None] | None = None
+) -> CompilePlan:
     """--compile on this device: a plan, or CompileError naming why it cannot be honoured."""
     device_type = torch.device(device).type
     if choice not in COMPILE_CHOICES:
@@ -117,11 +121,15 @@ def resolve_compile(choice: str, device: torch.device | str, log_fn: Callable[[s
     problem = backend_problem(device_type)
     if problem:
         if choice == "auto":
-            plan = CompilePlan("auto", None, device_type, reason=f"--compile auto fell back to eager: {problem}")
+            plan = CompilePlan(
+                "auto", None, device_type, reason=f"--compile auto fell back to eager: {problem}"
+            )
             (log_fn or log.warning)(plan.reason)
             return plan
-        raise CompileError(f"--compile {choice} cannot run on this {device_type}: {problem}. "
-                           f"Use --compile off (eager), or auto (compiles where it can, else eager).")
+        raise CompileError(
+            f"--compile {choice} cannot run on this {device_type}: {problem}. "
+            f"Use --compile off (eager), or auto (compiles where it can, else eager)."
+        )
     return CompilePlan(choice, MODES[("max" if choice == "max" else "default", device_type)], device_type)
 
 
@@ -173,8 +181,14 @@ class CompiledNetwork(torch.nn.Module):
     (`unet(x, t).sample` for a diffusers UNet2DModel, `generator(x)` for pix2pix): parameters, dtype
     and device are the wrapped network's. Batches are padded to `batch_bucket` sizes (see the module doc)."""
 
-    def __init__(self, network: torch.nn.Module, plan: CompilePlan, max_batch: int | None = None,
-                 log_fn: Callable[[str], None] | None = None, backend: Any = None):
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        plan: CompilePlan,
+        max_batch: int | None = None,
+        log_fn: Callable[[str], None] | None = None,
+        backend: Any = None,
+    ):
         super().__init__()
         self.network = network
         self.plan = plan
@@ -188,8 +202,11 @@ class CompiledNetwork(torch.nn.Module):
 
             # diffusers' upsampling asks is_torch_version() (an lru_cache) inside forward: dynamo traces through it
             # and warns, once per process, in every replica's log; the answer is a constant for a given torch
-            warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`-wrapped",
-                                    category=UserWarning)
+            warnings.filterwarnings(
+                "ignore",
+                message="Dynamo detected a call to a `functools.lru_cache`-wrapped",
+                category=UserWarning,
+            )
             # one cache entry per (network, batch size) on the forward's code object: several models and
             # buckets in one process (a benchmark, an eval of 4 settings) must not hit dynamo's limit of 8
             dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
@@ -197,7 +214,9 @@ class CompiledNetwork(torch.nn.Module):
             kwargs: dict[str, Any] = {"dynamic": False}
             if backend is not None:  # tests: a counting backend
                 kwargs["backend"] = backend
-            elif plan.freezing:  # mode's options plus freezing (torch.compile takes a mode or options, not both)
+            elif (
+                plan.freezing
+            ):  # mode's options plus freezing (torch.compile takes a mode or options, not both)
                 from torch._inductor import list_mode_options
 
                 kwargs["options"] = {**list_mode_options(plan.mode), "freezing": True}
@@ -214,7 +233,9 @@ class CompiledNetwork(torch.nn.Module):
             return self.network(x, *args, **kwargs)
         n = x.shape[0]
         rows = batch_bucket(n, self.max_batch)
-        padded_args = [_pad(a, rows) if torch.is_tensor(a) and a.ndim and a.shape[0] == n else a for a in args]
+        padded_args = [
+            _pad(a, rows) if torch.is_tensor(a) and a.ndim and a.shape[0] == n else a for a in args
+        ]
         call_kwargs = dict(kwargs)
         want_dict = call_kwargs.pop("return_dict", True) if self._unet else False
         if self._unet:
@@ -238,7 +259,9 @@ class CompiledNetwork(torch.nn.Module):
                 torch.cuda.synchronize(x.device)
             seconds = time.perf_counter() - started
             self.stats.first_call_s[rows] = seconds
-            self._log(f"[compile] {type(self.network).__name__} {self.plan.mode}: batch {rows} compiled in {seconds:.1f} s")
+            self._log(
+                f"[compile] {type(self.network).__name__} {self.plan.mode}: batch {rows} compiled in {seconds:.1f} s"
+            )
         if self._unet and want_dict:
             from diffusers.models.unets.unet_2d import UNet2DOutput
 
@@ -246,11 +269,17 @@ class CompiledNetwork(torch.nn.Module):
         return (sample,) if self._unet else sample
 
     def _failed(self, err: Exception, x: torch.Tensor, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
-        cause = getattr(err, "inner_exception", None) or err  # dynamo's BackendCompilerFailed wraps the backend's error
+        cause = (
+            getattr(err, "inner_exception", None) or err
+        )  # dynamo's BackendCompilerFailed wraps the backend's error
         lines = [line for line in str(cause).splitlines() if line.strip()]
-        reason = f"torch.compile ({self.plan.mode}) failed: {type(cause).__name__}: {lines[0] if lines else ''}"
+        reason = (
+            f"torch.compile ({self.plan.mode}) failed: {type(cause).__name__}: {lines[0] if lines else ''}"
+        )
         if self.plan.choice != "auto":
-            raise CompileError(f"--compile {self.plan.choice}: {reason}. Use --compile off, or auto to fall back to eager") from err
+            raise CompileError(
+                f"--compile {self.plan.choice}: {reason}. Use --compile off, or auto to fall back to eager"
+            ) from err
         self.stats.fell_back = reason
         self._compiled.clear()
         self._log(f"[compile] --compile auto: running eager: {reason}")
@@ -286,16 +315,23 @@ def network_input_shape(network: torch.nn.Module, tile_size: int, sar_channels: 
     return (int(channels), tile_size, tile_size)
 
 
-def compile_bundle(bundle, plan: CompilePlan, max_batch: int | None = None,
-                   log_fn: Callable[[str], None] | None = None, warm_batches: Sequence[int] = ()):
+def compile_bundle(
+    bundle,
+    plan: CompilePlan,
+    max_batch: int | None = None,
+    log_fn: Callable[[str], None] | None = None,
+    warm_batches: Sequence[int] = (),
+):
     """Put a loaded bundle's network behind the switch (in place; returns the bundle). A no-op when off."""
     if not plan.enabled or isinstance(bundle.model, CompiledNetwork):
         return bundle
     wrapped = CompiledNetwork(bundle.model, plan, max_batch=max_batch, log_fn=log_fn)
     bundle.model = wrapped
     if warm_batches:
-        wrapped.warm_up(warm_batches, network_input_shape(wrapped.network, bundle.metadata.tile_size,
-                                                          bundle.metadata.sar_channels))
+        wrapped.warm_up(
+            warm_batches,
+            network_input_shape(wrapped.network, bundle.metadata.tile_size, bundle.metadata.sar_channels),
+        )
     return bundle
 
 

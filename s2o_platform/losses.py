@@ -39,7 +39,9 @@ def logit_accuracy(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> tupl
     return float((real_logits > 0).float().mean()), float((fake_logits < 0).float().mean())
 
 
-def masked_mean(values: torch.Tensor, valid: torch.Tensor | None = None, per_sample: bool = False) -> torch.Tensor:
+def masked_mean(
+    values: torch.Tensor, valid: torch.Tensor | None = None, per_sample: bool = False
+) -> torch.Tensor:
     """Mean of `values` (B, C, H, W) over valid pixels only: `valid` (B, 1, H, W), 1 where the pixel holds data
     (None: all). An invalid pixel's value changes nothing. per_sample: one mean per sample, shape (B,)."""
     values = values.float()

@@ -78,10 +78,21 @@ class S2OPipeline:
     `sampler`, `steps`, `seed` and `batch_size` (tiles per forward pass).
     """
 
-    def __init__(self, bundle: str | Bundle, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
-                 sampler: str | None = None, steps: int | None = None, seed: int = 0, batch_size: int = 32,
-                 cpu_share: int | None = None, storage_options=None, threads: int | None = None, compile: str = "off",
-                 warm_up: bool = False):
+    def __init__(
+        self,
+        bundle: str | Bundle,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "auto",
+        sampler: str | None = None,
+        steps: int | None = None,
+        seed: int = 0,
+        batch_size: int = 32,
+        cpu_share: int | None = None,
+        storage_options=None,
+        threads: int | None = None,
+        compile: str = "off",
+        warm_up: bool = False,
+    ):
         """`bundle`: a bundle's path or URI (s3://...), or a loaded `Bundle` (moved to `device` and `dtype`).
         `device`: auto | cpu | cuda | cuda:N | a torch.device. `dtype`: auto | fp32 | fp16 | bf16 or a torch dtype
         (auto: fp16 on a GPU, bf16 on a CPU that runs it at speed, else fp32; `devices.resolve_dtype`).
@@ -106,26 +117,44 @@ class S2OPipeline:
             self.bundle = load_bundle(bundle, device=self.device, options=storage_options, dtype=self.dtype)
         self.sampler, self.steps, self.seed, self.batch_size = sampler, steps, seed, batch_size
         # after set_num_threads: inductor's CPU kernels are generated for the thread count at compile time
-        compile_bundle(self.bundle, self.compile_plan, max_batch=batch_size,
-                       warm_batches=buckets_up_to(batch_size) if warm_up else ())
+        compile_bundle(
+            self.bundle,
+            self.compile_plan,
+            max_batch=batch_size,
+            warm_batches=buckets_up_to(batch_size) if warm_up else (),
+        )
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, device: str | torch.device = "auto",
-                        dtype: str | torch.dtype = "auto", torch_dtype: torch.dtype | None = None, compile: str = "off",
-                        storage_options=None, **kwargs: Any) -> S2OPipeline:
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "auto",
+        torch_dtype: torch.dtype | None = None,
+        compile: str = "off",
+        storage_options=None,
+        **kwargs: Any,
+    ) -> S2OPipeline:
         """Load a bundle (a training run's OUT/bundle: a local folder, file:// or s3:// URI; safetensors only).
         `torch_dtype` (diffusers' name) is `dtype`; other keywords: `sampler`, `steps`, `seed`, `batch_size`,
         `threads`, `warm_up` (see the constructor)."""
-        return cls(os.fspath(pretrained_model_name_or_path), device=device,
-                   dtype=torch_dtype if torch_dtype is not None else dtype, compile=compile,
-                   storage_options=storage_options, **kwargs)
+        return cls(
+            os.fspath(pretrained_model_name_or_path),
+            device=device,
+            dtype=torch_dtype if torch_dtype is not None else dtype,
+            compile=compile,
+            storage_options=storage_options,
+            **kwargs,
+        )
 
     def _set_dtype(self, dtype: torch.dtype) -> None:
         from s2o_platform.devices import dtype_name
 
         self.dtype, self.dtype_name = dtype, dtype_name(dtype)
 
-    def to(self, *args: Any, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> S2OPipeline:
+    def to(
+        self, *args: Any, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+    ) -> S2OPipeline:
         """Move the network to a device and/or dtype, as diffusers' `pipe.to("cuda")`, `pipe.to(torch.float16)`,
         `pipe.to("cuda", torch.float16)`; returns the pipeline. A compiled network is compiled again for the new
         device (on its first call)."""
@@ -143,7 +172,9 @@ class S2OPipeline:
             return self
         model = self.bundle.model
         network = model.network if isinstance(model, CompiledNetwork) else model
-        with _quiet_diffusers():  # its advice on casting with to() is about modules kept in fp32: UNet2DModel has none
+        with (
+            _quiet_diffusers()
+        ):  # its advice on casting with to() is about modules kept in fp32: UNet2DModel has none
             self.bundle.model = network.to(device=target_device, dtype=target_dtype)
         self.device = target_device
         self._set_dtype(target_dtype)
@@ -157,21 +188,44 @@ class S2OPipeline:
         """The bundle's metadata (stage, tile size, SAR channels and normalisation, sampler, model card)."""
         return self.bundle.metadata
 
-    def run_tiles(self, tiles: np.ndarray | torch.Tensor, seed: int, keys: Sequence[str] | None = None,
-                  steps: int | None = None, sampler: str | None = None) -> np.ndarray:
+    def run_tiles(
+        self,
+        tiles: np.ndarray | torch.Tensor,
+        seed: int,
+        keys: Sequence[str] | None = None,
+        steps: int | None = None,
+        sampler: str | None = None,
+    ) -> np.ndarray:
         """Tiles (N, C, T, T) in [-1, 1] -> optical (N, 3, T, T) float32 in [-1, 1] (`inference.translate_tiles`),
         with this pipeline's sampler, steps and batch size unless given."""
         from s2o_platform.inference import translate_tiles
 
-        return translate_tiles(self.bundle, tiles, sampler or self.sampler, self.steps if steps is None else steps,
-                               seed=seed, batch_size=self.batch_size, keys=keys)
+        return translate_tiles(
+            self.bundle,
+            tiles,
+            sampler or self.sampler,
+            self.steps if steps is None else steps,
+            seed=seed,
+            batch_size=self.batch_size,
+            keys=keys,
+        )
 
     @torch.no_grad()
-    def __call__(self, sar: Any, num_inference_steps: int | None = None,
-                 generator: torch.Generator | Sequence[torch.Generator] | None = None, *, seed: int | None = None,
-                 sampler: str | None = None, sar_scale: str = "auto", band: str | int | None = None,
-                 overlap: int | None = None, name: str | Sequence[str] | None = None, output_type: str = "pil",
-                 return_dict: bool = True) -> S2OPipelineOutput | tuple:
+    def __call__(
+        self,
+        sar: Any,
+        num_inference_steps: int | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        *,
+        seed: int | None = None,
+        sampler: str | None = None,
+        sar_scale: str = "auto",
+        band: str | int | None = None,
+        overlap: int | None = None,
+        name: str | Sequence[str] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> S2OPipelineOutput | tuple:
         """Translate SAR images of any size into optical RGB, tiled and blended as `s2o translate` does.
 
         Args:
@@ -197,21 +251,30 @@ class S2OPipeline:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         from s2o_platform.inference import resolve_sampler
 
-        sampler_name, steps = resolve_sampler(self.bundle, sampler or self.sampler,
-                                              self.steps if num_inference_steps is None else num_inference_steps)
+        sampler_name, steps = resolve_sampler(
+            self.bundle,
+            sampler or self.sampler,
+            self.steps if num_inference_steps is None else num_inference_steps,
+        )
         tile = self.metadata.tile_size
         overlap = tile // 4 if overlap is None else int(overlap)
         if not 0 <= overlap < tile:
-            raise ValueError(f"overlap must be in 0..{tile - 1} px for the model's {tile} px tiles, got {overlap}")
+            raise ValueError(
+                f"overlap must be in 0..{tile - 1} px for the model's {tile} px tiles, got {overlap}"
+            )
         images = self._read_inputs(sar, sar_scale, band, name)
         seeds = _run_seeds(generator, self.seed if seed is None else seed, seed is not None, len(images))
         out_dtype = "uint8" if output_type == "pil" else "float32"
-        results = [self._translate_image(image, run_seed, sampler_name, steps, overlap, out_dtype)
-                   for image, run_seed in zip(images, seeds)]
+        results = [
+            self._translate_image(image, run_seed, sampler_name, steps, overlap, out_dtype)
+            for image, run_seed in zip(images, seeds)
+        ]
         if output_type == "pil":
             from PIL import Image
 
-            result: list | np.ndarray = [Image.fromarray(np.ascontiguousarray(p.transpose(1, 2, 0))) for p in results]
+            result: list | np.ndarray = [
+                Image.fromarray(np.ascontiguousarray(p.transpose(1, 2, 0))) for p in results
+            ]
         else:
             hwc = [np.ascontiguousarray(p.transpose(1, 2, 0)) for p in results]
             same = len({a.shape for a in hwc}) == 1
@@ -222,15 +285,24 @@ class S2OPipeline:
 
     # -- one image ----------------------------------------------------------------------------------------------
 
-    def _translate_image(self, image: _SarImage, seed: int, sampler: str, steps: int, overlap: int,
-                         output_dtype: str) -> np.ndarray:
+    def _translate_image(
+        self, image: _SarImage, seed: int, sampler: str, steps: int, overlap: int, output_dtype: str
+    ) -> np.ndarray:
         """One image -> its (3, H, W) output pixels, as `s2o translate` makes a scene's (see the module doc)."""
-        from s2o_platform.geo.blending import OPTICAL_TILE_DTYPE, cut_image, mosaic_image, mosaic_tile, output_pixels
+        from s2o_platform.geo.blending import (
+            OPTICAL_TILE_DTYPE,
+            cut_image,
+            mosaic_image,
+            mosaic_tile,
+            output_pixels,
+        )
         from s2o_platform.inference import tile_key
 
         channels, height, width = image.values.shape
         tile = self.metadata.tile_size
-        windows, positions = cut_image(np.concatenate([image.values, image.valid[None].astype(np.float32)]), tile, overlap)
+        windows, positions = cut_image(
+            np.concatenate([image.values, image.valid[None].astype(np.float32)]), tile, overlap
+        )
         tiles, masks = windows[:, :channels], windows[:, channels] > 0.5
         stacked = np.empty((len(windows), 4, tile, tile), np.float32)
         # one forward batch per window row, as s2o translate runs a scene's strips
@@ -244,7 +316,9 @@ class S2OPipeline:
 
     # -- inputs -------------------------------------------------------------------------------------------------
 
-    def _read_inputs(self, sar: Any, sar_scale: str, band: str | int | None, name: str | Sequence[str] | None) -> list[_SarImage]:
+    def _read_inputs(
+        self, sar: Any, sar_scale: str, band: str | int | None, name: str | Sequence[str] | None
+    ) -> list[_SarImage]:
         from s2o_platform.data.normalization import SarScale
 
         if sar_scale not in [s.value for s in SarScale]:
@@ -260,7 +334,9 @@ class S2OPipeline:
             images += self._read_input(item, sar_scale, band, item_name)
         return images
 
-    def _read_input(self, sar: Any, sar_scale: str, band: str | int | None, name: str | None) -> list[_SarImage]:
+    def _read_input(
+        self, sar: Any, sar_scale: str, band: str | int | None, name: str | None
+    ) -> list[_SarImage]:
         if isinstance(sar, (str, os.PathLike)):
             return [self._read_path(os.fspath(sar), sar_scale, band, name)]
         if isinstance(sar, torch.Tensor):
@@ -276,11 +352,20 @@ class S2OPipeline:
             if sar.ndim == 4:
                 return [self._read_array(one, sar_scale, name or "", str(one.dtype)) for one in sar]
             return [self._read_array(sar, sar_scale, name or "", str(sar.dtype))]
-        raise TypeError(f"cannot translate a {type(sar).__name__}: give a numpy array, a torch tensor, a PIL image, "
-                        "or the path of a GeoTIFF or PNG (or a list of them)")
+        raise TypeError(
+            f"cannot translate a {type(sar).__name__}: give a numpy array, a torch tensor, a PIL image, "
+            "or the path of a GeoTIFF or PNG (or a list of them)"
+        )
 
-    def _read_array(self, raw: np.ndarray, sar_scale: str, name: str, dtype: str, palette: bool = False,
-                    bits: int | None = None) -> _SarImage:
+    def _read_array(
+        self,
+        raw: np.ndarray,
+        sar_scale: str,
+        name: str,
+        dtype: str,
+        palette: bool = False,
+        bits: int | None = None,
+    ) -> _SarImage:
         """Raw SAR values (H, W) or (C, H, W) -> the model's range, by the rules archive translation reads with."""
         from s2o_platform.data.normalization import model_pixels, sar_pixels, scale_sample
 
@@ -288,11 +373,15 @@ class S2OPipeline:
             raw = raw[None]
         metadata = self.metadata
         if raw.ndim != 3 or raw.shape[0] != metadata.sar_channels:
-            raise ValueError(f"a SAR image of shape {tuple(raw.shape)} does not fit this {metadata.stage} bundle: it takes "
-                             f"(H, W) or ({metadata.sar_channels}, H, W) arrays ((N, {metadata.sar_channels}, H, W) for N images)")
+            raise ValueError(
+                f"a SAR image of shape {tuple(raw.shape)} does not fit this {metadata.stage} bundle: it takes "
+                f"(H, W) or ({metadata.sar_channels}, H, W) arrays ((N, {metadata.sar_channels}, H, W) for N images)"
+            )
         if min(raw.shape[1:]) < 1:
             raise ValueError(f"a SAR image of shape {tuple(raw.shape)} has no pixels")
-        pixels = sar_pixels(dtype, palette=palette, bits=bits)  # UnsupportedSarPixels (a ValueError) says what to send
+        pixels = sar_pixels(
+            dtype, palette=palette, bits=bits
+        )  # UnsupportedSarPixels (a ValueError) says what to send
         if sar_scale == "auto":
             scale, _ = pixels.detect_scale(scale_sample(raw))
         else:
@@ -304,12 +393,20 @@ class S2OPipeline:
         from s2o_platform.data.normalization import PILLOW_MODES
 
         if image.mode not in PILLOW_MODES:
-            raise ValueError(f"a PIL image of mode {image.mode!r} is not one SAR band: give a single-band image "
-                             f"(modes {', '.join(PILLOW_MODES)}) or a numpy array")
+            raise ValueError(
+                f"a PIL image of mode {image.mode!r} is not one SAR band: give a single-band image "
+                f"(modes {', '.join(PILLOW_MODES)}) or a numpy array"
+            )
         dtype, bits, palette = PILLOW_MODES[image.mode]
         raw = np.asarray(image)
-        return self._read_array(raw.astype(dtype, copy=False), sar_scale, name or "", dtype, palette=palette,
-                                bits=bits if bits < 8 else None)
+        return self._read_array(
+            raw.astype(dtype, copy=False),
+            sar_scale,
+            name or "",
+            dtype,
+            palette=palette,
+            bits=bits if bits < 8 else None,
+        )
 
     def _read_path(self, uri: str, sar_scale: str, band: str | int | None, name: str | None) -> _SarImage:
         """A GeoTIFF or PNG (local, file:// or s3://), read as `s2o translate` reads a scene (whole, in memory)."""
@@ -318,19 +415,32 @@ class S2OPipeline:
 
         metadata = self.metadata
         if metadata.sar_channels != 1:
-            raise ValueError(f"this bundle takes {metadata.sar_channels} SAR channels; a file gives one band: read the "
-                             f"bands yourself and pass a ({metadata.sar_channels}, H, W) array")
+            raise ValueError(
+                f"this bundle takes {metadata.sar_channels} SAR channels; a file gives one band: read the "
+                f"bands yourself and pass a ({metadata.sar_channels}, H, W) array"
+            )
         scene_name = name if name is not None else strip_suffix(uri.rstrip("/").rsplit("/", 1)[-1])
         tile = metadata.tile_size
-        info = inspect_scene(uri, scene_name, band, sar_scale, tile, tile // 4, metadata.sar_normalization,
-                             self.storage_options, archive=False)
+        info = inspect_scene(
+            uri,
+            scene_name,
+            band,
+            sar_scale,
+            tile,
+            tile // 4,
+            metadata.sar_normalization,
+            self.storage_options,
+            archive=False,
+        )
         values, valid = read_rows(info, 0, info.height)
         return _SarImage(values[None], valid, scene_name)
 
     def __repr__(self) -> str:
         m = self.metadata
-        return (f"S2OPipeline({self.bundle.path!r}, stage={m.stage}, tile={m.tile_size}, sampler={m.sampler.name}, "
-                f"device={self.device}, dtype={self.dtype_name})")
+        return (
+            f"S2OPipeline({self.bundle.path!r}, stage={m.stage}, tile={m.tile_size}, sampler={m.sampler.name}, "
+            f"device={self.device}, dtype={self.dtype_name})"
+        )
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
@@ -355,8 +465,9 @@ def _resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtyp
     return resolve_dtype(dtype, device)
 
 
-def _run_seeds(generator: torch.Generator | Sequence[torch.Generator] | None, seed: int, seed_given: bool,
-               count: int) -> list[int]:
+def _run_seeds(
+    generator: torch.Generator | Sequence[torch.Generator] | None, seed: int, seed_given: bool, count: int
+) -> list[int]:
     """The run seed of each of `count` images: a generator's `initial_seed()`, else `seed`."""
     if generator is None:
         return [int(seed)] * count

@@ -55,8 +55,10 @@ def bind_address(bind: str | None = None) -> str:
     try:
         ipaddress.ip_address(value)
     except ValueError:
-        raise RayStartError(f"{BIND_ENV}={value!r} is not an IP address: use {LOOPBACK} (this machine only, the "
-                            f"default), {ANY_INTERFACE} (every interface) or this machine's address") from None
+        raise RayStartError(
+            f"{BIND_ENV}={value!r} is not an IP address: use {LOOPBACK} (this machine only, the "
+            f"default), {ANY_INTERFACE} (every interface) or this machine's address"
+        ) from None
     return value
 
 
@@ -81,13 +83,21 @@ def connect(address: str | None = None, num_cpus: int | None = None, bind: str |
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         if _is_loopback_address(address):
-            _use_loopback(True)  # else Ray swaps 127.0.0.1 for this machine's outward address and misses the cluster
+            _use_loopback(
+                True
+            )  # else Ray swaps 127.0.0.1 for this machine's outward address and misses the cluster
         try:
             ray.init(address=address, logging_level="WARNING")
         except Exception as err:  # noqa: BLE001 - Ray raises ConnectionError, ValueError, RuntimeError... here
-            hint = ("start one first with `ray start --head`, or leave --address out to run on a local cluster of "
-                    "this command's own" if address == "auto" else "check the address and that the cluster is up and reachable")
-            raise RayStartError(f"cannot connect to the Ray cluster at {address!r}: {_first_line(err)}; {hint}") from None
+            hint = (
+                "start one first with `ray start --head`, or leave --address out to run on a local cluster of "
+                "this command's own"
+                if address == "auto"
+                else "check the address and that the cluster is up and reachable"
+            )
+            raise RayStartError(
+                f"cannot connect to the Ray cluster at {address!r}: {_first_line(err)}; {hint}"
+            ) from None
         return f"Ray cluster at {address} (GCS {_gcs_address()})"
     cpus = local_cpus(num_cpus)
     bind = bind_address(bind)
@@ -109,11 +119,17 @@ def connect(address: str | None = None, num_cpus: int | None = None, bind: str |
     try:
         # address="local": a cluster of our own even where `ray start` recorded one on this machine
         # (plain ray.init() would join that one and then refuse num_cpus).
-        ray.init(address="local", num_cpus=cpus, logging_level="WARNING",
-                 _node_ip_address=LOOPBACK if loopback else None if bind == ANY_INTERFACE else bind)
+        ray.init(
+            address="local",
+            num_cpus=cpus,
+            logging_level="WARNING",
+            _node_ip_address=LOOPBACK if loopback else None if bind == ANY_INTERFACE else bind,
+        )
     except Exception as err:  # noqa: BLE001 - as above
-        raise RayStartError(f"cannot start a local Ray cluster: {_first_line(err)}; check free disk and memory "
-                            "(Ray writes to /tmp/ray), or run on a running cluster with --address auto") from None
+        raise RayStartError(
+            f"cannot start a local Ray cluster: {_first_line(err)}; check free disk and memory "
+            "(Ray writes to /tmp/ray), or run on a running cluster with --address auto"
+        ) from None
     finally:
         if saved_hook is None:
             os.environ.pop(HOOK, None)
@@ -141,7 +157,9 @@ def _use_loopback(on: bool) -> None:
 
     if on:
         if not _SAVED_SWITCH:
-            _SAVED_SWITCH.update(env=os.environ.get(RAY_LOOPBACK_SWITCH), constant=ray_constants.ENABLE_RAY_CLUSTER)
+            _SAVED_SWITCH.update(
+                env=os.environ.get(RAY_LOOPBACK_SWITCH), constant=ray_constants.ENABLE_RAY_CLUSTER
+            )
         os.environ[RAY_LOOPBACK_SWITCH] = "0"
         ray_constants.ENABLE_RAY_CLUSTER = False
     elif _SAVED_SWITCH:
@@ -169,7 +187,10 @@ def loopback_worker_setup() -> None:
     from ray._common import tls_utils
 
     add_port = tls_utils.add_port_to_grpc_server
-    if getattr(add_port, "s2o_loopback", False) or not ipaddress.ip_address(ray.util.get_node_ip_address()).is_loopback:
+    if (
+        getattr(add_port, "s2o_loopback", False)
+        or not ipaddress.ip_address(ray.util.get_node_ip_address()).is_loopback
+    ):
         return
 
     def add_port_on_loopback(server, address: str):
@@ -180,7 +201,11 @@ def loopback_worker_setup() -> None:
 
     add_port_on_loopback.s2o_loopback = True  # type: ignore[attr-defined]
     tls_utils.add_port_to_grpc_server = add_port_on_loopback
-    for name in ("ray.serve._private.replica", "ray.util.client.server.server", "ray.util.client.server.proxier"):
+    for name in (
+        "ray.serve._private.replica",
+        "ray.util.client.server.server",
+        "ray.util.client.server.proxier",
+    ):
         module = sys.modules.get(name)  # imported before the hook ran: they hold the function by name
         if module is not None and hasattr(module, "add_port_to_grpc_server"):
             module.add_port_to_grpc_server = add_port_on_loopback

@@ -50,7 +50,9 @@ def resolve(uri: str, options: StorageOptions | None = None) -> tuple[pafs.FileS
     if parsed.scheme in ("", "file"):
         local = parsed.path if parsed.scheme == "file" else uri
         return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(local))
-    raise ValueError(f"unsupported URI scheme {parsed.scheme!r} in {uri!r}: use a local path or s3://bucket/prefix")
+    raise ValueError(
+        f"unsupported URI scheme {parsed.scheme!r} in {uri!r}: use a local path or s3://bucket/prefix"
+    )
 
 
 def is_safe_relative_key(key: str) -> bool:
@@ -121,8 +123,11 @@ def gdal_path(uri: str, options: StorageOptions | None = None) -> tuple[str, dic
     env = {"AWS_REGION": options.s3_region or "us-east-1", "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
     if options.s3_endpoint:
         endpoint = urlparse(options.s3_endpoint)
-        env.update(AWS_S3_ENDPOINT=endpoint.netloc or endpoint.path, AWS_HTTPS="NO" if endpoint.scheme == "http" else "YES",
-                   AWS_VIRTUAL_HOSTING="FALSE")
+        env.update(
+            AWS_S3_ENDPOINT=endpoint.netloc or endpoint.path,
+            AWS_HTTPS="NO" if endpoint.scheme == "http" else "YES",
+            AWS_VIRTUAL_HOSTING="FALSE",
+        )
     return f"/vsis3/{parsed.netloc}{parsed.path}", env
 
 

@@ -120,7 +120,9 @@ def _unreachable(err: BaseException) -> bool:
         # RetryError: only retryable answers (429, 5xx: e.g. a proxy before a server that is down) until
         # mlflow's retries ran out.
         network: tuple[type[BaseException], ...] = (
-            requests.exceptions.ConnectionError, requests.exceptions.Timeout, requests.exceptions.RetryError,
+            requests.exceptions.ConnectionError,
+            requests.exceptions.Timeout,
+            requests.exceptions.RetryError,
         )
     except ImportError:  # pragma: no cover - mlflow's client needs requests
         network = ()
@@ -141,7 +143,9 @@ class Tracker:
     Off: no URI (mlflow is never imported), or an earlier failure (one WARNING said so).
     """
 
-    def __init__(self, uri: str | None, run_id: str | None = None, warn: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, uri: str | None, run_id: str | None = None, warn: Callable[[str], None] | None = None
+    ) -> None:
         self.uri = uri or None
         self.run_id = run_id
         self._warn = warn or logger.warning
@@ -180,25 +184,38 @@ class Tracker:
                 return fn(self._client)
         except ImportError as err:
             self._off = True
-            self._warn(f"MLflow tracking to {redact(self.uri)} is off: mlflow is not installed ({err}); "
-                       "install it with pip install 's2o-platform[mlflow]'")
+            self._warn(
+                f"MLflow tracking to {redact(self.uri)} is off: mlflow is not installed ({err}); "
+                "install it with pip install 's2o-platform[mlflow]'"
+            )
         except Exception as err:  # noqa: BLE001 - tracking must never fail the work it records
-            text = re.sub(r"://[^/@\s]+@", "://***@", str(err).splitlines()[0] if str(err) else "")  # no credentials
+            text = re.sub(
+                r"://[^/@\s]+@", "://***@", str(err).splitlines()[0] if str(err) else ""
+            )  # no credentials
             reason = f"{type(err).__name__}: {text[:300]}"
             if _unreachable(err):
                 self._off = True
-                self._warn(f"MLflow tracking server {redact(self.uri)} is unreachable ({what}: {reason}); "
-                           "tracking is off for the rest of this run, the work goes on")
+                self._warn(
+                    f"MLflow tracking server {redact(self.uri)} is unreachable ({what}: {reason}); "
+                    "tracking is off for the rest of this run, the work goes on"
+                )
             elif essential:
                 self._off = True
-                self._warn(f"MLflow tracking at {redact(self.uri)} failed while {what} ({reason}); "
-                           "tracking is off for the rest of this run, the work goes on")
+                self._warn(
+                    f"MLflow tracking at {redact(self.uri)} failed while {what} ({reason}); "
+                    "tracking is off for the rest of this run, the work goes on"
+                )
             else:
                 self._warn(f"MLflow: {what} failed ({reason}); tracking goes on")
         return None
 
-    def start(self, experiment: str, run_name: str | None = None, run_id: str | None = None,
-              tags: dict[str, str] | None = None) -> str | None:
+    def start(
+        self,
+        experiment: str,
+        run_name: str | None = None,
+        run_id: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> str | None:
         """Continue `run_id` where the server still has it (active), else create a run in `experiment`
         (created when missing). Returns the run id, or None when tracking is off."""
 
@@ -248,8 +265,11 @@ class Tracker:
             values = {k: v if len(v) <= limit else v[: limit - 3] + "..." for k, v in values.items()}
             logged = client.get_run(self.run_id).data.params
             new = [Param(k, v) for k, v in values.items() if k not in logged]
-            changed = [RunTag(f"s2o.changed.{k}", f"{logged[k]} -> {v}"[:limit])
-                       for k, v in values.items() if k in logged and logged[k] != v]
+            changed = [
+                RunTag(f"s2o.changed.{k}", f"{logged[k]} -> {v}"[:limit])
+                for k, v in values.items()
+                if k in logged and logged[k] != v
+            ]
             per_batch = _mlflow_limit("MAX_PARAMS_TAGS_PER_BATCH", PARAMS_PER_BATCH)
             for i in range(0, len(new), per_batch):
                 client.log_batch(self.run_id, params=new[i : i + per_batch])
@@ -263,22 +283,34 @@ class Tracker:
             from mlflow.entities import Metric
 
             now = int(time.time() * 1000)
-            batch = [Metric(metric_name(k), float(v), now, int(step)) for k, v in metrics.items() if isinstance(v, (int, float))]
+            batch = [
+                Metric(metric_name(k), float(v), now, int(step))
+                for k, v in metrics.items()
+                if isinstance(v, (int, float))
+            ]
             if batch:
                 client.log_batch(self.run_id, metrics=batch)
 
         self._call(f"logging the metrics of step {step}", log)
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        self._call("setting tags", lambda client: client.log_batch(self.run_id, tags=_tags(tags)), essential=False)
+        self._call(
+            "setting tags", lambda client: client.log_batch(self.run_id, tags=_tags(tags)), essential=False
+        )
 
     def log_artifacts(self, local_dir: str, artifact_path: str | None = None) -> None:
-        self._call(f"uploading {local_dir} as artefact {artifact_path or '/'}",
-                   lambda client: client.log_artifacts(self.run_id, local_dir, artifact_path), essential=False)
+        self._call(
+            f"uploading {local_dir} as artefact {artifact_path or '/'}",
+            lambda client: client.log_artifacts(self.run_id, local_dir, artifact_path),
+            essential=False,
+        )
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self._call(f"uploading {artifact_file}", lambda client: client.log_text(self.run_id, text, artifact_file),
-                   essential=False)
+        self._call(
+            f"uploading {artifact_file}",
+            lambda client: client.log_text(self.run_id, text, artifact_file),
+            essential=False,
+        )
 
     def register_model(self, name: str, artifact_path: str, tags: dict[str, str] | None = None) -> str | None:
         """A new version of registered model `name` (created when missing) from this run's artefact; a
@@ -290,7 +322,9 @@ class Tracker:
             except Exception as err:  # noqa: BLE001 - RESOURCE_DOES_NOT_EXIST
                 if _unreachable(err):
                     raise
-                client.create_registered_model(name, description="s2o-platform inference bundle (s2o_platform.bundle)")
+                client.create_registered_model(
+                    name, description="s2o-platform inference bundle (s2o_platform.bundle)"
+                )
             for version in client.search_model_versions(f"name='{name}' and run_id='{self.run_id}'"):
                 if tags and all(version.tags.get(k) == v for k, v in tags.items()):
                     return version.version
@@ -300,7 +334,9 @@ class Tracker:
         return self._call(f"registering model {name!r}", register, essential=False)
 
     def end(self, status: str = "FINISHED") -> None:
-        self._call(f"ending the run ({status})", lambda client: client.set_terminated(self.run_id, status=status))
+        self._call(
+            f"ending the run ({status})", lambda client: client.set_terminated(self.run_id, status=status)
+        )
         self._off = True
 
 
@@ -313,8 +349,16 @@ def _tags(tags: dict[str, str]) -> list:
 # -- training: the driver's side (train/launcher.py) ------------------------------------------------
 
 
-def start_training_run(section: Any, stage: str, out: str, fs: Any, root: str, resumed_from: int | None,
-                       config: dict[str, Any], params: dict[str, Any] | None = None) -> Tracker:
+def start_training_run(
+    section: Any,
+    stage: str,
+    out: str,
+    fs: Any,
+    root: str,
+    resumed_from: int | None,
+    config: dict[str, Any],
+    params: dict[str, Any] | None = None,
+) -> Tracker:
     """The run a training launch logs to: the one recorded in the run folder when this launch resumes
     from a checkpoint, else a new one (recorded there). Logs the resolved config as params."""
     from s2o_platform import storage
@@ -329,14 +373,25 @@ def start_training_run(section: Any, stage: str, out: str, fs: Any, root: str, r
             previous = json.loads(storage.read_bytes(fs, run_file)).get("run_id")
         except (OSError, ValueError, AttributeError):
             previous = None
-    tags = {"s2o.stage": stage, "s2o.run_folder": out, "mlflow.source.name": f"s2o train {stage}", "mlflow.source.type": "JOB"}
+    tags = {
+        "s2o.stage": stage,
+        "s2o.run_folder": out,
+        "mlflow.source.name": f"s2o train {stage}",
+        "mlflow.source.type": "JOB",
+    }
     if resumed_from is not None:
         tags["s2o.resumed_from_step"] = str(resumed_from)
     run_name = section.run_name or os.path.basename(out.rstrip("/")) or None
-    run_id = tracker.start(section.experiment or f"s2o-{stage}", run_name=run_name, run_id=previous, tags=tags)
+    run_id = tracker.start(
+        section.experiment or f"s2o-{stage}", run_name=run_name, run_id=previous, tags=tags
+    )
     if run_id is None:
         return tracker
-    record = {"run_id": run_id, "experiment": section.experiment or f"s2o-{stage}", "tracking_uri": redact(tracker.uri)}
+    record = {
+        "run_id": run_id,
+        "experiment": section.experiment or f"s2o-{stage}",
+        "tracking_uri": redact(tracker.uri),
+    }
     storage.write_bytes_atomic(fs, run_file, json.dumps(record, indent=2).encode())
     flat = {k: v for k, v in flatten_params(config).items() if k not in _UNLOGGED_PARAMS}
     tracker.log_params({**flat, **(params or {})})
@@ -375,8 +430,20 @@ def local_folder(fs: Any, path: str) -> Iterator[str]:
 # -- evaluation (s2o eval --mlflow-run-id) ----------------------------------------------------------
 
 #: Report row fields logged as metrics (per setting: eval/<label>/<field>).
-EVAL_METRICS = ("psnr", "ssim", "colour_error", "sharpness_ratio", "identity_ratio", "landcover_accuracy", "landcover_miou",
-                "fid", "latency_ms", "throughput", "speedup_vs_ddpm", "speedup_vs_ddim")
+EVAL_METRICS = (
+    "psnr",
+    "ssim",
+    "colour_error",
+    "sharpness_ratio",
+    "identity_ratio",
+    "landcover_accuracy",
+    "landcover_miou",
+    "fid",
+    "latency_ms",
+    "throughput",
+    "speedup_vs_ddpm",
+    "speedup_vs_ddim",
+)
 
 
 def log_evaluation(run_id: str, report: Any, files: list, out_name: str, uri: str | None = None) -> bool:
@@ -396,6 +463,9 @@ def log_evaluation(run_id: str, report: Any, files: list, out_name: str, uri: st
     tracker._call(f"checking run {run_id}", lambda client: client.get_run(run_id))
     tracker.log_metrics(metrics, step=0)
     for path in files:
-        tracker._call(f"uploading {path}", lambda client, p=str(path): client.log_artifact(run_id, p, f"eval/{out_name}"),
-                      essential=False)
+        tracker._call(
+            f"uploading {path}",
+            lambda client, p=str(path): client.log_artifact(run_id, p, f"eval/{out_name}"),
+            essential=False,
+        )
     return tracker.enabled

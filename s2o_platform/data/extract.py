@@ -19,7 +19,14 @@ import numpy as np
 from s2o_platform import storage
 from s2o_platform.data.nodata import invalid_optical
 from s2o_platform.data.normalization import OpticalNormalization, SarNormalization, SarScale, detect_sar_scale
-from s2o_platform.data.rasters import InputError, Raster, class_map_window, open_labels, open_optical, open_sar
+from s2o_platform.data.rasters import (
+    InputError,
+    Raster,
+    class_map_window,
+    open_labels,
+    open_optical,
+    open_sar,
+)
 from s2o_platform.data.sources import PairSource
 from s2o_platform.data.store import encode_tile, encode_valid
 from s2o_platform.geo.tiling import grid_windows, window_transform
@@ -62,9 +69,14 @@ def tiles_from_pair(
         optical = stack.enter_context(open_optical(pair.optical, fs, onto=sar))
         labels = stack.enter_context(open_labels(pair.labels, fs, onto=sar)) if pair.labels else None
         if labels is not None and (labels.height, labels.width) != (sar.height, sar.width):
-            raise InputError(f"class map {pair.labels} is {labels.width}x{labels.height}, the SAR {sar.width}x{sar.height} "
-                             "(and no georeference on both to resample with)")
-        if not (sar.georeferenced and optical.georeferenced) and (sar.height, sar.width) != (optical.height, optical.width):
+            raise InputError(
+                f"class map {pair.labels} is {labels.width}x{labels.height}, the SAR {sar.width}x{sar.height} "
+                "(and no georeference on both to resample with)"
+            )
+        if not (sar.georeferenced and optical.georeferenced) and (sar.height, sar.width) != (
+            optical.height,
+            optical.width,
+        ):
             raise InputError(
                 f"SAR/optical size mismatch: SAR {sar.width}x{sar.height}, optical {optical.width}x{optical.height} "
                 "(and no georeference on both to resample with)"
@@ -76,7 +88,9 @@ def tiles_from_pair(
         report.scale, report.scale_reason = scale.value, reason
         windows = grid_windows(sar.height, sar.width, settings.tile_size, settings.stride)
         if not windows:
-            raise InputError(f"scene {sar.width}x{sar.height} is smaller than the tile size {settings.tile_size}")
+            raise InputError(
+                f"scene {sar.width}x{sar.height} is smaller than the tile size {settings.tile_size}"
+            )
         for window in windows:
             report.windows += 1
             sar_window = sar.read(window)
@@ -94,12 +108,18 @@ def tiles_from_pair(
                 continue
             if invalid.any():
                 report.windows_masked += 1
-            sar_model = np.where(sar_invalid, -1.0, sar_norm.to_model(np.where(sar_invalid, 0.0, sar_window[0]), scale))
+            sar_model = np.where(
+                sar_invalid, -1.0, sar_norm.to_model(np.where(sar_invalid, 0.0, sar_window[0]), scale)
+            )
             optical_filled = np.where(invalid[None], 0.0, np.nan_to_num(optical_window))
-            optical_u8 = optical_norm.to_uint8(_as_input_dtype(optical_filled, optical.dtype)).transpose(1, 2, 0)
+            optical_u8 = optical_norm.to_uint8(_as_input_dtype(optical_filled, optical.dtype)).transpose(
+                1, 2, 0
+            )
             optical_u8 = np.where(invalid[..., None], 0, optical_u8).astype(np.uint8)
             sar_bytes, optical_bytes, tile_id = encode_tile(sar_model, np.ascontiguousarray(optical_u8))
-            landcover = class_map_window(labels.read(window), pair.labels).tobytes() if labels is not None else None
+            landcover = (
+                class_map_window(labels.read(window), pair.labels).tobytes() if labels is not None else None
+            )
             yield {
                 "tile_id": tile_id,
                 "scene_id": pair.scene_id,

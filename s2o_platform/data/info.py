@@ -29,7 +29,9 @@ def store_info(uri: str, sample: int = 256, options: storage.StorageOptions | No
     for path in paths:
         if sum(len(v) for v in rows.values()) and len(rows["tile_id"]) >= sample:
             break
-        table = pq.read_table(path, filesystem=fs, columns=["tile_id", "sar", "optical", "tile_size", "sar_channels"])
+        table = pq.read_table(
+            path, filesystem=fs, columns=["tile_id", "sar", "optical", "tile_size", "sar_channels"]
+        )
         for name in table.column_names:
             rows.setdefault(name, []).extend(table.column(name).to_pylist())
     stats: dict[str, Any] = {}
@@ -68,7 +70,9 @@ def format_info(info: dict[str, Any]) -> str:
     norm = info["sar_normalization"]
     lines = [
         f"store:          {info['store']}",
-        "rows:           " + ", ".join(f"{k} {v}" for k, v in info["rows"].items()) + f" (total {info['total_rows']})",
+        "rows:           "
+        + ", ".join(f"{k} {v}" for k, v in info["rows"].items())
+        + f" (total {info['total_rows']})",
         f"shards:         {info['shards']}",
         f"scenes:         {info['scenes']}",
         f"georeferenced:  {info['tiles_georeferenced']} tiles",
@@ -79,7 +83,9 @@ def format_info(info: dict[str, Any]) -> str:
     ]
     baselines = info["extra"].get("synthetic", {}).get("baseline_psnr")
     if baselines:
-        lines.append(f"baselines:      PSNR mean colour {baselines['mean_colour']:.2f} dB, class oracle {baselines['class_oracle']:.2f} dB")
+        lines.append(
+            f"baselines:      PSNR mean colour {baselines['mean_colour']:.2f} dB, class oracle {baselines['class_oracle']:.2f} dB"
+        )
     stats = info["statistics"]
     if stats:
         lines += [

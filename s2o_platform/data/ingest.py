@@ -21,7 +21,7 @@ import numpy as np
 
 from s2o_platform import storage
 from s2o_platform.data.extract import PairReport, TilingSettings, tiles_from_pair
-from s2o_platform.data.normalization import OpticalNormalization, SarNormalization, SarScale
+from s2o_platform.data.normalization import SarNormalization, SarScale
 from s2o_platform.data.rasters import InputError
 from s2o_platform.data.ray_context import scoped_data_context
 from s2o_platform.data.sources import PairSource, discover_all
@@ -114,8 +114,21 @@ def ingest_packet(
     tiling = TilingSettings(**{**settings, "sar_scale": SarScale(settings["sar_scale"])})
     store_meta = StoreMetadata.from_dict(metadata)
     storage_options = storage.StorageOptions(**options)
-    rows_out: dict[str, list] = {k: [] for k in ("path", "status", "reason", "written", "present", "split", "scale", "windows",
-                                                 "windows_masked", "windows_skipped")}
+    rows_out: dict[str, list] = {
+        k: []
+        for k in (
+            "path",
+            "status",
+            "reason",
+            "written",
+            "present",
+            "split",
+            "scale",
+            "windows",
+            "windows_masked",
+            "windows_skipped",
+        )
+    }
     for packet in batch["pairs"]:
         buffer: list[dict] = []
         for item in json.loads(packet):
@@ -130,14 +143,24 @@ def ingest_packet(
             pair_ids: set[str] = set()
             staging = uuid.uuid4().hex
             try:
-                for row in tiles_from_pair(pair, split, tiling, store_meta.sar_normalization, store_meta.optical_normalization, storage_options, report):
+                for row in tiles_from_pair(
+                    pair,
+                    split,
+                    tiling,
+                    store_meta.sar_normalization,
+                    store_meta.optical_normalization,
+                    storage_options,
+                    report,
+                ):
                     if row["tile_id"] in known_ids or row["tile_id"] in pair_ids:
                         present += 1
                         continue
                     pair_ids.add(row["tile_id"])
                     pending.append(row)
                     if len(pending) >= max_rows_per_shard:
-                        write_shards(out, pending, store_meta, max_rows_per_shard, storage_options, staging=staging)
+                        write_shards(
+                            out, pending, store_meta, max_rows_per_shard, storage_options, staging=staging
+                        )
                         written += len(pending)
                         pending = []
                 written += len(pending)
@@ -210,10 +233,14 @@ def run_ingest(
         summary.seconds = time.perf_counter() - started
         return summary
 
-    wanted = StoreMetadata(tile_size=tile_size, sar_channels=1, sar_normalization=SarNormalization(clip_db=tuple(clip_db)))
+    wanted = StoreMetadata(
+        tile_size=tile_size, sar_channels=1, sar_normalization=SarNormalization(clip_db=tuple(clip_db))
+    )
     metadata = ensure_store_metadata(out, wanted, options)
     known_ids, known_scenes = existing_tiles(out, options)
-    splits = assign_splits({p.scene_id for p in pairs}, test_fraction, val_fraction, seed, existing=known_scenes)
+    splits = assign_splits(
+        {p.scene_id for p in pairs}, test_fraction, val_fraction, seed, existing=known_scenes
+    )
 
     with scoped_data_context(enable_progress_bars=False):  # ours (pairs) says more; for this dataset only
         packets = make_packets(pairs, splits)
@@ -246,7 +273,14 @@ def run_ingest(
                 lost = json.loads(row["windows_skipped"])
                 summary.windows_skipped.update(lost)
                 if row["status"] == "ok" and sum(lost.values()) > LOSS_WARNING * max(1, int(row["windows"])):
-                    summary.heavy_losses.append({"path": row["path"], "lost": sum(lost.values()), "windows": int(row["windows"]), "reasons": lost})
+                    summary.heavy_losses.append(
+                        {
+                            "path": row["path"],
+                            "lost": sum(lost.values()),
+                            "windows": int(row["windows"]),
+                            "reasons": lost,
+                        }
+                    )
                 bar.set_postfix(tiles=summary.total_written, skipped=len(summary.skipped))
 
     metadata = read_metadata(out, options)
@@ -271,20 +305,30 @@ def format_summary(summary: IngestSummary) -> str:
     lines = [
         f"pairs found:            {summary.pairs_found}",
         f"pairs ingested:         {summary.pairs_ingested}",
-        "tiles written:          " + ", ".join(f"{k} {v}" for k, v in summary.tiles_written.items()) + f" (total {summary.total_written})",
+        "tiles written:          "
+        + ", ".join(f"{k} {v}" for k, v in summary.tiles_written.items())
+        + f" (total {summary.total_written})",
         f"tiles already in store: {summary.tiles_already_present}",
     ]
     if summary.scales:
         lines.append("SAR scales detected:    " + ", ".join(f"{k} x{v}" for k, v in summary.scales.items()))
     if summary.windows_masked:
-        lines.append(f"windows kept masked:    {summary.windows_masked} (invalid pixels under --max-nodata, ignored by losses and metrics)")
+        lines.append(
+            f"windows kept masked:    {summary.windows_masked} (invalid pixels under --max-nodata, ignored by losses and metrics)"
+        )
     if summary.windows_skipped:
-        lines.append("windows skipped:        " + ", ".join(f"{k}: {v}" for k, v in summary.windows_skipped.items()))
+        lines.append(
+            "windows skipped:        " + ", ".join(f"{k}: {v}" for k, v in summary.windows_skipped.items())
+        )
     for loss in summary.heavy_losses[:20]:
         reasons = ", ".join(f"{k}: {v}" for k, v in loss["reasons"].items())
-        lines.append(f"warning: {loss['path']} lost {loss['lost']} of its {loss['windows']} windows ({reasons})")
+        lines.append(
+            f"warning: {loss['path']} lost {loss['lost']} of its {loss['windows']} windows ({reasons})"
+        )
     if len(summary.heavy_losses) > 20:
-        lines.append(f"warning: ... and {len(summary.heavy_losses) - 20} more pairs lost over {LOSS_WARNING:.0%} of their windows")
+        lines.append(
+            f"warning: ... and {len(summary.heavy_losses) - 20} more pairs lost over {LOSS_WARNING:.0%} of their windows"
+        )
     lines.append(f"items skipped:          {len(summary.skipped)}")
     for item in summary.skipped[:50]:
         lines.append(f"  - {item['path']}: {item['reason']}")

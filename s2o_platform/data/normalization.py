@@ -88,7 +88,9 @@ class SarNormalization:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SarNormalization:
         if d.get("kind", "db_window") != "db_window":
-            raise ValueError(f"unknown SAR normalisation kind {d.get('kind')!r}; this version knows 'db_window'")
+            raise ValueError(
+                f"unknown SAR normalisation kind {d.get('kind')!r}; this version knows 'db_window'"
+            )
         return cls(clip_db=tuple(d["clip_db"]), dn_calibration_db=float(d.get("dn_calibration_db", 56.0)))
 
 
@@ -117,7 +119,9 @@ def to_db(raw: np.ndarray, scale: SarScale | str, dn_calibration_db: float = 56.
     raise ValueError(f"to_db() does not take scale {scale.value!r}")
 
 
-def detect_sar_scale(values: np.ndarray, dtype: str | np.dtype, units_hint: str | None = None) -> tuple[SarScale, str]:
+def detect_sar_scale(
+    values: np.ndarray, dtype: str | np.dtype, units_hint: str | None = None
+) -> tuple[SarScale, str]:
     """Guess how SAR values are expressed, and say why.
 
     The rule, in order:
@@ -162,8 +166,10 @@ SAR_REAL_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "fl
 #: Complex pixel types (single-look complex, SLC), detected into real values first (see `SarPixels`).
 SAR_COMPLEX_DTYPES = ("complex_int16", "complex64", "complex128")
 #: What to send instead, in every refusal of `sar_pixels`.
-_SEND_INSTEAD = ("send one SAR band as 8-bit greyscale (display-scaled), 16/32-bit integer DN, float32/64 "
-                 "dB or linear power, or complex SLC")
+_SEND_INSTEAD = (
+    "send one SAR band as 8-bit greyscale (display-scaled), 16/32-bit integer DN, float32/64 "
+    "dB or linear power, or complex SLC"
+)
 
 
 class UnsupportedSarPixels(S2OError, ValueError):
@@ -193,8 +199,10 @@ class SarPixels:
         """The scale, or UnsupportedSarPixels when it cannot describe these pixels."""
         scale = SarScale(scale)
         if self.complex and scale not in (SarScale.DN, SarScale.LINEAR):
-            raise UnsupportedSarPixels(f"complex ({self.dtype}) SLC values are amplitude or intensity, not "
-                                       f"{scale.value}: take them as dn (|z|) or linear (|z|^2 power)")
+            raise UnsupportedSarPixels(
+                f"complex ({self.dtype}) SLC values are amplitude or intensity, not "
+                f"{scale.value}: take them as dn (|z|) or linear (|z|^2 power)"
+            )
         return scale
 
     def detect_scale(self, values: np.ndarray, units_hint: str | None = None) -> tuple[SarScale, str]:
@@ -207,8 +215,14 @@ class SarPixels:
         intensity = intensity[np.isfinite(intensity)]
         p99 = float(np.percentile(intensity, 99)) if intensity.size else 0.0
         if p99 < 10.0:
-            return SarScale.LINEAR, f"{self.dtype} SLC, intensity |z|^2 99th percentile {p99:.3g} < 10: linear power"
-        return SarScale.DN, f"{self.dtype} SLC, intensity |z|^2 99th percentile {p99:.3g} >= 10: amplitude |z| as DN"
+            return (
+                SarScale.LINEAR,
+                f"{self.dtype} SLC, intensity |z|^2 99th percentile {p99:.3g} < 10: linear power",
+            )
+        return (
+            SarScale.DN,
+            f"{self.dtype} SLC, intensity |z|^2 99th percentile {p99:.3g} >= 10: amplitude |z| as DN",
+        )
 
     def to_real(self, raw: np.ndarray, scale: SarScale | str) -> np.ndarray:
         """The values `scale` describes: `raw` itself for real pixels, |z| (DN) or |z|^2 (linear) for complex
@@ -229,22 +243,35 @@ def sar_pixels(dtype: str, *, palette: bool = False, bits: int | None = None) ->
         bits: bits per pixel where fewer than the type holds (1-bit PNG, TIFF NBITS), else None.
     """
     if bits is not None and bits < 8:
-        raise UnsupportedSarPixels(f"a {bits}-bit image holds {2**bits} levels, not backscatter: {_SEND_INSTEAD}")
+        raise UnsupportedSarPixels(
+            f"a {bits}-bit image holds {2**bits} levels, not backscatter: {_SEND_INSTEAD}"
+        )
     if palette:
-        raise UnsupportedSarPixels(f"a palette (colour-mapped) image holds colour indices, not backscatter: {_SEND_INSTEAD}")
+        raise UnsupportedSarPixels(
+            f"a palette (colour-mapped) image holds colour indices, not backscatter: {_SEND_INSTEAD}"
+        )
     if dtype in SAR_REAL_DTYPES or dtype in SAR_COMPLEX_DTYPES:
         return SarPixels(dtype)
     if dtype == "int8":
-        raise UnsupportedSarPixels(f"signed 8-bit (int8) data is neither a display-scaled image (0..255) nor SAR "
-                                   f"digital numbers: {_SEND_INSTEAD}")
+        raise UnsupportedSarPixels(
+            f"signed 8-bit (int8) data is neither a display-scaled image (0..255) nor SAR "
+            f"digital numbers: {_SEND_INSTEAD}"
+        )
     raise UnsupportedSarPixels(f"pixel type {dtype} is not taken as SAR: {_SEND_INSTEAD}")
 
 
 #: Pillow mode of a one-band image -> (numpy type of its pixels, bits per pixel, colour-mapped): what `sar_pixels`
 #: is given for a PNG/JPEG body (the HTTP service) or a PIL image (the Python API).
-PILLOW_MODES = {"1": ("uint8", 1, False), "L": ("uint8", 8, False), "P": ("uint8", 8, True),
-                "I;16": ("uint16", 16, False), "I;16L": ("uint16", 16, False), "I;16B": ("uint16", 16, False),
-                "I": ("int32", 32, False), "F": ("float32", 32, False)}
+PILLOW_MODES = {
+    "1": ("uint8", 1, False),
+    "L": ("uint8", 8, False),
+    "P": ("uint8", 8, True),
+    "I;16": ("uint16", 16, False),
+    "I;16L": ("uint16", 16, False),
+    "I;16B": ("uint16", 16, False),
+    "I": ("int32", 32, False),
+    "F": ("float32", 32, False),
+}
 
 
 def model_pixels(raw, dtype: str, scale: str, norm: SarNormalization) -> tuple[np.ndarray, np.ndarray]:
@@ -264,7 +291,10 @@ def scale_sample(sample) -> np.ndarray:
     sample = np.ma.asarray(sample)
     if np.issubdtype(sample.dtype, np.complexfloating):
         return sample.filled(np.nan)
-    return np.asarray(sample.filled(np.nan) if np.issubdtype(sample.dtype, np.floating) else sample.compressed(), dtype=np.float64)
+    return np.asarray(
+        sample.filled(np.nan) if np.issubdtype(sample.dtype, np.floating) else sample.compressed(),
+        dtype=np.float64,
+    )
 
 
 @dataclass(frozen=True)

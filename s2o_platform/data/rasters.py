@@ -33,7 +33,9 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 IMAGE_SUFFIXES = PLAIN_IMAGE_SUFFIXES + TIFF_SUFFIXES
 
 # Sentinel-2 true colour, as band-name patterns: B04 or B4 (red), B03/B3, B02/B2.
-_RGB_BAND_PATTERNS = [re.compile(rf"(^|[^0-9A-Za-z])B0?{n}([^0-9A-Za-z]|$)", re.IGNORECASE) for n in (4, 3, 2)]
+_RGB_BAND_PATTERNS = [
+    re.compile(rf"(^|[^0-9A-Za-z])B0?{n}([^0-9A-Za-z]|$)", re.IGNORECASE) for n in (4, 3, 2)
+]
 # 1-based band indices of B4, B3, B2 in full Sentinel-2 stacks (B1..B8, B8A, B9, [B10,] B11, B12).
 _S2_STACK_RGB = (4, 3, 2)
 
@@ -66,7 +68,9 @@ class Raster:
             if window is None:
                 return self.array.astype(np.float64)
             return self.array[
-                :, window.row_off : window.row_off + window.height, window.col_off : window.col_off + window.width
+                :,
+                window.row_off : window.row_off + window.height,
+                window.col_off : window.col_off + window.width,
             ].astype(np.float64)
         return self._reader(window)  # type: ignore[operator]
 
@@ -144,7 +148,11 @@ def units_hint(ds, band: int) -> str | None:
     """What band `band` (1-based) of an open rasterio dataset says of its units (description, units, tags), for
     SAR scale detection (`normalization.detect_sar_scale`); None when it says nothing."""
     parts = [ds.descriptions[band - 1] or "", (ds.units[band - 1] if ds.units else None) or ""]
-    parts += [f"{k}={v}" for k, v in {**ds.tags(), **ds.tags(band)}.items() if k.lower() in ("units", "unit", "scale")]
+    parts += [
+        f"{k}={v}"
+        for k, v in {**ds.tags(), **ds.tags(band)}.items()
+        if k.lower() in ("units", "unit", "scale")
+    ]
     text = " ".join(p for p in parts if p)
     return text or None
 
@@ -211,13 +219,17 @@ def find_sar_band_file(paths: list[str], band: str | None) -> str | None:
     """Pick the SAR polarisation file (VV by default) from a folder listing."""
     wanted = (band or "VV").upper()
     tifs = [p for p in paths if _suffix(p) in TIFF_SUFFIXES]
-    named = [p for p in tifs if re.search(rf"(^|[^A-Za-z]){wanted}([^A-Za-z]|$)", p.rsplit("/", 1)[-1].upper())]
+    named = [
+        p for p in tifs if re.search(rf"(^|[^A-Za-z]){wanted}([^A-Za-z]|$)", p.rsplit("/", 1)[-1].upper())
+    ]
     if named:
         return named[0]
     return tifs[0] if len(tifs) == 1 else None
 
 
-def _rasterio_reader(stack: contextlib.ExitStack, bands: list[tuple[object, int]], target=None, resampling: str = "bilinear"):
+def _rasterio_reader(
+    stack: contextlib.ExitStack, bands: list[tuple[object, int]], target=None, resampling: str = "bilinear"
+):
     """A window reader over (dataset, band) pairs, each warped onto `target` grid when given.
 
     target: (crs, transform, width, height) of the grid to read on, or None for the first band's own grid.
@@ -231,10 +243,19 @@ def _rasterio_reader(stack: contextlib.ExitStack, bands: list[tuple[object, int]
     for ds, band in bands:
         if target is not None:
             crs, transform, width, height = target
-            same_grid = ds.crs == crs and ds.transform == transform and (ds.width, ds.height) == (width, height)
+            same_grid = (
+                ds.crs == crs and ds.transform == transform and (ds.width, ds.height) == (width, height)
+            )
             if not same_grid:
                 ds = stack.enter_context(
-                    WarpedVRT(ds, crs=crs, transform=transform, width=width, height=height, resampling=Resampling[resampling])
+                    WarpedVRT(
+                        ds,
+                        crs=crs,
+                        transform=transform,
+                        width=width,
+                        height=height,
+                        resampling=Resampling[resampling],
+                    )
                 )
         sources.append((ds, band))
 
@@ -280,7 +301,9 @@ def open_sar(path: str, fs: pafs.FileSystem, band: str | int | None = None) -> I
     if info.type == pafs.FileType.NotFound:
         raise InputError(f"file not found: {path}")
     if info.type == pafs.FileType.Directory:
-        chosen = find_sar_band_file(storage.list_files(fs, path, recursive=False), band if isinstance(band, str) else None)
+        chosen = find_sar_band_file(
+            storage.list_files(fs, path, recursive=False), band if isinstance(band, str) else None
+        )
         if chosen is None:
             raise InputError(f"SAR folder {path} has no single GeoTIFF or {(band or 'VV')!r} band file")
         path = chosen
@@ -288,7 +311,11 @@ def open_sar(path: str, fs: pafs.FileSystem, band: str | int | None = None) -> I
     if suffix in PLAIN_IMAGE_SUFFIXES:
         array = _decode_plain(storage.read_bytes(fs, path), path)
         if array.shape[0] != 1:
-            if array.shape[0] in (3, 4) and np.array_equal(array[0], array[1]) and np.array_equal(array[1], array[2]):
+            if (
+                array.shape[0] in (3, 4)
+                and np.array_equal(array[0], array[1])
+                and np.array_equal(array[1], array[2])
+            ):
                 array = array[:1]  # grey stored as RGB
             else:
                 raise InputError(f"wrong band count for SAR: {path} has {array.shape[0]} colour channels")
@@ -319,7 +346,9 @@ def open_optical(path: str, fs: pafs.FileSystem, onto: Raster | None = None) -> 
     if info.type != pafs.FileType.Directory and _suffix(path) in PLAIN_IMAGE_SUFFIXES:
         array = _decode_plain(storage.read_bytes(fs, path), path)
         if array.shape[0] not in (3, 4):
-            raise InputError(f"wrong band count for optical: {path} has {array.shape[0]} channel(s), expected RGB")
+            raise InputError(
+                f"wrong band count for optical: {path} has {array.shape[0]} channel(s), expected RGB"
+            )
         yield Raster(array.shape[1], array.shape[2], str(array.dtype), array=np.ascontiguousarray(array[:3]))
         return
     with contextlib.ExitStack() as stack:
@@ -383,9 +412,14 @@ def open_labels(path: str, fs: pafs.FileSystem, onto: Raster | None = None) -> I
 
             target = (CRS.from_user_input(onto.crs), Affine(*onto.transform), onto.width, onto.height)
         height, width = (onto.height, onto.width) if target else (ds.height, ds.width)
-        yield Raster(height, width, ds.dtypes[0], crs=_crs_text(ds.crs),
-                     transform=_affine(ds.transform) if ds.crs is not None else None,
-                     _reader=_rasterio_reader(stack, [(ds, 1)], target, resampling="nearest"))
+        yield Raster(
+            height,
+            width,
+            ds.dtypes[0],
+            crs=_crs_text(ds.crs),
+            transform=_affine(ds.transform) if ds.crs is not None else None,
+            _reader=_rasterio_reader(stack, [(ds, 1)], target, resampling="nearest"),
+        )
 
 
 def _decode_class_image(data: bytes, path: str) -> np.ndarray:
@@ -400,9 +434,12 @@ def _decode_class_image(data: bytes, path: str) -> np.ndarray:
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise InputError(f"cannot decode class map {path}: {err}") from None
     array = _decode_plain(data, path)
-    if array.shape[0] != 1 and not (array.shape[0] in (3, 4) and np.array_equal(array[0], array[1])
-                                    and np.array_equal(array[1], array[2])):
-        raise InputError(f"a class map has one band of class numbers: {path} has {array.shape[0]} different channels")
+    if array.shape[0] != 1 and not (
+        array.shape[0] in (3, 4) and np.array_equal(array[0], array[1]) and np.array_equal(array[1], array[2])
+    ):
+        raise InputError(
+            f"a class map has one band of class numbers: {path} has {array.shape[0]} different channels"
+        )
     return array[:1]
 
 
@@ -414,6 +451,8 @@ def class_map_window(window: np.ndarray, path: str) -> np.ndarray:
     if valid.any():
         v = values[valid]
         if (v != np.rint(v)).any() or v.min() < 0 or v.max() > UNLABELLED:
-            raise InputError(f"class map {path} holds values other than whole class numbers 0..{UNLABELLED - 1} "
-                             f"(and {UNLABELLED} for unlabelled; found {v.min():g}..{v.max():g})")
+            raise InputError(
+                f"class map {path} holds values other than whole class numbers 0..{UNLABELLED - 1} "
+                f"(and {UNLABELLED} for unlabelled; found {v.min():g}..{v.max():g})"
+            )
     return np.where(valid, np.nan_to_num(values), UNLABELLED).astype(np.uint8)

@@ -26,7 +26,9 @@ from s2o_platform.data.normalization import (
 from s2o_platform.data.rasters import InputError, band_pixel_format, select_sar_band, units_hint
 from s2o_platform.geo.tiling import window_starts
 
-SUPPORTED_DTYPES = SAR_REAL_DTYPES  # real types taken as they are; complex SLC too, detected (data.normalization.sar_pixels)
+SUPPORTED_DTYPES = (
+    SAR_REAL_DTYPES  # real types taken as they are; complex SLC too, detected (data.normalization.sar_pixels)
+)
 
 
 @dataclass
@@ -79,9 +81,17 @@ def open_dataset(path: str, env: dict[str, str]) -> Iterator[object]:
             ds.close()
 
 
-def inspect_scene(uri: str, name: str, band: str | int | None, sar_scale: str, tile: int, overlap: int,
-                  normalization: SarNormalization, options: storage.StorageOptions | None = None,
-                  archive: bool = True) -> SceneInfo:
+def inspect_scene(
+    uri: str,
+    name: str,
+    band: str | int | None,
+    sar_scale: str,
+    tile: int,
+    overlap: int,
+    normalization: SarNormalization,
+    options: storage.StorageOptions | None = None,
+    archive: bool = True,
+) -> SceneInfo:
     """Open a scene, check it can be translated, and choose its SAR scale. Raises InputError with the reason.
 
     `archive`: archive translation's own conditions too (a CRS, at least one tile); the Python API
@@ -90,7 +100,9 @@ def inspect_scene(uri: str, name: str, band: str | int | None, sar_scale: str, t
     path, env = storage.gdal_path(uri, options)
     with open_dataset(path, env) as ds:
         if archive and ds.crs is None:
-            raise InputError(f"{uri} has no CRS: archive translation writes georeferenced outputs, so it needs a georeferenced scene")
+            raise InputError(
+                f"{uri} has no CRS: archive translation writes georeferenced outputs, so it needs a georeferenced scene"
+            )
         index = select_sar_band(ds, uri, band)
         dtype, palette, bits = band_pixel_format(ds, index)
         try:  # the shared SAR pixel rule: real types as they are, complex SLC detected, palette/1-bit/int8 refused
@@ -101,7 +113,9 @@ def inspect_scene(uri: str, name: str, band: str | int | None, sar_scale: str, t
             raise InputError(f"{uri} is {ds.width}x{ds.height} px, smaller than the model's {tile} px tile")
         if sar_scale == SarScale.AUTO.value:
             step = max(1, max(ds.height, ds.width) // 512)
-            sample = ds.read(index, out_shape=(max(1, ds.height // step), max(1, ds.width // step)), masked=True)
+            sample = ds.read(
+                index, out_shape=(max(1, ds.height // step), max(1, ds.width // step)), masked=True
+            )
             scale, reason = pixels.detect_scale(scale_sample(sample), units_hint(ds, index))
         else:
             try:
@@ -109,9 +123,21 @@ def inspect_scene(uri: str, name: str, band: str | int | None, sar_scale: str, t
             except UnsupportedSarPixels as err:
                 raise InputError(f"{uri} band {index}: {err}") from None
         return SceneInfo(
-            uri=uri, name=name, path=path, env=env, band=index, height=ds.height, width=ds.width, dtype=dtype,
-            crs_wkt=ds.crs.to_wkt() if ds.crs is not None else "", transform=tuple(ds.transform)[:6], scale=scale.value, scale_reason=reason,
-            tile=tile, overlap=overlap, normalization=normalization.to_dict(),
+            uri=uri,
+            name=name,
+            path=path,
+            env=env,
+            band=index,
+            height=ds.height,
+            width=ds.width,
+            dtype=dtype,
+            crs_wkt=ds.crs.to_wkt() if ds.crs is not None else "",
+            transform=tuple(ds.transform)[:6],
+            scale=scale.value,
+            scale_reason=reason,
+            tile=tile,
+            overlap=overlap,
+            normalization=normalization.to_dict(),
         )
 
 

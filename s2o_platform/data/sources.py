@@ -26,7 +26,9 @@ import pyarrow.fs as pafs
 from s2o_platform import storage
 from s2o_platform.data.rasters import IMAGE_SUFFIXES, TIFF_SUFFIXES
 
-SEN12_NAME = re.compile(r"^(?P<roi>ROIs\d+)_(?P<season>[a-z]+)_(?:s[12]_)?(?P<scene>\d+)_p(?P<patch>\d+)$", re.IGNORECASE)
+SEN12_NAME = re.compile(
+    r"^(?P<roi>ROIs\d+)_(?P<season>[a-z]+)_(?:s[12]_)?(?P<scene>\d+)_p(?P<patch>\d+)$", re.IGNORECASE
+)
 SEN12_FOLDER = re.compile(r"^(?P<roi>ROIs\d+)_(?P<season>[a-z]+)$", re.IGNORECASE)
 
 
@@ -68,7 +70,9 @@ def _children(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
     return sorted(fs.get_file_info(pafs.FileSelector(path)), key=lambda i: i.path)
 
 
-def discover(source: str, options: storage.StorageOptions | None = None) -> tuple[list[PairSource], list[SkippedItem]]:
+def discover(
+    source: str, options: storage.StorageOptions | None = None
+) -> tuple[list[PairSource], list[SkippedItem]]:
     """Find the pairs in one SOURCE. Raises nothing for bad input: problems come back as skipped items."""
     prefix = "s3://" if source.startswith(("s3://", "s3a://")) else ""
     try:
@@ -114,10 +118,23 @@ def _discover_folders(fs: pafs.FileSystem, root: str) -> tuple[list[PairSource],
         return out
 
     sar, optical = entries("sar"), entries("optical")
-    labels = entries("labels") if fs.get_file_info(storage.join(root, "labels")).type == pafs.FileType.Directory else {}
-    pairs = [PairSource(sar[s], optical[s], scene_of(s), "folders", labels=labels.get(s)) for s in sorted(sar.keys() & optical.keys())]
-    skipped = [SkippedItem(sar[s], "SAR file without its optical partner") for s in sorted(sar.keys() - optical.keys())]
-    skipped += [SkippedItem(optical[s], "optical file without its SAR partner") for s in sorted(optical.keys() - sar.keys())]
+    labels = (
+        entries("labels")
+        if fs.get_file_info(storage.join(root, "labels")).type == pafs.FileType.Directory
+        else {}
+    )
+    pairs = [
+        PairSource(sar[s], optical[s], scene_of(s), "folders", labels=labels.get(s))
+        for s in sorted(sar.keys() & optical.keys())
+    ]
+    skipped = [
+        SkippedItem(sar[s], "SAR file without its optical partner")
+        for s in sorted(sar.keys() - optical.keys())
+    ]
+    skipped += [
+        SkippedItem(optical[s], "optical file without its SAR partner")
+        for s in sorted(optical.keys() - sar.keys())
+    ]
     return pairs, skipped
 
 
@@ -127,7 +144,12 @@ def _discover_site(fs, root: str, names: dict) -> tuple[list[PairSource], list[S
     s2_products = [i.path for i in _children(fs, names[s2_root].path) if i.type == pafs.FileType.Directory]
     site = root.rsplit("/", 1)[-1]
     if len(s1_products) != 1 or len(s2_products) != 1:
-        return [], [SkippedItem(root, f"site folder needs one S1 and one S2 product, found {len(s1_products)} and {len(s2_products)}")]
+        return [], [
+            SkippedItem(
+                root,
+                f"site folder needs one S1 and one S2 product, found {len(s1_products)} and {len(s2_products)}",
+            )
+        ]
     return [PairSource(s1_products[0], s2_products[0], site, "site")], []
 
 
@@ -145,9 +167,17 @@ def _discover_sen12(fs, root: str) -> tuple[list[PairSource], list[SkippedItem]]
             sar[key] = path
         elif folder.lower().startswith("s2_") or "_s2_" in path.rsplit("/", 1)[-1].lower():
             optical[key] = path
-    pairs = [PairSource(sar[k], optical[k], scene_of(k), "sen12") for k in sorted(sar.keys() & optical.keys())]
-    skipped = [SkippedItem(sar[k], "SAR file without its optical partner") for k in sorted(sar.keys() - optical.keys())]
-    skipped += [SkippedItem(optical[k], "optical file without its SAR partner") for k in sorted(optical.keys() - sar.keys())]
+    pairs = [
+        PairSource(sar[k], optical[k], scene_of(k), "sen12") for k in sorted(sar.keys() & optical.keys())
+    ]
+    skipped = [
+        SkippedItem(sar[k], "SAR file without its optical partner")
+        for k in sorted(sar.keys() - optical.keys())
+    ]
+    skipped += [
+        SkippedItem(optical[k], "optical file without its SAR partner")
+        for k in sorted(optical.keys() - sar.keys())
+    ]
     return pairs, skipped
 
 
@@ -163,22 +193,39 @@ def _read_csv_rows(fs, path: str) -> list[list[str]]:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise ValueError(f"not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}): save the list as UTF-8") from None
+        raise ValueError(
+            f"not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}): save the list as UTF-8"
+        ) from None
     return [row for row in csv.reader(io.StringIO(text)) if row and any(c.strip() for c in row)]
 
 
-def _pairs_from_lists(sar_paths: list[str], optical_paths: list[str], where: str) -> tuple[list[PairSource], list[SkippedItem]]:
+def _pairs_from_lists(
+    sar_paths: list[str], optical_paths: list[str], where: str
+) -> tuple[list[PairSource], list[SkippedItem]]:
     pairs = [PairSource(s, o, scene_of(_stem(s)), "csv") for s, o in zip(sar_paths, optical_paths)]
-    skipped = [SkippedItem(s, f"SAR path without an optical partner in {where}") for s in sar_paths[len(optical_paths):]]
-    skipped += [SkippedItem(o, f"optical path without a SAR partner in {where}") for o in optical_paths[len(sar_paths):]]
+    skipped = [
+        SkippedItem(s, f"SAR path without an optical partner in {where}")
+        for s in sar_paths[len(optical_paths) :]
+    ]
+    skipped += [
+        SkippedItem(o, f"optical path without a SAR partner in {where}")
+        for o in optical_paths[len(sar_paths) :]
+    ]
     return pairs, skipped
 
 
-def _discover_csv_columns(fs, path: str, source: str, prefix: str) -> tuple[list[PairSource], list[SkippedItem]]:
+def _discover_csv_columns(
+    fs, path: str, source: str, prefix: str
+) -> tuple[list[PairSource], list[SkippedItem]]:
     rows = _read_csv_rows(fs, path)
     header = [c.strip().lower() for c in rows[0]] if rows else []
     if "sar" not in header or "optical" not in header:
-        return [], [SkippedItem(source, "CSV without 'sar' and 'optical' columns: give it together with its partner list (SAR_LIST.csv OPTICAL_LIST.csv)")]
+        return [], [
+            SkippedItem(
+                source,
+                "CSV without 'sar' and 'optical' columns: give it together with its partner list (SAR_LIST.csv OPTICAL_LIST.csv)",
+            )
+        ]
     si, oi = header.index("sar"), header.index("optical")
     pairs, skipped = [], []
     for n, row in enumerate(rows[1:], start=2):
@@ -206,7 +253,9 @@ def discover_csv_lists(sar_csv: str, optical_csv: str, options: storage.StorageO
             paths = paths[1:]  # a header line
         return [_resolve_listed(p, path) for p in paths]
 
-    pairs, skipped = _pairs_from_lists(column(sar_rows, sar_path), column(opt_rows, opt_path), f"{sar_csv} / {optical_csv}")
+    pairs, skipped = _pairs_from_lists(
+        column(sar_rows, sar_path), column(opt_rows, opt_path), f"{sar_csv} / {optical_csv}"
+    )
     for p in pairs:
         p.uri_prefix = prefix
     return pairs, skipped
@@ -221,15 +270,29 @@ def discover_all(sources: list[str], options: storage.StorageOptions | None = No
         src = sources[i]
         nxt = sources[i + 1] if i + 1 < len(sources) else None
         try:
-            if src.lower().endswith(".csv") and nxt and nxt.lower().endswith(".csv") and not _has_pair_columns(src, options):
+            if (
+                src.lower().endswith(".csv")
+                and nxt
+                and nxt.lower().endswith(".csv")
+                and not _has_pair_columns(src, options)
+            ):
                 step = 2
                 p, s = discover_csv_lists(src, nxt, options)
             else:
                 step = 1
                 p, s = discover(src, options)
         except Exception as err:  # noqa: BLE001 - one unreadable SOURCE is recorded by name; the others go on
-            p, s = [], [SkippedItem(src, f"cannot read this source: {type(err).__name__}: {err}" if not isinstance(err, ValueError)
-                                    else f"cannot read this source: {err}")]
+            p, s = (
+                [],
+                [
+                    SkippedItem(
+                        src,
+                        f"cannot read this source: {type(err).__name__}: {err}"
+                        if not isinstance(err, ValueError)
+                        else f"cannot read this source: {err}",
+                    )
+                ],
+            )
         i += step
         pairs += p
         skipped += s

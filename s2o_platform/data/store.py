@@ -180,9 +180,14 @@ def decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
     landcover = batch.get("landcover")
     if landcover is not None and any(v is not None for v in landcover):
-        decoded["landcover"] = np.stack([
-            decode_landcover(b, int(s)) if b is not None else np.full((int(s), int(s)), UNLABELLED, np.uint8)
-            for b, s in zip(landcover, sizes)])
+        decoded["landcover"] = np.stack(
+            [
+                decode_landcover(b, int(s))
+                if b is not None
+                else np.full((int(s), int(s)), UNLABELLED, np.uint8)
+                for b, s in zip(landcover, sizes)
+            ]
+        )
     valid = batch.get("valid")
     if valid is not None and any(v is not None for v in valid):
         decoded["valid"] = np.stack([decode_valid(b, int(s)) for b, s in zip(valid, sizes)])
@@ -242,7 +247,9 @@ def write_metadata(uri: str, metadata: StoreMetadata, options: storage.StorageOp
     storage.write_bytes_atomic(fs, storage.join(root, METADATA_FILE), data)
 
 
-def shard_paths(uri: str, splits: Sequence[str] = SPLITS, options: storage.StorageOptions | None = None) -> list[str]:
+def shard_paths(
+    uri: str, splits: Sequence[str] = SPLITS, options: storage.StorageOptions | None = None
+) -> list[str]:
     """Paths (inside the store's filesystem) of all Parquet shards of the given splits."""
     fs, root = storage.resolve(uri, options)
     paths: list[str] = []
@@ -306,9 +313,7 @@ def discard_staged(uri: str, staging: str, options: storage.StorageOptions | Non
         fs.delete_dir(base)
 
 
-def read_columns(
-    uri: str, columns: list[str], options: storage.StorageOptions | None = None
-) -> pa.Table:
+def read_columns(uri: str, columns: list[str], options: storage.StorageOptions | None = None) -> pa.Table:
     """Read a few columns of every shard with pyarrow (driver side; for ids, splits, statistics)."""
     fs, _ = storage.resolve(uri, options)
     paths = shard_paths(uri, options=options)

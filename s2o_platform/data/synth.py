@@ -69,12 +69,16 @@ def speckled_db(rng: np.random.Generator, mean_db: np.ndarray, looks: int) -> np
     return 10.0 * np.log10(10.0 ** (np.asarray(mean_db) / 10.0) * speckle)
 
 
-def make_scene(rng: np.random.Generator, height: int, width: int, looks: int = 4, scale: float = 12.0) -> SynthScene:
+def make_scene(
+    rng: np.random.Generator, height: int, width: int, looks: int = 4, scale: float = 12.0
+) -> SynthScene:
     """One synthetic scene of `height` x `width` pixels."""
     classes = land_cover(rng, height, width, scale)
     texture = np.stack([smooth_field(rng, height, width, 2.0) for _ in range(3)], axis=-1)
     brightness = smooth_field(rng, height, width, 4.0)[..., None]
-    optical = CLASS_RGB[classes] + CLASS_OPTICAL_TEXTURE[classes][..., None] * (0.5 * texture + 0.8 * brightness)
+    optical = CLASS_RGB[classes] + CLASS_OPTICAL_TEXTURE[classes][..., None] * (
+        0.5 * texture + 0.8 * brightness
+    )
     sar_texture = smooth_field(rng, height, width, 3.0)
     mean_db = CLASS_DB[classes] + CLASS_SAR_TEXTURE[classes] * sar_texture
     sar_db = speckled_db(rng, mean_db, looks)
@@ -136,12 +140,16 @@ def baselines_from_statistics(stats: np.ndarray) -> dict[str, float]:
     totals = stats.sum(axis=0)
     n_class = totals[:, 0]
     mean_colour = totals[:, 1:4].sum(axis=0) / n_class.sum()
-    class_means = np.where(n_class[:, None] > 0, totals[:, 1:4] / np.maximum(n_class, 1)[:, None], mean_colour)
+    class_means = np.where(
+        n_class[:, None] > 0, totals[:, 1:4] / np.maximum(n_class, 1)[:, None], mean_colour
+    )
     pixels = stats[:, :, 0].sum(axis=1)  # per tile
 
     def mean_psnr(means_per_class: np.ndarray) -> float:
         # sum over pixels of (t - m)^2 = S2 - 2 m S1 + n m^2, per class and channel.
-        sq_err = stats[:, :, 4:7] - 2 * means_per_class * stats[:, :, 1:4] + stats[:, :, :1] * means_per_class**2
+        sq_err = (
+            stats[:, :, 4:7] - 2 * means_per_class * stats[:, :, 1:4] + stats[:, :, :1] * means_per_class**2
+        )
         mse = sq_err.sum(axis=(1, 2)) / (3 * pixels)
         return float(np.mean(10 * np.log10(1.0 / np.maximum(mse, 1e-20))))
 

@@ -56,7 +56,9 @@ def scene_tiles(scene_index: int, n_tiles: int, size: int, seed: int, split: str
         rs = slice(window.row_off, window.row_off + size)
         cs = slice(window.col_off, window.col_off + size)
         optical = scene.optical[rs, cs]
-        sar_bytes, optical_bytes, tile_id = encode_tile(norm.to_model(scene.sar_db[rs, cs], SarScale.DB), optical)
+        sar_bytes, optical_bytes, tile_id = encode_tile(
+            norm.to_model(scene.sar_db[rs, cs], SarScale.DB), optical
+        )
         rows.append(
             {
                 "tile_id": tile_id,
@@ -81,7 +83,16 @@ def scene_tiles(scene_index: int, n_tiles: int, size: int, seed: int, split: str
     return rows, stats
 
 
-def synth_batch(batch, out: str, size: int, seed: int, metadata: dict, options: dict, max_rows_per_shard: int, known_ids_ref=None):
+def synth_batch(
+    batch,
+    out: str,
+    size: int,
+    seed: int,
+    metadata: dict,
+    options: dict,
+    max_rows_per_shard: int,
+    known_ids_ref=None,
+):
     """Ray Data UDF: make, tile and write the scenes of the batch; return counts and statistics.
 
     Tiles already in the store (known_ids_ref) are not written again, so a repeated run adds nothing.
@@ -133,7 +144,9 @@ def run_synth(
     per_scene = TILES_PER_SIDE**2
     n_scenes = math.ceil(pairs / per_scene)
     scene_ids = [f"synth_{seed}_{k:05d}" for k in range(n_scenes)]
-    wanted = StoreMetadata(tile_size=size, sar_channels=1, sar_normalization=SarNormalization(clip_db=tuple(clip_db)))
+    wanted = StoreMetadata(
+        tile_size=size, sar_channels=1, sar_normalization=SarNormalization(clip_db=tuple(clip_db))
+    )
     metadata = ensure_store_metadata(out, wanted, options)
     splits = assign_splits(scene_ids, test_fraction, val_fraction, seed)
     items = [
@@ -162,7 +175,9 @@ def run_synth(
         with tqdm(total=pairs, desc="synth", unit="tile", disable=not progress) as bar:
             for row in results.iter_rows():
                 summary.tiles[row["split"]] += int(row["tiles"])
-                all_stats.append(np.frombuffer(row["stats"], dtype=np.float64).reshape(-1, len(synth.CLASSES), 7))
+                all_stats.append(
+                    np.frombuffer(row["stats"], dtype=np.float64).reshape(-1, len(synth.CLASSES), 7)
+                )
                 bar.update(int(row["tiles"]))
     summary.baselines = synth.baselines_from_statistics(np.concatenate(all_stats))
 
@@ -170,7 +185,12 @@ def run_synth(
     metadata.extra["synthetic"] = {"seed": seed, "pairs": pairs, "baseline_psnr": summary.baselines}
     metadata.extra["landcover_classes"] = list(synth.CLASSES)  # the class map column's index -> name
     metadata.history.append(
-        {"action": "synth", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seed": seed, "tiles": dict(summary.tiles)}
+        {
+            "action": "synth",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "seed": seed,
+            "tiles": dict(summary.tiles),
+        }
     )
     write_metadata(out, metadata, options)
     if scenes_dir:
@@ -203,12 +223,24 @@ def write_scene_geotiffs(out_dir: str, n_scenes: int, size: int, seed: int, bloc
         rows, cols = np.mgrid[0:size, 0:size]
         nodata_mask = rows + cols < size // 8  # top-left corner
         if encoding == "db":
-            sar, dtype, nodata = np.where(nodata_mask, np.nan, scene.sar_db).astype(np.float32), "float32", float("nan")
+            sar, dtype, nodata = (
+                np.where(nodata_mask, np.nan, scene.sar_db).astype(np.float32),
+                "float32",
+                float("nan"),
+            )
         elif encoding == "linear":
-            sar, dtype, nodata = np.where(nodata_mask, np.nan, 10 ** (scene.sar_db / 10)).astype(np.float32), "float32", float("nan")
+            sar, dtype, nodata = (
+                np.where(nodata_mask, np.nan, 10 ** (scene.sar_db / 10)).astype(np.float32),
+                "float32",
+                float("nan"),
+            )
         else:
             dn = np.sqrt(10 ** ((scene.sar_db + norm.dn_calibration_db) / 10))
-            sar, dtype, nodata = np.where(nodata_mask, 0, np.clip(np.rint(dn), 1, 65535)).astype(np.uint16), "uint16", 0
+            sar, dtype, nodata = (
+                np.where(nodata_mask, 0, np.clip(np.rint(dn), 1, 65535)).astype(np.uint16),
+                "uint16",
+                0,
+            )
         optical = np.where(nodata_mask[..., None], 0, scene.optical).astype(np.uint8)
         a, b, c, d, e, f = scene_transform(k)
         profile = {
@@ -225,7 +257,11 @@ def write_scene_geotiffs(out_dir: str, n_scenes: int, size: int, seed: int, bloc
         name = f"scene_{k:03d}_{encoding}.tif"
         for sub, array, extra in (
             ("sar", sar[None], {"count": 1, "dtype": dtype, "nodata": nodata}),
-            ("optical", optical.transpose(2, 0, 1), {"count": 3, "dtype": "uint8", "nodata": 0, "photometric": "RGB"}),
+            (
+                "optical",
+                optical.transpose(2, 0, 1),
+                {"count": 3, "dtype": "uint8", "nodata": 0, "photometric": "RGB"},
+            ),
         ):
             os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
             path = os.path.join(out_dir, sub, name)

@@ -17,10 +17,13 @@ def dihedral(array: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def augment_pairs(sar: np.ndarray, optical: np.ndarray, rng: np.random.Generator,
-                  *aligned: np.ndarray) -> tuple[np.ndarray, ...]:
+def augment_pairs(
+    sar: np.ndarray, optical: np.ndarray, rng: np.random.Generator, *aligned: np.ndarray
+) -> tuple[np.ndarray, ...]:
     """Random dihedral transform per sample, identical for SAR (B, C, H, W), optical (B, 3, H, W) and any
     further per-pixel arrays (B, ..., H, W) such as the validity mask; returns them in the same order."""
     ks = rng.integers(0, 8, size=len(sar))
-    return tuple(np.ascontiguousarray(np.stack([dihedral(a, k) for a, k in zip(array, ks)]))
-                 for array in (sar, optical, *aligned))
+    return tuple(
+        np.ascontiguousarray(np.stack([dihedral(a, k) for a, k in zip(array, ks)]))
+        for array in (sar, optical, *aligned)
+    )

@@ -21,7 +21,9 @@ from s2o_platform.losses import masked_mean
 def ddim_grid(num_train_timesteps: int = 1000, num_ddim_steps: int = 50) -> torch.Tensor:
     """The solver grid t = k-1, 2k-1, ..., T-1 with skip k = T / N (19, 39, ..., 999 for 1000 / 50)."""
     if num_train_timesteps % num_ddim_steps:
-        raise ValueError(f"num_ddim_steps ({num_ddim_steps}) must divide num_train_timesteps ({num_train_timesteps})")
+        raise ValueError(
+            f"num_ddim_steps ({num_ddim_steps}) must divide num_train_timesteps ({num_train_timesteps})"
+        )
     k = num_train_timesteps // num_ddim_steps
     return torch.arange(1, num_ddim_steps + 1) * k - 1
 
@@ -54,7 +56,11 @@ def boundary_scalings(
 
 
 def predicted_original(
-    model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor, prediction_type: str
+    model_output: torch.Tensor,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    prediction_type: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x0_hat, eps_hat) from the network output at noisy x_t (B, C, H, W), timesteps t (B,)."""
     abar = _expand(alphas_cumprod.to(x_t.device)[t], x_t)
@@ -73,21 +79,29 @@ def predicted_original(
     return x0, eps
 
 
-def ddim_step(x0: torch.Tensor, eps: torch.Tensor, t_prev: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+def ddim_step(
+    x0: torch.Tensor, eps: torch.Tensor, t_prev: torch.Tensor, alphas_cumprod: torch.Tensor
+) -> torch.Tensor:
     """Deterministic DDIM update to t_prev: sqrt(abar_prev) x0 + sqrt(1 - abar_prev) eps."""
     abar_prev = _expand(alphas_cumprod.to(x0.device)[t_prev], x0)
     return abar_prev.sqrt() * x0 + (1 - abar_prev).sqrt() * eps
 
 
 def consistency_output(
-    x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, sigma_data: float = 0.5, timestep_scaling: float = 10.0
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    t: torch.Tensor,
+    sigma_data: float = 0.5,
+    timestep_scaling: float = 10.0,
 ) -> torch.Tensor:
     """f(x_t, t) = c_skip(t) x_t + c_out(t) x0_hat."""
     c_skip, c_out = boundary_scalings(t, sigma_data, timestep_scaling)
     return _expand(c_skip, x_t) * x_t + _expand(c_out, x_t) * x0
 
 
-def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float, valid: torch.Tensor | None = None) -> torch.Tensor:
+def pseudo_huber(
+    a: torch.Tensor, b: torch.Tensor, c: float, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """mean(sqrt((a - b)^2 + c^2) - c): ~ (a-b)^2 / 2c near 0, ~ |a - b| far away; c = 0.001 is nearly L1.
     valid (B, 1, H, W): average over valid pixels only."""
     if c <= 0:

@@ -58,7 +58,9 @@ def sample_teacher(
         step_kwargs: dict[str, Any] = {"generator": generator}
     elif sampler == "ddim":
         if not 1 <= steps <= scheduler_config["num_train_timesteps"]:
-            raise ValueError(f"DDIM steps must be in 1..{scheduler_config['num_train_timesteps']}, got {steps}")
+            raise ValueError(
+                f"DDIM steps must be in 1..{scheduler_config['num_train_timesteps']}, got {steps}"
+            )
         scheduler = ddim_scheduler(scheduler_config)
         scheduler.set_timesteps(steps)
         step_kwargs = {"eta": eta, "generator": generator}

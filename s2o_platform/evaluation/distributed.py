@@ -18,7 +18,16 @@ from s2o_platform.evaluation.quality import tile_scores, to_unit
 from s2o_platform.evaluation.spec import ModelSetting
 from s2o_platform.inference import LoadedModel, translate_tiles
 
-SCORE_COLUMNS = ("psnr", "ssim", "colour_error", "finite", "grad_pred", "grad_true", "abs_to_sar", "abs_to_truth")
+SCORE_COLUMNS = (
+    "psnr",
+    "ssim",
+    "colour_error",
+    "finite",
+    "grad_pred",
+    "grad_true",
+    "abs_to_sar",
+    "abs_to_truth",
+)
 
 
 class TileScorer(LoadedModel):
@@ -48,9 +57,14 @@ class TileScorer(LoadedModel):
         prediction = self.translate(batch["sar"][order], str(ids[0]))
         unit, target = to_unit(prediction), to_unit(batch["optical"][order])
         valid = batch["valid"][order] if "valid" in batch else None
-        out: dict[str, np.ndarray] = {"tile_id": ids.astype(str), **tile_scores(unit, target, to_unit(batch["sar"][order]), valid)}
+        out: dict[str, np.ndarray] = {
+            "tile_id": ids.astype(str),
+            **tile_scores(unit, target, to_unit(batch["sar"][order]), valid),
+        }
         if self.classifier is not None and "landcover" in batch:
-            out["landcover_confusion"] = confusion_per_tile(self.classifier, unit.nan_to_num(0.0), batch["landcover"][order])
+            out["landcover_confusion"] = confusion_per_tile(
+                self.classifier, unit.nan_to_num(0.0), batch["landcover"][order]
+            )
         if self.fid is not None:
             out["features"] = inception_features(self.fid, unit).astype(np.float32)
             out["real_features"] = inception_features(self.fid, target).astype(np.float32)
@@ -65,15 +79,24 @@ class RayQuality:
         from s2o_platform.ray_cluster import connect
 
         self.options = options
-        self.classifier = None if classifier is None else {
-            "num_classes": classifier.num_classes, "state": {k: v.clone() for k, v in classifier.state_dict().items()}}
+        self.classifier = (
+            None
+            if classifier is None
+            else {
+                "num_classes": classifier.num_classes,
+                "state": {k: v.clone() for k, v in classifier.state_dict().items()},
+            }
+        )
         connect(None if options.address == "local" else options.address)
         self.gpus = cluster_gpus()
-        self.actors = inference_actors(options.workers, self.gpus)  # on CUDA where the cluster has GPUs, else the CPU
+        self.actors = inference_actors(
+            options.workers, self.gpus
+        )  # on CUDA where the cluster has GPUs, else the CPU
         self.available = split_counts(options.data, options.storage)[options.split]
         self.n_tiles = min(self.available, options.limit or self.available)
-        self.where = (f"on Ray Data, {options.workers} actor(s) per setting"
-                      + (f" with 1 GPU each ({self.gpus} in the cluster)" if self.gpus else " on CPU"))
+        self.where = f"on Ray Data, {options.workers} actor(s) per setting" + (
+            f" with 1 GPU each ({self.gpus} in the cluster)" if self.gpus else " on CPU"
+        )
 
     def dataset(self, count: int):
         ds = read_tiles(self.options.data, self.options.split, self.options.storage).sort("tile_id")
@@ -85,11 +108,21 @@ class RayQuality:
         o = self.options
         scored = self.dataset(count).map_batches(
             TileScorer,
-            fn_constructor_kwargs=dict(bundle=setting.bundle, sampler=setting.sampler, steps=setting.steps, seed=o.seed,
-                                       device=self.actors.device, dtype=o.dtype if self.gpus else "fp32",
-                                       fid_weights=o.fid_weights, classifier=self.classifier, storage_options=o.storage,
-                                       batch_size=o.batch_size, cpu_share=self.actors.cpu_share,
-                                       compile=o.compile, warm_up=False),
+            fn_constructor_kwargs=dict(
+                bundle=setting.bundle,
+                sampler=setting.sampler,
+                steps=setting.steps,
+                seed=o.seed,
+                device=self.actors.device,
+                dtype=o.dtype if self.gpus else "fp32",
+                fid_weights=o.fid_weights,
+                classifier=self.classifier,
+                storage_options=o.storage,
+                batch_size=o.batch_size,
+                cpu_share=self.actors.cpu_share,
+                compile=o.compile,
+                warm_up=False,
+            ),
             batch_size=o.batch_size,
             **self.actors.map_batches_args(),
         )
@@ -107,7 +140,9 @@ class RayQuality:
         from s2o_platform.evaluation.runner import load_test_tiles
 
         first = load_test_tiles(o.data, o.split, keep, o.storage)
-        preview = to_unit(translate_tiles(bundle, first["sar"], setting.sampler, setting.steps, seed=o.seed)).numpy()
+        preview = to_unit(
+            translate_tiles(bundle, first["sar"], setting.sampler, setting.steps, seed=o.seed)
+        ).numpy()
         return SettingOutput(
             scores=scores,
             features=merged["features"].astype(np.float64) if "features" in merged else None,

@@ -33,8 +33,10 @@ class PixelClassifier(torch.nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.net = torch.nn.Sequential(
-            torch.nn.Conv2d(3, width, 3, padding=1, padding_mode="replicate"), torch.nn.ReLU(),
-            torch.nn.Conv2d(width, width, 3, padding=1, padding_mode="replicate"), torch.nn.ReLU(),
+            torch.nn.Conv2d(3, width, 3, padding=1, padding_mode="replicate"),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(width, width, 3, padding=1, padding_mode="replicate"),
+            torch.nn.ReLU(),
             torch.nn.Conv2d(width, num_classes, 1),
         )
 
@@ -53,11 +55,14 @@ class FittedClassifier:
         return self.model.num_classes
 
 
-def fit_classifier(optical_unit: np.ndarray, labels: np.ndarray, num_classes: int, steps: int = FIT_STEPS,
-                   seed: int = 0) -> FittedClassifier:
+def fit_classifier(
+    optical_unit: np.ndarray, labels: np.ndarray, num_classes: int, steps: int = FIT_STEPS, seed: int = 0
+) -> FittedClassifier:
     """Fit on ground-truth optical tiles (N, 3, H, W) in [0, 1] and their class maps (N, H, W) of ints < num_classes."""
     if len(optical_unit) == 0 or len(optical_unit) != len(labels):
-        raise ValueError(f"the classifier needs tiles with class maps; got {len(optical_unit)} tiles, {len(labels)} maps")
+        raise ValueError(
+            f"the classifier needs tiles with class maps; got {len(optical_unit)} tiles, {len(labels)} maps"
+        )
     labelled = labels[labels != UNLABELLED]
     if labelled.size == 0:
         raise ValueError("the class maps hold no labelled pixel")
@@ -89,7 +94,9 @@ def confusion_per_tile(model: PixelClassifier, unit_rgb: torch.Tensor, labels: n
     Unlabelled pixels are not counted."""
     k = model.num_classes
     images = torch.as_tensor(unit_rgb, dtype=torch.float32)
-    predicted = torch.cat([model(images[i : i + CHUNK]).argmax(dim=1).flatten(1) for i in range(0, len(images), CHUNK)]).numpy()
+    predicted = torch.cat(
+        [model(images[i : i + CHUNK]).argmax(dim=1).flatten(1) for i in range(0, len(images), CHUNK)]
+    ).numpy()
     truth = np.asarray(labels, dtype=np.int64).reshape(len(predicted), -1)
     codes = truth * k + predicted
     # classes the classifier was not fitted with count as unlabelled, like UNLABELLED itself

@@ -45,8 +45,12 @@ def gradient_magnitude(images: torch.Tensor, valid: torch.Tensor | None = None) 
     return masked_mean(magnitude, stencil[:, None], per_sample=True)
 
 
-def tile_scores(prediction: torch.Tensor, target: torch.Tensor, sar: torch.Tensor | None = None,
-                valid: torch.Tensor | np.ndarray | None = None) -> dict[str, np.ndarray]:
+def tile_scores(
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    sar: torch.Tensor | None = None,
+    valid: torch.Tensor | np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
     """Per-tile scores of (N, 3, H, W) images in [0, 1].
 
     Returns float64 arrays of length N: psnr (dB, capped at PSNR_CAP_DB), ssim, colour_error (0-255), finite (1.0 when
@@ -63,7 +67,9 @@ def tile_scores(prediction: torch.Tensor, target: torch.Tensor, sar: torch.Tenso
         if bool(valid.all()):
             valid = None
     if valid is None:
-        psnr = peak_signal_noise_ratio(safe, target, data_range=1.0, reduction="none", dim=(1, 2, 3)).clamp(max=PSNR_CAP_DB)
+        psnr = peak_signal_noise_ratio(safe, target, data_range=1.0, reduction="none", dim=(1, 2, 3)).clamp(
+            max=PSNR_CAP_DB
+        )
         ssim = structural_similarity_index_measure(safe, target, data_range=1.0, reduction="none")
         colour = (safe.mean(dim=(2, 3)) - target.mean(dim=(2, 3))).abs().mean(dim=1) * 255.0
     else:
@@ -72,13 +78,20 @@ def tile_scores(prediction: torch.Tensor, target: torch.Tensor, sar: torch.Tenso
         sar = None if sar is None else torch.where(keep, sar, torch.zeros_like(sar))
         mse = masked_mean((safe - target) ** 2, keep, per_sample=True)
         psnr = (10.0 * torch.log10(1.0 / mse.clamp(min=1e-20))).clamp(max=PSNR_CAP_DB)
-        _, ssim_map = structural_similarity_index_measure(safe, target, data_range=1.0, reduction="none", return_full_image=True)
+        _, ssim_map = structural_similarity_index_measure(
+            safe, target, data_range=1.0, reduction="none", return_full_image=True
+        )
         ssim = masked_mean(ssim_map, keep, per_sample=True)
         pixels = keep.flatten(1).sum(1).clamp(min=1)[:, None]
         colour = ((safe.flatten(2).sum(2) - target.flatten(2).sum(2)) / pixels).abs().mean(dim=1) * 255.0
     nan = torch.full_like(psnr, float("nan"))
-    scores = {"psnr": psnr, "ssim": ssim, "colour_error": colour, "grad_pred": gradient_magnitude(safe, valid),
-              "grad_true": gradient_magnitude(target, valid)}
+    scores = {
+        "psnr": psnr,
+        "ssim": ssim,
+        "colour_error": colour,
+        "grad_pred": gradient_magnitude(safe, valid),
+        "grad_true": gradient_magnitude(target, valid),
+    }
     if sar is not None:
         keep = None if valid is None else valid[:, None]
         scores["abs_to_sar"] = masked_mean((safe - sar[:, :1]).abs(), keep, per_sample=True)
@@ -94,14 +107,18 @@ def ratio_of_means(numerator: np.ndarray, denominator: np.ndarray) -> float | No
     return None if total == 0.0 else float(np.sum(numerator)) / total
 
 
-def paired_difference(values: np.ndarray, reference: np.ndarray, resamples: int = 2000, seed: int = 0) -> dict[str, object]:
+def paired_difference(
+    values: np.ndarray, reference: np.ndarray, resamples: int = 2000, seed: int = 0
+) -> dict[str, object]:
     """Mean per-tile difference values - reference over the same tiles, with a 95% percentile-bootstrap interval.
 
     Tiles, not pixels, are resampled: the tiles are the independent units. Returns {"delta": X, "ci95": [LO, HI]}.
     """
     values, reference = np.asarray(values, np.float64), np.asarray(reference, np.float64)
     if values.shape != reference.shape or values.ndim != 1 or len(values) == 0:
-        raise ValueError(f"paired scores need two equal, non-empty 1-D arrays, got {values.shape} and {reference.shape}")
+        raise ValueError(
+            f"paired scores need two equal, non-empty 1-D arrays, got {values.shape} and {reference.shape}"
+        )
     diff = values - reference
     rng = np.random.default_rng(seed)
     means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
@@ -156,12 +173,14 @@ def load_fid_network(path: str | Path, device: torch.device) -> InceptionFeature
     with torch.no_grad():
         for takes in (True, False):
             try:
-                out = (network(probe, return_features=True) if takes else network(probe))
+                out = network(probe, return_features=True) if takes else network(probe)
             except (RuntimeError, TypeError):
                 continue
             if isinstance(out, torch.Tensor) and out.ndim == 2:
                 return InceptionFeatures(network, takes)
-    raise FidError(f"--fid-weights {path}: a TorchScript module, but not one that maps uint8 images to (N, D) features")
+    raise FidError(
+        f"--fid-weights {path}: a TorchScript module, but not one that maps uint8 images to (N, D) features"
+    )
 
 
 def _torch_fidelity_network(path: Path, device: torch.device, jit_error: Exception) -> InceptionFeatures:
@@ -175,9 +194,13 @@ def _torch_fidelity_network(path: Path, device: torch.device, jit_error: Excepti
     from torchmetrics.image.fid import NoTrainInceptionV3
 
     try:
-        network = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(path))
+        network = NoTrainInceptionV3(
+            name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(path)
+        )
     except Exception as err:  # noqa: BLE001 - torch-fidelity raises many kinds
-        raise FidError(f"--fid-weights {path}: cannot load as a torch-fidelity Inception weights file: {err}") from None
+        raise FidError(
+            f"--fid-weights {path}: cannot load as a torch-fidelity Inception weights file: {err}"
+        ) from None
     return InceptionFeatures(network.to(device).eval(), takes_return_features=False)
 
 

@@ -31,9 +31,13 @@ class Row:
     colour_error: float | None = None
     sharpness_ratio: float | None = None  # mean gradient magnitude, prediction / ground truth
     identity_ratio: float | None = None  # mean |prediction - SAR| / mean |prediction - ground truth|
-    landcover_accuracy: float | None = None  # the land-cover classifier on the translations, against the true classes
+    landcover_accuracy: float | None = (
+        None  # the land-cover classifier on the translations, against the true classes
+    )
     landcover_miou: float | None = None
-    paired: dict | None = None  # {"reference", "tiles", "delta_psnr", "ci95": [lo, hi]}: per-tile PSNR difference
+    paired: dict | None = (
+        None  # {"reference", "tiles", "delta_psnr", "ci95": [lo, hi]}: per-tile PSNR difference
+    )
     fid: float | None = None
     fid_samples: int | None = None  # images the FID was computed from
     fid_note: str | None = None
@@ -60,7 +64,12 @@ def is_ddpm_reference(row: Row) -> bool:
 
 
 def is_ddim_reference(row: Row) -> bool:
-    return row.stage == "teacher" and row.sampler == "ddim" and row.steps == REFERENCE_DDIM_STEPS and row.latency_ms is not None
+    return (
+        row.stage == "teacher"
+        and row.sampler == "ddim"
+        and row.steps == REFERENCE_DDIM_STEPS
+        and row.latency_ms is not None
+    )
 
 
 def add_speedups(rows: list[Row]) -> dict[str, str | None]:
@@ -84,8 +93,23 @@ def _fmt(value: float | None, spec: str, missing: str = "-") -> str:
     return format(value, spec)
 
 
-TABLE_COLUMNS = ("model", "tiles", "PSNR dB", "dPSNR [95% CI]", "SSIM", "colour err", "sharp", "ident", "LC acc",
-                 "LC mIoU", "FID (n)", "ms/img b1", "img/s", "x DDPM", "x DDIM-50")
+TABLE_COLUMNS = (
+    "model",
+    "tiles",
+    "PSNR dB",
+    "dPSNR [95% CI]",
+    "SSIM",
+    "colour err",
+    "sharp",
+    "ident",
+    "LC acc",
+    "LC mIoU",
+    "FID (n)",
+    "ms/img b1",
+    "img/s",
+    "x DDPM",
+    "x DDIM-50",
+)
 
 
 def _paired_cell(row: Row) -> str:
@@ -128,15 +152,21 @@ def context_lines(report: Report) -> list[str]:
         c["fid_status"],
     ]
     if c.get("paired_reference"):
-        lines.append(f"dPSNR: mean per-tile PSNR difference against {c['paired_reference']} on the same tiles and seeds, "
-                     "with a 95% bootstrap interval over tiles")
-    lines.append("sharp: mean gradient magnitude / the ground truth's (1 = as sharp; blur < 1, noise > 1); "
-                 "ident: mean |prediction - SAR| / mean |prediction - truth| (below 1: closer to its input than to the truth)")
+        lines.append(
+            f"dPSNR: mean per-tile PSNR difference against {c['paired_reference']} on the same tiles and seeds, "
+            "with a 95% bootstrap interval over tiles"
+        )
+    lines.append(
+        "sharp: mean gradient magnitude / the ground truth's (1 = as sharp; blur < 1, noise > 1); "
+        "ident: mean |prediction - SAR| / mean |prediction - truth| (below 1: closer to its input than to the truth)"
+    )
     lc = c.get("landcover_classifier") or {}
     if lc.get("status") == "fitted":
-        lines.append(f"LC: a per-pixel land-cover classifier fitted on {lc['train_tiles']} train tiles' ground truth "
-                     f"classifies each translation against the true classes; on the real optical test tiles it scores "
-                     f"accuracy {lc['heldout_accuracy']:.3f}, mIoU {lc['heldout_miou']:.3f} (the ceiling)")
+        lines.append(
+            f"LC: a per-pixel land-cover classifier fitted on {lc['train_tiles']} train tiles' ground truth "
+            f"classifies each translation against the true classes; on the real optical test tiles it scores "
+            f"accuracy {lc['heldout_accuracy']:.3f}, mIoU {lc['heldout_miou']:.3f} (the ceiling)"
+        )
     elif lc.get("status"):
         lines.append(f"LC: {lc['status']}")
     lines += c.get("notes", [])
@@ -145,13 +175,17 @@ def context_lines(report: Report) -> list[str]:
 
 def console_table(report: Report) -> str:
     cells = [list(TABLE_COLUMNS)] + [table_cells(r) for r in report.rows]
-    widths = [max(len(row[i]) for row in cells if not row[2].startswith("error")) for i in range(len(TABLE_COLUMNS))]
+    widths = [
+        max(len(row[i]) for row in cells if not row[2].startswith("error")) for i in range(len(TABLE_COLUMNS))
+    ]
     out = []
     for row in cells:
         if row[2].startswith("error"):
             out.append(f"{row[0]:<{widths[0]}}  {row[2]}")
         else:
-            out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+            out.append(
+                "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+            )
     return "\n".join(out + [""] + context_lines(report))
 
 
@@ -200,15 +234,23 @@ def plot_tradeoff(report: Report, path: Path) -> Path:
     colours = {n: plt.get_cmap("tab10")(i % 10) for i, n in enumerate(names)}
     for ax, (key, title) in zip(axes[0], metrics):
         for name in names:
-            points = [(r.latency_ms, getattr(r, key), r) for r in report.rows
-                      if r.model == name and r.latency_ms and getattr(r, key) is not None and not r.error]
+            points = [
+                (r.latency_ms, getattr(r, key), r)
+                for r in report.rows
+                if r.model == name and r.latency_ms and getattr(r, key) is not None and not r.error
+            ]
             if not points:
                 continue
             points.sort(key=lambda p: p[0])
             ax.plot([p[0] for p in points], [p[1] for p in points], "o-", color=colours[name], label=name)
             for x, y, r in points:
-                ax.annotate(f"{r.sampler}-{r.steps}" if r.sampler != "direct" else "1 step", (x, y),
-                            textcoords="offset points", xytext=(4, 4), fontsize=7)
+                ax.annotate(
+                    f"{r.sampler}-{r.steps}" if r.sampler != "direct" else "1 step",
+                    (x, y),
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                    fontsize=7,
+                )
         ax.set_xscale("log")
         ax.set_xlabel(f"latency per image, batch 1 (ms, log) - {report.context['device_name']}")
         ax.set_title(title)
@@ -234,8 +276,13 @@ def plot_samples(samples: dict[str, np.ndarray], path: Path) -> Path:
         for i in range(n):
             ax = axes[i][j]
             image = samples[title][i]
-            ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None,
-                      vmin=0, vmax=1, interpolation="nearest")
+            ax.imshow(
+                image[..., 0] if image.shape[-1] == 1 else image,
+                cmap="gray" if image.shape[-1] == 1 else None,
+                vmin=0,
+                vmax=1,
+                interpolation="nearest",
+            )
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:

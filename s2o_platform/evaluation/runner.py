@@ -40,6 +40,7 @@ from s2o_platform.data.store import (
     read_metadata,
     shard_paths,
 )
+from s2o_platform.devices import device_name, dtype_name, resolve_device, resolve_dtype
 from s2o_platform.errors import S2OError
 from s2o_platform.evaluation import landcover
 from s2o_platform.evaluation.quality import (
@@ -53,9 +54,14 @@ from s2o_platform.evaluation.quality import (
     to_uint8_images,
     to_unit,
 )
-from s2o_platform.evaluation.report import FID_RECOMMENDED_SAMPLES, REFERENCE_DDIM_STEPS, Report, Row, add_speedups
+from s2o_platform.evaluation.report import (
+    FID_RECOMMENDED_SAMPLES,
+    REFERENCE_DDIM_STEPS,
+    Report,
+    Row,
+    add_speedups,
+)
 from s2o_platform.evaluation.spec import ModelSetting, parse_model_spec, unique_labels
-from s2o_platform.devices import device_name, dtype_name, resolve_device, resolve_dtype
 from s2o_platform.evaluation.speed import time_calls
 from s2o_platform.inference import resolve_sampler_for, translate_tiles
 from s2o_platform.inference_compile import CompiledNetwork, compile_bundle, resolve_compile
@@ -76,12 +82,16 @@ class EvalOptions:
     fid_weights: str | None = None
     device: str = "auto"
     dtype: str = "auto"
-    compile: str = "off"  # off | auto | default | max (inference_compile): every model, speed references included
+    compile: str = (
+        "off"  # off | auto | default | max (inference_compile): every model, speed references included
+    )
     seed: int = 0
     repeats: int = 3
     ddpm_limit: int = 32  # ancestral DDPM walks every training step: its quality is measured on a subset
     sample_tiles: int = 4
-    landcover_fit_tiles: int = 1024  # train tiles the land-cover classifier is fitted on (where the store has class maps)
+    landcover_fit_tiles: int = (
+        1024  # train tiles the land-cover classifier is fitted on (where the store has class maps)
+    )
     references: bool = True  # time teacher DDPM and DDIM-50 for the speed-ups even when not asked for
     address: str | None = None  # a Ray cluster: the quality pass runs on Ray Data actors there
     workers: int = 1  # Ray Data actors per model setting (each takes a GPU where the cluster has them)
@@ -89,12 +99,27 @@ class EvalOptions:
     mlflow_run_id: str | None = None  # also log the report into this MLflow run ($MLFLOW_TRACKING_URI)
 
     @classmethod
-    def from_config(cls, config: EvalConfig, data: str, out: str, *, address: str | None = None,
-                    storage_options: storage.StorageOptions | None = None, mlflow_run_id: str | None = None) -> EvalOptions:
+    def from_config(
+        cls,
+        config: EvalConfig,
+        data: str,
+        out: str,
+        *,
+        address: str | None = None,
+        storage_options: storage.StorageOptions | None = None,
+        mlflow_run_id: str | None = None,
+    ) -> EvalOptions:
         """The run's options from a resolved `s2o eval` config."""
         values = config.model_dump(mode="json", exclude={"speed_references"})
-        return cls(data=data, out=out, address=address, storage=storage_options or storage.StorageOptions(),
-                   mlflow_run_id=mlflow_run_id, references=config.speed_references, **values)
+        return cls(
+            data=data,
+            out=out,
+            address=address,
+            storage=storage_options or storage.StorageOptions(),
+            mlflow_run_id=mlflow_run_id,
+            references=config.speed_references,
+            **values,
+        )
 
     def to_config(self) -> EvalConfig:
         """The settings of this run as the config `s2o eval --config` reads (what REPORT_DIR/config.yaml holds).
@@ -121,7 +146,9 @@ class PlannedSetting:
 def check_fits_store(metadata: BundleMetadata, where: str, store: StoreMetadata, data: str) -> None:
     """bundle.check_fits (the one rule), as an EvalError."""
     try:
-        check_fits(metadata, store, where, data, advice="evaluate it on a store ingested with the same settings")
+        check_fits(
+            metadata, store, where, data, advice="evaluate it on a store ingested with the same settings"
+        )
     except BundleError as err:
         raise EvalError(str(err)) from None
 
@@ -133,7 +160,9 @@ def plan(options: EvalOptions) -> tuple[StoreMetadata, list[PlannedSetting]]:
     if options.batch_size < 1 or (options.limit is not None and options.limit < 1):
         raise EvalError("--batch-size and --limit must be >= 1")
     if not options.models:
-        raise EvalError("no --model given: pass at least one NAME=BUNDLE[@SAMPLER:STEPS] (or list them under models: in --config)")
+        raise EvalError(
+            "no --model given: pass at least one NAME=BUNDLE[@SAMPLER:STEPS] (or list them under models: in --config)"
+        )
     try:
         store = read_metadata(options.data, options.storage)
     except ValueError as err:
@@ -144,7 +173,10 @@ def plan(options: EvalOptions) -> tuple[StoreMetadata, list[PlannedSetting]]:
     for s in settings:
         if s.bundle not in metadata_cache:
             try:
-                metadata_cache[s.bundle] = (check_bundle(s.bundle, options.storage), read_scheduler_config(s.bundle, options.storage))
+                metadata_cache[s.bundle] = (
+                    check_bundle(s.bundle, options.storage),
+                    read_scheduler_config(s.bundle, options.storage),
+                )
             except BundleError as err:
                 raise EvalError(f"--model {s.name}: {err}") from None
             check_fits_store(metadata_cache[s.bundle][0], s.bundle, store, options.data)
@@ -190,13 +222,18 @@ def _speed_references(planned: list[PlannedSetting], cache: dict) -> list[Planne
     scheduler = cache[teacher.setting.bundle][1]
     wanted = [("ddpm", int(scheduler["num_train_timesteps"])), ("ddim", REFERENCE_DDIM_STEPS)]
     for sampler, steps in wanted:
-        if not any(p.metadata.stage == "teacher" and p.setting.sampler == sampler and p.setting.steps == steps for p in planned):
+        if not any(
+            p.metadata.stage == "teacher" and p.setting.sampler == sampler and p.setting.steps == steps
+            for p in planned
+        ):
             s = ModelSetting(teacher.setting.name, teacher.setting.bundle, sampler, steps)
             extra.append(PlannedSetting(s, teacher.metadata, speed_only=True))
     return extra
 
 
-def load_test_tiles(data: str, split: str, limit: int | None, options: storage.StorageOptions) -> dict[str, np.ndarray]:
+def load_test_tiles(
+    data: str, split: str, limit: int | None, options: storage.StorageOptions
+) -> dict[str, np.ndarray]:
     """The split's tiles sorted by tile id (the same set on every run), the first `limit` of them."""
     paths = shard_paths(data, [split], options)
     if not paths:
@@ -204,7 +241,9 @@ def load_test_tiles(data: str, split: str, limit: int | None, options: storage.S
     return _read_sorted(data, paths, limit, options)
 
 
-def _read_sorted(data: str, paths: list[str], limit: int | None, options: storage.StorageOptions) -> dict[str, np.ndarray]:
+def _read_sorted(
+    data: str, paths: list[str], limit: int | None, options: storage.StorageOptions
+) -> dict[str, np.ndarray]:
     fs, _ = storage.resolve(data, options)
     # the store's schema: shards written before an optional column (landcover) existed read it as null
     table = pq.ParquetDataset(paths, filesystem=fs, schema=TILE_SCHEMA).read().sort_by("tile_id")
@@ -213,8 +252,9 @@ def _read_sorted(data: str, paths: list[str], limit: int | None, options: storag
     return decode_batch({c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names})
 
 
-def fit_landcover_classifier(options: EvalOptions, test_tiles: dict[str, np.ndarray], store: StoreMetadata,
-                             log: Callable[[str], None]) -> tuple[landcover.FittedClassifier | None, dict]:
+def fit_landcover_classifier(
+    options: EvalOptions, test_tiles: dict[str, np.ndarray], store: StoreMetadata, log: Callable[[str], None]
+) -> tuple[landcover.FittedClassifier | None, dict]:
     """Fit the land-cover classifier on the train split's ground truth, where the store carries class maps.
 
     Returns the classifier (None where there are no class maps) and what the report says about it.
@@ -228,19 +268,33 @@ def fit_landcover_classifier(options: EvalOptions, test_tiles: dict[str, np.ndar
     began = time.perf_counter()
     try:
         num_classes = max(len(names), landcover.num_classes_of(train["landcover"]))
-        fitted = landcover.fit_classifier(to_unit(train["optical"]).numpy(), train["landcover"], num_classes, seed=options.seed)
+        fitted = landcover.fit_classifier(
+            to_unit(train["optical"]).numpy(), train["landcover"], num_classes, seed=options.seed
+        )
     except ValueError as err:
         return None, {"status": f"land-cover scores skipped: {err}"}
     names += [str(k) for k in range(len(names), num_classes)]
-    heldout = landcover.confusion_per_tile(fitted.model, to_unit(test_tiles["optical"]), test_tiles["landcover"]).sum(axis=0)
+    heldout = landcover.confusion_per_tile(
+        fitted.model, to_unit(test_tiles["optical"]), test_tiles["landcover"]
+    ).sum(axis=0)
     heldout_accuracy = landcover.accuracy(heldout)
     if heldout_accuracy is None:
-        return None, {"status": f"the {options.split} tiles' class maps hold no labelled pixel: land-cover scores skipped"}
-    info = {"status": "fitted", "classes": names, "train_tiles": fitted.train_tiles,
-            "train_accuracy": fitted.train_accuracy, "heldout_accuracy": heldout_accuracy,
-            "heldout_miou": landcover.mean_iou(heldout), "heldout_tiles": len(test_tiles["optical"])}
-    log(f"[eval] land-cover classifier fitted on {fitted.train_tiles} train tiles' ground truth in "
-        f"{time.perf_counter() - began:.0f} s: accuracy {info['heldout_accuracy']:.3f} on the real optical test tiles")
+        return None, {
+            "status": f"the {options.split} tiles' class maps hold no labelled pixel: land-cover scores skipped"
+        }
+    info = {
+        "status": "fitted",
+        "classes": names,
+        "train_tiles": fitted.train_tiles,
+        "train_accuracy": fitted.train_accuracy,
+        "heldout_accuracy": heldout_accuracy,
+        "heldout_miou": landcover.mean_iou(heldout),
+        "heldout_tiles": len(test_tiles["optical"]),
+    }
+    log(
+        f"[eval] land-cover classifier fitted on {fitted.train_tiles} train tiles' ground truth in "
+        f"{time.perf_counter() - began:.0f} s: accuracy {info['heldout_accuracy']:.3f} on the real optical test tiles"
+    )
     return fitted, info
 
 
@@ -252,15 +306,27 @@ def _train_ground_truth(options: EvalOptions) -> dict[str, np.ndarray] | None:
         return None
     fs, _ = storage.resolve(options.data, options.storage)
     columns = ["tile_id", "optical", "tile_size", "landcover"]
-    schema = pa.schema([TILE_SCHEMA.field(c) for c in columns])  # shards written before the column existed read as null
+    schema = pa.schema(
+        [TILE_SCHEMA.field(c) for c in columns]
+    )  # shards written before the column existed read as null
     table = pq.ParquetDataset(paths, filesystem=fs, schema=schema).read(columns=columns)
-    table = table.filter(pc.is_valid(table.column("landcover"))).sort_by("tile_id").slice(0, options.landcover_fit_tiles)
+    table = (
+        table.filter(pc.is_valid(table.column("landcover")))
+        .sort_by("tile_id")
+        .slice(0, options.landcover_fit_tiles)
+    )
     if table.num_rows == 0:
         return None
     sizes = table.column("tile_size").to_numpy()
-    optical = np.stack([decode_optical(b, int(n)) for b, n in zip(table.column("optical").to_pylist(), sizes)])
-    return {"optical": optical_to_model(optical),
-            "landcover": np.stack([decode_landcover(b, int(n)) for b, n in zip(table.column("landcover").to_pylist(), sizes)])}
+    optical = np.stack(
+        [decode_optical(b, int(n)) for b, n in zip(table.column("optical").to_pylist(), sizes)]
+    )
+    return {
+        "optical": optical_to_model(optical),
+        "landcover": np.stack(
+            [decode_landcover(b, int(n)) for b, n in zip(table.column("landcover").to_pylist(), sizes)]
+        ),
+    }
 
 
 @dataclass
@@ -274,8 +340,13 @@ class SettingOutput:
 class LocalQuality:
     """The quality pass in this process, over tiles already in memory."""
 
-    def __init__(self, tiles: dict[str, np.ndarray], options: EvalOptions, fid_network: InceptionFeatures | None,
-                 classifier: landcover.PixelClassifier | None = None):
+    def __init__(
+        self,
+        tiles: dict[str, np.ndarray],
+        options: EvalOptions,
+        fid_network: InceptionFeatures | None,
+        classifier: landcover.PixelClassifier | None = None,
+    ):
         self.tiles, self.options, self.fid_network, self.classifier = tiles, options, fid_network, classifier
         self.n_tiles = len(tiles["sar"])
         self.where = "in this process"
@@ -285,15 +356,29 @@ class LocalQuality:
         o = self.options
         labels = self.tiles["landcover"][:count] if self.classifier is not None else None
         valid = self.tiles["valid"][:count] if "valid" in self.tiles else None
-        out = translate_and_score(bundle, setting, self.tiles["sar"][:count], self.tiles["optical"][:count], o.seed,
-                                  o.batch_size, self.fid_network, keep=keep, classifier=self.classifier, labels=labels,
-                                  valid=valid)
+        out = translate_and_score(
+            bundle,
+            setting,
+            self.tiles["sar"][:count],
+            self.tiles["optical"][:count],
+            o.seed,
+            o.batch_size,
+            self.fid_network,
+            keep=keep,
+            classifier=self.classifier,
+            labels=labels,
+            valid=valid,
+        )
         if self.fid_network is not None:
             if self._real is None:
-                self._real = np.concatenate([
-                    inception_features(self.fid_network, to_unit(self.tiles["optical"][s : s + o.batch_size]))
-                    for s in range(0, self.n_tiles, o.batch_size)
-                ])
+                self._real = np.concatenate(
+                    [
+                        inception_features(
+                            self.fid_network, to_unit(self.tiles["optical"][s : s + o.batch_size])
+                        )
+                        for s in range(0, self.n_tiles, o.batch_size)
+                    ]
+                )
             out.real_features = self._real[:count]
         return out
 
@@ -318,15 +403,24 @@ def translate_and_score(
     features, kept = [], []
     for i, start in enumerate(range(0, len(sar), batch_size)):
         prediction = translate_tiles(
-            bundle, sar[start : start + batch_size], setting.sampler, setting.steps,
-            seed=seed + first_batch_index + i, batch_size=batch_size,
+            bundle,
+            sar[start : start + batch_size],
+            setting.sampler,
+            setting.steps,
+            seed=seed + first_batch_index + i,
+            batch_size=batch_size,
         )
         unit = to_unit(prediction)
-        batch_scores = tile_scores(unit, to_unit(optical[start : start + batch_size]), to_unit(sar[start : start + batch_size]),
-                                   None if valid is None else valid[start : start + batch_size])
+        batch_scores = tile_scores(
+            unit,
+            to_unit(optical[start : start + batch_size]),
+            to_unit(sar[start : start + batch_size]),
+            None if valid is None else valid[start : start + batch_size],
+        )
         if classifier is not None and labels is not None:
             batch_scores["landcover_confusion"] = landcover.confusion_per_tile(
-                classifier, unit.nan_to_num(0.0), labels[start : start + batch_size])
+                classifier, unit.nan_to_num(0.0), labels[start : start + batch_size]
+            )
         for key, value in batch_scores.items():
             scores.setdefault(key, []).append(value)
         if fid_network is not None:
@@ -351,7 +445,9 @@ def _translate(bundle: Bundle, tiles: np.ndarray, sampler: str, steps: int) -> n
     return translate_tiles(bundle, tiles, sampler, steps, batch_size=len(tiles))
 
 
-def measure_latency(bundle: Bundle, setting: ModelSetting, sar: np.ndarray, device: torch.device, repeats: int) -> float:
+def measure_latency(
+    bundle: Bundle, setting: ModelSetting, sar: np.ndarray, device: torch.device, repeats: int
+) -> float:
     """Milliseconds per image at batch 1: median of `repeats` calls after a warm-up call.
 
     Ancestral DDPM walks every training step in each call: it is warmed up with a 2-step DDIM call
@@ -360,17 +456,33 @@ def measure_latency(bundle: Bundle, setting: ModelSetting, sar: np.ndarray, devi
     one = sar[:1]
     if setting.sampler == "ddpm":
         _translate(bundle, one, "ddim", 2)
-        return time_calls(lambda: _translate(bundle, one, "ddpm", setting.steps), device, repeats=1, warmup=0).median * 1000.0
-    return time_calls(lambda: _translate(bundle, one, setting.sampler, setting.steps), device, repeats).median * 1000.0
+        return (
+            time_calls(
+                lambda: _translate(bundle, one, "ddpm", setting.steps), device, repeats=1, warmup=0
+            ).median
+            * 1000.0
+        )
+    return (
+        time_calls(lambda: _translate(bundle, one, setting.sampler, setting.steps), device, repeats).median
+        * 1000.0
+    )
 
 
-def measure_throughput(bundle: Bundle, setting: ModelSetting, sar: np.ndarray, batch_size: int, device: torch.device) -> float:
+def measure_throughput(
+    bundle: Bundle, setting: ModelSetting, sar: np.ndarray, batch_size: int, device: torch.device
+) -> float:
     """Images per second translating one batch of `batch_size` tiles (after a warm-up at that shape on GPU, or
     when the network is compiled: a new shape compiles on its first call)."""
     batch = np.resize(sar, (batch_size, *sar.shape[1:])) if len(sar) < batch_size else sar[:batch_size]
-    if device.type == "cuda" or isinstance(bundle.model, CompiledNetwork):  # a new batch shape: kernels picked first
-        _translate(bundle, batch, "ddim", 2) if setting.sampler == "ddpm" else _translate(bundle, batch, setting.sampler, setting.steps)
-    seconds = time_calls(lambda: _translate(bundle, batch, setting.sampler, setting.steps), device, repeats=1, warmup=0).median
+    if device.type == "cuda" or isinstance(
+        bundle.model, CompiledNetwork
+    ):  # a new batch shape: kernels picked first
+        _translate(bundle, batch, "ddim", 2) if setting.sampler == "ddpm" else _translate(
+            bundle, batch, setting.sampler, setting.steps
+        )
+    seconds = time_calls(
+        lambda: _translate(bundle, batch, setting.sampler, setting.steps), device, repeats=1, warmup=0
+    ).median
     return batch_size / seconds
 
 
@@ -399,8 +511,14 @@ def add_paired(rows: list[Row], per_tile_psnr: dict[str, np.ndarray]) -> str | N
     fewer tiles (ancestral DDPM) are compared on the tiles both have. Returns the reference's label.
     """
     scored = [r for r in rows if r.label in per_tile_psnr and not r.error and not r.speed_only]
-    reference = next((r for r in scored if r.stage == "teacher" and r.sampler == "ddim" and r.steps == REFERENCE_DDIM_STEPS),
-                     scored[0] if scored else None)
+    reference = next(
+        (
+            r
+            for r in scored
+            if r.stage == "teacher" and r.sampler == "ddim" and r.steps == REFERENCE_DDIM_STEPS
+        ),
+        scored[0] if scored else None,
+    )
     if reference is None:
         return None
     base = per_tile_psnr[reference.label]
@@ -408,11 +526,18 @@ def add_paired(rows: list[Row], per_tile_psnr: dict[str, np.ndarray]) -> str | N
         values = per_tile_psnr[row.label]
         n = min(len(values), len(base))
         difference = paired_difference(values[:n], base[:n])
-        row.paired = {"reference": reference.label, "tiles": n, "delta_psnr": difference["delta"], "ci95": difference["ci95"]}
+        row.paired = {
+            "reference": reference.label,
+            "tiles": n,
+            "delta_psnr": difference["delta"],
+            "ci95": difference["ci95"],
+        }
     return reference.label
 
 
-def run_evaluation(options: EvalOptions, log: Callable[[str], None] = print) -> tuple[Report, dict[str, np.ndarray]]:
+def run_evaluation(
+    options: EvalOptions, log: Callable[[str], None] = print
+) -> tuple[Report, dict[str, np.ndarray]]:
     store, planned = plan(options)
     device = _checked(resolve_device, options.device)
     dtype = _checked(resolve_dtype, options.dtype, device)
@@ -425,7 +550,9 @@ def run_evaluation(options: EvalOptions, log: Callable[[str], None] = print) -> 
             raise EvalError(str(err)) from None
     # the land-cover classifier is fitted on the train split and checked on the test tiles' ground truth
     # (on a cluster the driver reads only a bounded number of test tiles: for that check, speed and the grid)
-    driver_limit = min(options.limit or 10**9, options.landcover_fit_tiles) if options.address else options.limit
+    driver_limit = (
+        min(options.limit or 10**9, options.landcover_fit_tiles) if options.address else options.limit
+    )
     tiles = load_test_tiles(options.data, options.split, driver_limit, options.storage)
     classifier, landcover_info = fit_landcover_classifier(options, tiles, store, log)
     if options.address:
@@ -437,8 +564,10 @@ def run_evaluation(options: EvalOptions, log: Callable[[str], None] = print) -> 
     else:
         quality = LocalQuality(tiles, options, fid_network, classifier.model if classifier else None)
     n_tiles = quality.n_tiles
-    log(f"[eval] {n_tiles} {options.split} tiles from {options.data}; {len(planned)} settings; quality {quality.where}, "
-        f"speed on {device_name(device)} ({dtype_name(dtype)}, {compile_plan.describe()})")
+    log(
+        f"[eval] {n_tiles} {options.split} tiles from {options.data}; {len(planned)} settings; quality {quality.where}, "
+        f"speed on {device_name(device)} ({dtype_name(dtype)}, {compile_plan.describe()})"
+    )
     keep = min(options.sample_tiles, len(tiles["sar"]))
     samples = {
         "SAR (first channel)": ((tiles["sar"][:keep, :1] + 1) / 2).clip(0, 1).transpose(0, 2, 3, 1),
@@ -450,19 +579,32 @@ def run_evaluation(options: EvalOptions, log: Callable[[str], None] = print) -> 
     per_tile_psnr: dict[str, np.ndarray] = {}
     for p in planned:
         s = p.setting
-        row = Row(model=s.name, label=s.label, bundle=s.bundle, stage=p.metadata.stage, sampler=s.sampler, steps=s.steps,
-                  speed_only=p.speed_only)
+        row = Row(
+            model=s.name,
+            label=s.label,
+            bundle=s.bundle,
+            stage=p.metadata.stage,
+            sampler=s.sampler,
+            steps=s.steps,
+            speed_only=p.speed_only,
+        )
         rows.append(row)
         started = time.perf_counter()
         try:
             if s.bundle not in bundles:
-                bundles[s.bundle] = compile_bundle(load_bundle(s.bundle, device=device, options=options.storage, dtype=dtype),
-                                                   compile_plan, max_batch=options.batch_size, log_fn=log)
+                bundles[s.bundle] = compile_bundle(
+                    load_bundle(s.bundle, device=device, options=options.storage, dtype=dtype),
+                    compile_plan,
+                    max_batch=options.batch_size,
+                    log_fn=log,
+                )
             bundle = bundles[s.bundle]
             if not p.speed_only:
                 count = min(n_tiles, options.ddpm_limit) if s.sampler == "ddpm" else n_tiles
                 if count < n_tiles:
-                    row.notes.append(f"quality on the first {count} of {n_tiles} tiles (ancestral DDPM is slow; --ddpm-limit)")
+                    row.notes.append(
+                        f"quality on the first {count} of {n_tiles} tiles (ancestral DDPM is slow; --ddpm-limit)"
+                    )
                 out = quality.run(bundle, s, count, keep)
                 summarise(row, out.scores)
                 if not row.error:
@@ -470,39 +612,66 @@ def run_evaluation(options: EvalOptions, log: Callable[[str], None] = print) -> 
                     samples[s.label] = out.predictions.transpose(0, 2, 3, 1)
                     _fid(row, out.features, out.real_features)
             if not row.error:
-                timed_batch = None if p.speed_only or (s.sampler == "ddpm" and device.type == "cpu") else options.batch_size
+                timed_batch = (
+                    None
+                    if p.speed_only or (s.sampler == "ddpm" and device.type == "cpu")
+                    else options.batch_size
+                )
                 if s.sampler == "ddpm" and not p.speed_only and timed_batch is None:
-                    row.notes.append("throughput not timed: ancestral DDPM at a full batch takes too long on CPU")
+                    row.notes.append(
+                        "throughput not timed: ancestral DDPM at a full batch takes too long on CPU"
+                    )
                 row.latency_ms = measure_latency(bundle, s, tiles["sar"], device, options.repeats)
                 if timed_batch:
                     row.throughput = measure_throughput(bundle, s, tiles["sar"], timed_batch, device)
         except Exception as err:  # noqa: BLE001 - one broken model must not stop the report
             row.error = f"{type(err).__name__}: {err}"
-        log(f"[eval] {row.label}{' (speed reference)' if p.speed_only else ''}: " + (
-            f"error: {row.error}" if row.error else
-            f"PSNR {_f(row.psnr)} dB, SSIM {_f(row.ssim, '.3f')}, colour err {_f(row.colour_error)}, "
-            f"{row.latency_ms:.1f} ms/img at batch 1") + f" ({time.perf_counter() - started:.0f} s)")
+        log(
+            f"[eval] {row.label}{' (speed reference)' if p.speed_only else ''}: "
+            + (
+                f"error: {row.error}"
+                if row.error
+                else f"PSNR {_f(row.psnr)} dB, SSIM {_f(row.ssim, '.3f')}, colour err {_f(row.colour_error)}, "
+                f"{row.latency_ms:.1f} ms/img at batch 1"
+            )
+            + f" ({time.perf_counter() - started:.0f} s)"
+        )
     used = add_speedups(rows)
     paired_reference = add_paired(rows, per_tile_psnr)
     fid_counts = {r.fid_samples for r in rows if r.fid is not None}
     for r in rows:
         if r.fid is not None and r.fid_samples < FID_RECOMMENDED_SAMPLES:
-            r.notes.append(f"FID from {r.fid_samples} images: below the {FID_RECOMMENDED_SAMPLES} that make FID stable; "
-                           "compare it only with rows of the same count")
+            r.notes.append(
+                f"FID from {r.fid_samples} images: below the {FID_RECOMMENDED_SAMPLES} that make FID stable; "
+                "compare it only with rows of the same count"
+            )
     if len(fid_counts) > 1:
-        notes.append(f"FID rows use different sample counts ({', '.join(map(str, sorted(fid_counts)))}): "
-                     "their FIDs are not comparable with each other")
+        notes.append(
+            f"FID rows use different sample counts ({', '.join(map(str, sorted(fid_counts)))}): "
+            "their FIDs are not comparable with each other"
+        )
     for key, label in used.items():
         if label is None:
-            notes.append(f"speed-up vs teacher {key.upper()}: not measured (no teacher bundle among the models)")
+            notes.append(
+                f"speed-up vs teacher {key.upper()}: not measured (no teacher bundle among the models)"
+            )
     context = {
-        "data": options.data, "split": options.split, "tiles": n_tiles, "seed": options.seed,
-        "device": str(device), "device_name": device_name(device), "dtype": dtype_name(dtype),
+        "data": options.data,
+        "split": options.split,
+        "tiles": n_tiles,
+        "seed": options.seed,
+        "device": str(device),
+        "device_name": device_name(device),
+        "dtype": dtype_name(dtype),
         "compile": compile_plan.describe(),
-        "threads": torch.get_num_threads(), "batch_size": options.batch_size, "repeats": options.repeats,
+        "threads": torch.get_num_threads(),
+        "batch_size": options.batch_size,
+        "repeats": options.repeats,
         "fid_status": f"FID with {options.fid_weights}" if options.fid_weights else FID_SKIPPED,
         "quality_pass": quality.where,
-        "speedup_references": used, "paired_reference": paired_reference, "landcover_classifier": landcover_info,
+        "speedup_references": used,
+        "paired_reference": paired_reference,
+        "landcover_classifier": landcover_info,
         "notes": notes,
     }
     return Report(rows=rows, context=context), samples
@@ -536,12 +705,18 @@ def evaluate(options: EvalOptions, log: Callable[[str], None] = print) -> tuple[
     from s2o_platform.tracking import log_evaluation, resolve_uri
 
     if options.mlflow_run_id and not resolve_uri():
-        raise EvalError("--mlflow-run-id needs the tracking server in MLFLOW_TRACKING_URI (e.g. http://127.0.0.1:5000)")
+        raise EvalError(
+            "--mlflow-run-id needs the tracking server in MLFLOW_TRACKING_URI (e.g. http://127.0.0.1:5000)"
+        )
     report, samples = run_evaluation(options, log)
     written = write_report(report, Path(options.out), samples)
     config_path = Path(options.out) / CONFIG_FILE
     config_path.write_text(dump_config(options.to_config()))
     written.append(config_path)
-    if options.mlflow_run_id and log_evaluation(options.mlflow_run_id, report, written, Path(options.out).name):
-        log(f"report logged to MLflow run {options.mlflow_run_id} (metrics eval/<setting>/..., artefacts eval/{Path(options.out).name}/)")
+    if options.mlflow_run_id and log_evaluation(
+        options.mlflow_run_id, report, written, Path(options.out).name
+    ):
+        log(
+            f"report logged to MLflow run {options.mlflow_run_id} (metrics eval/<setting>/..., artefacts eval/{Path(options.out).name}/)"
+        )
     return report, written

@@ -39,7 +39,9 @@ def parse_model_spec(text: str) -> list[ModelSetting]:
     """`acd=runs/s/bundle@lcm:1,2,4` -> three settings; `pix2pix=runs/g/bundle` -> one (bundle defaults)."""
     name, sep, rest = text.partition("=")
     if not sep or not name or not rest:
-        raise SpecError(f"--model {text!r}: expected NAME=BUNDLE[@SAMPLER:STEPS], e.g. acd=runs/s/bundle@lcm:1,2,4,8")
+        raise SpecError(
+            f"--model {text!r}: expected NAME=BUNDLE[@SAMPLER:STEPS], e.g. acd=runs/s/bundle@lcm:1,2,4,8"
+        )
     if not _NAME.match(name):
         raise SpecError(f"--model {text!r}: the name {name!r} may use letters, digits, '_', '-' and '.' only")
     # s3://bucket/x@lcm:4 - split on the last '@' so '@' inside a path is kept
@@ -54,7 +56,9 @@ def parse_model_spec(text: str) -> list[ModelSetting]:
     try:
         steps = [int(s) for s in steps_text.split(",")]
     except ValueError:
-        raise SpecError(f"--model {text!r}: steps must be integers separated by commas, got {steps_text!r}") from None
+        raise SpecError(
+            f"--model {text!r}: steps must be integers separated by commas, got {steps_text!r}"
+        ) from None
     if any(s < 1 for s in steps):
         raise SpecError(f"--model {text!r}: steps must be >= 1")
     return [ModelSetting(name, path, sampler, s) for s in steps]

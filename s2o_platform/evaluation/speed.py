@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -11,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from s2o_platform.devices import synchronize
+
 
 @dataclass
 class Timing:

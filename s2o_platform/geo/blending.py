@@ -58,7 +58,9 @@ class StripMosaic:
         have = self.start + self.weight.shape[0]
         if end > have:
             extra = end - have
-            self.sum = np.concatenate([self.sum, np.zeros((self.channels, extra, self.width), np.float32)], axis=1)
+            self.sum = np.concatenate(
+                [self.sum, np.zeros((self.channels, extra, self.width), np.float32)], axis=1
+            )
             self.weight = np.concatenate([self.weight, np.zeros((extra, self.width), np.float32)], axis=0)
 
     def _flush(self, upto: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -102,7 +104,11 @@ def cut_image(image: np.ndarray, tile: int, overlap: int) -> tuple[np.ndarray, l
         mode = "reflect" if pad_h < height and pad_w < width else "symmetric"
         image = np.pad(image, ((0, 0), (0, pad_h), (0, pad_w)), mode=mode)
     stride = tile - overlap
-    positions = [(r, c) for r in window_starts(image.shape[1], tile, stride) for c in window_starts(image.shape[2], tile, stride)]
+    positions = [
+        (r, c)
+        for r in window_starts(image.shape[1], tile, stride)
+        for c in window_starts(image.shape[2], tile, stride)
+    ]
     tiles = np.stack([image[:, r : r + tile, c : c + tile] for r, c in positions])
     return tiles, positions
 
@@ -112,7 +118,9 @@ def tile_count(height: int, width: int, tile: int, overlap: int) -> int:
     from s2o_platform.geo.tiling import window_starts
 
     stride = tile - overlap
-    return len(window_starts(max(height, tile), tile, stride)) * len(window_starts(max(width, tile), tile, stride))
+    return len(window_starts(max(height, tile), tile, stride)) * len(
+        window_starts(max(width, tile), tile, stride)
+    )
 
 
 def largest_side_within(max_tiles: int, tile: int, overlap: int) -> int:
@@ -120,16 +128,18 @@ def largest_side_within(max_tiles: int, tile: int, overlap: int) -> int:
     (0 when not even one window fits)."""
     if max_tiles < 1:
         return 0
-    per_axis = int(max_tiles ** 0.5)
+    per_axis = int(max_tiles**0.5)
     while (per_axis + 1) ** 2 <= max_tiles:  # guard the float square root
         per_axis += 1
-    while per_axis ** 2 > max_tiles:
+    while per_axis**2 > max_tiles:
         per_axis -= 1
     # n windows along an axis reach tile + (n - 1) * stride px
     return tile + (per_axis - 1) * (tile - overlap)
 
 
-def mosaic_image(predictions: np.ndarray, positions: list[tuple[int, int]], height: int, width: int, overlap: int) -> np.ndarray:
+def mosaic_image(
+    predictions: np.ndarray, positions: list[tuple[int, int]], height: int, width: int, overlap: int
+) -> np.ndarray:
     """Blend (N, channels, tile, tile) predictions made at `positions` (from `cut_image`) into a
     (channels, height, width) image, cropping away any padding."""
     n, channels, tile, _ = predictions.shape

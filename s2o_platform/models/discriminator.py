@@ -49,7 +49,9 @@ class EncoderDiscriminator(ModelMixin, ConfigMixin):
         encoder_state = {k: v for k, v in teacher.state_dict().items() if k.split(".")[0] in ENCODER_PARTS}
         missing, unexpected = disc.load_state_dict(encoder_state, strict=False)
         if unexpected or not all(k.startswith("head.") for k in missing):
-            raise RuntimeError(f"teacher encoder does not fit the discriminator: missing {missing}, unexpected {unexpected}")
+            raise RuntimeError(
+                f"teacher encoder does not fit the discriminator: missing {missing}, unexpected {unexpected}"
+            )
         return disc.to(device=teacher.device, dtype=torch.float32)
 
     def features(self, x: torch.Tensor, sar: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -62,7 +64,12 @@ class EncoderDiscriminator(ModelMixin, ConfigMixin):
         return self.mid_block(h, emb)
 
     def forward(
-        self, x_start: torch.Tensor, candidate: torch.Tensor, sar: torch.Tensor, t_start: torch.Tensor, t_prev: torch.Tensor
+        self,
+        x_start: torch.Tensor,
+        candidate: torch.Tensor,
+        sar: torch.Tensor,
+        t_start: torch.Tensor,
+        t_prev: torch.Tensor,
     ) -> torch.Tensor:
         """One logit per sample (B,): high for 'real' candidates."""
         condition = self.features(x_start, sar, t_start)

@@ -21,7 +21,14 @@ class UNetGenerator(ModelMixin, ConfigMixin):
     """
 
     @register_to_config
-    def __init__(self, sample_size: int = 256, in_channels: int = 1, out_channels: int = 3, base_channels: int = 64, dropout: float = 0.5) -> None:
+    def __init__(
+        self,
+        sample_size: int = 256,
+        in_channels: int = 1,
+        out_channels: int = 3,
+        base_channels: int = 64,
+        dropout: float = 0.5,
+    ) -> None:
         super().__init__()
         levels = int(math.log2(sample_size))
         if 2**levels != sample_size:
@@ -69,12 +76,19 @@ class PatchDiscriminator(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, in_channels: int = 4, base_channels: int = 64, n_layers: int = 3) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, base_channels, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, base_channels, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2),
+        ]
         c = base_channels
         for i in range(1, n_layers + 1):
             c_next = base_channels * min(2**i, 8)
             stride = 2 if i < n_layers else 1
-            layers += [nn.Conv2d(c, c_next, 4, stride=stride, padding=1), nn.InstanceNorm2d(c_next, affine=True), nn.LeakyReLU(0.2)]
+            layers += [
+                nn.Conv2d(c, c_next, 4, stride=stride, padding=1),
+                nn.InstanceNorm2d(c_next, affine=True),
+                nn.LeakyReLU(0.2),
+            ]
             c = c_next
         layers.append(nn.Conv2d(c, 1, 4, stride=1, padding=1))
         self.net = nn.Sequential(*layers)

@@ -38,6 +38,7 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from starlette.requests import ClientDisconnect
 
+from s2o_platform.serving.coalescing import CoalescingRunner
 from s2o_platform.serving.codec import (
     RequestError,
     check_body,
@@ -49,7 +50,6 @@ from s2o_platform.serving.codec import (
     parse_steps,
     read_header,
 )
-from s2o_platform.serving.coalescing import CoalescingRunner
 from s2o_platform.serving.settings import ServeSettings, settings_from_args
 
 DEPLOYMENT = "SarTranslator"
@@ -57,7 +57,9 @@ GATEWAY = "SarGateway"
 DEPLOYMENTS = (DEPLOYMENT, GATEWAY)
 LATENCY_BOUNDARIES_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 INLINE_BYTES = 64 * 1024  # bodies (and outputs, in values) below this are checked/encoded on the event loop
-INLINE_PIXELS = 256 * 256  # images up to this are decoded, cut and blended on the event loop (a thread hop costs more)
+INLINE_PIXELS = (
+    256 * 256
+)  # images up to this are decoded, cut and blended on the event loop (a thread hop costs more)
 BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 READINESS_DEADLINE_S = 1.0  # /healthz answers within this, whatever the replicas do
 RETRY_AFTER_S = 1
@@ -92,15 +94,27 @@ class Metrics:
         from ray.util import metrics
 
         if gateway:
-            self.requests = metrics.Counter("s2o_serve_requests", "translate requests by HTTP status", tag_keys=("status",))
-            self.errors = metrics.Counter("s2o_serve_errors", "refused or failed requests by kind", tag_keys=("kind",))
-            self.latency = metrics.Histogram("s2o_serve_latency_s", "translate request latency at the ingress, s",
-                                             boundaries=LATENCY_BOUNDARIES_S)
+            self.requests = metrics.Counter(
+                "s2o_serve_requests", "translate requests by HTTP status", tag_keys=("status",)
+            )
+            self.errors = metrics.Counter(
+                "s2o_serve_errors", "refused or failed requests by kind", tag_keys=("kind",)
+            )
+            self.latency = metrics.Histogram(
+                "s2o_serve_latency_s",
+                "translate request latency at the ingress, s",
+                boundaries=LATENCY_BOUNDARIES_S,
+            )
         else:
-            self.batch_requests = metrics.Histogram("s2o_serve_batch_requests", "requests per forward pass",
-                                                    boundaries=BATCH_BOUNDARIES)
-            self.batch_tiles = metrics.Histogram("s2o_serve_batch_tiles", "model tiles per forward pass", boundaries=BATCH_BOUNDARIES)
-            self.dropped_tiles = metrics.Counter("s2o_serve_dropped_tiles", "tiles not run because their caller went away")
+            self.batch_requests = metrics.Histogram(
+                "s2o_serve_batch_requests", "requests per forward pass", boundaries=BATCH_BOUNDARIES
+            )
+            self.batch_tiles = metrics.Histogram(
+                "s2o_serve_batch_tiles", "model tiles per forward pass", boundaries=BATCH_BOUNDARIES
+            )
+            self.dropped_tiles = metrics.Counter(
+                "s2o_serve_dropped_tiles", "tiles not run because their caller went away"
+            )
 
 
 def _allowed_steps(sampler: str, max_steps: "int | None") -> "list[int] | str":
@@ -112,8 +126,16 @@ def _allowed_steps(sampler: str, max_steps: "int | None") -> "list[int] | str":
     return "any (a teacher; DDIM takes any step count, DDPM its full schedule)"
 
 
-def admission_error(tiles: int, steps: int, seconds_per_tile_step: float, budget_s: float, tile: int, overlap: int,
-                    height: int, width: int) -> "RequestError | None":
+def admission_error(
+    tiles: int,
+    steps: int,
+    seconds_per_tile_step: float,
+    budget_s: float,
+    tile: int,
+    overlap: int,
+    height: int,
+    width: int,
+) -> "RequestError | None":
     """Refusal of a request whose model work (tiles x steps at the measured speed) exceeds `budget_s`,
     saying the largest square image at these steps and the most steps at this size that fit; else None."""
     from s2o_platform.geo.blending import largest_side_within
@@ -124,12 +146,19 @@ def admission_error(tiles: int, steps: int, seconds_per_tile_step: float, budget
     fit_tiles = int(budget_s / (steps * seconds_per_tile_step))
     side = largest_side_within(fit_tiles, tile, overlap)
     fit_steps = int(budget_s / (tiles * seconds_per_tile_step))
-    size_hint = f"an image of at most {side}x{side} px at {steps} step(s)" if side else f"no image at {steps} step(s)"
-    steps_hint = f"at most {fit_steps} step(s) at this size" if fit_steps >= 1 else "no step count at this size"
-    return RequestError(413, "too_costly",
-                        f"the image is {width}x{height} px = {tiles} tiles x {steps} step(s), about {cost_s:.1f} s of "
-                        f"model time at this replica's measured {1000 * seconds_per_tile_step:.1f} ms per tile-step; the "
-                        f"limit is {budget_s:g} s: send {size_hint}, or {steps_hint} (or use `s2o translate` for scenes)")
+    size_hint = (
+        f"an image of at most {side}x{side} px at {steps} step(s)" if side else f"no image at {steps} step(s)"
+    )
+    steps_hint = (
+        f"at most {fit_steps} step(s) at this size" if fit_steps >= 1 else "no step count at this size"
+    )
+    return RequestError(
+        413,
+        "too_costly",
+        f"the image is {width}x{height} px = {tiles} tiles x {steps} step(s), about {cost_s:.1f} s of "
+        f"model time at this replica's measured {1000 * seconds_per_tile_step:.1f} ms per tile-step; the "
+        f"limit is {budget_s:g} s: send {size_hint}, or {steps_hint} (or use `s2o translate` for scenes)",
+    )
 
 
 @serve.deployment(
@@ -151,8 +180,16 @@ class SarTranslator:
         self.settings = ServeSettings(**settings)
         s = self.settings
         reserved = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)) or 1
-        self.model = LoadedModel(s.model, device=s.device, dtype=s.dtype, steps=s.steps, seed=s.seed, batch_size=s.model_batch_tiles,
-                                 threads=s.torch_threads or reserved, compile=s.compile)
+        self.model = LoadedModel(
+            s.model,
+            device=s.device,
+            dtype=s.dtype,
+            steps=s.steps,
+            seed=s.seed,
+            batch_size=s.model_batch_tiles,
+            threads=s.torch_threads or reserved,
+            compile=s.compile,
+        )
         # One long-lived thread runs every forward pass: the event loop stays free, and torch's OpenMP
         # team lives in one thread instead of being rebuilt in whichever pool thread comes next.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s2o-model")
@@ -162,15 +199,23 @@ class SarTranslator:
         self.sampler, self.default_steps = resolve_sampler_for(self.metadata, s.model, None, s.steps)
         self.train_timesteps = int((self.model.bundle.scheduler_config or {}).get("num_train_timesteps", 1))
         self.metrics = Metrics(gateway=False)
-        self.runner = CoalescingRunner(self._run_group, s.max_batch_size, self.executor, on_run=self._observe_group,
-                                       max_weight=s.model_batch_tiles)
+        self.runner = CoalescingRunner(
+            self._run_group,
+            s.max_batch_size,
+            self.executor,
+            on_run=self._observe_group,
+            max_weight=s.model_batch_tiles,
+        )
         self.reported_dropped = 0
         self.pass_started: float | None = None
         # Ready only after real forward passes: a replica that cannot translate never takes traffic. The
         # second, timed pass (the first pays one-time costs) gives admission its first speed figure. Both take
         # the fewest steps the sampler allows: the figure is per network call, and at the paper size on a CPU
         # the default steps made start-up minutes long (8 tiles x 4 steps at ~4 s a call).
-        probe = np.zeros((min(SPEED_SAMPLE_TILES, s.model_batch_tiles), self.metadata.sar_channels, self.tile, self.tile), np.float32)
+        probe = np.zeros(
+            (min(SPEED_SAMPLE_TILES, s.model_batch_tiles), self.metadata.sar_channels, self.tile, self.tile),
+            np.float32,
+        )
         warm = self.executor.submit(self.model.translate, probe[:1], "warm-up", steps=1).result()
         started = time.perf_counter()
         self.executor.submit(self.model.translate, probe, "speed", steps=1).result()
@@ -186,30 +231,50 @@ class SarTranslator:
         if not self.ready:
             raise RuntimeError("the model's warm-up forward pass did not produce finite values")
         running = self.pass_started
-        if running is not None and time.perf_counter() - running > 10 * self.settings.max_request_model_s + 60:
-            raise RuntimeError(f"a forward pass has run for {time.perf_counter() - running:.0f} s: the model thread is stuck")
+        if (
+            running is not None
+            and time.perf_counter() - running > 10 * self.settings.max_request_model_s + 60
+        ):
+            raise RuntimeError(
+                f"a forward pass has run for {time.perf_counter() - running:.0f} s: the model thread is stuck"
+            )
 
     async def readiness(self) -> dict[str, Any]:
         """Whether this replica can take work now: ready, and its waiting work fits the request budget."""
         backlog_s = self.backlog_s()
         busy = backlog_s > self.settings.max_request_model_s
-        return {"ready": self.ready and not busy, "status": "busy" if busy else ("ready" if self.ready else "not ready"),
-                "backlog_s": round(backlog_s, 3), "pending_tiles": sum(self.runner.pending_weight().values()),
-                "dropped_tiles": self.runner.dropped_weight}
+        return {
+            "ready": self.ready and not busy,
+            "status": "busy" if busy else ("ready" if self.ready else "not ready"),
+            "backlog_s": round(backlog_s, 3),
+            "pending_tiles": sum(self.runner.pending_weight().values()),
+            "dropped_tiles": self.runner.dropped_weight,
+        }
 
     def backlog_s(self) -> float:
         pending = self.runner.pending_weight().items()
-        return sum(tiles * self._network_calls(steps) for steps, tiles in pending) * self.seconds_per_tile_step
+        return (
+            sum(tiles * self._network_calls(steps) for steps, tiles in pending) * self.seconds_per_tile_step
+        )
 
     async def info(self) -> dict[str, Any]:
         """What a client needs to form requests (no server paths)."""
         m, s = self.metadata, self.settings
         return {
-            "stage": m.stage, "tile_size": m.tile_size, "sar_channels": m.sar_channels, "sampler": self.sampler,
-            "default_steps": self.default_steps, "allowed_steps": _allowed_steps(self.sampler, m.sampler.max_steps), "overlap": self.overlap,
-            "max_image_side": s.max_image_side, "max_body_bytes": s.max_body_bytes, "max_decode_bytes": s.max_decode_bytes,
-            "max_request_model_s": s.max_request_model_s, "model_batch_tiles": s.model_batch_tiles,
-            "seconds_per_tile_step": round(self.seconds_per_tile_step, 6), "dtype": self.model.dtype_name,
+            "stage": m.stage,
+            "tile_size": m.tile_size,
+            "sar_channels": m.sar_channels,
+            "sampler": self.sampler,
+            "default_steps": self.default_steps,
+            "allowed_steps": _allowed_steps(self.sampler, m.sampler.max_steps),
+            "overlap": self.overlap,
+            "max_image_side": s.max_image_side,
+            "max_body_bytes": s.max_body_bytes,
+            "max_decode_bytes": s.max_decode_bytes,
+            "max_request_model_s": s.max_request_model_s,
+            "model_batch_tiles": s.model_batch_tiles,
+            "seconds_per_tile_step": round(self.seconds_per_tile_step, 6),
+            "dtype": self.model.dtype_name,
             "model_card": m.model_card,
         }
 
@@ -224,23 +289,51 @@ class SarTranslator:
 
         s = self.settings
         n_steps = self._steps(asked_steps)
-        header = await self._offload(len(body) > INLINE_BYTES, read_header, body, kind, self.metadata.sar_channels,
-                                     s.max_image_side, s.max_decode_bytes)
+        header = await self._offload(
+            len(body) > INLINE_BYTES,
+            read_header,
+            body,
+            kind,
+            self.metadata.sar_channels,
+            s.max_image_side,
+            s.max_decode_bytes,
+        )
         tiles_needed = tile_count(header.height, header.width, self.tile, self.overlap)
         calls = self._network_calls(n_steps)
-        refusal = admission_error(tiles_needed, calls, self.seconds_per_tile_step, s.max_request_model_s, self.tile,
-                                  self.overlap, header.height, header.width)
+        refusal = admission_error(
+            tiles_needed,
+            calls,
+            self.seconds_per_tile_step,
+            s.max_request_model_s,
+            self.tile,
+            self.overlap,
+            header.height,
+            header.width,
+        )
         if refusal is not None:
             raise refusal
         # Work already waiting counts too: many requests that each fit must not queue more than the budget.
         backlog_s = self.backlog_s()
         if backlog_s + tiles_needed * calls * self.seconds_per_tile_step > s.max_request_model_s:
-            raise RequestError(503, "busy", f"this replica has {backlog_s:.1f} s of work waiting; with this request's it would "
-                               f"exceed {s.max_request_model_s:g} s: retry after Retry-After seconds")
+            raise RequestError(
+                503,
+                "busy",
+                f"this replica has {backlog_s:.1f} s of work waiting; with this request's it would "
+                f"exceed {s.max_request_model_s:g} s: retry after Retry-After seconds",
+            )
         large = header.height * header.width > INLINE_PIXELS or len(body) > INLINE_BYTES
         t0 = time.perf_counter()
-        image = await self._offload(large, decode_sar, body, kind, self.metadata.sar_normalization, self.metadata.sar_channels,
-                                    s.max_image_side, s.max_decode_bytes, header)
+        image = await self._offload(
+            large,
+            decode_sar,
+            body,
+            kind,
+            self.metadata.sar_normalization,
+            self.metadata.sar_channels,
+            s.max_image_side,
+            s.max_decode_bytes,
+            header,
+        )
         t1 = time.perf_counter()
         tiles, positions = await self._offload(large, cut_image, image.values, self.tile, self.overlap)
         # The request's noise is seeded by its own bytes and steps, tile by tile: the answer does not depend
@@ -249,24 +342,39 @@ class SarTranslator:
         keys = [f"{digest}-{n_steps}-{i}" for i in range(len(tiles))]
         chunk = s.model_batch_tiles
         starts = range(0, len(tiles), chunk)
-        results = await self.runner.submit([(n_steps, (tiles[a:a + chunk], keys[a:a + chunk])) for a in starts],
-                                           weights=[len(tiles[a:a + chunk]) for a in starts], turns=list(range(len(starts))))
+        results = await self.runner.submit(
+            [(n_steps, (tiles[a : a + chunk], keys[a : a + chunk])) for a in starts],
+            weights=[len(tiles[a : a + chunk]) for a in starts],
+            turns=list(range(len(starts))),
+        )
         predictions = np.concatenate([out for out, _, _ in results])
         model_s = sum(seconds for _, seconds, _ in results)
         merged = max(count for _, _, count in results)
         t2 = time.perf_counter()
-        optical = await self._offload(large, mosaic_image, predictions, positions, image.height, image.width, self.overlap)
+        optical = await self._offload(
+            large, mosaic_image, predictions, positions, image.height, image.width, self.overlap
+        )
         big_out = optical.size > INLINE_BYTES
         if fmt == "tiff":
-            content, media = await self._offload(big_out, encode_tiff, optical, image.crs_wkt, image.transform), "image/tiff"
+            content, media = (
+                await self._offload(big_out, encode_tiff, optical, image.crs_wkt, image.transform),
+                "image/tiff",
+            )
         else:
             content, media = await self._offload(big_out, encode_png, optical), "image/png"
         t3 = time.perf_counter()
         # Server-Timing: where the replica's time went (a pass's model time is shared by its requests)
-        timing = (f"decode;dur={1000 * (t1 - t0):.1f}, batch;dur={1000 * (t2 - t1):.1f}, model;dur={1000 * model_s:.1f}, "
-                  f"encode;dur={1000 * (t3 - t2):.1f}")
-        headers = {"X-S2O-Steps": str(n_steps), "X-S2O-Tiles": str(len(tiles)), "X-S2O-SAR-Scale": image.scale,
-                   "X-S2O-Batch-Requests": str(merged), "Server-Timing": timing}
+        timing = (
+            f"decode;dur={1000 * (t1 - t0):.1f}, batch;dur={1000 * (t2 - t1):.1f}, model;dur={1000 * model_s:.1f}, "
+            f"encode;dur={1000 * (t3 - t2):.1f}"
+        )
+        headers = {
+            "X-S2O-Steps": str(n_steps),
+            "X-S2O-Tiles": str(len(tiles)),
+            "X-S2O-SAR-Scale": image.scale,
+            "X-S2O-Batch-Requests": str(merged),
+            "Server-Timing": timing,
+        }
         return Answer(200, content, media, headers)
 
     @staticmethod
@@ -284,7 +392,9 @@ class SarTranslator:
         except BundleError as err:
             raise RequestError(422, "bad_steps", str(err)) from None
         if self.sampler == "ddim" and n > self.train_timesteps:
-            raise RequestError(422, "bad_steps", f"DDIM takes 1..{self.train_timesteps} steps; {n} was asked for")
+            raise RequestError(
+                422, "bad_steps", f"DDIM takes 1..{self.train_timesteps} steps; {n} was asked for"
+            )
         return n
 
     def _network_calls(self, n_steps: int) -> int:
@@ -313,7 +423,9 @@ class SarTranslator:
         if len(tiles) >= SPEED_SAMPLE_TILES:  # follow the replica's real speed (load, thermal, neighbours)
             observed = seconds / (len(tiles) * self._network_calls(n_steps))
             low, high = self.speed_band
-            self.seconds_per_tile_step = min(high, max(low, 0.7 * self.seconds_per_tile_step + 0.3 * observed))
+            self.seconds_per_tile_step = min(
+                high, max(low, 0.7 * self.seconds_per_tile_step + 0.3 * observed)
+            )
         bounds = np.cumsum([0] + [len(t) for t, _ in chunks])
         return [(out[a:b], seconds, len(chunks)) for a, b in zip(bounds[:-1], bounds[1:])]
 
@@ -327,7 +439,9 @@ async def read_body(request: Request, max_bytes: int, total_s: float, chunk_s: f
     chunks, size = [], 0
     deadline = time.monotonic() + total_s
     stream = request.stream().__aiter__()
-    too_slow = RequestError(408, "body_timeout", f"the body did not arrive within {total_s:g} s; send it in one go")
+    too_slow = RequestError(
+        408, "body_timeout", f"the body did not arrive within {total_s:g} s; send it in one go"
+    )
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -337,12 +451,17 @@ async def read_body(request: Request, max_bytes: int, total_s: float, chunk_s: f
         except StopAsyncIteration:
             break
         except ClientDisconnect:
-            raise RequestError(400, "client_disconnected", f"the client went away after {size} bytes of its body") from None
+            raise RequestError(
+                400, "client_disconnected", f"the client went away after {size} bytes of its body"
+            ) from None
         except asyncio.TimeoutError:
             if left < chunk_s:
                 raise too_slow from None
-            raise RequestError(408, "body_timeout", f"the body stalled (nothing for {chunk_s:g} s, {size} bytes "
-                               "received); send it in one go") from None
+            raise RequestError(
+                408,
+                "body_timeout",
+                f"the body stalled (nothing for {chunk_s:g} s, {size} bytes received); send it in one go",
+            ) from None
         size += len(chunk)
         if size > max_bytes:
             raise RequestError(413, "too_large", f"the body exceeds the limit of {max_bytes} bytes")
@@ -351,7 +470,11 @@ async def read_body(request: Request, max_bytes: int, total_s: float, chunk_s: f
 
 
 def _unavailable(detail: str) -> JSONResponse:
-    return JSONResponse({"error": "unavailable", "detail": detail}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+    return JSONResponse(
+        {"error": "unavailable", "detail": detail},
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
 
 
 def _error_kind(response: JSONResponse) -> "str | None":
@@ -395,10 +518,20 @@ class SarGateway:
         """200 when a model replica answers within the deadline and can take work now; else 503."""
         state = await self._readiness()
         if state is None:
-            return JSONResponse({"status": "unavailable", "detail": "no model replica answered within "
-                                 f"{READINESS_DEADLINE_S:g} s"}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+            return JSONResponse(
+                {
+                    "status": "unavailable",
+                    "detail": f"no model replica answered within {READINESS_DEADLINE_S:g} s",
+                },
+                status_code=503,
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
         body = {k: state[k] for k in ("status", "backlog_s", "pending_tiles", "dropped_tiles")}
-        return body if state["ready"] else JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+        return (
+            body
+            if state["ready"]
+            else JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+        )
 
     @api.get("/v1/model")
     async def model_info(self):
@@ -408,8 +541,14 @@ class SarGateway:
             return _unavailable("no model replica answered; retry after Retry-After seconds")
 
     @api.post("/v1/translate")
-    async def translate(self, request: Request, steps: "str | None" = Query(None, description="sampling steps (student: 1..the bundle's max_steps; GET /v1/model lists them)"),
-                        output_format: "str | None" = Query(None, alias="format", description="png (default) or tiff")):
+    async def translate(
+        self,
+        request: Request,
+        steps: "str | None" = Query(
+            None, description="sampling steps (student: 1..the bundle's max_steps; GET /v1/model lists them)"
+        ),
+        output_format: "str | None" = Query(None, alias="format", description="png (default) or tiff"),
+    ):
         started = time.perf_counter()
         try:
             response = await self._translate(request, steps, output_format)
@@ -418,8 +557,14 @@ class SarGateway:
         except Exception:  # noqa: BLE001 - reported with an id; the detail stays in the log
             error_id = uuid.uuid4().hex[:12]
             log.exception("request failed, error id %s", error_id)
-            response = JSONResponse({"error": "internal", "detail": f"unexpected server error; quote error id {error_id}",
-                                     "error_id": error_id}, status_code=500)
+            response = JSONResponse(
+                {
+                    "error": "internal",
+                    "detail": f"unexpected server error; quote error id {error_id}",
+                    "error_id": error_id,
+                },
+                status_code=500,
+            )
         if response.status_code >= 400:
             kind = _error_kind(response)
             self.metrics.errors.inc(tags={"kind": kind or "unknown"})
@@ -429,7 +574,11 @@ class SarGateway:
 
     async def _translate(self, request: Request, raw_steps: "str | None", raw_format: "str | None"):
         from ray.exceptions import RayActorError
-        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+        from ray.serve.exceptions import (
+            BackPressureError,
+            DeploymentUnavailableError,
+            ReplicaUnavailableError,
+        )
 
         s = self.settings
         n_steps = parse_steps(raw_steps)
@@ -444,11 +593,15 @@ class SarGateway:
             except BackPressureError:
                 return _unavailable("every model replica is busy; retry after Retry-After seconds")
             except (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError) as err:
-                log.warning("model replica lost during a request (attempt %d): %s", attempt, type(err).__name__)
+                log.warning(
+                    "model replica lost during a request (attempt %d): %s", attempt, type(err).__name__
+                )
                 # Retried once, only when a replica can take it now: waiting for a replacement replica (model
                 # loading takes many seconds) would hold the client past its timeout instead of telling it.
                 if attempt == 2 or not await self._a_replica_is_ready():
-                    return _unavailable("the model replica was lost during the request; retry after Retry-After seconds")
+                    return _unavailable(
+                        "the model replica was lost during the request; retry after Retry-After seconds"
+                    )
         if answer.status == 503:
             return JSONResponse(answer.error, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
         if answer.status >= 400:

@@ -46,8 +46,14 @@ class CoalescingRunner:
         max_weight: the most total weight (tiles) per call; an item heavier than this still runs, alone.
     """
 
-    def __init__(self, run: Callable[[list, Hashable], Sequence], max_items: int, executor: Executor,
-                 on_run: Callable[[list], None] | None = None, max_weight: int | None = None) -> None:
+    def __init__(
+        self,
+        run: Callable[[list, Hashable], Sequence],
+        max_items: int,
+        executor: Executor,
+        on_run: Callable[[list], None] | None = None,
+        max_weight: int | None = None,
+    ) -> None:
         if max_items < 1:
             raise ValueError(f"max_items must be >= 1, got {max_items}")
         if max_weight is not None and max_weight < 1:
@@ -60,8 +66,12 @@ class CoalescingRunner:
         self.calls = 0
         self.dropped_weight = 0  # weight of items dropped because their awaiter went away
 
-    async def submit(self, items: Sequence[tuple[Hashable, Any]], weights: Sequence[int] | None = None,
-                     turns: Sequence[int] | None = None) -> list:
+    async def submit(
+        self,
+        items: Sequence[tuple[Hashable, Any]],
+        weights: Sequence[int] | None = None,
+        turns: Sequence[int] | None = None,
+    ) -> list:
         """[(key, value), ...] -> their results, once the calls that include them have run.
 
         `weights` (default 1 each) count against `max_weight`; `turns` (default 0 each) order items

@@ -44,13 +44,22 @@ from s2o_platform.data.normalization import (
 )
 from s2o_platform.errors import S2OError
 
-CONTENT_TYPES = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/tiff": "tiff", "image/geotiff": "tiff"}
+CONTENT_TYPES = {
+    "image/png": "png",
+    "image/jpeg": "jpeg",
+    "image/jpg": "jpeg",
+    "image/tiff": "tiff",
+    "image/geotiff": "tiff",
+}
 OUTPUT_FORMATS = ("png", "tiff")
 MIN_SIDE = 8  # px: below this a tile would be almost all padding
 GDAL_CACHE_BYTES = 64 * 1024 * 1024  # GDAL's block cache while decodes run (GDAL's default: 5% of RAM)
 
-_MAGIC = {"png": (b"\x89PNG\r\n\x1a\n",), "jpeg": (b"\xff\xd8\xff",),
-          "tiff": (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")}
+_MAGIC = {
+    "png": (b"\x89PNG\r\n\x1a\n",),
+    "jpeg": (b"\xff\xd8\xff",),
+    "tiff": (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"),
+}
 _PILLOW_FORMATS = {"png": "PNG", "jpeg": "JPEG"}
 
 
@@ -114,9 +123,12 @@ def media_kind(content_type: str | None) -> str:
     """'png' | 'jpeg' | 'tiff' from a Content-Type header, or a 415 error."""
     main = (content_type or "").split(";")[0].strip().lower()
     if main not in CONTENT_TYPES:
-        raise RequestError(415, "unsupported_media_type",
-                           f"Content-Type {content_type or '(none)'!r} is not accepted; send the SAR image as "
-                           "image/png, image/jpeg or image/tiff")
+        raise RequestError(
+            415,
+            "unsupported_media_type",
+            f"Content-Type {content_type or '(none)'!r} is not accepted; send the SAR image as "
+            "image/png, image/jpeg or image/tiff",
+        )
     return CONTENT_TYPES[main]
 
 
@@ -152,13 +164,21 @@ def _not_a(kind: str, body: bytes) -> RequestError:
     """400 for a body that is not a `kind` image: corrupt_image when its magic number says `kind`."""
     sniffed = _sniff(body)
     if sniffed == kind:
-        return RequestError(400, "corrupt_image", f"the {kind.upper()} image's header cannot be read (truncated or damaged)")
+        return RequestError(
+            400, "corrupt_image", f"the {kind.upper()} image's header cannot be read (truncated or damaged)"
+        )
     said = f"the body is a {sniffed.upper()} image" if sniffed else f"the body is not a {kind.upper()} image"
-    return RequestError(400, "not_an_image", f"{said} but Content-Type says {kind}: send the SAR image's bytes with "
-                                             "its own Content-Type (image/png, image/jpeg or image/tiff)")
+    return RequestError(
+        400,
+        "not_an_image",
+        f"{said} but Content-Type says {kind}: send the SAR image's bytes with "
+        "its own Content-Type (image/png, image/jpeg or image/tiff)",
+    )
 
 
-def read_header(body: bytes, kind: str, sar_channels: int, max_side: int, max_decode_bytes: int) -> ImageHeader:
+def read_header(
+    body: bytes, kind: str, sar_channels: int, max_side: int, max_decode_bytes: int
+) -> ImageHeader:
     """The header of a body of media `kind`, checked against the limits without decoding a pixel (see the
     module docstring); raises RequestError."""
     if kind == "tiff":
@@ -166,8 +186,11 @@ def read_header(body: bytes, kind: str, sar_channels: int, max_side: int, max_de
     elif kind in _PILLOW_FORMATS:
         header = _pillow_header(body, kind, max_side)
     else:
-        raise RequestError(415, "unsupported_media_type", f"media kind {kind!r} is not decoded; send image/png, image/jpeg "
-                                                          "or image/tiff")
+        raise RequestError(
+            415,
+            "unsupported_media_type",
+            f"media kind {kind!r} is not decoded; send image/png, image/jpeg or image/tiff",
+        )
     _check_header(header, sar_channels, max_side, max_decode_bytes)
     return header
 
@@ -175,26 +198,40 @@ def read_header(body: bytes, kind: str, sar_channels: int, max_side: int, max_de
 def _check_header(header: ImageHeader, sar_channels: int, max_side: int, max_decode_bytes: int) -> None:
     width, height = header.width, header.height
     if width > max_side or height > max_side:
-        raise RequestError(413, "too_large",
-                           f"the image is {width}x{height} px; the limit is {max_side} px a side (use `s2o translate` for scenes)")
+        raise RequestError(
+            413,
+            "too_large",
+            f"the image is {width}x{height} px; the limit is {max_side} px a side (use `s2o translate` for scenes)",
+        )
     if min(width, height) < MIN_SIDE:
-        raise RequestError(422, "too_small", f"the image is {width}x{height} px; at least {MIN_SIDE} px a side is needed")
+        raise RequestError(
+            422, "too_small", f"the image is {width}x{height} px; at least {MIN_SIDE} px a side is needed"
+        )
     if header.bands != sar_channels:
-        raise RequestError(422, "wrong_bands",
-                           f"the image has {header.bands} band(s); the model takes {sar_channels} SAR band(s) (one polarisation, e.g. VV)")
+        raise RequestError(
+            422,
+            "wrong_bands",
+            f"the image has {header.bands} band(s); the model takes {sar_channels} SAR band(s) (one polarisation, e.g. VV)",
+        )
     try:
         sar_pixels(header.dtype, palette=header.palette, bits=header.bits)
     except UnsupportedSarPixels as err:
         raise RequestError(422, "unsupported_dtype", str(err)) from None
     if header.raster_bytes > max_decode_bytes:
-        raise RequestError(413, "too_large",
-                           f"the image decodes into {header.raster_bytes} bytes ({width}x{height} px x {header.bands} band(s) "
-                           f"of {header.dtype}); the decode limit is {max_decode_bytes} bytes")
+        raise RequestError(
+            413,
+            "too_large",
+            f"the image decodes into {header.raster_bytes} bytes ({width}x{height} px x {header.bands} band(s) "
+            f"of {header.dtype}); the decode limit is {max_decode_bytes} bytes",
+        )
     if header.block_bytes is not None and header.block_bytes > max_decode_bytes:
-        raise RequestError(413, "too_large",
-                           f"the TIFF declares a block (tile or strip) that decodes into {header.block_bytes} bytes, "
-                           f"whatever its {width}x{height} px image; the decode limit is {max_decode_bytes} bytes: "
-                           "write it with ordinary tiles (e.g. 256 or 512 px) or strips")
+        raise RequestError(
+            413,
+            "too_large",
+            f"the TIFF declares a block (tile or strip) that decodes into {header.block_bytes} bytes, "
+            f"whatever its {width}x{height} px image; the decode limit is {max_decode_bytes} bytes: "
+            "write it with ordinary tiles (e.g. 256 or 512 px) or strips",
+        )
 
 
 #: Scans a JPEG may hold: a baseline JPEG has 1, an ordinary progressive one up to about 12; each scan is a
@@ -207,8 +244,12 @@ def _pillow_header(body: bytes, kind: str, max_side: int) -> ImageHeader:
         # 0xFFDA starts a scan; inside entropy-coded data a 0xFF byte is always followed by 0x00 (byte stuffing)
         scans = body.count(b"\xff\xda")
         if scans > MAX_JPEG_SCANS:
-            raise RequestError(413, "too_costly", f"the JPEG holds {scans} scans; at most {MAX_JPEG_SCANS} are decoded "
-                               "(send a baseline JPEG, a PNG or a TIFF)")
+            raise RequestError(
+                413,
+                "too_costly",
+                f"the JPEG holds {scans} scans; at most {MAX_JPEG_SCANS} are decoded "
+                "(send a baseline JPEG, a PNG or a TIFF)",
+            )
     image = _pillow_open(body, kind, max_side)
     mode = image.mode
     bands = len(image.getbands())
@@ -217,8 +258,16 @@ def _pillow_header(body: bytes, kind: str, max_side: int) -> ImageHeader:
         bits = None  # full-depth: the type says it all
     # Pillow holds every multi-band mode in 4 bytes a pixel
     per_pixel = 4 if bands > 1 else (np.dtype(dtype).itemsize if mode in PILLOW_MODES else 4)
-    return ImageHeader(kind, image.width, image.height, bands, dtype, image.width * image.height * per_pixel,
-                       bits=bits, palette=palette)
+    return ImageHeader(
+        kind,
+        image.width,
+        image.height,
+        bands,
+        dtype,
+        image.width * image.height * per_pixel,
+        bits=bits,
+        palette=palette,
+    )
 
 
 def _pillow_open(body: bytes, kind: str, max_side: int):
@@ -230,12 +279,18 @@ def _pillow_open(body: bytes, kind: str, max_side: int):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(body), formats=[_PILLOW_FORMATS[kind]])
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise RequestError(413, "too_large", f"the {kind.upper()} header declares an image too large to decode ({err}); "
-                                             f"the limit is {max_side} px a side") from None
+        raise RequestError(
+            413,
+            "too_large",
+            f"the {kind.upper()} header declares an image too large to decode ({err}); "
+            f"the limit is {max_side} px a side",
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error):
         raise _not_a(kind, body) from None
     if (image.format or "").lower() != kind:  # a plugin may hand over another format's image (JPEG -> MPO)
-        raise RequestError(400, "not_an_image", f"the body is a {image.format} image but Content-Type says {kind}")
+        raise RequestError(
+            400, "not_an_image", f"the body is a {image.format} image but Content-Type says {kind}"
+        )
     return image
 
 
@@ -243,8 +298,16 @@ def _pillow_open(body: bytes, kind: str, max_side: int):
 
 #: The integer types libtiff accepts for the tags read here: BYTE, SHORT, LONG, SSHORT, SLONG, LONG8, SLONG8.
 _TIFF_TYPES = {1: "B", 3: "H", 4: "I", 8: "h", 9: "i", 16: "Q", 17: "q"}
-_TIFF_TAGS = {256: "width", 257: "height", 258: "bits", 277: "samples", 278: "rows_per_strip", 284: "planar",
-              322: "tile_width", 323: "tile_height"}
+_TIFF_TAGS = {
+    256: "width",
+    257: "height",
+    258: "bits",
+    277: "samples",
+    278: "rows_per_strip",
+    284: "planar",
+    322: "tile_width",
+    323: "tile_height",
+}
 #: Bounds of the IFD walk (a real GeoTIFF has a few IFDs of a few dozen entries): a crafted header cannot
 #: make this pure-Python walk long.
 _MAX_IFDS = 64
@@ -292,7 +355,9 @@ def tiff_blocks(body: bytes) -> list[tuple[int, int, int]]:
             rows, cols = tags.get("tile_height", 0), tags.get("tile_width", 0)
         else:
             rows, cols = min(tags.get("rows_per_strip", height), height), width
-        per_pixel = math.ceil(tags.get("bits", 1) / 8) * (tags.get("samples", 1) if tags.get("planar", 1) == 1 else 1)
+        per_pixel = math.ceil(tags.get("bits", 1) / 8) * (
+            tags.get("samples", 1) if tags.get("planar", 1) == 1 else 1
+        )
         blocks.append((rows, cols, rows * cols * per_pixel))
     return blocks
 
@@ -345,7 +410,9 @@ def _open_tiff(body: bytes) -> Iterator[object]:
     except RequestError:
         raise
     except (RasterioError, OSError, ValueError) as err:  # GDAL's CPLE_* errors are RasterioError or OSError
-        raise RequestError(400, "corrupt_image", f"the TIFF cannot be read (truncated or damaged): {err}") from None
+        raise RequestError(
+            400, "corrupt_image", f"the TIFF cannot be read (truncated or damaged): {err}"
+        ) from None
 
 
 def _read_dtype(dtype: str) -> np.dtype:
@@ -361,7 +428,9 @@ def _tiff_header(body: bytes) -> ImageHeader:
     try:
         blocks = tiff_blocks(body)
     except (ValueError, struct.error) as err:
-        raise RequestError(400, "corrupt_image", f"the TIFF's header cannot be read (truncated or damaged): {err}") from None
+        raise RequestError(
+            400, "corrupt_image", f"the TIFF's header cannot be read (truncated or damaged): {err}"
+        ) from None
     with _quiet_gdal(), _open_tiff(body) as ds:
         dtype, palette, bits = band_pixel_format(ds, 1)
         try:
@@ -370,14 +439,28 @@ def _tiff_header(body: bytes) -> ImageHeader:
             itemsize = 8
         block_rows, block_cols = ds.block_shapes[0]
         return ImageHeader(
-            "tiff", ds.width, ds.height, ds.count, dtype, ds.width * ds.height * ds.count * itemsize,
-            bits=bits, palette=palette,
+            "tiff",
+            ds.width,
+            ds.height,
+            ds.count,
+            dtype,
+            ds.width * ds.height * ds.count * itemsize,
+            bits=bits,
+            palette=palette,
             block_bytes=max([b for _, _, b in blocks] + [block_rows * block_cols * itemsize]),
-            block_shape=(block_rows, block_cols))
+            block_shape=(block_rows, block_cols),
+        )
 
 
-def decode_sar(body: bytes, kind: str, normalization: SarNormalization, sar_channels: int, max_side: int,
-               max_decode_bytes: int, header: ImageHeader | None = None) -> SarImage:
+def decode_sar(
+    body: bytes,
+    kind: str,
+    normalization: SarNormalization,
+    sar_channels: int,
+    max_side: int,
+    max_decode_bytes: int,
+    header: ImageHeader | None = None,
+) -> SarImage:
     """Decode a body of media `kind` into the model's range, after `read_header` (see module docstring);
     `header`: what `read_header` gave for this body with these limits, when the caller has it already."""
     if header is None or header.kind != kind:
@@ -387,7 +470,9 @@ def decode_sar(body: bytes, kind: str, normalization: SarNormalization, sar_chan
     return _decode_pillow(body, header, normalization, max_side)
 
 
-def _decode_pillow(body: bytes, header: ImageHeader, normalization: SarNormalization, max_side: int) -> SarImage:
+def _decode_pillow(
+    body: bytes, header: ImageHeader, normalization: SarNormalization, max_side: int
+) -> SarImage:
     from PIL import Image
 
     kind = header.kind
@@ -397,7 +482,9 @@ def _decode_pillow(body: bytes, header: ImageHeader, normalization: SarNormaliza
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as err:
-        raise RequestError(400, "corrupt_image", f"the {kind.upper()} image cannot be decoded: {err}") from None
+        raise RequestError(
+            400, "corrupt_image", f"the {kind.upper()} image cannot be decoded: {err}"
+        ) from None
     raw = np.asarray(image)
     if raw.dtype == np.uint8:
         scale, reason = SarScale.UINT8, "8-bit image: taken as display-scaled SAR"
@@ -419,7 +506,9 @@ def _decode_tiff(body: bytes, header: ImageHeader, normalization: SarNormalizati
     filled = masked.filled(0)
     valid = ~np.ma.getmaskarray(masked) & np.isfinite(filled)
     if not valid.any():
-        raise RequestError(422, "no_valid_pixels", "every pixel of the TIFF is nodata, NaN or infinite: nothing to translate")
+        raise RequestError(
+            422, "no_valid_pixels", "every pixel of the TIFF is nodata, NaN or infinite: nothing to translate"
+        )
     scale, reason = pixels.detect_scale(np.where(valid, filled, np.nan), hint)
     raw = np.asarray(pixels.to_real(np.where(valid, filled, 1.0), scale), dtype=np.float64)
     values = normalization.to_model(raw, scale)
@@ -444,8 +533,15 @@ def geotiff_bytes(array: np.ndarray, crs=None, transform=None, nodata=None, **cr
     from rasterio.errors import NotGeoreferencedWarning
     from rasterio.io import MemoryFile
 
-    profile = dict(driver="GTiff", width=array.shape[2], height=array.shape[1], count=array.shape[0],
-                   dtype=str(array.dtype), nodata=nodata, **creation)
+    profile = dict(
+        driver="GTiff",
+        width=array.shape[2],
+        height=array.shape[1],
+        count=array.shape[0],
+        dtype=str(array.dtype),
+        nodata=nodata,
+        **creation,
+    )
     if crs is not None:
         profile["crs"] = crs if isinstance(crs, rasterio.crs.CRS) else rasterio.crs.CRS.from_user_input(crs)
     if transform is not None:
@@ -461,5 +557,10 @@ def geotiff_bytes(array: np.ndarray, crs=None, transform=None, nodata=None, **cr
 def encode_tiff(optical: np.ndarray, crs_wkt: str | None, transform: tuple[float, ...] | None) -> bytes:
     """(3, H, W) in [-1, 1] -> 3-band uint8 GeoTIFF bytes, with the request's georeference where it had one."""
     georeferenced = crs_wkt is not None and transform is not None
-    return geotiff_bytes(model_to_uint8(optical), crs=crs_wkt if georeferenced else None,
-                         transform=transform if georeferenced else None, photometric="RGB", compress="deflate")
+    return geotiff_bytes(
+        model_to_uint8(optical),
+        crs=crs_wkt if georeferenced else None,
+        transform=transform if georeferenced else None,
+        photometric="RGB",
+        compress="deflate",
+    )

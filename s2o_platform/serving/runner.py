@@ -35,8 +35,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def plan_serving(config: str | Path = DEFAULT_CONFIG, model: str | None = None, host: str | None = None,
-                 port: int | None = None, overrides: dict[str, Any] | None = None, sets: list[str] | None = None) -> ServingPlan:
+def plan_serving(
+    config: str | Path = DEFAULT_CONFIG,
+    model: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    sets: list[str] | None = None,
+) -> ServingPlan:
     """Read and check everything before Ray starts: the config, the settings and the bundle.
 
     The application's settings, lowest precedence first: the args of the Serve config < `sets` (`s2o serve
@@ -47,8 +53,12 @@ def plan_serving(config: str | Path = DEFAULT_CONFIG, model: str | None = None, 
 
     schema = load_serve_config(config)
     app = schema.applications[0]
-    settings = resolve_settings(app.args or {}, sets, {**({"model": model} if model else {}), **(overrides or {})},
-                                f"args of {config}")
+    settings = resolve_settings(
+        app.args or {},
+        sets,
+        {**({"model": model} if model else {}), **(overrides or {})},
+        f"args of {config}",
+    )
     try:
         check_bundle(settings.model)
     except BundleError as err:
@@ -62,15 +72,28 @@ def plan_serving(config: str | Path = DEFAULT_CONFIG, model: str | None = None, 
     options: dict[str, dict[str, Any]] = {}
     for deployment in app.deployments:
         if deployment.name not in DEPLOYMENTS:
-            raise ServeConfigError(f"{config}: unknown deployment {deployment.name!r}; the application has {list(DEPLOYMENTS)}")
+            raise ServeConfigError(
+                f"{config}: unknown deployment {deployment.name!r}; the application has {list(DEPLOYMENTS)}"
+            )
         options[deployment.name] = deployment.model_dump(exclude_unset=True, exclude={"name"})
     http = schema.http_options
-    return ServingPlan(settings, options, app.name, app.route_prefix or "/", host or http.host or "127.0.0.1",
-                       int(port if port is not None else http.port), http.request_timeout_s)
+    return ServingPlan(
+        settings,
+        options,
+        app.name,
+        app.route_prefix or "/",
+        host or http.host or "127.0.0.1",
+        int(port if port is not None else http.port),
+        http.request_timeout_s,
+    )
 
 
-def resolve_settings(args: dict[str, Any], sets: list[str] | None = None, explicit: dict[str, Any] | None = None,
-                     where: str = "the Serve config's args") -> ServeSettings:
+def resolve_settings(
+    args: dict[str, Any],
+    sets: list[str] | None = None,
+    explicit: dict[str, Any] | None = None,
+    where: str = "the Serve config's args",
+) -> ServeSettings:
     """ServeSettings from the application's args, `--set key=value` overrides and explicit values, in that
     precedence. An unknown key or a bad value is a ServeConfigError naming the key, the value and its source."""
     from s2o_platform.config import ConfigError, load_config, parse_override
@@ -78,9 +101,18 @@ def resolve_settings(args: dict[str, Any], sets: list[str] | None = None, explic
     try:
         set_keys = [".".join(parse_override(text)[0]) for text in sets or []]
         if not ((explicit or {}).get("model") or "model" in set_keys or args.get("model")):
-            raise ServeConfigError("no model bundle: pass --model BUNDLE (or set args.model in the Serve config)")
-        return load_config(ServeSettings, None, list(sets or []), flags=explicit, base=args, base_source=where,
-                           flags_source="the explicit settings (--model, --dtype, --compile)")
+            raise ServeConfigError(
+                "no model bundle: pass --model BUNDLE (or set args.model in the Serve config)"
+            )
+        return load_config(
+            ServeSettings,
+            None,
+            list(sets or []),
+            flags=explicit,
+            base=args,
+            base_source=where,
+            flags_source="the explicit settings (--model, --dtype, --compile)",
+        )
     except ConfigError as err:
         raise ServeConfigError(f"bad serve application args: {err}") from None
 
@@ -97,5 +129,9 @@ def start_serving(plan: ServingPlan, address: str | None = None) -> str:
     if plan.request_timeout_s:
         http_options["request_timeout_s"] = plan.request_timeout_s
     serve.start(http_options=http_options)
-    serve.run(application(plan.settings, plan.deployment_options), name=plan.app_name, route_prefix=plan.route_prefix)
+    serve.run(
+        application(plan.settings, plan.deployment_options),
+        name=plan.app_name,
+        route_prefix=plan.route_prefix,
+    )
     return plan.url

@@ -29,27 +29,59 @@ class ServeSettings(BaseModel):
 
     model: str = Field(description="inference bundle (a student's OUT/bundle; any stage's bundle works)")
     steps: int | None = Field(None, description="default sampling steps; None: the bundle's default")
-    overlap: int | None = Field(None, ge=0, description="px between neighbouring tiles of a large image; None: a quarter tile")
+    overlap: int | None = Field(
+        None, ge=0, description="px between neighbouring tiles of a large image; None: a quarter tile"
+    )
     max_image_side: int = Field(1024, ge=8, description="largest accepted width or height, px")
-    max_body_mb: float = Field(16.0, gt=0, description="largest accepted request body, MB (checked before decoding)")
-    max_decode_mb: float = Field(64.0, gt=0, description="largest decoded raster (and TIFF block) a request may need, "
-                                 "MB (checked from the header before any pixel is read)")
-    body_timeout_s: float = Field(20.0, gt=0, description="a request body must arrive within this many seconds (else 408)")
-    body_chunk_timeout_s: float = Field(5.0, gt=0, description="the longest pause between two chunks of a body (else 408)")
-    max_request_model_s: float = Field(20.0, gt=0, description="refuse (413) a request whose tiles x steps would take "
-                                       "longer than this at the replica's measured speed; keep below the HTTP request timeout")
-    max_batch_size: int = Field(16, ge=1, description="requests merged into one forward pass (1 turns merging off)")
-    model_batch_tiles: int = Field(64, ge=1, description="the most tiles in one forward pass, merged across requests")
+    max_body_mb: float = Field(
+        16.0, gt=0, description="largest accepted request body, MB (checked before decoding)"
+    )
+    max_decode_mb: float = Field(
+        64.0,
+        gt=0,
+        description="largest decoded raster (and TIFF block) a request may need, "
+        "MB (checked from the header before any pixel is read)",
+    )
+    body_timeout_s: float = Field(
+        20.0, gt=0, description="a request body must arrive within this many seconds (else 408)"
+    )
+    body_chunk_timeout_s: float = Field(
+        5.0, gt=0, description="the longest pause between two chunks of a body (else 408)"
+    )
+    max_request_model_s: float = Field(
+        20.0,
+        gt=0,
+        description="refuse (413) a request whose tiles x steps would take "
+        "longer than this at the replica's measured speed; keep below the HTTP request timeout",
+    )
+    max_batch_size: int = Field(
+        16, ge=1, description="requests merged into one forward pass (1 turns merging off)"
+    )
+    model_batch_tiles: int = Field(
+        64, ge=1, description="the most tiles in one forward pass, merged across requests"
+    )
     seed: int = 0
     device: str = Field("auto", description="auto | cpu | cuda")
-    dtype: str = Field("auto", pattern="^(auto|fp32|fp16|bf16)$", description="network precision: auto (fp16 on a GPU; "
-                       "bf16 on a CPU that has it, else fp32), fp32, fp16 or bf16")
-    compile: CompileChoice = Field("off", pattern="^(off|auto|default|max)$", description="the forward pass (inference_compile): "
-                         "off (eager), auto (compiled where a C++ compiler / Triton works, else eager), default "
-                         "(torch.compile; CUDA graphs on a GPU) or max; every batch size a replica can run is compiled "
-                         "before it reports ready (an unquoted off, which YAML reads as false, means 'off')")
-    torch_threads: int | None = Field(None, ge=1, description="CPU replicas: torch threads; None: the CPUs the "
-                                      "replica reserves (ray_actor_options.num_cpus), leaving the rest to the HTTP proxy")
+    dtype: str = Field(
+        "auto",
+        pattern="^(auto|fp32|fp16|bf16)$",
+        description="network precision: auto (fp16 on a GPU; "
+        "bf16 on a CPU that has it, else fp32), fp32, fp16 or bf16",
+    )
+    compile: CompileChoice = Field(
+        "off",
+        pattern="^(off|auto|default|max)$",
+        description="the forward pass (inference_compile): "
+        "off (eager), auto (compiled where a C++ compiler / Triton works, else eager), default "
+        "(torch.compile; CUDA graphs on a GPU) or max; every batch size a replica can run is compiled "
+        "before it reports ready (an unquoted off, which YAML reads as false, means 'off')",
+    )
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU replicas: torch threads; None: the CPUs the "
+        "replica reserves (ray_actor_options.num_cpus), leaving the rest to the HTTP proxy",
+    )
 
     @property
     def max_body_bytes(self) -> int:
@@ -74,13 +106,17 @@ def load_serve_config(path: str | Path):
 
     path = Path(path)
     if not path.is_file():
-        raise ServeConfigError(f"no Serve config at {path}; pass --config with the repository's serve/config.yaml "
-                               f"or your copy of it (the package ships one: {DEFAULT_CONFIG})")
+        raise ServeConfigError(
+            f"no Serve config at {path}; pass --config with the repository's serve/config.yaml "
+            f"or your copy of it (the package ships one: {DEFAULT_CONFIG})"
+        )
     try:
         raw = yaml.safe_load(path.read_text())
         config = ServeDeploySchema.model_validate(raw)
     except (yaml.YAMLError, ValidationError) as err:
         raise ServeConfigError(f"{path} is not a valid Serve config: {err}") from None
     if len(config.applications) != 1:
-        raise ServeConfigError(f"{path} must hold exactly one application (the translator), found {len(config.applications)}")
+        raise ServeConfigError(
+            f"{path} must hold exactly one application (the translator), found {len(config.applications)}"
+        )
     return config

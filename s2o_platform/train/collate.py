@@ -37,4 +37,7 @@ class PairCollate(_collate_base()):
         if self.augment:
             arrays = list(augment_pairs(arrays[0], arrays[1], self.rng, *arrays[2:]))
         names = ("sar", "optical", "valid")
-        return {name: torch.from_numpy(array).to(self.device, non_blocking=True) for name, array in zip(names, arrays)}
+        return {
+            name: torch.from_numpy(array).to(self.device, non_blocking=True)
+            for name, array in zip(names, arrays)
+        }

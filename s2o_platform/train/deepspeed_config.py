@@ -10,7 +10,6 @@ from s2o_platform.config import TrainingStageConfig
 from s2o_platform.devices import DTYPES
 
 
-
 def resolve_precision(requested: str, device_type: str, bf16_supported: bool, fp16_supported: bool) -> str:
     """The precision DeepSpeed trains in on this device.
 
@@ -27,7 +26,11 @@ def resolve_precision(requested: str, device_type: str, bf16_supported: bool, fp
     if requested not in supported:
         raise ValueError(f"deepspeed.precision must be auto, fp32, bf16 or fp16, got {requested!r}")
     if not supported[requested]:
-        need = "a GPU or a CPU with AVX512-FP16 (oneDNN fp16)" if requested == "fp16" else "a GPU with bf16 or a CPU with AVX512-BF16/AMX"
+        need = (
+            "a GPU or a CPU with AVX512-FP16 (oneDNN fp16)"
+            if requested == "fp16"
+            else "a GPU with bf16 or a CPU with AVX512-BF16/AMX"
+        )
         other = [p for p in ("bf16", "fp32") if supported[p] and p != requested]
         raise ValueError(
             f"deepspeed.precision={requested} is not supported on this {device_type} (DeepSpeed's accelerator says so): "

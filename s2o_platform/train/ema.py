@@ -20,7 +20,12 @@ def ema_decay_at(step: int, decay: float, warmup: bool = True) -> float:
 
 
 @torch.no_grad()
-def ema_update(ema: torch.nn.Module, online: torch.nn.Module, decay: float, parameters: Sequence[torch.Tensor] | None = None) -> None:
+def ema_update(
+    ema: torch.nn.Module,
+    online: torch.nn.Module,
+    decay: float,
+    parameters: Sequence[torch.Tensor] | None = None,
+) -> None:
     """Update `ema`'s parameters in place towards `online`'s; buffers are copied.
 
     Both modules must have the same architecture. The EMA is kept in float32 whatever the

@@ -1,16 +1,16 @@
 """The training harness shared by every stage: runs inside each Ray Train worker.
 
-    train_loop_per_worker(loop_config)
-      [1] parse the stage config
-      [2] build_runtime (train/runtime.py): the stage's models, one DeepSpeed engine per trainable
-          module, the precision, the fp32 EMA and the noise generator
-      [3] resume: DeepSpeed state, EMA, generator and step from ray.train.get_checkpoint()
-      [4] stream tiles: ray.train.get_dataset_shard("train").iter_torch_batches (a local shuffle buffer
-          seeded per rank and epoch from train.seed, train/data_order.py), paired augmentation (train/collate.py)
-      [5] runtime.step(batch) per micro-batch (the EMA follows every optimizer step); progress on rank 0,
-          which also logs it to the MLflow run the driver started, when tracking is on (s2o_platform/tracking.py)
-      [6] checkpoint: each rank saves its DeepSpeed shard and generator -> barrier -> rank 0 adds EMA,
-          state and the exported bundle -> ray.train.report(metrics, checkpoint)
+train_loop_per_worker(loop_config)
+  [1] parse the stage config
+  [2] build_runtime (train/runtime.py): the stage's models, one DeepSpeed engine per trainable
+      module, the precision, the fp32 EMA and the noise generator
+  [3] resume: DeepSpeed state, EMA, generator and step from ray.train.get_checkpoint()
+  [4] stream tiles: ray.train.get_dataset_shard("train").iter_torch_batches (a local shuffle buffer
+      seeded per rank and epoch from train.seed, train/data_order.py), paired augmentation (train/collate.py)
+  [5] runtime.step(batch) per micro-batch (the EMA follows every optimizer step); progress on rank 0,
+      which also logs it to the MLflow run the driver started, when tracking is on (s2o_platform/tracking.py)
+  [6] checkpoint: each rank saves its DeepSpeed shard and generator -> barrier -> rank 0 adds EMA,
+      state and the exported bundle -> ray.train.report(metrics, checkpoint)
 """
 
 from __future__ import annotations
@@ -55,29 +55,45 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     device = ray.train.torch.get_device()
     if device.type == "cpu":
         torch.set_num_threads(cpu_threads(cfg.scaling.torch_threads, context.get_local_world_size()))
-    runtime = build_runtime(loop_config["stage"], cfg, store, loop_config.get("extra", {}), device, rank, world)
-    stage, engines, ema, main, precision = runtime.stage, runtime.engines, runtime.ema, runtime.main, runtime.precision
+    runtime = build_runtime(
+        loop_config["stage"], cfg, store, loop_config.get("extra", {}), device, rank, world
+    )
+    stage, engines, ema, main, precision = (
+        runtime.stage,
+        runtime.engines,
+        runtime.ema,
+        runtime.main,
+        runtime.precision,
+    )
     # MLflow: rank 0 alone logs progress, into the run the driver started (None: tracking off; mlflow not imported)
     tracker = Tracker.attach(loop_config.get("tracking") if rank == 0 else None)
     if rank == 0 and cfg.train.autocast != "off" and not runtime.autocast_on:
-        log(f"[{stage.name}] train.autocast={cfg.train.autocast} not applied: DeepSpeed already trains in {precision}")
+        log(
+            f"[{stage.name}] train.autocast={cfg.train.autocast} not applied: DeepSpeed already trains in {precision}"
+        )
 
     # [3] resume ---------------------------------------------------------------------------------
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
             for name, engine in engines.items():
-                path, _ = engine.load_checkpoint(os.path.join(ckpt_dir, DEEPSPEED_DIR, name), tag=DEEPSPEED_TAG)
+                path, _ = engine.load_checkpoint(
+                    os.path.join(ckpt_dir, DEEPSPEED_DIR, name), tag=DEEPSPEED_TAG
+                )
                 if path is None:
                     raise RuntimeError(f"checkpoint {ckpt_dir} has no DeepSpeed state for {name!r}")
             ema.load_state_dict(load_file(os.path.join(ckpt_dir, EMA_FILE), device=str(device)))
             state = json.loads(Path(ckpt_dir, TRAINER_STATE_FILE).read_text())
             generator_file = Path(ckpt_dir, GENERATOR_FILE.format(rank=rank))
-            if generator_file.exists():  # so a resumed run draws the noise and timesteps an uninterrupted one would
+            if (
+                generator_file.exists()
+            ):  # so a resumed run draws the noise and timesteps an uninterrupted one would
                 saved = json.loads(generator_file.read_text())["torch_generator"]
                 runtime.generator.set_state(torch.tensor(saved, dtype=torch.uint8))
             elif rank == 0:
-                log(f"[{stage.name}] the checkpoint has no generator state (older run): noise draws restart from the seed")
+                log(
+                    f"[{stage.name}] the checkpoint has no generator state (older run): noise draws restart from the seed"
+                )
         if rank == 0:
             log(f"[{stage.name}] resuming from checkpoint at step {main.global_steps}")
     else:
@@ -90,9 +106,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             for name, engine in engines.items():
                 engine.save_checkpoint(os.path.join(tmp, DEEPSPEED_DIR, name), tag=DEEPSPEED_TAG)
             generator_state = runtime.generator.get_state().tolist()
-            Path(tmp, GENERATOR_FILE.format(rank=rank)).write_text(json.dumps({"torch_generator": generator_state}))
+            Path(tmp, GENERATOR_FILE.format(rank=rank)).write_text(
+                json.dumps({"torch_generator": generator_state})
+            )
             if rank == 0:
-                save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, os.path.join(tmp, EMA_FILE))
+                save_file(
+                    {k: v.contiguous() for k, v in ema.state_dict().items()}, os.path.join(tmp, EMA_FILE)
+                )
                 train_state = {
                     "step": main.global_steps,
                     "epoch": epoch,
@@ -112,12 +132,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                 stage.export(os.path.join(tmp, BUNDLE_DIR), ema, cfg, store, card)
             if world > 1:
                 torch.distributed.barrier()
-            ray.train.report({**metrics, "step": main.global_steps}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            ray.train.report(
+                {**metrics, "step": main.global_steps}, checkpoint=ray.train.Checkpoint.from_directory(tmp)
+            )
 
     # [4] data -----------------------------------------------------------------------------------
     shard = ray.train.get_dataset_shard("train")
     shuffle_buffer = (cfg.data.shuffle_buffer or None) if loop_config.get("local_shuffle", True) else None
-    collate = PairCollate(cfg.train.augment, np.random.default_rng(cfg.train.seed + 7919 * rank + epoch), device)
+    collate = PairCollate(
+        cfg.train.augment, np.random.default_rng(cfg.train.seed + 7919 * rank + epoch), device
+    )
     window: dict[str, list[float]] = {}
     last_report_step = main.global_steps
     started, start_step = time.perf_counter(), main.global_steps
@@ -129,8 +153,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         batches = 0
         # the local buffer's order follows train.seed too: its own seed per rank and epoch (train/data_order.py)
         local_seed = shuffle_seed(cfg.train.seed, LOCAL, rank, epoch) if shuffle_buffer else None
-        batch_iter = iter(shard.iter_torch_batches(batch_size=cfg.train.batch_size, collate_fn=collate, drop_last=True,
-                                                   local_shuffle_buffer_size=shuffle_buffer, local_shuffle_seed=local_seed))
+        batch_iter = iter(
+            shard.iter_torch_batches(
+                batch_size=cfg.train.batch_size,
+                collate_fn=collate,
+                drop_last=True,
+                local_shuffle_buffer_size=shuffle_buffer,
+                local_shuffle_seed=local_seed,
+            )
+        )
         while True:
             # Time blocked on the data pipeline: the share of a window not spent training.
             waited = time.perf_counter()
@@ -158,7 +189,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                 if rank == 0:
                     rate = (step - start_step) / max(time.perf_counter() - started, 1e-9)
                     eta = format_eta((cfg.train.max_steps - step) / max(rate, 1e-9))
-                    losses = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in ("samples_per_s", "lr", "data_wait_frac"))
+                    losses = " ".join(
+                        f"{k} {v:.4f}"
+                        for k, v in metrics.items()
+                        if k not in ("samples_per_s", "lr", "data_wait_frac")
+                    )
                     log(
                         f"[{stage.name}] step {step}/{cfg.train.max_steps} {losses} lr {metrics['lr']:.2e} "
                         f"{metrics['samples_per_s']:.1f} samples/s (data wait {metrics['data_wait_frac']:.0%}) ETA {eta}"

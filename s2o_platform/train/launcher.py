@@ -60,7 +60,9 @@ class TrainingResult:
     history: list[dict[str, Any]]
 
 
-def latest_checkpoint_step(out: str, options: storage.StorageOptions | None = None) -> tuple[int | None, str | None]:
+def latest_checkpoint_step(
+    out: str, options: storage.StorageOptions | None = None
+) -> tuple[int | None, str | None]:
     """(step, path) of the checkpoint a new launch into OUT resumes from, or (None, None).
 
     That is the newest checkpoint Ray Train *registered* (after every worker finished writing its
@@ -121,7 +123,9 @@ def check_resources(cfg: TrainingStageConfig) -> None:
         )
 
 
-def check_store(data: str, tile_size: int | None, options: storage.StorageOptions | None) -> tuple[StoreMetadata, int]:
+def check_store(
+    data: str, tile_size: int | None, options: storage.StorageOptions | None
+) -> tuple[StoreMetadata, int]:
     """The store's metadata and its number of training rows, after checking it can feed this model (tile_size
     None: a model sized from the store, which always fits)."""
     try:
@@ -140,7 +144,9 @@ def check_store(data: str, tile_size: int | None, options: storage.StorageOption
     return metadata, counts["train"]
 
 
-def check_teacher_bundle(teacher: str, store: StoreMetadata, data: str, options: storage.StorageOptions | None) -> None:
+def check_teacher_bundle(
+    teacher: str, store: StoreMetadata, data: str, options: storage.StorageOptions | None
+) -> None:
     """A distillation teacher must be a teacher bundle made for this store's tiles and normalisation."""
     from s2o_platform.bundle import BundleError, check_bundle, check_fits
 
@@ -149,9 +155,18 @@ def check_teacher_bundle(teacher: str, store: StoreMetadata, data: str, options:
     except BundleError as err:
         raise TrainingSetupError(str(err)) from None
     if meta.stage != "teacher":
-        raise TrainingSetupError(f"{teacher} is a {meta.stage} bundle, not a teacher: pass the bundle of `s2o train teacher` (RUN/bundle)")
+        raise TrainingSetupError(
+            f"{teacher} is a {meta.stage} bundle, not a teacher: pass the bundle of `s2o train teacher` (RUN/bundle)"
+        )
     try:  # optical normalisation included: a student distilled on other optical tiles than its teacher's is wrong
-        check_fits(meta, store, teacher, data, role="teacher", advice="distil on the store the teacher was trained for")
+        check_fits(
+            meta,
+            store,
+            teacher,
+            data,
+            role="teacher",
+            advice="distil on the store the teacher was trained for",
+        )
     except BundleError as err:
         raise TrainingSetupError(str(err)) from None
 
@@ -169,11 +184,20 @@ def differing_keys(previous: dict[str, Any], current: dict[str, Any], sections: 
     """'key: old -> new' for every dotted key of `sections` whose value differs (missing counts as None)."""
     old = {k: v for s in sections for k, v in _flat(previous.get(s), s).items()}
     new = {k: v for s in sections for k, v in _flat(current.get(s), s).items()}
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    return [
+        f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+        for k in sorted(old.keys() | new.keys())
+        if old.get(k) != new.get(k)
+    ]
 
 
-def check_previous_run(out: str, cfg: TrainingStageConfig, stage: str, options: storage.StorageOptions | None,
-                       teacher_identity: dict[str, str] | None = None) -> None:
+def check_previous_run(
+    out: str,
+    cfg: TrainingStageConfig,
+    stage: str,
+    options: storage.StorageOptions | None,
+    teacher_identity: dict[str, str] | None = None,
+) -> None:
     """An existing run in OUT must be the same run: same stage, same defining sections and, for
     distillation, the same teacher bundle content. Anything else is refused naming what differs."""
     fs, root = storage.resolve(out, options)
@@ -183,7 +207,9 @@ def check_previous_run(out: str, cfg: TrainingStageConfig, stage: str, options: 
     except (FileNotFoundError, OSError):
         return
     if previous_stage != stage:
-        raise TrainingSetupError(f"{out} holds a {previous_stage} run; train the {stage} stage into another --out")
+        raise TrainingSetupError(
+            f"{out} holds a {previous_stage} run; train the {stage} stage into another --out"
+        )
     differences = differing_keys(previous or {}, cfg.model_dump(mode="json"), DEFINING_SECTIONS[stage])
     if teacher_identity is not None:
         try:
@@ -208,7 +234,13 @@ def materialized(store: StoreMetadata, train_rows: int, cfg: TrainingStageConfig
     return size_mb <= cfg.data.materialize_below_mb
 
 
-def training_dataset(data: str, store: StoreMetadata, train_rows: int, cfg: TrainingStageConfig, options: storage.StorageOptions | None):
+def training_dataset(
+    data: str,
+    store: StoreMetadata,
+    train_rows: int,
+    cfg: TrainingStageConfig,
+    options: storage.StorageOptions | None,
+):
     """The train split as a Ray Dataset: materialised and fully shuffled per epoch when small, streamed when large.
 
     Its order follows train.seed: each execution (epoch) of the returned dataset has its own order, and
@@ -266,20 +298,26 @@ def run_training(
         check_teacher_bundle(teacher, store, data, options)
         teacher_identity = {"bundle": teacher, "sha256": bundle_digest(teacher, options)}
     check_previous_run(out, cfg, stage, options, teacher_identity)
-    log(f"[{stage}] effective batch {effective_batch(cfg)} (batch_size {cfg.train.batch_size} x grad_accum "
-        f"{cfg.train.grad_accum} x {cfg.scaling.num_workers} worker(s)), lr {cfg.train.lr:g}")
+    log(
+        f"[{stage}] effective batch {effective_batch(cfg)} (batch_size {cfg.train.batch_size} x grad_accum "
+        f"{cfg.train.grad_accum} x {cfg.scaling.num_workers} worker(s)), lr {cfg.train.lr:g}"
+    )
     resumed_from, _ = latest_checkpoint_step(out, options)
     if resumed_from is not None:
         if resumed_from >= cfg.train.max_steps:
-            log(f"[{stage}] the run in {out} already reached step {resumed_from} >= train.max_steps={cfg.train.max_steps}; "
-                "raise train.max_steps to train further")
+            log(
+                f"[{stage}] the run in {out} already reached step {resumed_from} >= train.max_steps={cfg.train.max_steps}; "
+                "raise train.max_steps to train further"
+            )
         log(f"[{stage}] resuming from checkpoint at step {resumed_from}")
 
     fs, root = storage.resolve(out, options)
     storage.write_bytes_atomic(fs, storage.join(root, "config.yaml"), dump_config(cfg).encode())
     storage.write_bytes_atomic(fs, storage.join(root, STAGE_FILE), stage.encode())
     if teacher_identity is not None:
-        storage.write_bytes_atomic(fs, storage.join(root, TEACHER_FILE), json.dumps(teacher_identity, indent=2).encode())
+        storage.write_bytes_atomic(
+            fs, storage.join(root, TEACHER_FILE), json.dumps(teacher_identity, indent=2).encode()
+        )
 
     dataset = training_dataset(data, store, train_rows, cfg, options)
     from s2o_platform.tracking import finish_training_run, redact, start_training_run
@@ -287,8 +325,12 @@ def run_training(
     # MLflow (off unless tracking.uri or $MLFLOW_TRACKING_URI): a resumed launch continues the run recorded in OUT
     run_params = {"s2o.stage": stage, "s2o.data": data}
     if teacher_identity is not None:
-        run_params.update({"s2o.teacher": teacher_identity["bundle"], "s2o.teacher_sha256": teacher_identity["sha256"]})
-    tracker = start_training_run(cfg.tracking, stage, out, fs, root, resumed_from, cfg.model_dump(mode="json"), run_params)
+        run_params.update(
+            {"s2o.teacher": teacher_identity["bundle"], "s2o.teacher_sha256": teacher_identity["sha256"]}
+        )
+    tracker = start_training_run(
+        cfg.tracking, stage, out, fs, root, resumed_from, cfg.model_dump(mode="json"), run_params
+    )
     if tracker.enabled:
         log(f"[{stage}] MLflow run {tracker.run_id} on {redact(tracker.uri)}")
 
@@ -308,7 +350,10 @@ def run_training(
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers,
             use_gpu=cfg.scaling.use_gpu,
-            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})},
+            resources_per_worker={
+                "CPU": cfg.scaling.cpus_per_worker,
+                **({"GPU": 1} if cfg.scaling.use_gpu else {}),
+            },
         ),
         run_config=ray.train.RunConfig(
             name=RUN_NAME,
@@ -328,15 +373,33 @@ def run_training(
         tracker.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
     bundle_uri = out.rstrip("/") + "/" + BUNDLE_DIR
-    _copy_tree(result.checkpoint.filesystem, storage.join(result.checkpoint.path, BUNDLE_DIR), fs, storage.join(root, BUNDLE_DIR))
+    _copy_tree(
+        result.checkpoint.filesystem,
+        storage.join(result.checkpoint.path, BUNDLE_DIR),
+        fs,
+        storage.join(root, BUNDLE_DIR),
+    )
     metrics = dict(result.metrics or {})
     step = int(metrics.get("step", cfg.train.max_steps))
     ckpt_fs, ckpt_path = result.checkpoint.filesystem, result.checkpoint.path
-    history = json.loads(storage.read_bytes(ckpt_fs, storage.join(ckpt_path, TRAINER_STATE_FILE))).get("history", [])
-    summary = {"stage": stage, "step": step, "metrics": metrics, "bundle": bundle_uri, "resumed_from": resumed_from, "history": history}
-    storage.write_bytes_atomic(fs, storage.join(root, "result.json"), json.dumps(summary, indent=2, default=str).encode())
+    history = json.loads(storage.read_bytes(ckpt_fs, storage.join(ckpt_path, TRAINER_STATE_FILE))).get(
+        "history", []
+    )
+    summary = {
+        "stage": stage,
+        "step": step,
+        "metrics": metrics,
+        "bundle": bundle_uri,
+        "resumed_from": resumed_from,
+        "history": history,
+    }
+    storage.write_bytes_atomic(
+        fs, storage.join(root, "result.json"), json.dumps(summary, indent=2, default=str).encode()
+    )
     finish_training_run(tracker, cfg.tracking, fs, storage.join(root, BUNDLE_DIR), step)
-    return TrainingResult(out, bundle_uri, step, metrics, resumed_from, time.perf_counter() - started, history)
+    return TrainingResult(
+        out, bundle_uri, step, metrics, resumed_from, time.perf_counter() - started, history
+    )
 
 
 def _copy_tree(src_fs: pafs.FileSystem, src: str, dst_fs: pafs.FileSystem, dst: str) -> None:

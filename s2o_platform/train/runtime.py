@@ -47,7 +47,9 @@ def device_precision(requested: str, device: torch.device) -> str:
     from deepspeed.accelerator import get_accelerator
 
     accelerator = get_accelerator()
-    return resolve_precision(requested, device.type, bool(accelerator.is_bf16_supported()), bool(accelerator.is_fp16_supported()))
+    return resolve_precision(
+        requested, device.type, bool(accelerator.is_bf16_supported()), bool(accelerator.is_fp16_supported())
+    )
 
 
 def ensure_process_group() -> None:
@@ -59,7 +61,14 @@ def ensure_process_group() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK="0",
+        LOCAL_RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_WORLD_SIZE="1",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
 
 
@@ -85,9 +94,13 @@ def master_parameters(engine: Any) -> list[torch.Tensor]:
     elif low is not None and hasattr(optimizer, "fp32_groups_flat"):  # FP16_Optimizer (fused)
         from torch._utils import _unflatten_dense_tensors
 
-        masters = [_unflatten_dense_tensors(flat, group) for flat, group in zip(optimizer.fp32_groups_flat, low)]
+        masters = [
+            _unflatten_dense_tensors(flat, group) for flat, group in zip(optimizer.fp32_groups_flat, low)
+        ]
     if masters is None:
-        raise RuntimeError(f"no fp32 master weights found in DeepSpeed's {type(optimizer).__name__}: cannot keep an fp32 EMA")
+        raise RuntimeError(
+            f"no fp32 master weights found in DeepSpeed's {type(optimizer).__name__}: cannot keep an fp32 EMA"
+        )
     by_param = {id(p): m for group, group_masters in zip(low, masters) for p, m in zip(group, group_masters)}
     return [by_param.get(id(p), p) for p in params]  # frozen parameters are not in the optimizer
 
@@ -124,8 +137,15 @@ class StageRuntime:
         return metrics, stepped
 
 
-def build_runtime(stage_name: str, cfg: Any, store: StoreMetadata, extra: dict[str, Any], device: torch.device,
-                  rank: int = 0, world: int = 1) -> StageRuntime:
+def build_runtime(
+    stage_name: str,
+    cfg: Any,
+    store: StoreMetadata,
+    extra: dict[str, Any],
+    device: torch.device,
+    rank: int = 0,
+    world: int = 1,
+) -> StageRuntime:
     """Models, engines, EMA and generator for one stage on `device` (a process group must exist:
     Ray Train's, or `ensure_process_group()`)."""
     import deepspeed
@@ -139,11 +159,18 @@ def build_runtime(stage_name: str, cfg: Any, store: StoreMetadata, extra: dict[s
     for name, module in models.trainable.items():
         lr = models.lr.get(name, cfg.train.lr)
         optimizer = torch.optim.AdamW(
-            [p for p in module.parameters() if p.requires_grad], lr=lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay
+            [p for p in module.parameters() if p.requires_grad],
+            lr=lr,
+            betas=cfg.train.betas,
+            weight_decay=cfg.train.weight_decay,
         )
         scheduler = lr_scheduler(optimizer, cfg.train)
         engine, _, _, _ = deepspeed.initialize(
-            model=module, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg, precision), dist_init_required=False
+            model=module,
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
+            config=deepspeed_config(cfg, precision),
+            dist_init_required=False,
         )
         if world == 1 and cfg.deepspeed.zero_stage == 0:
             engine.enable_backward_allreduce = False  # an all-reduce over one rank only copies the gradients

@@ -22,7 +22,9 @@ from s2o_platform.models.unet import build_unet
 CARD = {"note": "untrained: freshly initialised weights (for speed measurements and tests only)"}
 
 
-def write_untrained_bundles(config_dir: str | Path, directory: str | Path, store: StoreMetadata, seed: int = 0) -> dict[str, str]:
+def write_untrained_bundles(
+    config_dir: str | Path, directory: str | Path, store: StoreMetadata, seed: int = 0
+) -> dict[str, str]:
     """Write teacher/, student/ and gan/ bundles for `store`'s tiles from config_dir/{teacher,distill,gan}.yaml."""
     from s2o_platform.train.stages.distill import DistillStage
     from s2o_platform.train.stages.gan import GanStage
@@ -41,6 +43,11 @@ def write_untrained_bundles(config_dir: str | Path, directory: str | Path, store
     distill.prediction_type = teacher_cfg.diffusion.prediction_type
     distill.export(str(directory / "student"), unet, distill_cfg, store, CARD)
     g = gan_cfg.generator
-    generator = UNetGenerator(sample_size=g.sample_size, in_channels=store.sar_channels, base_channels=g.base_channels, dropout=g.dropout)
+    generator = UNetGenerator(
+        sample_size=g.sample_size,
+        in_channels=store.sar_channels,
+        base_channels=g.base_channels,
+        dropout=g.dropout,
+    )
     GanStage().export(str(directory / "gan"), generator, gan_cfg, store, CARD)
     return {k: str(directory / k) for k in ("teacher", "student", "gan")}

@@ -51,7 +51,9 @@ class SceneRecord:
 
 
 class Manifest:
-    def __init__(self, dest: str, options: storage.StorageOptions | None = None, log: Callable[[str], None] = print):
+    def __init__(
+        self, dest: str, options: storage.StorageOptions | None = None, log: Callable[[str], None] = print
+    ):
         self.options, self.log = options, log
         self.fs, self.root = storage.resolve(dest, options)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
@@ -80,8 +82,10 @@ class Manifest:
         try:
             record = SceneRecord(**json.loads(raw.decode()))
         except (UnicodeDecodeError, json.JSONDecodeError, TypeError):
-            self.log(f"[translate] warning: {where} is not a complete record (a run stopped while writing it?): "
-                     f"skipped, so the scene it would record is translated again")
+            self.log(
+                f"[translate] warning: {where} is not a complete record (a run stopped while writing it?): "
+                f"skipped, so the scene it would record is translated again"
+            )
             return
         self.records[record.scene] = record
 
@@ -157,7 +161,9 @@ class DestLock:
     common case: a second run started while one is going.
     """
 
-    def __init__(self, dest: str, options: storage.StorageOptions | None = None, log: Callable[[str], None] = print):
+    def __init__(
+        self, dest: str, options: storage.StorageOptions | None = None, log: Callable[[str], None] = print
+    ):
         self.dest, self.log = dest, log
         self.fs, self.root = storage.resolve(dest, options)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
@@ -167,8 +173,14 @@ class DestLock:
 
     def acquire(self) -> None:
         now = time.time()
-        me = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started_at": now,
-                         "started": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds")}).encode()
+        me = json.dumps(
+            {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "started_at": now,
+                "started": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
+            }
+        ).encode()
         for _ in range(3):  # a stale lock is removed, then created again (another run may get there first)
             if self._create(me):
                 self.held = me
@@ -178,8 +190,10 @@ class DestLock:
                 continue
             if not self._stale(holder):
                 raise DestLockedError(self._held_message(holder))
-            self.log(f"[translate] warning: taking over the stale lock {self.shown}: its run ({self._describe(holder)}) "
-                     f"is no longer running on this host")
+            self.log(
+                f"[translate] warning: taking over the stale lock {self.shown}: its run ({self._describe(holder)}) "
+                f"is no longer running on this host"
+            )
             self._remove()
         raise DestLockedError(self._held_message(self._read() or {}))
 
@@ -243,10 +257,15 @@ class DestLock:
         return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {when}"
 
     def _held_message(self, holder: dict) -> str:
-        who = f"another `s2o translate` run ({self._describe(holder)})" if holder else \
-            "another `s2o translate` run (its lock cannot be read yet: starting this instant, or killed while starting)"
-        return (f"{self.dest} is being written by {who}; lock {self.shown}. Wait for it to finish, or stop it; "
-                f"if that run is gone (killed, or its machine lost), delete {self.shown} and run again")
+        who = (
+            f"another `s2o translate` run ({self._describe(holder)})"
+            if holder
+            else "another `s2o translate` run (its lock cannot be read yet: starting this instant, or killed while starting)"
+        )
+        return (
+            f"{self.dest} is being written by {who}; lock {self.shown}. Wait for it to finish, or stop it; "
+            f"if that run is gone (killed, or its machine lost), delete {self.shown} and run again"
+        )
 
     def _remove(self) -> None:
         try:

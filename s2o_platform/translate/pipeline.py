@@ -28,12 +28,19 @@ from s2o_platform.config import TranslateConfig, dump_config
 from s2o_platform.data.normalization import SarScale
 from s2o_platform.data.rasters import InputError
 from s2o_platform.data.scene import SceneInfo, SceneReader, inspect_scene
+from s2o_platform.devices import DTYPES, cluster_gpus, cpu_threads, inference_actors
 from s2o_platform.errors import S2OError
 from s2o_platform.geo.blending import OPTICAL_TILE_DTYPE, OUTPUT_DTYPES
-from s2o_platform.devices import DTYPES, cluster_gpus, cpu_threads, inference_actors
 from s2o_platform.inference import LoadedModel, resolve_sampler_for, tile_key
 from s2o_platform.inference_compile import CompileError, check_compile_here
-from s2o_platform.translate.manifest import DestLock, DestLockedError, Manifest, SceneRecord, remove_leftovers, work_folder
+from s2o_platform.translate.manifest import (
+    DestLock,
+    DestLockedError,
+    Manifest,
+    SceneRecord,
+    remove_leftovers,
+    work_folder,
+)
 from s2o_platform.translate.sources import Scene, discover_scenes
 from s2o_platform.translate.writer import SceneWriter
 
@@ -63,14 +70,27 @@ class TranslateOptions:
     storage: storage.StorageOptions = field(default_factory=storage.StorageOptions)
 
     @classmethod
-    def from_config(cls, config: TranslateConfig, source: str, dest: str, *, address: str | None = None,
-                    progress: bool = True, storage_options: storage.StorageOptions | None = None) -> TranslateOptions:
+    def from_config(
+        cls,
+        config: TranslateConfig,
+        source: str,
+        dest: str,
+        *,
+        address: str | None = None,
+        progress: bool = True,
+        storage_options: storage.StorageOptions | None = None,
+    ) -> TranslateOptions:
         """The run's options from a resolved `s2o translate` config (config.model must be set)."""
         if not config.model:
             raise TranslateError("no model bundle: pass --model BUNDLE (or set model: in --config)")
-        return cls(source=source, dest=dest, address=address, progress=progress,
-                   storage=storage_options or storage.StorageOptions(),
-                   **config.model_dump(mode="json", exclude={"split"}))
+        return cls(
+            source=source,
+            dest=dest,
+            address=address,
+            progress=progress,
+            storage=storage_options or storage.StorageOptions(),
+            **config.model_dump(mode="json", exclude={"split"}),
+        )
 
     def to_config(self, split: str = "test") -> TranslateConfig:
         """The settings of this run as the config `s2o translate --config` reads (what DEST/_s2o_config.yaml holds).
@@ -108,13 +128,17 @@ class TranslateSummary:
         return self.tiles / self.seconds if self.seconds else 0.0
 
     def text(self) -> str:
-        lines = [f"[translate] {len(self.done)} scene(s) translated, {len(self.skipped)} skipped (already done), "
-                 f"{len(self.failed)} failed; {self.tiles} tiles in {self.seconds:.1f} s ({self.tiles_per_s:.1f} tiles/s)"]
+        lines = [
+            f"[translate] {len(self.done)} scene(s) translated, {len(self.skipped)} skipped (already done), "
+            f"{len(self.failed)} failed; {self.tiles} tiles in {self.seconds:.1f} s ({self.tiles_per_s:.1f} tiles/s)"
+        ]
         lines += [f"[translate] failed: {scene}: {reason}" for scene, reason in self.failed]
         return "\n".join(lines)
 
 
-def read_strip_tiles(batch: dict[str, np.ndarray], infos: list[SceneInfo], reader: SceneReader) -> dict[str, np.ndarray]:
+def read_strip_tiles(
+    batch: dict[str, np.ndarray], infos: list[SceneInfo], reader: SceneReader
+) -> dict[str, np.ndarray]:
     """(scene, row) strips -> one row per tile; an unreadable strip -> one error row."""
     out: dict[str, list] = {"scene": [], "row": [], "col": [], "sar": [], "valid": [], "error": []}
     for scene, row in zip(batch["scene"], batch["row"]):
@@ -151,7 +175,9 @@ class StripTranslator(LoadedModel):
             # the model's threads on all cores, both stall (measured on 2 cores: 1 thread translates faster
             # than 2; README "Archive translation"). Other nodes give the model all their cores.
             on_driver_node = ray.get_runtime_context().get_node_id() == driver_node
-            kwargs["threads"] = cpu_threads(None, kwargs.get("cpu_share", 1), reserve=1 if on_driver_node else 0)
+            kwargs["threads"] = cpu_threads(
+                None, kwargs.get("cpu_share", 1), reserve=1 if on_driver_node else 0
+            )
         super().__init__(**kwargs)
         self.infos = infos
         self.reader = SceneReader()
@@ -177,12 +203,16 @@ class StripTranslator(LoadedModel):
 def check_options(options: TranslateOptions):
     metadata = check_bundle(options.model, options.storage)
     if metadata.sar_channels != 1:
-        raise TranslateError(f"{options.model} takes {metadata.sar_channels} SAR channels; archive translation reads one band (--band)")
+        raise TranslateError(
+            f"{options.model} takes {metadata.sar_channels} SAR channels; archive translation reads one band (--band)"
+        )
     _, steps = resolve_sampler_for(metadata, options.model, None, options.steps)
     tile = metadata.tile_size
     overlap = tile // 4 if options.overlap is None else options.overlap
     if not 0 <= overlap < tile:
-        raise TranslateError(f"--overlap must be in 0..{tile - 1} px for the model's {tile} px tiles, got {overlap}")
+        raise TranslateError(
+            f"--overlap must be in 0..{tile - 1} px for the model's {tile} px tiles, got {overlap}"
+        )
     if options.output_dtype not in OUTPUT_DTYPES:
         raise TranslateError(f"--output-dtype must be one of {OUTPUT_DTYPES}")
     if options.sar_scale not in [s.value for s in SarScale]:
@@ -218,10 +248,14 @@ def run_translate(options: TranslateOptions, log: Callable[[str], None] = print)
         raise TranslateError(str(err)) from None
     workdir = work_folder(options.dest, options.storage)
     try:
-        removed = remove_leftovers(options.dest, options.storage, {posixpath.dirname(s.name) for s in scenes if not s.refused})
+        removed = remove_leftovers(
+            options.dest, options.storage, {posixpath.dirname(s.name) for s in scenes if not s.refused}
+        )
         if removed:
-            log(f"[translate] removed leftovers of an earlier run that did not finish: {', '.join(removed[:3])}"
-                + (f" and {len(removed) - 3} more" if len(removed) > 3 else ""))
+            log(
+                f"[translate] removed leftovers of an earlier run that did not finish: {', '.join(removed[:3])}"
+                + (f" and {len(removed) - 3} more" if len(removed) > 3 else "")
+            )
         os.makedirs(workdir)
         save_config(options)
         manifest = Manifest(options.dest, options.storage, log)
@@ -231,8 +265,10 @@ def run_translate(options: TranslateOptions, log: Callable[[str], None] = print)
             try:
                 manifest.compact()
             except Exception as err:  # noqa: BLE001 - every record is already written; compacting only tidies them
-                log(f"[translate] warning: could not compact {manifest.shown} ({type(err).__name__}: {err}); "
-                    f"its records stay as written")
+                log(
+                    f"[translate] warning: could not compact {manifest.shown} ({type(err).__name__}: {err}); "
+                    f"its records stay as written"
+                )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         lock.release()
@@ -247,8 +283,17 @@ def _output_is_the_scene(scene: Scene, options: TranslateOptions, dest_root: str
     return os.path.realpath(storage.join(dest_root, scene.output_name)) == os.path.realpath(scene.uri)
 
 
-def _translate_scenes(scenes: list[Scene], metadata, steps, overlap, options: TranslateOptions, manifest: Manifest,
-                      summary: TranslateSummary, workdir: str, log) -> None:
+def _translate_scenes(
+    scenes: list[Scene],
+    metadata,
+    steps,
+    overlap,
+    options: TranslateOptions,
+    manifest: Manifest,
+    summary: TranslateSummary,
+    workdir: str,
+    log,
+) -> None:
     dest_fs, dest_root = storage.resolve(options.dest, options.storage)
     infos: list[SceneInfo] = []
     for scene in scenes:
@@ -256,22 +301,38 @@ def _translate_scenes(scenes: list[Scene], metadata, steps, overlap, options: Tr
             _fail(manifest, summary, scene.uri, scene.refused, log)
             continue
         if _output_is_the_scene(scene, options, dest_root):
-            _fail(manifest, summary, scene.uri, f"its output {scene.output_name} in {options.dest} would overwrite the scene "
-                                                f"itself: choose another --out", log)
+            _fail(
+                manifest,
+                summary,
+                scene.uri,
+                f"its output {scene.output_name} in {options.dest} would overwrite the scene "
+                f"itself: choose another --out",
+                log,
+            )
             continue
         if manifest.is_done(scene.uri):
             summary.skipped.append(scene.uri)
             continue
         try:
-            info = inspect_scene(scene.uri, scene.name, options.band, options.sar_scale, metadata.tile_size, overlap,
-                                 metadata.sar_normalization, options.storage)
+            info = inspect_scene(
+                scene.uri,
+                scene.name,
+                options.band,
+                options.sar_scale,
+                metadata.tile_size,
+                overlap,
+                metadata.sar_normalization,
+                options.storage,
+            )
         except InputError as err:
             _fail(manifest, summary, scene.uri, str(err), log)
             continue
         except Exception as err:  # noqa: BLE001 - a read failing anywhere in the checks (a file cut off midway) is this scene's reason
             _fail(manifest, summary, scene.uri, f"cannot read it: {type(err).__name__}: {err}", log)
             continue
-        log(f"[translate] {scene.uri}: {info.width}x{info.height} px, {info.n_tiles} tiles, SAR scale {info.scale} ({info.scale_reason})")
+        log(
+            f"[translate] {scene.uri}: {info.width}x{info.height} px, {info.n_tiles} tiles, SAR scale {info.scale} ({info.scale_reason})"
+        )
         infos.append(info)
     if infos:
         _stream(infos, options, steps, manifest, summary, dest_fs, dest_root, workdir, log)
@@ -288,7 +349,9 @@ def _stream(infos, options, steps, manifest, summary, dest_fs, dest_root, workdi
 
     # preserve_order: each scene's tiles reach its mosaic row by row; no Ray progress bars: ours (tiles of all
     # scenes) says more. For this run's dataset only, its creation and iteration both inside the block.
-    with scoped_data_context(preserve_order=True, enable_progress_bars=False, enable_progress_bar_name_truncation=True):
+    with scoped_data_context(
+        preserve_order=True, enable_progress_bars=False, enable_progress_bar_name_truncation=True
+    ):
         _stream_in_order(infos, options, steps, manifest, summary, dest_fs, dest_root, workdir, log)
 
 
@@ -307,11 +370,20 @@ def _stream_in_order(infos, options, steps, manifest, summary, dest_fs, dest_roo
     strips_per_call = max(1, options.batch_size // max(1, min(len(i.col_starts) for i in infos)))
     translated = ray.data.from_items(strips).map_batches(
         StripTranslator,
-        fn_constructor_kwargs=dict(infos=infos, driver_node=ray.get_runtime_context().get_node_id(), bundle=options.model,
-                                   steps=steps, seed=options.seed,
-                                   device=actors.device,
-                                   dtype=options.dtype, storage_options=options.storage, cpu_share=actors.cpu_share, batch_size=options.batch_size,
-                                   compile=options.compile, warm_up=False),
+        fn_constructor_kwargs=dict(
+            infos=infos,
+            driver_node=ray.get_runtime_context().get_node_id(),
+            bundle=options.model,
+            steps=steps,
+            seed=options.seed,
+            device=actors.device,
+            dtype=options.dtype,
+            storage_options=options.storage,
+            cpu_share=actors.cpu_share,
+            batch_size=options.batch_size,
+            compile=options.compile,
+            warm_up=False,
+        ),
         batch_size=strips_per_call,
         **actors.map_batches_args(),
     )
@@ -319,7 +391,9 @@ def _stream_in_order(infos, options, steps, manifest, summary, dest_fs, dest_roo
     received = [0] * len(infos)
     failed: set[int] = set()
     finished: set[int] = set()
-    progress = tqdm(total=sum(i.n_tiles for i in infos), unit="tile", disable=not options.progress, desc="translate")
+    progress = tqdm(
+        total=sum(i.n_tiles for i in infos), unit="tile", disable=not options.progress, desc="translate"
+    )
     scene_started: dict[int, float] = {}
     first_tile_at = None
     try:
@@ -333,19 +407,38 @@ def _stream_in_order(infos, options, steps, manifest, summary, dest_fs, dest_roo
                     failed.add(i)
                     if i in writers:
                         writers.pop(i).abort()
-                    _fail(manifest, summary, info.uri, f"reading row {int(batch['row'][k])}: {batch['error'][k]}", log)
+                    _fail(
+                        manifest,
+                        summary,
+                        info.uri,
+                        f"reading row {int(batch['row'][k])}: {batch['error'][k]}",
+                        log,
+                    )
                     continue
                 if first_tile_at is None:
                     first_tile_at = time.perf_counter()
                 if i not in writers:
                     scene_started[i] = time.perf_counter()
                     writers[i] = SceneWriter(info, workdir, options.output_dtype)
-                writers[i].add(int(batch["row"][k]), int(batch["col"][k]), batch["optical"][k], batch["valid"][k])
+                writers[i].add(
+                    int(batch["row"][k]), int(batch["col"][k]), batch["optical"][k], batch["valid"][k]
+                )
                 received[i] += 1
                 summary.tiles += 1
                 progress.update(1)
                 if received[i] == info.n_tiles:
-                    _complete(i, infos, writers, manifest, summary, dest_fs, dest_root, options.dest if storage.is_uri(options.dest) else dest_root, scene_started, log)
+                    _complete(
+                        i,
+                        infos,
+                        writers,
+                        manifest,
+                        summary,
+                        dest_fs,
+                        dest_root,
+                        options.dest if storage.is_uri(options.dest) else dest_root,
+                        scene_started,
+                        log,
+                    )
                     finished.add(i)
     except Exception as err:  # noqa: BLE001 - the pipeline itself broke: record what was left, keep what is done
         for i, info in enumerate(infos):
@@ -373,10 +466,20 @@ def _complete(i, infos, writers, manifest, summary, dest_fs, dest_root, dest_uri
         _fail(manifest, summary, info.uri, f"writing the output: {type(err).__name__}: {err}", log)
         return
     seconds = time.perf_counter() - scene_started[i]
-    manifest.record(SceneRecord(scene=info.uri, status="done", output=output_uri, tiles=writer.tiles, seconds=round(seconds, 3),
-                                scale=f"{info.scale} ({info.scale_reason})"))
+    manifest.record(
+        SceneRecord(
+            scene=info.uri,
+            status="done",
+            output=output_uri,
+            tiles=writer.tiles,
+            seconds=round(seconds, 3),
+            scale=f"{info.scale} ({info.scale_reason})",
+        )
+    )
     summary.done.append(info.uri)
-    log(f"[translate] done {info.uri} -> {output_uri} ({writer.tiles} tiles, written {seconds:.1f} s after its first tile)")
+    log(
+        f"[translate] done {info.uri} -> {output_uri} ({writer.tiles} tiles, written {seconds:.1f} s after its first tile)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,7 +506,9 @@ class StoreTileTranslator(LoadedModel):
         }
 
 
-def run_translate_store(options: TranslateOptions, split: str = "test", log: Callable[[str], None] = print) -> TranslateSummary:
+def run_translate_store(
+    options: TranslateOptions, split: str = "test", log: Callable[[str], None] = print
+) -> TranslateSummary:
     """Translate a tile store's split into Parquet files of predicted tiles under DEST (one run; DEST is replaced)."""
     from s2o_platform.bundle import BundleError, check_fits
     from s2o_platform.data.store import read_metadata, read_tiles, split_counts
@@ -414,8 +519,14 @@ def run_translate_store(options: TranslateOptions, split: str = "test", log: Cal
         store = read_metadata(options.source, options.storage)
         # optical normalisation included: the predictions are written beside the store's optical tiles, to be
         # compared with them
-        check_fits(metadata, store, options.model, options.source, role="model",
-                   advice="translate a store ingested with the settings of the one it was trained on")
+        check_fits(
+            metadata,
+            store,
+            options.model,
+            options.source,
+            role="model",
+            advice="translate a store ingested with the settings of the one it was trained on",
+        )
     except BundleError as err:
         raise TranslateError(str(err)) from None
     total = split_counts(options.source, options.storage).get(split, 0)
@@ -427,15 +538,25 @@ def run_translate_store(options: TranslateOptions, split: str = "test", log: Cal
     log(f"[translate] {total} {split} tiles of {options.source} -> Parquet in {options.dest}")
     predicted = read_tiles(options.source, split, options.storage).map_batches(
         StoreTileTranslator,
-        fn_constructor_kwargs=dict(bundle=options.model, steps=steps, seed=options.seed,
-                                   device=actors.device, dtype=options.dtype, storage_options=options.storage,
-                                   cpu_share=actors.cpu_share,
-                                   batch_size=options.batch_size, compile=options.compile, warm_up=False),
+        fn_constructor_kwargs=dict(
+            bundle=options.model,
+            steps=steps,
+            seed=options.seed,
+            device=actors.device,
+            dtype=options.dtype,
+            storage_options=options.storage,
+            cpu_share=actors.cpu_share,
+            batch_size=options.batch_size,
+            compile=options.compile,
+            warm_up=False,
+        ),
         batch_size=options.batch_size,
         **actors.map_batches_args(),
     )
     fs, root = storage.resolve(options.dest, options.storage)
     predicted.write_parquet(root, filesystem=fs, mode="overwrite")
-    save_config(options, split)  # after the write, which replaces DEST (readers of DEST skip names starting with _)
+    save_config(
+        options, split
+    )  # after the write, which replaces DEST (readers of DEST skip names starting with _)
     summary = TranslateSummary(done=[options.source], tiles=total, seconds=time.perf_counter() - started)
     return summary

@@ -65,15 +65,21 @@ def _searched_dest(searched: str, dest: str | None) -> str | None:
 def _prefix_scene(scheme: str, source: str, root: str, path: str) -> Scene:
     """A scene under an object-store prefix, named by its key relative to the prefix; a key with '..' or an
     absolute part would put its output outside DEST, so it is refused (by name) instead."""
-    key = path[len(root):].removeprefix("/") or os.path.basename(path)
+    key = path[len(root) :].removeprefix("/") or os.path.basename(path)
     uri = f"{scheme}://{path}"
     if not storage.is_safe_relative_key(key):
-        return Scene(uri, key, refused=f"its key {key!r} under {source} has '..' or an absolute part, so its output would "
-                                       f"be written outside DEST; rename the object (keys are relative paths)")
+        return Scene(
+            uri,
+            key,
+            refused=f"its key {key!r} under {source} has '..' or an absolute part, so its output would "
+            f"be written outside DEST; rename the object (keys are relative paths)",
+        )
     return Scene(uri, strip_suffix(key))
 
 
-def discover_scenes(source: str, options: storage.StorageOptions | None = None, dest: str | None = None) -> list[Scene]:
+def discover_scenes(
+    source: str, options: storage.StorageOptions | None = None, dest: str | None = None
+) -> list[Scene]:
     """GeoTIFF scenes named by `source`: a folder (searched recursively), a glob pattern, a text file
     listing one path or URI per line ('#' comments), an s3:// prefix, or a single GeoTIFF.
 
@@ -85,34 +91,55 @@ def discover_scenes(source: str, options: storage.StorageOptions | None = None, 
         scheme = source.split("://", 1)[0]
         files = [p for p in storage.list_files(fs, root) if _is_tiff(p)]
         outputs = _searched_dest(f"{scheme}://{root}", dest)
-        scenes = [_prefix_scene(scheme, source, root, p) for p in files if not (outputs and _inside(p, outputs))]
+        scenes = [
+            _prefix_scene(scheme, source, root, p) for p in files if not (outputs and _inside(p, outputs))
+        ]
     elif any(ch in source for ch in "*?["):
         outputs = _searched_dest(_glob_root(source), dest)
-        files = sorted(p for p in glob.glob(source, recursive=True) if os.path.isfile(p) and _is_tiff(p)
-                       and not (outputs and _inside(_real(p), outputs)))
+        files = sorted(
+            p
+            for p in glob.glob(source, recursive=True)
+            if os.path.isfile(p) and _is_tiff(p) and not (outputs and _inside(_real(p), outputs))
+        )
         base = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in files]) if files else ""
-        scenes = [Scene(os.path.abspath(p), strip_suffix(os.path.relpath(os.path.abspath(p), base))) for p in files]
+        scenes = [
+            Scene(os.path.abspath(p), strip_suffix(os.path.relpath(os.path.abspath(p), base))) for p in files
+        ]
     elif os.path.isdir(source):
         outputs = _searched_dest(source, dest)
         files = []
         for folder, subfolders, names in os.walk(source):
-            subfolders[:] = [f for f in subfolders if not (outputs and _inside(_real(os.path.join(folder, f)), outputs))]
+            subfolders[:] = [
+                f for f in subfolders if not (outputs and _inside(_real(os.path.join(folder, f)), outputs))
+            ]
             files += [os.path.join(folder, f) for f in names if _is_tiff(f)]
         files.sort()
-        scenes = [Scene(os.path.abspath(p), strip_suffix(os.path.relpath(p, source)).replace(os.sep, "/")) for p in files]
+        scenes = [
+            Scene(os.path.abspath(p), strip_suffix(os.path.relpath(p, source)).replace(os.sep, "/"))
+            for p in files
+        ]
     elif os.path.isfile(source) and source.lower().endswith(LIST_SUFFIXES):
         lines = [ln.strip() for ln in open(source, encoding="utf-8")]
         entries = [ln for ln in lines if ln and not ln.startswith("#")]
-        scenes = [Scene(e if storage.is_uri(e) else os.path.abspath(os.path.join(os.path.dirname(source), e)),
-                        strip_suffix(e.split("://", 1)[-1].rsplit("/", 1)[-1])) for e in entries]
+        scenes = [
+            Scene(
+                e if storage.is_uri(e) else os.path.abspath(os.path.join(os.path.dirname(source), e)),
+                strip_suffix(e.split("://", 1)[-1].rsplit("/", 1)[-1]),
+            )
+            for e in entries
+        ]
     elif os.path.isfile(source) and _is_tiff(source):
         scenes = [Scene(os.path.abspath(source), strip_suffix(os.path.basename(source)))]
     else:
-        raise SourceError(f"SOURCE {source!r} is not a folder, glob, list file (.txt), GeoTIFF or s3:// prefix")
+        raise SourceError(
+            f"SOURCE {source!r} is not a folder, glob, list file (.txt), GeoTIFF or s3:// prefix"
+        )
     if not scenes:
         raise SourceError(f"SOURCE {source!r} holds no GeoTIFF scenes (.tif, .tiff)")
     names = [s.name for s in scenes if not s.refused]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise SourceError(f"scenes would write the same output name: {duplicates[:5]}; list them from one root folder")
+        raise SourceError(
+            f"scenes would write the same output name: {duplicates[:5]}; list them from one root folder"
+        )
     return scenes

@@ -36,9 +36,20 @@ class SceneWriter:
         self.mosaic = StripMosaic(info.height, info.width, 4, info.tile, info.overlap)
         self.nodata = 0 if output_dtype == "uint8" else float("nan")
         self.dataset = rasterio.open(
-            self.tmp_path, "w", driver="GTiff", width=info.width, height=info.height, count=3, dtype=output_dtype,
-            crs=CRS.from_wkt(info.crs_wkt), transform=Affine(*info.transform), nodata=self.nodata,
-            tiled=True, blockxsize=256, blockysize=256, photometric="RGB" if output_dtype == "uint8" else None,
+            self.tmp_path,
+            "w",
+            driver="GTiff",
+            width=info.width,
+            height=info.height,
+            count=3,
+            dtype=output_dtype,
+            crs=CRS.from_wkt(info.crs_wkt),
+            transform=Affine(*info.transform),
+            nodata=self.nodata,
+            tiled=True,
+            blockxsize=256,
+            blockysize=256,
+            photometric="RGB" if output_dtype == "uint8" else None,
             BIGTIFF="IF_SAFER",
         )
         self.tiles = 0
@@ -64,8 +75,15 @@ class SceneWriter:
         self.dataset.close()
         cog = self.tmp_path[:-4] + ".cog.tif"
         try:
-            rio_copy(self.tmp_path, cog, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE="512", OVERVIEW_RESAMPLING="AVERAGE",
-                     BIGTIFF="IF_SAFER")
+            rio_copy(
+                self.tmp_path,
+                cog,
+                driver="COG",
+                COMPRESS="DEFLATE",
+                BLOCKSIZE="512",
+                OVERVIEW_RESAMPLING="AVERAGE",
+                BIGTIFF="IF_SAFER",
+            )
             storage.put_file_atomic(cog, dest_fs, dest_path)
         finally:
             for path in (self.tmp_path, cog):

@@ -30,7 +30,14 @@ class TrainingStage(Protocol):
     name: str
     config_model: type[TrainingStageConfig]
 
-    def build(self, cfg: Any, store: StoreMetadata, extra: dict[str, Any], device: torch.device, compute_dtype: torch.dtype = torch.float32) -> StageModels:
+    def build(
+        self,
+        cfg: Any,
+        store: StoreMetadata,
+        extra: dict[str, Any],
+        device: torch.device,
+        compute_dtype: torch.dtype = torch.float32,
+    ) -> StageModels:
         """Create (or load) the models for this stage, in fp32 (DeepSpeed casts the trainable ones to its
         precision); `compute_dtype` is what the trainable ones' forward passes will compute in."""
 
@@ -45,7 +52,9 @@ class TrainingStage(Protocol):
         """One micro-batch: forward, `engine.backward(loss)`, `engine.step()` for each engine it trains;
         returns named scalar metrics (losses first)."""
 
-    def export(self, directory: str, ema: torch.nn.Module, cfg: Any, store: StoreMetadata, card: dict[str, Any]) -> None:
+    def export(
+        self, directory: str, ema: torch.nn.Module, cfg: Any, store: StoreMetadata, card: dict[str, Any]
+    ) -> None:
         """Write the inference bundle of the EMA weights into `directory`."""
 
     def bundle_metadata(self, cfg: Any, store: StoreMetadata, card: dict[str, Any]) -> BundleMetadata:

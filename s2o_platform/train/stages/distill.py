@@ -25,14 +25,22 @@ from diffusers import DDPMScheduler, LCMScheduler
 from s2o_platform.bundle import BundleMetadata, SamplerSpec, load_bundle, write_bundle
 from s2o_platform.config import DistillConfig, dump_config
 from s2o_platform.data.store import StoreMetadata
-from s2o_platform.diffusion.consistency import consistency_output, ddim_grid, ddim_step, predicted_original, pseudo_huber
+from s2o_platform.diffusion.consistency import (
+    consistency_output,
+    ddim_grid,
+    ddim_step,
+    predicted_original,
+    pseudo_huber,
+)
 from s2o_platform.losses import discriminator_loss, generator_loss, hide_invalid, logit_accuracy
 from s2o_platform.models.discriminator import EncoderDiscriminator
 from s2o_platform.models.unet import predict
 from s2o_platform.train.stages.base import StageModels
 
 
-def discriminator_inputs(real_mode: str, ground_truth: torch.Tensor, target: torch.Tensor, student: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def discriminator_inputs(
+    real_mode: str, ground_truth: torch.Tensor, target: torch.Tensor, student: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(real, fake) for the discriminator: fake is always the student output; real is the ground-truth
     optical image (`ground_truth`, the paper's figure) or the EMA target's output (`target`, the public code)."""
     if real_mode == "ground_truth":
@@ -62,7 +70,14 @@ class DistillStage:
     name = "distill"
     config_model = DistillConfig
 
-    def build(self, cfg: DistillConfig, store: StoreMetadata, extra: dict[str, Any], device: torch.device, compute_dtype: torch.dtype = torch.float32) -> StageModels:
+    def build(
+        self,
+        cfg: DistillConfig,
+        store: StoreMetadata,
+        extra: dict[str, Any],
+        device: torch.device,
+        compute_dtype: torch.dtype = torch.float32,
+    ) -> StageModels:
         teacher_bundle = load_bundle(extra["teacher"], device)
         self.teacher_scheduler_config = dict(teacher_bundle.scheduler_config)
         noise = DDPMScheduler.from_config(self.teacher_scheduler_config)
@@ -84,7 +99,9 @@ class DistillStage:
             lr["discriminator"] = cfg.distill.discriminator_lr or cfg.train.lr
         return StageModels(trainable=trainable, frozen={"teacher": teacher}, lr=lr)
 
-    def _x0(self, output: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _x0(
+        self, output: torch.Tensor, x: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return predicted_original(output.float(), x.float(), t, self.alphas_cumprod, self.prediction_type)
 
     def step(self, engines, models, ema, batch, generator) -> dict[str, float]:
@@ -100,10 +117,14 @@ class DistillStage:
         # 3. student consistency output
         x0_student, _ = self._x0(predict(student, x_start, sar, t_start), x_start, t_start)
         f = consistency_output(x_start, x0_student, t_start, 0.5, cfg.timestep_scaling)
-        frozen_precision = torch.autocast(x0.device.type, dtype=self.frozen_dtype, enabled=self.frozen_dtype != torch.float32)
+        frozen_precision = torch.autocast(
+            x0.device.type, dtype=self.frozen_dtype, enabled=self.frozen_dtype != torch.float32
+        )
         with torch.no_grad(), frozen_precision:
             # 4. teacher DDIM step
-            x0_teacher, eps_teacher = self._x0(predict(models.frozen["teacher"], x_start, sar, t_start), x_start, t_start)
+            x0_teacher, eps_teacher = self._x0(
+                predict(models.frozen["teacher"], x_start, sar, t_start), x_start, t_start
+            )
             x_prev = ddim_step(x0_teacher, eps_teacher, t_prev, self.alphas_cumprod)
             # 5. EMA target at t_prev
             x0_target, _ = self._x0(predict(ema, x_prev, sar, t_prev), x_prev, t_prev)
@@ -115,7 +136,9 @@ class DistillStage:
         if cfg.adversarial:
             disc = engines["discriminator"]
             disc.module.requires_grad_(False)  # the generator's adversarial loss must not train D
-            loss_g_adv = generator_loss(disc.module(x_start, hide_invalid(f, valid), sar, t_start, t_prev), cfg.gan_loss)
+            loss_g_adv = generator_loss(
+                disc.module(x_start, hide_invalid(f, valid), sar, t_start, t_prev), cfg.gan_loss
+            )
             disc.module.requires_grad_(True)
             loss_g = loss_cd + cfg.lambda_adv * loss_g_adv
             metrics["loss_g_adv"] = loss_g_adv.item()
@@ -132,16 +155,24 @@ class DistillStage:
             metrics.update({"loss_d": loss_d.item(), "d_acc_real": acc_real, "d_acc_fake": acc_fake})
         return metrics
 
-    def bundle_metadata(self, cfg: DistillConfig, store: StoreMetadata, card: dict[str, Any]) -> BundleMetadata:
-        sampler = SamplerSpec(name="lcm", default_steps=cfg.distill.default_steps, allowed=["lcm"],
-                              max_steps=cfg.distill.max_sampling_steps)
+    def bundle_metadata(
+        self, cfg: DistillConfig, store: StoreMetadata, card: dict[str, Any]
+    ) -> BundleMetadata:
+        sampler = SamplerSpec(
+            name="lcm",
+            default_steps=cfg.distill.default_steps,
+            allowed=["lcm"],
+            max_steps=cfg.distill.max_sampling_steps,
+        )
         return BundleMetadata.for_store(
             "student",
             store,
             store.tile_size,
             sampler,
             {
-                "method": "adversarial consistency distillation" if cfg.distill.adversarial else "consistency distillation (no adversarial term)",
+                "method": "adversarial consistency distillation"
+                if cfg.distill.adversarial
+                else "consistency distillation (no adversarial term)",
                 "allowed_steps": f"1..{cfg.distill.max_sampling_steps}",
                 "real_for_discriminator": cfg.distill.real if cfg.distill.adversarial else None,
                 "prediction_type": self.prediction_type,
@@ -149,7 +180,14 @@ class DistillStage:
             },
         )
 
-    def export(self, directory: str, ema: torch.nn.Module, cfg: DistillConfig, store: StoreMetadata, card: dict[str, Any]) -> None:
+    def export(
+        self,
+        directory: str,
+        ema: torch.nn.Module,
+        cfg: DistillConfig,
+        store: StoreMetadata,
+        card: dict[str, Any],
+    ) -> None:
         write_bundle(
             directory,
             self.bundle_metadata(cfg, store, card),

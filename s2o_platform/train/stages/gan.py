@@ -22,7 +22,14 @@ class GanStage:
     name = "gan"
     config_model = GanConfig
 
-    def build(self, cfg: GanConfig, store: StoreMetadata, extra: dict[str, Any], device: torch.device, compute_dtype: torch.dtype = torch.float32) -> StageModels:
+    def build(
+        self,
+        cfg: GanConfig,
+        store: StoreMetadata,
+        extra: dict[str, Any],
+        device: torch.device,
+        compute_dtype: torch.dtype = torch.float32,
+    ) -> StageModels:
         self.cfg = cfg
         generator = UNetGenerator(
             sample_size=cfg.generator.sample_size,
@@ -32,7 +39,9 @@ class GanStage:
             dropout=cfg.generator.dropout,
         )
         discriminator = PatchDiscriminator(
-            in_channels=store.sar_channels + 3, base_channels=cfg.discriminator.base_channels, n_layers=cfg.discriminator.n_layers
+            in_channels=store.sar_channels + 3,
+            base_channels=cfg.discriminator.base_channels,
+            n_layers=cfg.discriminator.n_layers,
         )
         return StageModels(
             trainable={"generator": generator.to(device), "discriminator": discriminator.to(device)},
@@ -56,11 +65,25 @@ class GanStage:
         disc.backward(loss_d)
         disc.step()
         acc_real, acc_fake = logit_accuracy(real_logits.detach(), fake_logits.detach())
-        return {"loss_l1": loss_l1.item(), "loss_g_adv": loss_adv.item(), "loss_d": loss_d.item(), "d_acc_real": acc_real, "d_acc_fake": acc_fake}
+        return {
+            "loss_l1": loss_l1.item(),
+            "loss_g_adv": loss_adv.item(),
+            "loss_d": loss_d.item(),
+            "d_acc_real": acc_real,
+            "d_acc_fake": acc_fake,
+        }
 
     def bundle_metadata(self, cfg: GanConfig, store: StoreMetadata, card: dict[str, Any]) -> BundleMetadata:
         sampler = SamplerSpec(name="direct", default_steps=1, allowed=["direct"], max_steps=1)
-        return BundleMetadata.for_store("gan", store, cfg.generator.sample_size, sampler, {"method": "pix2pix (U-Net + PatchGAN, L1 + adversarial)", **card})
+        return BundleMetadata.for_store(
+            "gan",
+            store,
+            cfg.generator.sample_size,
+            sampler,
+            {"method": "pix2pix (U-Net + PatchGAN, L1 + adversarial)", **card},
+        )
 
-    def export(self, directory: str, ema: torch.nn.Module, cfg: GanConfig, store: StoreMetadata, card: dict[str, Any]) -> None:
+    def export(
+        self, directory: str, ema: torch.nn.Module, cfg: GanConfig, store: StoreMetadata, card: dict[str, Any]
+    ) -> None:
         write_bundle(directory, self.bundle_metadata(cfg, store, card), ema.eval(), None, dump_config(cfg))

@@ -58,7 +58,9 @@ def diffusion_loss(
     else:
         target = scheduler.get_velocity(optical, noise, timesteps)
     prediction = predict(unet, noisy, sar, timesteps)
-    per_sample = masked_mean(F.mse_loss(prediction.float(), target.float(), reduction="none"), valid, per_sample=True)
+    per_sample = masked_mean(
+        F.mse_loss(prediction.float(), target.float(), reduction="none"), valid, per_sample=True
+    )
     if min_snr_gamma is None:
         return per_sample.mean()
     return (per_sample * min_snr_weight(scheduler, timesteps, min_snr_gamma)).mean()
@@ -80,23 +82,61 @@ class TeacherStage:
     name = "teacher"
     config_model = TeacherConfig
 
-    def build(self, cfg: TeacherConfig, store: StoreMetadata, extra: dict[str, Any], device: torch.device, compute_dtype: torch.dtype = torch.float32) -> StageModels:
+    def build(
+        self,
+        cfg: TeacherConfig,
+        store: StoreMetadata,
+        extra: dict[str, Any],
+        device: torch.device,
+        compute_dtype: torch.dtype = torch.float32,
+    ) -> StageModels:
         self.scheduler = noise_scheduler(cfg.diffusion)
         self.min_snr_gamma = cfg.loss.min_snr_gamma
         return StageModels(trainable={"unet": build_unet(cfg.model, store.sar_channels).to(device)})
 
     def step(self, engines, models, ema, batch, generator) -> dict[str, float]:
         engine = engines["unet"]
-        loss = diffusion_loss(engine, self.scheduler, batch["optical"], batch["sar"], generator, self.min_snr_gamma, batch.get("valid"))
+        loss = diffusion_loss(
+            engine,
+            self.scheduler,
+            batch["optical"],
+            batch["sar"],
+            generator,
+            self.min_snr_gamma,
+            batch.get("valid"),
+        )
         engine.backward(loss)
         engine.step()
         return {"loss": loss.item()}
 
-    def bundle_metadata(self, cfg: TeacherConfig, store: StoreMetadata, card: dict[str, Any]) -> BundleMetadata:
+    def bundle_metadata(
+        self, cfg: TeacherConfig, store: StoreMetadata, card: dict[str, Any]
+    ) -> BundleMetadata:
         # No step limit in the spec: DDIM takes any count up to the schedule's timesteps (checked against the
         # bundle's scheduler config when sampling), DDPM always runs its full schedule.
-        sampler = SamplerSpec(name="ddim", default_steps=cfg.sample_steps, allowed=["ddpm", "ddim"], max_steps=None)
-        return BundleMetadata.for_store("teacher", store, cfg.model.sample_size, sampler, {"prediction_type": cfg.diffusion.prediction_type, **card})
+        sampler = SamplerSpec(
+            name="ddim", default_steps=cfg.sample_steps, allowed=["ddpm", "ddim"], max_steps=None
+        )
+        return BundleMetadata.for_store(
+            "teacher",
+            store,
+            cfg.model.sample_size,
+            sampler,
+            {"prediction_type": cfg.diffusion.prediction_type, **card},
+        )
 
-    def export(self, directory: str, ema: torch.nn.Module, cfg: TeacherConfig, store: StoreMetadata, card: dict[str, Any]) -> None:
-        write_bundle(directory, self.bundle_metadata(cfg, store, card), ema, noise_scheduler(cfg.diffusion), dump_config(cfg))
+    def export(
+        self,
+        directory: str,
+        ema: torch.nn.Module,
+        cfg: TeacherConfig,
+        store: StoreMetadata,
+        card: dict[str, Any],
+    ) -> None:
+        write_bundle(
+            directory,
+            self.bundle_metadata(cfg, store, card),
+            ema,
+            noise_scheduler(cfg.diffusion),
+            dump_config(cfg),
+        )
