@@ -79,7 +79,7 @@ def synced_text(manifest: str) -> str:
     if not match:
         raise SystemExit(f"{path}: no '# BEGIN serveConfigV2' ... '# END serveConfigV2' block")
     block = render_block(expected_serve_config(TARGETS[manifest]), match.group("indent"))
-    return text[: match.start()] + block + text[match.end():]
+    return text[: match.start()] + block + text[match.end() :]
 
 
 def main(argv: list[str]) -> int:
@@ -91,9 +91,15 @@ def main(argv: list[str]) -> int:
             if "--check" not in argv:
                 (K8S / manifest).write_text(new)
     if "--check" in argv and stale:
-        print(f"serveConfigV2 differs from serve/config.yaml in: {', '.join(stale)}; run python k8s/sync_serve_config.py")
+        print(
+            f"serveConfigV2 differs from serve/config.yaml in: {', '.join(stale)}; run python k8s/sync_serve_config.py"
+        )
         return 1
-    print(("rewrote " + ", ".join(stale)) if stale else "serveConfigV2 blocks are in sync with serve/config.yaml")
+    print(
+        ("rewrote " + ", ".join(stale))
+        if stale
+        else "serveConfigV2 blocks are in sync with serve/config.yaml"
+    )
     return 0
 
 

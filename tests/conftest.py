@@ -10,6 +10,9 @@ import pytest
 from s2o_platform.serving.runner import free_port
 from tests.fixtures import shared_real_data
 
+# Helper modules with assertions get pytest's assertion messages, as test modules and conftest.py files do.
+pytest.register_assert_rewrite("tests.translate.helpers")
+
 # Dummy credentials for the loopback S3 server, set before any Ray worker starts so workers inherit them.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "s2o-test")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "s2o-test-secret")
@@ -55,7 +58,9 @@ def s3_endpoint():
 def real_data():
     path = shared_real_data()
     if path is None:
-        pytest.skip("real samples not present: ../shared/data/real is absent (a user's clone has no ../shared)")
+        pytest.skip(
+            "real samples not present: ../shared/data/real is absent (a user's clone has no ../shared)"
+        )
     return path
 
 

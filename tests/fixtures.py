@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -11,6 +12,9 @@ from PIL import Image
 from rasterio.transform import Affine, from_origin
 
 UTM31 = "EPSG:32631"
+# The repository's root, found from this file (tests/fixtures.py) whatever folder a test module sits in.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_CONFIGS = REPO_ROOT / "configs" / "tiny"
 
 
 def write_png(path: Path, array: np.ndarray) -> Path:
@@ -47,7 +51,9 @@ def write_sen12(root: Path, scenes: dict[str, int], size: int = 64, seed: int = 
         for p in range(n):
             folder = root / f"{roi}_{season}"
             write_png(folder / f"s1_{number}" / f"{roi}_{season}_s1_{number}_p{p}.png", sar_png(rng, size))
-            write_png(folder / f"s2_{number}" / f"{roi}_{season}_s2_{number}_p{p}.png", optical_png(rng, size))
+            write_png(
+                folder / f"s2_{number}" / f"{roi}_{season}_s2_{number}_p{p}.png", optical_png(rng, size)
+            )
     return root
 
 
@@ -83,11 +89,15 @@ def sar_db_scene(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
     return rng.uniform(-22, -2, size=(1, rows, cols)).astype(np.float32)
 
 
-def write_geotiff_pair(root: Path, name: str = "scene", rows: int = 96, cols: int = 80, seed: int = 0, shift_px: int = 0) -> tuple[Path, Path]:
+def write_geotiff_pair(
+    root: Path, name: str = "scene", rows: int = 96, cols: int = 80, seed: int = 0, shift_px: int = 0
+) -> tuple[Path, Path]:
     """A SAR dB scene and a 3-band uint16 reflectance optical scene on the same (or shifted) 10 m grid."""
     rng = np.random.default_rng(seed)
     transform = from_origin(600_000.0, 4_800_000.0, 10.0, 10.0)
-    sar = write_geotiff(root / "sar" / f"{name}.tif", sar_db_scene(rng, rows, cols), transform, descriptions=["VV"])
+    sar = write_geotiff(
+        root / "sar" / f"{name}.tif", sar_db_scene(rng, rows, cols), transform, descriptions=["VV"]
+    )
     optical_transform = from_origin(600_000.0 - 10.0 * shift_px, 4_800_000.0 + 10.0 * shift_px, 10.0, 10.0)
     reflectance = rng.integers(100, 3000, size=(3, rows + 2 * shift_px, cols + 2 * shift_px), dtype=np.uint16)
     optical = write_geotiff(root / "optical" / f"{name}.tif", reflectance, optical_transform)
@@ -100,13 +110,24 @@ def truncate(path: Path, keep_fraction: float = 0.5) -> Path:
     return path
 
 
+def png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def tiff_bytes(array: np.ndarray, crs: str | None = UTM31, nodata=None) -> bytes:
+    from s2o_platform.serving.codec import geotiff_bytes
+
+    return geotiff_bytes(
+        array, crs=crs, transform=from_origin(600_000.0, 4_800_000.0, 10.0, 10.0), nodata=nodata
+    )
+
+
 def shared_real_data() -> Path | None:
     """../shared/data/real beside the repository, when present."""
-    here = Path(__file__).resolve().parents[1]
-    candidate = Path(os.environ.get("S2O_SHARED_DATA", here.parent / "shared" / "data" / "real"))
+    candidate = Path(os.environ.get("S2O_SHARED_DATA", REPO_ROOT.parent / "shared" / "data" / "real"))
     return candidate if candidate.is_dir() else None
-
-
 
 
 def write_smallest_bundles(root: Path, tile: int) -> dict[str, str]:
@@ -120,7 +141,8 @@ def write_smallest_bundles(root: Path, tile: int) -> dict[str, str]:
     configs.mkdir(parents=True)
     (configs / "teacher.yaml").write_text(
         f"model:\n  sample_size: {tile}\n  block_out_channels: [8]\n  layers_per_block: 1\n"
-        "  down_block_types: [DownBlock2D]\n  up_block_types: [UpBlock2D]\n  attention_head_dim: 8\n  norm_num_groups: 8\n")
+        "  down_block_types: [DownBlock2D]\n  up_block_types: [UpBlock2D]\n  attention_head_dim: 8\n  norm_num_groups: 8\n"
+    )
     (configs / "distill.yaml").write_text("{}\n")
     (configs / "gan.yaml").write_text("generator:\n  base_channels: 8\n")
     store = StoreMetadata(tile_size=tile, sar_channels=1, sar_normalization=SarNormalization())

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from s2o_platform.cli import app, demo_preset, eval_config, serve_plan, translate_config
 from s2o_platform.config import EvalConfig, TranslateConfig, load_config
+from tests.fixtures import TINY_CONFIGS
 
 runner = CliRunner()
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "tiny"
 
 
 def write_yaml(path: Path, data: dict) -> Path:
@@ -43,36 +43,69 @@ def bundles(tmp_path_factory):
     from s2o_platform.train.untrained import write_untrained_bundles
 
     store = StoreMetadata(tile_size=32, sar_channels=1, sar_normalization=SarNormalization())
-    return write_untrained_bundles(CONFIGS, tmp_path_factory.mktemp("config-bundles"), store)
+    return write_untrained_bundles(TINY_CONFIGS, tmp_path_factory.mktemp("config-bundles"), store)
 
 
 # -- translate --------------------------------------------------------------------------------------------
 
 
 def test_translate_file_then_set_then_explicit_options(tmp_path):
-    path = write_yaml(tmp_path / "translate.yaml", {"model": "runs/a/bundle", "batch_size": 8, "steps": 2, "band": "VH",
-                                                   "seed": 5, "compile": False})  # unquoted `off` in YAML
-    cfg = translate_config(path, ["steps=3", "seed=6", "band=2", "sar_scale=db"], steps=4, model=None, batch_size=None)
-    assert (cfg.model, cfg.batch_size, cfg.steps, cfg.seed, cfg.band, cfg.sar_scale.value) == ("runs/a/bundle", 8, 4, 6, "2", "db")
-    assert (cfg.actors, cfg.overlap, cfg.output_dtype, cfg.dtype, cfg.compile, cfg.split) == (1, None, "uint8", "auto", "off", "test")
+    path = write_yaml(
+        tmp_path / "translate.yaml",
+        {"model": "runs/a/bundle", "batch_size": 8, "steps": 2, "band": "VH", "seed": 5, "compile": False},
+    )  # unquoted `off` in YAML
+    cfg = translate_config(
+        path, ["steps=3", "seed=6", "band=2", "sar_scale=db"], steps=4, model=None, batch_size=None
+    )
+    assert (cfg.model, cfg.batch_size, cfg.steps, cfg.seed, cfg.band, cfg.sar_scale.value) == (
+        "runs/a/bundle",
+        8,
+        4,
+        6,
+        "2",
+        "db",
+    )
+    assert (cfg.actors, cfg.overlap, cfg.output_dtype, cfg.dtype, cfg.compile, cfg.split) == (
+        1,
+        None,
+        "uint8",
+        "auto",
+        "off",
+        "test",
+    )
     assert translate_config() == TranslateConfig()  # no file, no --set, no option: the defaults the flags had
 
     from s2o_platform.translate.pipeline import TranslateOptions
 
     options = TranslateOptions.from_config(cfg, "scenes/", "out/", progress=False)
-    assert (options.source, options.dest, options.model, options.steps, options.sar_scale, options.progress) == \
-        ("scenes/", "out/", "runs/a/bundle", 4, "db", False)
+    assert (
+        options.source,
+        options.dest,
+        options.model,
+        options.steps,
+        options.sar_scale,
+        options.progress,
+    ) == ("scenes/", "out/", "runs/a/bundle", 4, "db", False)
     assert options.to_config() == cfg
 
 
 def test_translate_refuses_unknown_keys_and_bad_values(tmp_path):
     bad = write_yaml(tmp_path / "bad.yaml", {"batch_sise": 8})
-    assert_refused(["translate", str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(bad)],
-                   "unknown key 'batch_sise'", str(bad))
-    assert_refused(["translate", str(tmp_path), "--out", str(tmp_path / "o"), "--model", "m", "--set", "overlapp=4"],
-                   "unknown key 'overlapp'", "--set overlapp=4")
-    assert_refused(["translate", str(tmp_path), "--out", str(tmp_path / "o"), "--model", "m", "--batch-size", "0"],
-                   "batch_size", "--batch-size")
+    assert_refused(
+        ["translate", str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(bad)],
+        "unknown key 'batch_sise'",
+        str(bad),
+    )
+    assert_refused(
+        ["translate", str(tmp_path), "--out", str(tmp_path / "o"), "--model", "m", "--set", "overlapp=4"],
+        "unknown key 'overlapp'",
+        "--set overlapp=4",
+    )
+    assert_refused(
+        ["translate", str(tmp_path), "--out", str(tmp_path / "o"), "--model", "m", "--batch-size", "0"],
+        "batch_size",
+        "--batch-size",
+    )
     assert_refused(["translate", str(tmp_path), "--out", str(tmp_path / "o")], "no model bundle")
     assert not (tmp_path / "o").exists()
 
@@ -81,35 +114,71 @@ def test_translate_refuses_unknown_keys_and_bad_values(tmp_path):
 
 
 def test_eval_file_then_set_then_explicit_options(tmp_path):
-    path = write_yaml(tmp_path / "eval.yaml", {"models": ["a=runs/a/bundle@lcm:1,2"], "batch_size": 4, "repeats": 2,
-                                              "speed_references": False, "sample_tiles": 2})
+    path = write_yaml(
+        tmp_path / "eval.yaml",
+        {
+            "models": ["a=runs/a/bundle@lcm:1,2"],
+            "batch_size": 4,
+            "repeats": 2,
+            "speed_references": False,
+            "sample_tiles": 2,
+        },
+    )
     cfg = eval_config(path, ["repeats=5", "limit=8", "dtype=fp32"], models=None, dtype="bf16", seed=3)
     assert cfg.models == ["a=runs/a/bundle@lcm:1,2"]  # the file's list: no --model given
-    assert (cfg.batch_size, cfg.repeats, cfg.limit, cfg.dtype, cfg.seed, cfg.speed_references, cfg.sample_tiles) == \
-        (4, 5, 8, "bf16", 3, False, 2)
+    assert (
+        cfg.batch_size,
+        cfg.repeats,
+        cfg.limit,
+        cfg.dtype,
+        cfg.seed,
+        cfg.speed_references,
+        cfg.sample_tiles,
+    ) == (4, 5, 8, "bf16", 3, False, 2)
     assert eval_config(path, [], models=["b=x", "c=y"]).models == ["b=x", "c=y"]  # --model replaces the list
     assert eval_config() == EvalConfig()
 
     from s2o_platform.evaluation.runner import EvalOptions
 
     options = EvalOptions.from_config(cfg, "store", "report")
-    assert (options.data, options.out, options.models, options.references, options.limit) == \
-        ("store", "report", ["a=runs/a/bundle@lcm:1,2"], False, 8)
+    assert (options.data, options.out, options.models, options.references, options.limit) == (
+        "store",
+        "report",
+        ["a=runs/a/bundle@lcm:1,2"],
+        False,
+        8,
+    )
     assert options.to_config() == cfg
 
 
 def test_eval_refuses_unknown_keys(tmp_path):
     bad = write_yaml(tmp_path / "bad.yaml", {"model": ["a=b"]})  # the key is `models`
-    assert_refused(["eval", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--config", str(bad)],
-                   "unknown key 'model'", str(bad))
-    assert_refused(["eval", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--model", "a=b", "--set", "repeat=2"],
-                   "unknown key 'repeat'", "--set repeat=2")
+    assert_refused(
+        ["eval", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--config", str(bad)],
+        "unknown key 'model'",
+        str(bad),
+    )
+    assert_refused(
+        [
+            "eval",
+            "--data",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "r"),
+            "--model",
+            "a=b",
+            "--set",
+            "repeat=2",
+        ],
+        "unknown key 'repeat'",
+        "--set repeat=2",
+    )
     assert not (tmp_path / "r").exists()
 
 
 def test_eval_saves_its_resolved_config_with_the_report(tmp_path, monkeypatch):
     """evaluate() writes REPORT_DIR/config.yaml beside the report (the evaluation itself stubbed: its end-to-end
-    runs are in test_eval_e2e.py), and that file is a valid --config for the next run."""
+    runs are in tests/evaluation/test_eval_e2e.py), and that file is a valid --config for the next run."""
     from s2o_platform.evaluation import report as report_module
     from s2o_platform.evaluation import runner as runner_module
     from s2o_platform.evaluation.report import Report
@@ -119,11 +188,15 @@ def test_eval_saves_its_resolved_config_with_the_report(tmp_path, monkeypatch):
         (out / "report.json").write_text("{}")
         return [out / "report.json"]
 
-    monkeypatch.setattr(runner_module, "run_evaluation", lambda options, log: (Report(rows=[], context={}), {}))
+    monkeypatch.setattr(
+        runner_module, "run_evaluation", lambda options, log: (Report(rows=[], context={}), {})
+    )
     monkeypatch.setattr(report_module, "write_report", fake_write_report)
     cfg = eval_config(None, ["models=['t=teacher@ddim:50']", "limit=8"], repeats=1, speed_references=False)
     out = tmp_path / "report"
-    _, written = runner_module.evaluate(runner_module.EvalOptions.from_config(cfg, "store", str(out)), log=lambda m: None)
+    _, written = runner_module.evaluate(
+        runner_module.EvalOptions.from_config(cfg, "store", str(out)), log=lambda m: None
+    )
     assert out / "config.yaml" in written
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["models"] == ["t=teacher@ddim:50"] and saved["limit"] == 8 and saved["repeats"] == 1
@@ -139,10 +212,16 @@ def test_serve_config_args_then_set_then_explicit_options(bundles, tmp_path):
 
     raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
     args = raw["applications"][0]["args"]
-    args.update(model=str(tmp_path / "not-this-one"), dtype="fp16", max_request_model_s=25, max_image_side=512)
+    args.update(
+        model=str(tmp_path / "not-this-one"), dtype="fp16", max_request_model_s=25, max_image_side=512
+    )
     path = write_yaml(tmp_path / "serve.yaml", raw)
-    plan, used = serve_plan(path, model=bundles["student"], dtype="fp32",
-                            set_=["dtype=bf16", "max_request_model_s=30", "compile=off", f"model={bundles['gan']}"])
+    plan, used = serve_plan(
+        path,
+        model=bundles["student"],
+        dtype="fp32",
+        set_=["dtype=bf16", "max_request_model_s=30", "compile=off", f"model={bundles['gan']}"],
+    )
     s = plan.settings
     assert used == path
     assert s.model == bundles["student"] and s.dtype == "fp32"  # explicit options win over --set
@@ -153,7 +232,9 @@ def test_serve_config_args_then_set_then_explicit_options(bundles, tmp_path):
 
 
 def test_serve_refuses_unknown_keys_before_starting(tmp_path):
-    assert_refused(["serve", "--set", "max_request_s=30"], "unknown key 'max_request_s'", "--set max_request_s=30")
+    assert_refused(
+        ["serve", "--set", "max_request_s=30"], "unknown key 'max_request_s'", "--set max_request_s=30"
+    )
     assert_refused(["serve", "--set", "dtype=fp8"], "dtype", "fp8")
 
 
@@ -166,8 +247,17 @@ def test_demo_preset_then_file_then_set(tmp_path):
     path = write_yaml(tmp_path / "demo.yaml", {"teacher_steps": 20, "pairs": 128, "student_steps": [1, 4]})
     preset = demo_preset("smoke", path, ["teacher_steps=30", "student_steps=[1,2]"])
     smoke = PRESETS["smoke"]
-    assert (preset.name, preset.pairs, preset.teacher_steps, preset.student_steps) == ("smoke", 128, 30, (1, 2))
-    assert (preset.batch_size, preset.gan_steps, preset.speed_references) == (smoke.batch_size, smoke.gan_steps, False)
+    assert (preset.name, preset.pairs, preset.teacher_steps, preset.student_steps) == (
+        "smoke",
+        128,
+        30,
+        (1, 2),
+    )
+    assert (preset.batch_size, preset.gan_steps, preset.speed_references) == (
+        smoke.batch_size,
+        smoke.gan_steps,
+        False,
+    )
     assert demo_preset("tiny") == PRESETS["tiny"]
     out = tmp_path / "demo"
     Demo(out, preset, log=lambda m: None)  # writes OUT/config.yaml; nothing runs until .run()
@@ -176,8 +266,13 @@ def test_demo_preset_then_file_then_set(tmp_path):
 
 def test_demo_refuses_unknown_keys_before_any_stage(tmp_path):
     bad = write_yaml(tmp_path / "bad.yaml", {"teacher_step": 5})
-    assert_refused(["demo", "--out", str(tmp_path / "d"), "--config", str(bad)], "unknown key 'teacher_step'", str(bad))
-    assert_refused(["demo", "--out", str(tmp_path / "d"), "--preset", "smoke", "--set", "student_steps=[9]"], "student_steps")
+    assert_refused(
+        ["demo", "--out", str(tmp_path / "d"), "--config", str(bad)], "unknown key 'teacher_step'", str(bad)
+    )
+    assert_refused(
+        ["demo", "--out", str(tmp_path / "d"), "--preset", "smoke", "--set", "student_steps=[9]"],
+        "student_steps",
+    )
     assert not (tmp_path / "d").exists()
 
 
@@ -190,12 +285,36 @@ def test_translate_saves_its_resolved_config_in_dest(ray_cluster, bundles, tmp_p
     from s2o_platform.translate.pipeline import CONFIG_FILE
 
     write_scene_geotiffs(str(tmp_path / "archive"), 1, 64, seed=2)
-    path = write_yaml(tmp_path / "translate.yaml", {"model": bundles["gan"], "batch_size": 4, "seed": 3, "overlap": 0})
+    path = write_yaml(
+        tmp_path / "translate.yaml", {"model": bundles["gan"], "batch_size": 4, "seed": 3, "overlap": 0}
+    )
     out = tmp_path / "out"
-    result = runner.invoke(app, ["translate", str(tmp_path / "archive" / "sar"), "--out", str(out), "--config", str(path),
-                                 "--set", "seed=4", "--set", "batch_size=8", "--batch-size", "16", "--no-progress"])
+    result = runner.invoke(
+        app,
+        [
+            "translate",
+            str(tmp_path / "archive" / "sar"),
+            "--out",
+            str(out),
+            "--config",
+            str(path),
+            "--set",
+            "seed=4",
+            "--set",
+            "batch_size=8",
+            "--batch-size",
+            "16",
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "1 scene(s) translated" in result.output
     saved = load_config(TranslateConfig, out / CONFIG_FILE)
-    assert (saved.model, saved.batch_size, saved.seed, saved.overlap, saved.steps) == (bundles["gan"], 16, 4, 0, None)
+    assert (saved.model, saved.batch_size, saved.seed, saved.overlap, saved.steps) == (
+        bundles["gan"],
+        16,
+        4,
+        0,
+        None,
+    )
     assert yaml.safe_load((out / CONFIG_FILE).read_text())["sar_scale"] == "auto"

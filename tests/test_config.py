@@ -1,8 +1,14 @@
-from pathlib import Path
-
 import pytest
 
-from s2o_platform.config import ConfigError, IngestConfig, SynthConfig, dump_config, load_config, parse_override
+from s2o_platform.config import (
+    ConfigError,
+    IngestConfig,
+    SynthConfig,
+    dump_config,
+    load_config,
+    parse_override,
+)
+from tests.fixtures import REPO_ROOT
 
 
 def test_defaults_without_file():
@@ -70,9 +76,21 @@ def test_distill_default_steps_lie_within_the_sampling_range():
 
     cfg = load_config(DistillConfig)
     assert cfg.distill.max_sampling_steps == 8 and cfg.distill.default_steps <= 8
-    assert load_config(DistillConfig, None, ["distill.max_sampling_steps=16", "distill.default_steps=12"]).distill.default_steps == 12
-    assert load_config(DistillConfig, None, ["distill.max_sampling_steps=2", "distill.default_steps=2"]).distill.max_sampling_steps == 2
-    with pytest.raises(ConfigError, match=r"default_steps \(9\) must be at most max_sampling_steps \(8\).*--set"):
+    assert (
+        load_config(
+            DistillConfig, None, ["distill.max_sampling_steps=16", "distill.default_steps=12"]
+        ).distill.default_steps
+        == 12
+    )
+    assert (
+        load_config(
+            DistillConfig, None, ["distill.max_sampling_steps=2", "distill.default_steps=2"]
+        ).distill.max_sampling_steps
+        == 2
+    )
+    with pytest.raises(
+        ConfigError, match=r"default_steps \(9\) must be at most max_sampling_steps \(8\).*--set"
+    ):
         load_config(DistillConfig, None, ["distill.default_steps=9"])
     with pytest.raises(ConfigError, match=r"default_steps \(4\) must be at most max_sampling_steps \(2\)"):
         load_config(DistillConfig, None, ["distill.max_sampling_steps=2"])
@@ -99,9 +117,7 @@ def test_dump_roundtrip(tmp_path):
 @pytest.mark.parametrize("preset", ["tiny", "paper"])
 @pytest.mark.parametrize("stage,model", [("ingest", IngestConfig), ("synth", SynthConfig)])
 def test_presets_load(preset, stage, model):
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "configs" / preset / f"{stage}.yaml"
+    path = REPO_ROOT / "configs" / preset / f"{stage}.yaml"
     load_config(model, path)
 
 
@@ -114,7 +130,7 @@ def test_paper_presets_state_their_effective_batch_truthfully(stage):
     from s2o_platform.config import DistillConfig, GanConfig, TeacherConfig
     from s2o_platform.train.deepspeed_config import effective_batch
 
-    path = Path(__file__).resolve().parents[1] / "configs" / "paper" / f"{stage}.yaml"
+    path = REPO_ROOT / "configs" / "paper" / f"{stage}.yaml"
     model = {"teacher": TeacherConfig, "distill": DistillConfig, "gan": GanConfig}[stage]
     cfg = load_config(model, path)
     stated = [int(n) for n in re.findall(r"[Ee]ffective batch = [^=\n]*= (\d+)", path.read_text())]

@@ -30,7 +30,9 @@ def package_exceptions() -> dict[str, type[BaseException]]:
 
 def test_every_error_class_of_the_package_is_an_s2o_error():
     found = package_exceptions()
-    assert "s2o_platform.bundle.BundleError" in found and "s2o_platform.config.ConfigError" in found, sorted(found)
+    assert "s2o_platform.bundle.BundleError" in found and "s2o_platform.config.ConfigError" in found, sorted(
+        found
+    )
     outside = sorted(name for name, cls in found.items() if not issubclass(cls, S2OError))
     assert not outside, f"give these S2OError as a base (keeping their builtin base): {outside}"
 
@@ -69,17 +71,27 @@ def test_the_cli_maps_a_missing_bundle_to_exit_2(tmp_path):
     from s2o_platform.data.store import StoreMetadata, write_metadata
 
     store = tmp_path / "store"  # metadata only: the bundle is refused before any tile is read or Ray starts
-    write_metadata(str(store), StoreMetadata(tile_size=32, sar_channels=1, sar_normalization=SarNormalization()))
+    write_metadata(
+        str(store), StoreMetadata(tile_size=32, sar_channels=1, sar_normalization=SarNormalization())
+    )
     missing = tmp_path / "no-bundle"
-    assert_one_line_error(["eval", "--data", str(store), "--model", f"s={missing}", "--out", str(tmp_path / "report")],
-                          2, str(missing), "is missing")
+    assert_one_line_error(
+        ["eval", "--data", str(store), "--model", f"s={missing}", "--out", str(tmp_path / "report")],
+        2,
+        str(missing),
+        "is missing",
+    )
     assert not (tmp_path / "report").exists()
 
 
 def test_the_cli_maps_a_missing_store_to_exit_2(tmp_path):
-    assert_one_line_error(["data", "info", str(tmp_path / "nothing")], 2, "no tile store", str(tmp_path / "nothing"))
+    assert_one_line_error(
+        ["data", "info", str(tmp_path / "nothing")], 2, "no tile store", str(tmp_path / "nothing")
+    )
 
 
 def test_the_cli_keeps_an_errors_own_exit_code(tmp_path):
-    assert_one_line_error(["demo", "--preset", "huge", "--out", str(tmp_path / "demo")], 1, "unknown preset 'huge'")
+    assert_one_line_error(
+        ["demo", "--preset", "huge", "--out", str(tmp_path / "demo")], 1, "unknown preset 'huge'"
+    )
     assert not (tmp_path / "demo").exists()

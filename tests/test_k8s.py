@@ -19,12 +19,17 @@ import pytest
 import yaml
 
 from s2o_platform.config import DistillConfig, GanConfig, TeacherConfig, load_config
+from tests.fixtures import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 K8S = ROOT / "k8s"
 IMAGE_HOME = "/home/ray/s2o"  # where k8s/Dockerfile puts the repository
 CRDS = ROOT.parent / "shared" / "k8s" / "crds"
-CRD_FILES = {"RayJob": "ray.io_rayjobs.yaml", "RayService": "ray.io_rayservices.yaml", "RayCluster": "ray.io_rayclusters.yaml"}
+CRD_FILES = {
+    "RayJob": "ray.io_rayjobs.yaml",
+    "RayService": "ray.io_rayservices.yaml",
+    "RayCluster": "ray.io_rayclusters.yaml",
+}
 TRAINING = {"train_teacher.py": TeacherConfig, "distill.py": DistillConfig, "train_gan.py": GanConfig}
 
 sys.path.insert(0, str(K8S))
@@ -48,8 +53,12 @@ def base_resources() -> list[dict]:
 def rendered(overlay: str) -> tuple[dict, ...]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        pytest.skip("kubectl (with its built-in kustomize) is not installed: overlays cannot be rendered here")
-    out = subprocess.run([kubectl, "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True, check=True)
+        pytest.skip(
+            "kubectl (with its built-in kustomize) is not installed: overlays cannot be rendered here"
+        )
+    out = subprocess.run(
+        [kubectl, "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True, check=True
+    )
     return tuple(d for d in yaml.safe_load_all(out.stdout) if d)
 
 
@@ -65,7 +74,9 @@ def pod_templates(doc: dict) -> list[dict]:
 
 def all_pod_templates(doc: dict) -> list[dict]:
     """Every pod template of a RayJob/RayService: the Ray pods, plus a RayJob's submitter pod."""
-    return pod_templates(doc) + ([doc["spec"]["submitterPodTemplate"]] if "submitterPodTemplate" in doc["spec"] else [])
+    return pod_templates(doc) + (
+        [doc["spec"]["submitterPodTemplate"]] if "submitterPodTemplate" in doc["spec"] else []
+    )
 
 
 def containers(doc: dict) -> list[dict]:
@@ -96,10 +107,14 @@ def test_every_manifest_parses(path):
 def test_no_secret_values_in_manifests():
     for path in manifest_files():
         text = path.read_text()
-        assert "kind: Secret" not in text, f"{path}: credentials come from a Secret created outside the repository"
+        assert "kind: Secret" not in text, (
+            f"{path}: credentials come from a Secret created outside the repository"
+        )
         for doc in documents(path):
-            for key, value in (doc.get("data") or {}).items():
-                assert not re.search(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY", key), f"{path}: {key} must come from a Secret"
+            for key in doc.get("data") or {}:
+                assert not re.search(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY", key), (
+                    f"{path}: {key} must come from a Secret"
+                )
 
 
 @pytest.mark.parametrize("source", ["base", "dev", "prod"])
@@ -143,13 +158,15 @@ def unknown_fields(node, schema: dict, where: str = "") -> list[str]:
             found += unknown_fields(value, props[key], f"{where}.{key}")
         return found
     if isinstance(node, list) and "items" in schema:
-        return [u for i, item in enumerate(node) for u in unknown_fields(item, schema["items"], f"{where}[{i}]")]
+        return [
+            u for i, item in enumerate(node) for u in unknown_fields(item, schema["items"], f"{where}[{i}]")
+        ]
     return []
 
 
 @pytest.mark.parametrize("source", ["base", "dev", "prod"])
 def test_kuberay_kinds_pass_their_crd_schemas(source):
-    jsonschema = pytest.importorskip("jsonschema")
+    pytest.importorskip("jsonschema")
     if not CRDS.is_dir():
         pytest.skip(f"KubeRay CRD schemas not present at {CRDS} (they are not part of this repository)")
     docs = base_resources() if source == "base" else rendered(source)
@@ -158,7 +175,9 @@ def test_kuberay_kinds_pass_their_crd_schemas(source):
     for doc in ray_docs:
         schema = crd_schema(doc["kind"])
         validator(doc["kind"]).validate(doc)
-        assert unknown_fields(doc["spec"], schema["properties"]["spec"], "spec") == [], doc["metadata"]["name"]
+        assert unknown_fields(doc["spec"], schema["properties"]["spec"], "spec") == [], doc["metadata"][
+            "name"
+        ]
 
 
 def test_the_schema_check_catches_a_typo():
@@ -167,7 +186,8 @@ def test_the_schema_check_catches_a_typo():
     doc = next(d for d in base_resources() if d["kind"] == "RayJob")
     doc["spec"]["rayClusterSpec"]["enableIntreeAutoscaling"] = True
     assert unknown_fields(doc["spec"], crd_schema("RayJob")["properties"]["spec"], "spec") == [
-        "spec.rayClusterSpec.enableIntreeAutoscaling"]
+        "spec.rayClusterSpec.enableIntreeAutoscaling"
+    ]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -187,11 +207,14 @@ def test_serve_config_v2_is_serve_config_yaml_plus_declared_differences(manifest
     actual = yaml.safe_load(doc["spec"]["serveConfigV2"])
     ServeDeploySchema.model_validate(actual)
     assert actual == sync_serve_config.expected_serve_config(sync_serve_config.TARGETS[manifest]), (
-        f"{manifest} has drifted from serve/config.yaml: run python k8s/sync_serve_config.py")
+        f"{manifest} has drifted from serve/config.yaml: run python k8s/sync_serve_config.py"
+    )
 
 
 def test_sync_script_check_mode_agrees():
-    result = subprocess.run([sys.executable, str(K8S / "sync_serve_config.py"), "--check"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(K8S / "sync_serve_config.py"), "--check"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout
 
 
@@ -202,9 +225,16 @@ def test_serve_bundle_is_where_the_distill_job_writes_it():
     assert sync_serve_config.BUNDLE == storage["S2O_RUNS"] + "/acd/bundle"
     dev_storage = next(d for d in documents(K8S / "overlays" / "dev" / "storage-config.yaml"))["data"]
     assert sync_serve_config.DEV_BUNDLE == dev_storage["S2O_RUNS"] + "/acd/bundle"
-    for manifest, bundle in (("base/rayservice-student.yaml", sync_serve_config.BUNDLE),
-                             ("overlays/dev/rayservice-student.yaml", sync_serve_config.DEV_BUNDLE)):
-        assert sync_serve_config.expected_serve_config(sync_serve_config.TARGETS[manifest])["applications"][0]["args"]["model"] == bundle
+    for manifest, bundle in (
+        ("base/rayservice-student.yaml", sync_serve_config.BUNDLE),
+        ("overlays/dev/rayservice-student.yaml", sync_serve_config.DEV_BUNDLE),
+    ):
+        assert (
+            sync_serve_config.expected_serve_config(sync_serve_config.TARGETS[manifest])["applications"][0][
+                "args"
+            ]["model"]
+            == bundle
+        )
 
 
 def test_serve_overrides_name_their_deployments():
@@ -214,12 +244,19 @@ def test_serve_overrides_name_their_deployments():
         for dotted in overrides:
             parts = dotted.split(".")
             if "deployments" in parts:
-                assert not parts[parts.index("deployments") + 1].isdigit(), f"{manifest}: {dotted} numbers a deployment"
+                assert not parts[parts.index("deployments") + 1].isdigit(), (
+                    f"{manifest}: {dotted} numbers a deployment"
+                )
         config = sync_serve_config.expected_serve_config(overrides)
-        gpus_by_name = {d["name"]: d.get("ray_actor_options", {}).get("num_gpus", 0) for d in config["applications"][0]["deployments"]}
+        gpus_by_name = {
+            d["name"]: d.get("ray_actor_options", {}).get("num_gpus", 0)
+            for d in config["applications"][0]["deployments"]
+        }
         assert gpus_by_name["SarGateway"] == 0
     base = sync_serve_config.expected_serve_config(sync_serve_config.TARGETS["base/rayservice-student.yaml"])
-    assert {d["name"]: d["ray_actor_options"].get("num_gpus", 0) for d in base["applications"][0]["deployments"]}["SarTranslator"] == 1
+    assert {
+        d["name"]: d["ray_actor_options"].get("num_gpus", 0) for d in base["applications"][0]["deployments"]
+    }["SarTranslator"] == 1
     with pytest.raises(KeyError, match="no entry named 'Nowhere'"):
         sync_serve_config.expected_serve_config({"applications.s2o.deployments.Nowhere.num_replicas": 1})
 
@@ -233,7 +270,9 @@ def test_rayservice_replicas_fit_the_worker_group_and_readiness_uses_healthz(sou
         assert {"SarTranslator", "SarGateway"} <= set(deployments)
 
         def most_gpus(deployment: dict) -> float:
-            replicas = deployment.get("autoscaling_config", {}).get("max_replicas", deployment.get("num_replicas", 1))
+            replicas = deployment.get("autoscaling_config", {}).get(
+                "max_replicas", deployment.get("num_replicas", 1)
+            )
             return deployment.get("ray_actor_options", {}).get("num_gpus", 0) * replicas
 
         assert most_gpus(deployments["SarGateway"]) == 0, "the HTTP gateway needs no GPU"
@@ -263,7 +302,7 @@ def entrypoint_parts(job: dict) -> list[str]:
 
 def repo_path(image_path: str) -> Path:
     assert image_path.startswith(IMAGE_HOME + "/"), f"{image_path} is not under {IMAGE_HOME}"
-    return ROOT / image_path[len(IMAGE_HOME) + 1:]
+    return ROOT / image_path[len(IMAGE_HOME) + 1 :]
 
 
 def jobs(docs) -> list[dict]:
@@ -275,7 +314,7 @@ def test_dockerfile_home_ray_version_and_copied_paths():
     assert f"S2O_HOME={IMAGE_HOME}" in dockerfile
     ray_version = re.search(r"ARG RAY_VERSION=(\S+)", dockerfile).group(1)
     assert f'"ray[train,data,serve]=={ray_version}"' in (ROOT / "pyproject.toml").read_text()
-    assert f"rayproject/ray:${{RAY_VERSION}}" in dockerfile and "-gpu" in dockerfile
+    assert "rayproject/ray:${RAY_VERSION}" in dockerfile and "-gpu" in dockerfile
     for source in re.findall(r"^COPY (?:--\S+ )*(\S+) ", dockerfile, re.M):
         assert (ROOT / source).exists(), f"Dockerfile copies {source}, which is missing"
     for doc in [*base_resources(), *documents(K8S / "overlays" / "dev" / "rayservice-student.yaml")]:
@@ -289,7 +328,14 @@ def test_entrypoints_and_presets_exist(source, preset):
     storage = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
     if source == "dev":  # the dev overlay's ConfigMap patch merges over the base
         storage = {**next(d for d in base_resources() if d["kind"] == "ConfigMap")["data"], **storage}
-    expected = {"ingest.py", "train_teacher.py", "distill.py", "train_gan.py", "evaluate.py", "translate_archive.py"}
+    expected = {
+        "ingest.py",
+        "train_teacher.py",
+        "distill.py",
+        "train_gan.py",
+        "evaluate.py",
+        "translate_archive.py",
+    }
     seen = set()
     for job in jobs(docs):
         parts = entrypoint_parts(job)
@@ -299,16 +345,25 @@ def test_entrypoints_and_presets_exist(source, preset):
             if part.startswith(IMAGE_HOME):
                 assert repo_path(part).exists(), part
             if part.startswith(IMAGE_HOME + "/configs/"):
-                assert f"/configs/{preset}/" in part, f"{job['metadata']['name']} should use the {preset} preset: {part}"
+                assert f"/configs/{preset}/" in part, (
+                    f"{job['metadata']['name']} should use the {preset} preset: {part}"
+                )
         for var in re.findall(r"\$\{(\w+)\}", job["spec"]["entrypoint"]):
-            assert var in storage, f"{job['metadata']['name']} uses ${{{var}}}, which the s2o-storage ConfigMap lacks"
+            assert var in storage, (
+                f"{job['metadata']['name']} uses ${{{var}}}, which the s2o-storage ConfigMap lacks"
+            )
     assert seen == expected
 
 
 @pytest.mark.parametrize("source", ["dev", "prod"])
 def test_one_image_everywhere(source):
-    images = {c["image"] for d in rendered(source) if d["apiVersion"] == "ray.io/v1"
-              for t in all_pod_templates(d) for c in t["spec"]["containers"]}
+    images = {
+        c["image"]
+        for d in rendered(source)
+        if d["apiVersion"] == "ray.io/v1"
+        for t in all_pod_templates(d)
+        for c in t["spec"]["containers"]
+    }
     assert len(images) == 1 and "s2o-platform" in images.pop()
 
 
@@ -326,7 +381,9 @@ def test_gpu_requests_match_the_scaling_of_the_configs_they_run(source, preset):
     for job in jobs(docs):
         parts = entrypoint_parts(job)
         script = Path(parts[1]).name
-        worker_containers = [c for g in ray_cluster_spec(job)["workerGroupSpecs"] for c in g["template"]["spec"]["containers"]]
+        worker_containers = [
+            c for g in ray_cluster_spec(job)["workerGroupSpecs"] for c in g["template"]["spec"]["containers"]
+        ]
         groups = ray_cluster_spec(job)["workerGroupSpecs"]
         if script not in TRAINING:
             if preset == "tiny":
@@ -335,7 +392,9 @@ def test_gpu_requests_match_the_scaling_of_the_configs_they_run(source, preset):
         config = load_config(TRAINING[script], repo_path(parts[parts.index("--config") + 1]), [])
         scaling = config.scaling
         if scaling.use_gpu:
-            assert all(gpus(c) == 1 for c in worker_containers), "one GPU per worker pod, one Ray Train worker per GPU"
+            assert all(gpus(c) == 1 for c in worker_containers), (
+                "one GPU per worker pod, one Ray Train worker per GPU"
+            )
             assert sum(g["maxReplicas"] for g in groups) >= scaling.num_workers
             assert sum(g["replicas"] for g in groups) >= scaling.num_workers
         else:
@@ -373,12 +432,18 @@ def test_jobs_are_bounded_authenticated_and_retry_consistently(source):
 # Minimal exposure: restricted pods, read-only credentials for serving, network policies
 # ------------------------------------------------------------------------------------------------
 
-RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
+RESTRICTED_CONTAINER = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
 
 
 def _has_writable_tmp(container: dict, pod_spec: dict) -> bool:
     empty_dirs = {v["name"] for v in pod_spec.get("volumes", []) if "emptyDir" in v}
-    return any(m["mountPath"] == "/tmp" and m["name"] in empty_dirs for m in container.get("volumeMounts", []))
+    return any(
+        m["mountPath"] == "/tmp" and m["name"] in empty_dirs for m in container.get("volumeMounts", [])
+    )
 
 
 @pytest.mark.parametrize("source", ["base", "dev", "prod"])
@@ -406,7 +471,12 @@ def test_every_ray_pod_runs_restricted_with_a_writable_tmp(source):
             assert _has_writable_tmp(autoscaler, spec["headGroupSpec"]["template"]["spec"]), name
     assert checked >= 3 * 6 + 2
     dockerfile = (K8S / "Dockerfile").read_text()
-    for cache in ("XDG_CACHE_HOME=/tmp/", "TORCH_EXTENSIONS_DIR=/tmp/", "TRITON_HOME=/tmp", "MPLCONFIGDIR=/tmp/"):
+    for cache in (
+        "XDG_CACHE_HOME=/tmp/",
+        "TORCH_EXTENSIONS_DIR=/tmp/",
+        "TRITON_HOME=/tmp",
+        "MPLCONFIGDIR=/tmp/",
+    ):
         assert cache in dockerfile, f"the image must keep its caches under /tmp: {cache}"
 
 
@@ -419,15 +489,24 @@ def test_serving_pods_hold_only_the_read_only_s3_credentials(source):
         for template in all_pod_templates(service):
             for container in template["spec"]["containers"]:
                 secrets = {e["secretRef"]["name"] for e in container.get("envFrom", []) if "secretRef" in e}
-                secrets |= {e["valueFrom"]["secretKeyRef"]["name"] for e in container.get("env", [])
-                            if "secretKeyRef" in e.get("valueFrom", {})}
-                assert secrets == {"s2o-s3-readonly-credentials"}, f"{service['metadata']['name']}/{container['name']}"
-        assert "s2o-s3-credentials" not in yaml.safe_dump(service), "the read-write Secret must not reach serving pods"
+                secrets |= {
+                    e["valueFrom"]["secretKeyRef"]["name"]
+                    for e in container.get("env", [])
+                    if "secretKeyRef" in e.get("valueFrom", {})
+                }
+                assert secrets == {"s2o-s3-readonly-credentials"}, (
+                    f"{service['metadata']['name']}/{container['name']}"
+                )
+        assert "s2o-s3-credentials" not in yaml.safe_dump(service), (
+            "the read-write Secret must not reach serving pods"
+        )
 
 
 def _labels(doc: dict) -> dict:
     labels = [t.get("metadata", {}).get("labels", {}) for t in pod_templates(doc)]
-    assert labels and all(label == labels[0] for label in labels), f"{doc['metadata']['name']}: head and workers differ"
+    assert labels and all(label == labels[0] for label in labels), (
+        f"{doc['metadata']['name']}: head and workers differ"
+    )
     return labels[0]
 
 
@@ -457,12 +536,18 @@ def test_a_network_policy_fences_every_ray_cluster(source):
         selecting = [p for p in policies if _selects(p["spec"]["podSelector"], labels)]
         assert len(selecting) == 1, f"{name}: {len(selecting)} NetworkPolicies select its pods"
         spec = selecting[0]["spec"]
-        assert "Ingress" in spec["policyTypes"] and spec["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == name
+        assert (
+            "Ingress" in spec["policyTypes"]
+            and spec["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == name
+        )
         open_ports: set[int] = set()
         for rule in spec["ingress"]:
             peers = rule["from"]
-            own = all(set(p) == {"podSelector"} and p["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/instance") == name
-                      for p in peers)
+            own = all(
+                set(p) == {"podSelector"}
+                and p["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/instance") == name
+                for p in peers
+            )
             if own:
                 continue  # the cluster's own pods: every port (Ray picks most of them at start-up)
             ports = _ports(rule)
@@ -471,14 +556,23 @@ def test_a_network_policy_fences_every_ray_cluster(source):
             for peer in peers:
                 assert "ipBlock" not in peer, f"{name}: no address ranges"
                 if "namespaceSelector" in peer:
-                    assert peer["namespaceSelector"].get("matchLabels", {}).get("kubernetes.io/metadata.name"), (
-                        f"{name}: a namespace is named, never all namespaces")
+                    assert (
+                        peer["namespaceSelector"].get("matchLabels", {}).get("kubernetes.io/metadata.name")
+                    ), f"{name}: a namespace is named, never all namespaces"
         assert open_ports == ({8000, 8265} if serving else {8265}), f"{name}: {open_ports}"
         if serving:
             serve_rule = next(r for r in spec["ingress"] if _ports(r) == {8000})
-            assert {"podSelector": {}} in serve_rule["from"], "Serve's port must be open to the whole namespace"
+            assert {"podSelector": {}} in serve_rule["from"], (
+                "Serve's port must be open to the whole namespace"
+            )
         operator = [r for r in spec["ingress"] if _ports(r) == {8265}]
-        assert any(p.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name") == "kuberay"
-                   for r in operator for p in r["from"]), f"{name}: the KubeRay operator must reach the dashboard"
+        assert any(
+            p.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+            == "kuberay"
+            for r in operator
+            for p in r["from"]
+        ), f"{name}: the KubeRay operator must reach the dashboard"
         if not serving:
-            assert any({"podSelector": {}} in r["from"] for r in operator), f"{name}: the submitter pod must reach 8265"
+            assert any({"podSelector": {}} in r["from"] for r in operator), (
+                f"{name}: the submitter pod must reach 8265"
+            )

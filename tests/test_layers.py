@@ -19,7 +19,9 @@ from collections import deque
 from functools import cache
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.fixtures import REPO_ROOT
+
+ROOT = REPO_ROOT
 PACKAGE = "s2o_platform"
 #: Folders of entry-point scripts outside the package, checked as modules named "<folder>.<file stem>".
 SCRIPT_DIRS = ("jobs",)
@@ -30,17 +32,21 @@ SCRIPT_DIRS = ("jobs",)
 LAYERS: list[tuple[str, bool, tuple[str, ...]]] = [
     # pure and infrastructure modules: the errors' base, configuration, storage, tracking, Ray connection, tile
     # data, geometry
-    ("foundation", False, (
-        PACKAGE,
-        f"{PACKAGE}.errors",
-        f"{PACKAGE}.config",
-        f"{PACKAGE}.storage",
-        f"{PACKAGE}.devices",
-        f"{PACKAGE}.tracking",
-        f"{PACKAGE}.ray_cluster",
-        f"{PACKAGE}.data",
-        f"{PACKAGE}.geo",
-    )),
+    (
+        "foundation",
+        False,
+        (
+            PACKAGE,
+            f"{PACKAGE}.errors",
+            f"{PACKAGE}.config",
+            f"{PACKAGE}.storage",
+            f"{PACKAGE}.devices",
+            f"{PACKAGE}.tracking",
+            f"{PACKAGE}.ray_cluster",
+            f"{PACKAGE}.data",
+            f"{PACKAGE}.geo",
+        ),
+    ),
     # networks and their math
     ("models", False, (f"{PACKAGE}.losses", f"{PACKAGE}.models", f"{PACKAGE}.diffusion")),
     # the inference bundle: what training writes and everything downstream reads
@@ -48,12 +54,16 @@ LAYERS: list[tuple[str, bool, tuple[str, ...]]] = [
     # loading, placing, compiling and running a bundle (the Python API included)
     ("inference", False, (f"{PACKAGE}.inference", f"{PACKAGE}.inference_compile", f"{PACKAGE}.pipeline")),
     # the applications: independent of one another
-    ("applications", True, (
-        f"{PACKAGE}.train",
-        f"{PACKAGE}.evaluation",
-        f"{PACKAGE}.translate",
-        f"{PACKAGE}.serving",
-    )),
+    (
+        "applications",
+        True,
+        (
+            f"{PACKAGE}.train",
+            f"{PACKAGE}.evaluation",
+            f"{PACKAGE}.translate",
+            f"{PACKAGE}.serving",
+        ),
+    ),
     # entry points: may use everything, used by nothing in the package
     ("entry points", False, (f"{PACKAGE}.cli", f"{PACKAGE}.demo", "jobs")),
 ]
@@ -77,6 +87,7 @@ KNOWN_VIOLATIONS: set[tuple[str, str]] = set()
 
 
 # -- the import graph -----------------------------------------------------------------------------------
+
 
 def _module_files() -> dict[str, Path]:
     """Every module of the package and of SCRIPT_DIRS -> its file."""
@@ -120,7 +131,7 @@ def import_graph() -> tuple[dict[str, Path], dict[str, list[tuple[int, str]]]]:
 
         def add(line: int, target: str) -> None:
             if target == PACKAGE or target.startswith(PACKAGE + "."):
-                edges.append((line, target))
+                edges.append((line, target))  # noqa: B023 - called only within this iteration
 
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
             if isinstance(node, ast.Import):
@@ -195,6 +206,7 @@ def _layer_violations() -> dict[tuple[str, str], list[str]]:
 
 # -- the tests ------------------------------------------------------------------------------------------
 
+
 def test_every_module_has_a_layer():
     files, graph = import_graph()
     targets = {target for edges in graph.values() for _, target in edges}
@@ -257,9 +269,7 @@ def test_nothing_downstream_of_training_reaches_training():
                 while parent[chain[-1]] is not None:
                     chain.append(parent[chain[-1]])
                 chain.reverse()
-                steps = [
-                    f"{_where(a, files, lines.get((a, b)))} -> {b}" for a, b in zip(chain, chain[1:])
-                ]
+                steps = [f"{_where(a, files, lines.get((a, b)))} -> {b}" for a, b in zip(chain, chain[1:])]
                 problems.append(f"{root} reaches {module}: " + "; ".join(steps))
                 break
             for nxt in sorted(successors(module)):

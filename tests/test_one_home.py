@@ -18,21 +18,27 @@ OTHER_OPTICAL = OpticalNormalization(display_max_reflectance=0.4)
 
 
 def bundle_for(store: StoreMetadata, tile_size: int | None = None) -> BundleMetadata:
-    return BundleMetadata.for_store("student", store, tile_size or store.tile_size, SamplerSpec("lcm", 4, ["lcm"]), {})
+    return BundleMetadata.for_store(
+        "student", store, tile_size or store.tile_size, SamplerSpec("lcm", 4, ["lcm"]), {}
+    )
 
 
 # -- bundle.check_fits ------------------------------------------------------------------------------------
+
 
 def test_a_bundle_made_for_the_store_fits():
     check_fits(bundle_for(STORE), STORE, "runs/b", "stores/s")
 
 
-@pytest.mark.parametrize("field, label, other", [
-    ("tile_size", "tile size", 32),
-    ("sar_channels", "SAR channels", 2),
-    ("sar_normalization", "SAR normalisation", SarNormalization(clip_db=(-30.0, 5.0))),
-    ("optical_normalization", "optical normalisation", OTHER_OPTICAL),
-])
+@pytest.mark.parametrize(
+    "field, label, other",
+    [
+        ("tile_size", "tile size", 32),
+        ("sar_channels", "SAR channels", 2),
+        ("sar_normalization", "SAR normalisation", SarNormalization(clip_db=(-30.0, 5.0))),
+        ("optical_normalization", "optical normalisation", OTHER_OPTICAL),
+    ],
+)
 def test_each_field_that_differs_is_named_with_both_paths(field, label, other):
     store = replace(STORE, **{field: other})
     with pytest.raises(BundleError) as err:
@@ -48,9 +54,13 @@ def test_each_field_that_differs_is_named_with_both_paths(field, label, other):
 
 def test_every_differing_field_is_named_at_once():
     store = replace(STORE, tile_size=32, optical_normalization=OTHER_OPTICAL)
-    with pytest.raises(BundleError, match="tile size 16 but the store s has 32 .*optical normalisation") as err:
+    with pytest.raises(
+        BundleError, match="tile size 16 but the store s has 32 .*optical normalisation"
+    ) as err:
         check_fits(bundle_for(STORE), store, "b", "s", role="teacher", advice="distil on the teacher's store")
-    assert str(err.value).startswith("the teacher b ") and str(err.value).endswith("Distil on the teacher's store")
+    assert str(err.value).startswith("the teacher b ") and str(err.value).endswith(
+        "Distil on the teacher's store"
+    )
     assert "SAR" not in str(err.value)
 
 
@@ -78,17 +88,26 @@ def test_callers_refuse_a_store_normalised_otherwise_in_their_own_error(small_bu
     other = replace(STORE, optical_normalization=OTHER_OPTICAL)
     data = store_dir(tmp_path, other)
     with pytest.raises(EvalError, match="optical normalisation"):
-        plan(EvalOptions(data=data, models=[f"s={small_bundles['student']}@lcm:1"], out=str(tmp_path / "report")))
+        plan(
+            EvalOptions(
+                data=data, models=[f"s={small_bundles['student']}@lcm:1"], out=str(tmp_path / "report")
+            )
+        )
     with pytest.raises(TranslateError, match="optical normalisation"):
-        run_translate_store(TranslateOptions(source=data, model=small_bundles["student"], dest=str(tmp_path / "out")),
-                            log=lambda m: None)
-    with pytest.raises(TrainingSetupError, match=f"the teacher {small_bundles['teacher']} .*optical normalisation"):
+        run_translate_store(
+            TranslateOptions(source=data, model=small_bundles["student"], dest=str(tmp_path / "out")),
+            log=lambda m: None,
+        )
+    with pytest.raises(
+        TrainingSetupError, match=f"the teacher {small_bundles['teacher']} .*optical normalisation"
+    ):
         check_teacher_bundle(small_bundles["teacher"], other, data, None)
     check_teacher_bundle(small_bundles["teacher"], STORE, data, None)  # the store it was made for
     assert not (tmp_path / "out").exists() and not (tmp_path / "report").exists()
 
 
 # -- devices.inference_actors -----------------------------------------------------------------------------
+
 
 def test_actors_take_a_gpu_each_where_the_cluster_has_gpus():
     plan = inference_actors(3, cluster_gpus=2)
@@ -113,6 +132,7 @@ def test_actor_pool_arguments():
 
 # -- data.ray_context.scoped_data_context -----------------------------------------------------------------
 
+
 def test_settings_hold_in_the_block_and_are_restored_after_it():
     from ray.data import DataContext
 
@@ -123,7 +143,9 @@ def test_settings_hold_in_the_block_and_are_restored_after_it():
     with scoped_data_context(preserve_order=not order, enable_progress_bars=not bars) as scoped:
         current = DataContext.get_current()
         assert current is scoped and current is not before
-        assert current.enable_progress_bars is (not bars) and current.execution_options.preserve_order is (not order)
+        assert current.enable_progress_bars is (not bars) and current.execution_options.preserve_order is (
+            not order
+        )
         current.target_max_block_size = 12345  # a change made in the block goes with it
     after = DataContext.get_current()
     assert after is before
@@ -149,7 +171,10 @@ def test_an_unknown_setting_is_refused_before_anything_changes():
     from s2o_platform.data.ray_context import scoped_data_context
 
     before = DataContext.get_current()
-    with pytest.raises(AttributeError, match="enable_progress_barz"), scoped_data_context(enable_progress_barz=False):
+    with (
+        pytest.raises(AttributeError, match="enable_progress_barz"),
+        scoped_data_context(enable_progress_barz=False),
+    ):
         pass
     assert DataContext.get_current() is before
 
@@ -167,6 +192,8 @@ def test_a_dataset_keeps_the_settings_it_was_created_under(ray_cluster):
         inside = ray.data.range(8)
     mapped = inside.map_batches(lambda b: b)
     later = ray.data.range(8)
-    assert inside.context.enable_progress_bars is (not bars) and inside.context.execution_options.preserve_order
+    assert (
+        inside.context.enable_progress_bars is (not bars) and inside.context.execution_options.preserve_order
+    )
     assert mapped.context is inside.context
     assert later.context.enable_progress_bars is bars

@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "s2o_platform"
+from tests.fixtures import REPO_ROOT
+
+PACKAGE = REPO_ROOT / "s2o_platform"
 PURE_MODULES = [
     "data/normalization.py",
     "data/splits.py",
@@ -13,7 +15,11 @@ PURE_MODULES = [
     "geo/tiling.py",
     "geo/blending.py",
     "serving/coalescing.py",
+    "train/data_order.py",
+    "train/schedule.py",
+    "train/progress.py",
     "config.py",
+    "errors.py",
 ]
 FORBIDDEN = {"ray", "deepspeed", "rasterio", "fastapi", "starlette", "boto3", "pyarrow"}
 

@@ -9,7 +9,10 @@ import pytest
 from s2o_platform.ray_cluster import LOCAL_WORKER_NICENESS, MIN_LOCAL_CPUS, local_cpus
 
 
-@pytest.mark.parametrize("cores,asked,expected", [(2, None, 4), (1, None, 4), (None, None, 4), (16, None, 16), (2, 6, 6), (16, 3, 3)])
+@pytest.mark.parametrize(
+    "cores,asked,expected",
+    [(2, None, 4), (1, None, 4), (None, None, 4), (16, None, 16), (2, 6, 6), (16, 3, 3)],
+)
 def test_local_cluster_cpus_are_the_cores_but_at_least_the_minimum(monkeypatch, cores, asked, expected):
     monkeypatch.setattr("os.cpu_count", lambda: cores)
     assert MIN_LOCAL_CPUS == 4
@@ -72,9 +75,22 @@ def ray_start_head():
     env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray_cli = str(Path(sys.executable).with_name("ray"))
     started = subprocess.run(
-        [ray_cli, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={tmp}/ray"],
-        env=env, capture_output=True, text=True, timeout=180)
+        [
+            ray_cli,
+            "start",
+            "--head",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={tmp}/ray",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         assert Path(tmp, "ray", "ray_current_cluster").read_text().strip() == f"127.0.0.1:{port}"
@@ -95,8 +111,13 @@ def test_commands_beside_a_running_ray_start_cluster(ray_start_head, tmp_path):
     s2o = str(Path(sys.executable).with_name("s2o"))
 
     def synth(out: str, *extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([s2o, "data", "synth", "--out", str(tmp_path / out), "--pairs", "16", "--size", "16", *extra],
-                              env=env, capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [s2o, "data", "synth", "--out", str(tmp_path / out), "--pairs", "16", "--size", "16", *extra],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     own = synth("own")
     assert own.returncode == 0 and "Traceback" not in own.stderr, own.stderr[-3000:]
@@ -117,8 +138,13 @@ def test_a_bad_address_is_one_line_without_traceback(tmp_path):
     s2o = str(Path(sys.executable).with_name("s2o"))
     # (not --address auto: Ray's auto finds any running cluster's GCS on the machine, the test session's too;
     # not an unreachable host:port: Ray retries that for minutes before it gives up)
-    result = subprocess.run([s2o, "data", "synth", "--out", str(tmp_path / "s"), "--address", "127.0.0.1:notaport"],
-                            env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [s2o, "data", "synth", "--out", str(tmp_path / "s"), "--address", "127.0.0.1:notaport"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert "error: cannot connect to the Ray cluster at '127.0.0.1:notaport'" in result.stderr

@@ -31,11 +31,23 @@ from typer.testing import CliRunner
 
 from s2o_platform.config import PRESETS_DIR, TeacherConfig, load_config
 from s2o_platform.serving.settings import DEFAULT_CONFIG
+from tests.fixtures import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 PACKAGE_DATA = sorted(str(p.relative_to(ROOT)) for p in [*PRESETS_DIR.rglob("*.yaml"), DEFAULT_CONFIG])
 #: what a clean clone would not have (see .gitignore), left out of the copy the dists are built from
-NOT_SOURCES = {".git", ".venv", "runs", "build", "dist", "demo", "s2o-demo", "__pycache__", ".pytest_cache", ".ruff_cache"}
+NOT_SOURCES = {
+    ".git",
+    ".venv",
+    "runs",
+    "build",
+    "dist",
+    "demo",
+    "s2o-demo",
+    "__pycache__",
+    ".pytest_cache",
+    ".ruff_cache",
+}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -52,19 +64,27 @@ def test_packaged_copies_match_the_source_of_truth():
     assert truth, "no presets in configs/"
     pairs += [(ROOT / "configs" / rel, PRESETS_DIR / rel) for rel in sorted(truth)]
     for rel in sorted(shipped - truth):
-        problems.append(f"{(PRESETS_DIR / rel).relative_to(ROOT)} has no source configs/{rel}: "
-                        f"rm {(PRESETS_DIR / rel).relative_to(ROOT)}")
+        problems.append(
+            f"{(PRESETS_DIR / rel).relative_to(ROOT)} has no source configs/{rel}: "
+            f"rm {(PRESETS_DIR / rel).relative_to(ROOT)}"
+        )
     for source, copy in pairs:
         if not copy.is_file() or copy.read_bytes() != source.read_bytes():
-            problems.append(f"{copy.relative_to(ROOT)} differs from {source.relative_to(ROOT)} (the source of truth): "
-                            f"mkdir -p {copy.parent.relative_to(ROOT)} && cp {source.relative_to(ROOT)} {copy.relative_to(ROOT)}")
-    assert not problems, ("the package's copies of the presets / Serve config have drifted from the top-level "
-                          "files, which are the source of truth; run:\n  " + "\n  ".join(problems))
+            problems.append(
+                f"{copy.relative_to(ROOT)} differs from {source.relative_to(ROOT)} (the source of truth): "
+                f"mkdir -p {copy.parent.relative_to(ROOT)} && cp {source.relative_to(ROOT)} {copy.relative_to(ROOT)}"
+            )
+    assert not problems, (
+        "the package's copies of the presets / Serve config have drifted from the top-level "
+        "files, which are the source of truth; run:\n  " + "\n  ".join(problems)
+    )
 
 
 def test_packaged_presets_are_the_default_outside_a_checkout(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no configs/ here
-    assert load_config(TeacherConfig, "configs/tiny/teacher.yaml") == load_config(TeacherConfig, PRESETS_DIR / "tiny/teacher.yaml")
+    assert load_config(TeacherConfig, "configs/tiny/teacher.yaml") == load_config(
+        TeacherConfig, PRESETS_DIR / "tiny/teacher.yaml"
+    )
     # a file the user gives always wins over the packaged preset of the same name
     from s2o_platform.config import ConfigError
 
@@ -75,7 +95,9 @@ def test_packaged_presets_are_the_default_outside_a_checkout(tmp_path, monkeypat
     with pytest.raises(ConfigError, match="config file not found: configs/tiny/nothere.yaml"):
         load_config(TeacherConfig, "configs/tiny/nothere.yaml")
     with pytest.raises(ConfigError, match="config file not found: elsewhere/tiny/teacher.yaml"):
-        load_config(TeacherConfig, "elsewhere/tiny/teacher.yaml")  # only configs/<preset>/<file> has a fallback
+        load_config(
+            TeacherConfig, "elsewhere/tiny/teacher.yaml"
+        )  # only configs/<preset>/<file> has a fallback
 
 
 def test_serve_default_config_is_a_checkouts_copy_else_the_packaged_one(tmp_path, monkeypatch):
@@ -90,7 +112,9 @@ def test_serve_default_config_is_a_checkouts_copy_else_the_packaged_one(tmp_path
     (tmp_path / "serve").mkdir()
     (tmp_path / "serve" / "config.yaml").write_text("applications: 3\n")
     result = CliRunner().invoke(app, ["serve", "--model", missing])
-    assert result.exit_code == 2 and "serve/config.yaml is not a valid Serve config" in result.output, result.output
+    assert result.exit_code == 2 and "serve/config.yaml is not a valid Serve config" in result.output, (
+        result.output
+    )
     # --config given always wins, and a missing one is an error (no silent fallback)
     result = CliRunner().invoke(app, ["serve", "--model", missing, "--config", str(DEFAULT_CONFIG)])
     assert result.exit_code == 2 and "no inference bundle" in result.output, result.output
@@ -105,8 +129,10 @@ def test_serve_default_config_is_a_checkouts_copy_else_the_packaged_one(tmp_path
 
 def _run(command: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, (f"{' '.join(map(str, command))} exited {result.returncode}\n"
-                                    f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-8000:]}")
+    assert result.returncode == 0, (
+        f"{' '.join(map(str, command))} exited {result.returncode}\n"
+        f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-8000:]}"
+    )
     return result
 
 
@@ -126,19 +152,32 @@ def _build_command(source: Path, out: Path) -> list[str]:
 
 @pytest.mark.wheel
 def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
-    pytest.importorskip("build", reason="the test extra's `build` builds the dists (pip install -e '.[test]')")
+    pytest.importorskip(
+        "build", reason="the test extra's `build` builds the dists (pip install -e '.[test]')"
+    )
     began = time.perf_counter()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RAY_ADDRESS", "VIRTUAL_ENV", "PYTHONHOME")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "RAY_ADDRESS", "VIRTUAL_ENV", "PYTHONHOME")
+    }
 
     # 1. the dists, from a copy of the checkout (the build writes nothing into the checkout itself)
     source, dist = tmp_path / "src", tmp_path / "dist"
-    shutil.copytree(ROOT, source, ignore=lambda d, names: [n for n in names if n in NOT_SOURCES or n.endswith(".egg-info")])
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=lambda d, names: [n for n in names if n in NOT_SOURCES or n.endswith(".egg-info")],
+    )
     _run(_build_command(source, dist), tmp_path, env, 600)
     [wheel], [sdist] = sorted(dist.glob("*.whl")), sorted(dist.glob("*.tar.gz"))
     in_wheel = set(zipfile.ZipFile(wheel).namelist())
     with tarfile.open(sdist) as archive:
         in_sdist = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
-    assert len(PACKAGE_DATA) >= 11 and {"s2o_platform/serving/config.yaml", "s2o_platform/presets/tiny/teacher.yaml"} <= set(PACKAGE_DATA)
+    assert len(PACKAGE_DATA) >= 11 and {
+        "s2o_platform/serving/config.yaml",
+        "s2o_platform/presets/tiny/teacher.yaml",
+    } <= set(PACKAGE_DATA)
     for name in PACKAGE_DATA:
         assert name in in_wheel, f"{name} is not in the wheel (pyproject [tool.setuptools.package-data])"
         assert name in in_sdist, f"{name} is not in the sdist"
@@ -147,9 +186,17 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", str(venv)], tmp_path, env, 300)
     python, bin_dir = venv / "bin" / "python", venv / "bin"
-    _run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], tmp_path, env, 300)
-    new_site = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                         tmp_path, env, 60).stdout.strip())
+    _run(
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], tmp_path, env, 300
+    )
+    new_site = Path(
+        _run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            tmp_path,
+            env,
+            60,
+        ).stdout.strip()
+    )
     ours = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
     (new_site / "zz_s2o_test_dependencies.pth").write_text("".join(f"{p}\n" for p in ours))
     # the new venv's commands first; then this venv's (tools the dependencies call, e.g. ninja for DeepSpeed)
@@ -180,10 +227,18 @@ print(s2o_platform.__file__)
     assert "demo" in top and "serve" in top
     serve_help = _run([str(python), "-m", "s2o_platform.cli", "serve", "--help"], work, env, 120).stdout
     assert "--config" in serve_help and "--model" in serve_help
-    assert "--preset" in _run([str(python), "-m", "s2o_platform.cli", "demo", "--help"], work, env, 120).stdout
+    assert (
+        "--preset" in _run([str(python), "-m", "s2o_platform.cli", "demo", "--help"], work, env, 120).stdout
+    )
     # `s2o serve` with no --config and no serve/ here finds the packaged config (it fails later, on the bundle)
-    result = subprocess.run([str(bin_dir / "s2o"), "serve", "--model", str(work / "no-bundle")], cwd=work, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(bin_dir / "s2o"), "serve", "--model", str(work / "no-bundle")],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "no inference bundle" in result.stderr, result.stderr
 
     # 4. Ray workers (the same python) import the package from the wheel
@@ -193,24 +248,34 @@ ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
 print("WORKER", ray.get(ray.remote(lambda: __import__("s2o_platform").__file__).remote()))
 ray.shutdown()
 """
-    line = next(s for s in _run([str(python), "-c", worker], work, env, 300).stdout.splitlines() if s.startswith("WORKER"))
+    line = next(
+        s
+        for s in _run([str(python), "-c", worker], work, env, 300).stdout.splitlines()
+        if s.startswith("WORKER")
+    )
     assert str(new_site) in line, line
 
     # 5. the smoke demo, end to end on its own local Ray cluster: every stage runs and leaves its artefacts,
     #    the summary names them, and a second run reuses them instead of redoing them (the suite's only
     #    run of the whole demo: run from the installed wheel, as a user would)
     demo_began = time.perf_counter()
-    first = _run([str(bin_dir / "s2o"), "demo", "--preset", "smoke", "--out", str(work / "demo")], work, env, 2400)
+    first = _run(
+        [str(bin_dir / "s2o"), "demo", "--preset", "smoke", "--out", str(work / "demo")], work, env, 2400
+    )
     summary = json.loads((work / "demo" / "summary.json").read_text())
     assert summary["preset"]["name"] == "smoke" and "# s2o demo (smoke preset)" in first.stdout
     _check_demo_summary(summary, first.stderr)
-    second = _run([str(bin_dir / "s2o"), "demo", "--preset", "smoke", "--out", str(work / "demo")], work, env, 600)
+    second = _run(
+        [str(bin_dir / "s2o"), "demo", "--preset", "smoke", "--out", str(work / "demo")], work, env, 600
+    )
     again = json.loads((work / "demo" / "summary.json").read_text())
     reused = sum("reusing it" in line for line in second.stderr.splitlines())
     assert reused == len(list((work / "demo" / "stages").glob("*.json"))), second.stderr[-4000:]
     assert again["student"]["bundle"] == summary["student"]["bundle"]
     assert again["seconds"] < summary["seconds"] / 3
-    print(f"\nwheel test: demo {time.perf_counter() - demo_began:.0f} s, all {time.perf_counter() - began:.0f} s")
+    print(
+        f"\nwheel test: demo {time.perf_counter() - demo_began:.0f} s, all {time.perf_counter() - began:.0f} s"
+    )
 
 
 def _check_demo_summary(summary: dict, log: str) -> None:

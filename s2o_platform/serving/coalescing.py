@@ -13,7 +13,7 @@ request that arrives while a large one runs goes into the very next pass instead
 the large one to finish. Items whose awaiter went away (client gone, request timed out) are dropped
 before the next pass, and counted in `dropped_weight`.
 
-Pure asyncio, no Ray: unit-tested on its own (tests/test_serving_coalescing.py).
+Pure asyncio, no Ray: unit-tested on its own (tests/serving/test_serving_coalescing.py).
 """
 
 from __future__ import annotations
