@@ -196,7 +196,12 @@ def main() -> None:
                     )
                     if label == "acd":
                         runtime.stage.export(
-                            student_bundle, runtime.ema, cfg, store, {"trained_steps": args.steps}
+                            student_bundle,
+                            runtime.ema,
+                            cfg,
+                            store,
+                            {"trained_steps": args.steps},
+                            runtime.models.export_context,
                         )
                     return summary
 

@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 from s2o_platform import storage  # noqa: E402
 from s2o_platform.bundle import Bundle, load_bundle  # noqa: E402
 from s2o_platform.devices import DTYPES, device_name, resolve_device, synchronize  # noqa: E402
-from s2o_platform.evaluation.runner import load_test_tiles  # noqa: E402
+from s2o_platform.evaluation.tiles import load_test_tiles  # noqa: E402
 from s2o_platform.inference import translate_tiles  # noqa: E402
 from s2o_platform.inference_compile import CompiledNetwork, CompilePlan, resolve_compile  # noqa: E402
 

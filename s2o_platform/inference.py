@@ -1,117 +1,31 @@
-"""Translating SAR tiles with any bundle: the one entry point evaluation, batch and serving share."""
+"""`LoadedModel`: a bundle loaded once for the Ray Data actors and Serve replicas, on `S2OPipeline`.
+
+The sampling functions live in `tile_sampling` (below `pipeline`, which needs them too) and are re-exported here,
+where callers have always imported them from."""
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
-from s2o_platform.bundle import Bundle, BundleError, BundleMetadata
-from s2o_platform.diffusion.sampling import TEACHER_SAMPLERS, sample_student, sample_teacher
 from s2o_platform.pipeline import S2OPipeline
+from s2o_platform.tile_sampling import (
+    batch_seed,
+    resolve_sampler,
+    resolve_sampler_for,
+    tile_key,
+    translate_tiles,
+)
 
-
-def resolve_sampler(bundle: Bundle, sampler: str | None, steps: int | None) -> tuple[str, int]:
-    """The sampler and step count to use: as asked, else the bundle's defaults; checked against the bundle."""
-    return resolve_sampler_for(bundle.metadata, bundle.path, sampler, steps)
-
-
-def resolve_sampler_for(
-    metadata: BundleMetadata, where: str, sampler: str | None, steps: int | None
-) -> tuple[str, int]:
-    """`resolve_sampler` from a bundle's metadata alone (checks before any network is loaded)."""
-    spec = metadata.sampler
-    name = sampler or spec.name
-    if name not in spec.allowed:
-        raise BundleError(f"{where} ({metadata.stage}) cannot sample with {name!r}; allowed: {spec.allowed}")
-    n = int(steps if steps is not None else spec.default_steps)
-    if n < 1:
-        raise BundleError(f"the step count must be at least 1; {n} was asked for")
-    if name == "direct":
-        return name, 1  # one forward pass, whatever was asked
-    if spec.max_steps is not None and n > spec.max_steps:
-        raise BundleError(
-            f"{where} ({metadata.stage}) samples with 1..{spec.max_steps} steps; {n} was asked for"
-        )
-    return name, n
-
-
-@torch.no_grad()
-def translate_tiles(
-    bundle: Bundle,
-    sar: np.ndarray | torch.Tensor,
-    sampler: str | None = None,
-    steps: int | None = None,
-    seed: int = 0,
-    batch_size: int = 64,
-    keys: Sequence[str] | None = None,
-) -> np.ndarray:
-    """SAR tiles (N, C, H, W) in [-1, 1] -> optical (N, 3, H, W) float32 in [-1, 1].
-
-    Seeded: the same inputs, seed and batch size give the same outputs. With `keys` (one per tile), each
-    tile draws its noise from its own generator seeded by `batch_seed(seed, key)`, so a tile's noise
-    does not depend on which other tiles share its batch (archive translation keys tiles by scene and
-    window: a resumed run draws what an uninterrupted one drew).
-    """
-    name, n_steps = resolve_sampler(bundle, sampler, steps)
-    first = next(bundle.model.parameters())
-    device, dtype = first.device, first.dtype
-    sar_t = torch.as_tensor(np.asarray(sar, dtype=np.float32))
-    if (
-        sar_t.ndim != 4
-        or sar_t.shape[-1] != bundle.metadata.tile_size
-        or sar_t.shape[1] != bundle.metadata.sar_channels
-    ):
-        raise BundleError(
-            f"tiles of shape {tuple(sar_t.shape)} do not fit {bundle.path}: expected (N, {bundle.metadata.sar_channels}, "
-            f"{bundle.metadata.tile_size}, {bundle.metadata.tile_size})"
-        )
-    if keys is not None and len(keys) != len(sar_t):
-        raise ValueError(f"{len(keys)} keys for {len(sar_t)} tiles")
-    shared = torch.Generator(device=device).manual_seed(seed)
-    outputs = []
-    for start in range(0, len(sar_t), batch_size):
-        chunk = sar_t[start : start + batch_size].to(device=device, dtype=dtype)
-        generator: torch.Generator | list[torch.Generator] = (
-            shared
-            if keys is None
-            else [
-                torch.Generator(device=device).manual_seed(batch_seed(seed, key))
-                for key in keys[start : start + batch_size]
-            ]
-        )
-        if name in TEACHER_SAMPLERS:
-            out = sample_teacher(bundle.model, chunk, bundle.scheduler_config, name, n_steps, generator)
-        elif name == "lcm":
-            out = sample_student(
-                bundle.model,
-                chunk,
-                bundle.scheduler_config,
-                n_steps,
-                generator,
-                max_steps=bundle.metadata.sampler.max_steps or n_steps,
-            )
-        elif name == "direct":
-            out = bundle.model(chunk).clamp(-1, 1)
-        else:
-            raise BundleError(f"unknown sampler {name!r} in {bundle.path}")
-        outputs.append(out.float().cpu().numpy())
-    return np.concatenate(outputs) if outputs else np.zeros((0, 3, *sar_t.shape[-2:]), np.float32)
-
-
-def batch_seed(seed: int, key: str) -> int:
-    """The seed of one batch: the run's seed plus a hash of the batch's first item, so an item's noise
-    does not depend on which actor or replica translates it."""
-    return (seed + zlib.crc32(key.encode())) % (2**31)
-
-
-def tile_key(name: str, row: int, col: int) -> str:
-    """The key of one window of an image or scene (its name and the window's offsets): with the run's seed it
-    gives the tile's noise (`batch_seed`), wherever and with whatever neighbours the tile is translated.
-    `s2o translate` keys a scene's windows by the scene's name; `S2OPipeline` by `name=` (default: the file's)."""
-    return f"{name}:{row}:{col}"
+__all__ = [
+    "LoadedModel",
+    "batch_seed",
+    "resolve_sampler",
+    "resolve_sampler_for",
+    "tile_key",
+    "translate_tiles",
+]
 
 
 class LoadedModel(S2OPipeline):

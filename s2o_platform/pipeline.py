@@ -17,7 +17,7 @@ rules, each called from its one home:
                                                           --sar-scale, nodata
           -> windows with overlap (reflection-padded when  geo.blending.cut_image
              smaller than a tile)
-          -> tiles, one forward batch per window row,      inference.translate_tiles, keys inference.tile_key
+          -> tiles, one forward batch per window row,      tile_sampling.translate_tiles, keys tile_sampling.tile_key
              each tile's noise from batch_seed(seed, key)
           -> float16 tiles, blended with their validity     geo.blending (OPTICAL_TILE_DTYPE, mosaic_tile,
                                                           mosaic_image: StripMosaic)
@@ -196,9 +196,9 @@ class S2OPipeline:
         steps: int | None = None,
         sampler: str | None = None,
     ) -> np.ndarray:
-        """Tiles (N, C, T, T) in [-1, 1] -> optical (N, 3, T, T) float32 in [-1, 1] (`inference.translate_tiles`),
+        """Tiles (N, C, T, T) in [-1, 1] -> optical (N, 3, T, T) float32 in [-1, 1] (`tile_sampling.translate_tiles`),
         with this pipeline's sampler, steps and batch size unless given."""
-        from s2o_platform.inference import translate_tiles
+        from s2o_platform.tile_sampling import translate_tiles
 
         return translate_tiles(
             self.bundle,
@@ -249,7 +249,7 @@ class S2OPipeline:
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        from s2o_platform.inference import resolve_sampler
+        from s2o_platform.tile_sampling import resolve_sampler
 
         sampler_name, steps = resolve_sampler(
             self.bundle,
@@ -296,7 +296,7 @@ class S2OPipeline:
             mosaic_tile,
             output_pixels,
         )
-        from s2o_platform.inference import tile_key
+        from s2o_platform.tile_sampling import tile_key
 
         channels, height, width = image.values.shape
         tile = self.metadata.tile_size

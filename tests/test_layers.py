@@ -52,7 +52,16 @@ LAYERS: list[tuple[str, bool, tuple[str, ...]]] = [
     # the inference bundle: what training writes and everything downstream reads
     ("bundle", False, (f"{PACKAGE}.bundle",)),
     # loading, placing, compiling and running a bundle (the Python API included)
-    ("inference", False, (f"{PACKAGE}.inference", f"{PACKAGE}.inference_compile", f"{PACKAGE}.pipeline")),
+    (
+        "inference",
+        False,
+        (
+            f"{PACKAGE}.inference",
+            f"{PACKAGE}.inference_compile",
+            f"{PACKAGE}.pipeline",
+            f"{PACKAGE}.tile_sampling",
+        ),
+    ),
     # the applications: independent of one another
     (
         "applications",
@@ -277,3 +286,50 @@ def test_nothing_downstream_of_training_reaches_training():
                     parent[nxt] = module
                     queue.append(nxt)
     assert not problems, "modules downstream of training import it:\n  " + "\n  ".join(problems)
+
+
+def test_no_import_cycles():
+    """No two modules import each other, directly or through others (a lazy import inside a function counts:
+    it only hides the cycle until run time). A cycle means a rule with two homes: move the shared part down."""
+    files, graph = import_graph()
+    successors = {m: sorted({t for _, t in edges if t in files and t != m}) for m, edges in graph.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(module: str) -> None:  # Tarjan's strongly connected components
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for target in successors.get(module, ()):
+            if target not in index:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in on_stack:
+                low[module] = min(low[module], index[target])
+        if low[module] == index[module]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == module:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for module in sorted(successors):
+        if module not in index:
+            visit(module)
+    described = []
+    for component in cycles:
+        arrows = [
+            f"{_where(a, files, line)}: {a} imports {t}"
+            for a in component
+            for line, t in graph[a]
+            if t in component and t != a
+        ]
+        described.append(" <-> ".join(component) + "\n    " + "\n    ".join(arrows))
+    assert not cycles, "import cycles:\n  " + "\n  ".join(described)

@@ -14,8 +14,9 @@ from s2o_platform.bundle import Bundle
 from s2o_platform.data.store import decode_batch, read_tiles
 from s2o_platform.devices import cluster_gpus, inference_actors
 from s2o_platform.evaluation.landcover import confusion_per_tile
-from s2o_platform.evaluation.quality import tile_scores, to_unit
+from s2o_platform.evaluation.quality import SettingOutput, inception_features, tile_scores, to_unit
 from s2o_platform.evaluation.spec import ModelSetting
+from s2o_platform.evaluation.tiles import load_test_tiles
 from s2o_platform.inference import LoadedModel, translate_tiles
 
 SCORE_COLUMNS = (
@@ -49,8 +50,6 @@ class TileScorer(LoadedModel):
         torch.set_grad_enabled(False)
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from s2o_platform.evaluation.runner import inception_features
-
         batch = decode_batch(rows)
         order = np.argsort(batch["tile_id"])
         ids = batch["tile_id"][order]
@@ -103,8 +102,6 @@ class RayQuality:
         return ds.limit(count) if count < self.available else ds
 
     def run(self, bundle: Bundle, setting: ModelSetting, count: int, keep: int):
-        from s2o_platform.evaluation.runner import SettingOutput
-
         o = self.options
         scored = self.dataset(count).map_batches(
             TileScorer,
@@ -137,8 +134,6 @@ class RayQuality:
         if "landcover_confusion" in merged:
             scores["landcover_confusion"] = merged["landcover_confusion"]
         # the sample grid: the first tiles, translated here with the driver's copy of the model
-        from s2o_platform.evaluation.runner import load_test_tiles
-
         first = load_test_tiles(o.data, o.split, keep, o.storage)
         preview = to_unit(
             translate_tiles(bundle, first["sar"], setting.sampler, setting.steps, seed=o.seed)

@@ -13,6 +13,7 @@ compared by torchmetrics' FrechetInceptionDistance; never a number from another 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -230,3 +231,17 @@ def fid_from_features(real: np.ndarray, fake: np.ndarray) -> float:
     metric.update(torch.as_tensor(real, dtype=torch.float64), real=True)
     metric.update(torch.as_tensor(fake, dtype=torch.float64), real=False)
     return float(metric.compute())
+
+
+def inception_features(network: InceptionFeatures, unit: torch.Tensor) -> np.ndarray:
+    device = next(network.parameters(), torch.empty(0)).device
+    images = to_uint8_images(unit.nan_to_num(0.0)).to(device)
+    return network(images).double().cpu().numpy()
+
+
+@dataclass
+class SettingOutput:
+    scores: dict[str, np.ndarray]  # per tile
+    features: np.ndarray | None  # FID features of the predictions (N, D)
+    predictions: np.ndarray  # the first few predictions, [0, 1], (n, 3, H, W)
+    real_features: np.ndarray | None = None  # FID features of the same tiles' ground truth

@@ -33,7 +33,6 @@ from s2o_platform.data.store import (
     SPLITS,
     TILE_SCHEMA,
     StoreMetadata,
-    decode_batch,
     decode_landcover,
     decode_optical,
     optical_to_model,
@@ -41,17 +40,17 @@ from s2o_platform.data.store import (
     shard_paths,
 )
 from s2o_platform.devices import device_name, dtype_name, resolve_device, resolve_dtype
-from s2o_platform.errors import S2OError
 from s2o_platform.evaluation import landcover
 from s2o_platform.evaluation.quality import (
     FID_SKIPPED,
     InceptionFeatures,
+    SettingOutput,
     fid_from_features,
+    inception_features,
     load_fid_network,
     paired_difference,
     ratio_of_means,
     tile_scores,
-    to_uint8_images,
     to_unit,
 )
 from s2o_platform.evaluation.report import (
@@ -61,14 +60,11 @@ from s2o_platform.evaluation.report import (
     Row,
     add_speedups,
 )
-from s2o_platform.evaluation.spec import ModelSetting, parse_model_spec, unique_labels
+from s2o_platform.evaluation.spec import EvalError, ModelSetting, parse_model_spec, unique_labels
 from s2o_platform.evaluation.speed import time_calls
+from s2o_platform.evaluation.tiles import load_test_tiles
 from s2o_platform.inference import resolve_sampler_for, translate_tiles
 from s2o_platform.inference_compile import CompiledNetwork, compile_bundle, resolve_compile
-
-
-class EvalError(S2OError, ValueError):
-    """Input that makes the evaluation impossible; raised before any work."""
 
 
 @dataclass
@@ -231,27 +227,6 @@ def _speed_references(planned: list[PlannedSetting], cache: dict) -> list[Planne
     return extra
 
 
-def load_test_tiles(
-    data: str, split: str, limit: int | None, options: storage.StorageOptions
-) -> dict[str, np.ndarray]:
-    """The split's tiles sorted by tile id (the same set on every run), the first `limit` of them."""
-    paths = shard_paths(data, [split], options)
-    if not paths:
-        raise EvalError(f"the store {data} has no tiles in its {split!r} split; choose another --split")
-    return _read_sorted(data, paths, limit, options)
-
-
-def _read_sorted(
-    data: str, paths: list[str], limit: int | None, options: storage.StorageOptions
-) -> dict[str, np.ndarray]:
-    fs, _ = storage.resolve(data, options)
-    # the store's schema: shards written before an optional column (landcover) existed read it as null
-    table = pq.ParquetDataset(paths, filesystem=fs, schema=TILE_SCHEMA).read().sort_by("tile_id")
-    if limit is not None:
-        table = table.slice(0, limit)
-    return decode_batch({c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names})
-
-
 def fit_landcover_classifier(
     options: EvalOptions, test_tiles: dict[str, np.ndarray], store: StoreMetadata, log: Callable[[str], None]
 ) -> tuple[landcover.FittedClassifier | None, dict]:
@@ -327,14 +302,6 @@ def _train_ground_truth(options: EvalOptions) -> dict[str, np.ndarray] | None:
             [decode_landcover(b, int(n)) for b, n in zip(table.column("landcover").to_pylist(), sizes)]
         ),
     }
-
-
-@dataclass
-class SettingOutput:
-    scores: dict[str, np.ndarray]  # per tile
-    features: np.ndarray | None  # FID features of the predictions (N, D)
-    predictions: np.ndarray  # the first few predictions, [0, 1], (n, 3, H, W)
-    real_features: np.ndarray | None = None  # FID features of the same tiles' ground truth
 
 
 class LocalQuality:
@@ -435,12 +402,6 @@ def translate_and_score(
 
 
 @torch.no_grad()
-def inception_features(network: InceptionFeatures, unit: torch.Tensor) -> np.ndarray:
-    device = next(network.parameters(), torch.empty(0)).device
-    images = to_uint8_images(unit.nan_to_num(0.0)).to(device)
-    return network(images).double().cpu().numpy()
-
-
 def _translate(bundle: Bundle, tiles: np.ndarray, sampler: str, steps: int) -> np.ndarray:
     return translate_tiles(bundle, tiles, sampler, steps, batch_size=len(tiles))
 

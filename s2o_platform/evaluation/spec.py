@@ -14,6 +14,11 @@ class SpecError(S2OError, ValueError):
     """A --model argument that cannot be parsed."""
 
 
+class EvalError(S2OError, ValueError):
+    """Input that makes the evaluation impossible; raised before any work (here, the lowest module of
+    evaluation, so every part of it raises the one class; `runner` re-exports it)."""
+
+
 @dataclass(frozen=True)
 class ModelSetting:
     """One row of the report: a bundle sampled with one sampler and step count.

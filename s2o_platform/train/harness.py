@@ -129,7 +129,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                     "precision": precision,
                     "workers": world,
                 }
-                stage.export(os.path.join(tmp, BUNDLE_DIR), ema, cfg, store, card)
+                stage.export(
+                    os.path.join(tmp, BUNDLE_DIR), ema, cfg, store, card, runtime.models.export_context
+                )
             if world > 1:
                 torch.distributed.barrier()
             ray.train.report(

@@ -38,10 +38,8 @@ def write_untrained_bundles(
     torch.manual_seed(seed)
     unet = build_unet(teacher_cfg.model, store.sar_channels)
     TeacherStage().export(str(directory / "teacher"), unet, teacher_cfg, store, CARD)
-    distill = DistillStage()
-    distill.teacher_scheduler_config = dict(noise_scheduler(teacher_cfg.diffusion).config)
-    distill.prediction_type = teacher_cfg.diffusion.prediction_type
-    distill.export(str(directory / "student"), unet, distill_cfg, store, CARD)
+    teacher = DistillStage.teacher_context(dict(noise_scheduler(teacher_cfg.diffusion).config))
+    DistillStage().export(str(directory / "student"), unet, distill_cfg, store, CARD, teacher)
     g = gan_cfg.generator
     generator = UNetGenerator(
         sample_size=g.sample_size,

@@ -193,11 +193,21 @@ def test_a_student_refuses_steps_beyond_its_bundles_range(good, tmp_path):
         ["distill.max_sampling_steps=4", "distill.default_steps=2"],
     )
     stage = DistillStage()
-    stage.teacher_scheduler_config = teacher.scheduler_config
-    stage.prediction_type = teacher.metadata.model_card["prediction_type"]
     store = StoreMetadata(tile_size=32, sar_channels=1, sar_normalization=SarNormalization())
-    stage.export(str(tmp_path / "student4"), teacher.model, cfg, store, CARD)
+    # what the export reads from the teacher comes in as an argument, never from state left on the stage
+    with pytest.raises(ValueError, match="teacher_context"):
+        stage.export(str(tmp_path / "no-teacher"), teacher.model, cfg, store, CARD)
+    assert not (tmp_path / "no-teacher").exists()
+    stage.export(
+        str(tmp_path / "student4"),
+        teacher.model,
+        cfg,
+        store,
+        CARD,
+        DistillStage.teacher_context(teacher.scheduler_config),
+    )
     student = load_bundle(str(tmp_path / "student4"))
+    assert student.scheduler_config["prediction_type"] == teacher.scheduler_config["prediction_type"]
     assert student.metadata.sampler.max_steps == 4 and student.metadata.model_card["allowed_steps"] == "1..4"
     assert resolve_sampler(student, None, None) == ("lcm", 2) and resolve_sampler(student, "lcm", 4) == (
         "lcm",

@@ -24,6 +24,9 @@ class StageModels:
     trainable: dict[str, torch.nn.Module]
     frozen: dict[str, torch.nn.Module] = field(default_factory=dict)
     lr: dict[str, float] = field(default_factory=dict)  # per-module learning rate; default cfg.train.lr
+    #: What `export` needs besides the weights, config, store and card (distillation: the teacher's noise
+    #: schedule and prediction type), handed to it explicitly by the harness.
+    export_context: dict[str, Any] = field(default_factory=dict)
 
 
 class TrainingStage(Protocol):
@@ -53,9 +56,18 @@ class TrainingStage(Protocol):
         returns named scalar metrics (losses first)."""
 
     def export(
-        self, directory: str, ema: torch.nn.Module, cfg: Any, store: StoreMetadata, card: dict[str, Any]
+        self,
+        directory: str,
+        ema: torch.nn.Module,
+        cfg: Any,
+        store: StoreMetadata,
+        card: dict[str, Any],
+        context: dict[str, Any] | None = None,
     ) -> None:
-        """Write the inference bundle of the EMA weights into `directory`."""
+        """Write the inference bundle of the EMA weights into `directory`; `context`: the `export_context` of the
+        StageModels `build` returned (everything export reads comes in as an argument, none from `self`)."""
 
-    def bundle_metadata(self, cfg: Any, store: StoreMetadata, card: dict[str, Any]) -> BundleMetadata:
+    def bundle_metadata(
+        self, cfg: Any, store: StoreMetadata, card: dict[str, Any], context: dict[str, Any] | None = None
+    ) -> BundleMetadata:
         """The bundle metadata this stage writes."""

@@ -79,8 +79,7 @@ class DistillStage:
         compute_dtype: torch.dtype = torch.float32,
     ) -> StageModels:
         teacher_bundle = load_bundle(extra["teacher"], device)
-        self.teacher_scheduler_config = dict(teacher_bundle.scheduler_config)
-        noise = DDPMScheduler.from_config(self.teacher_scheduler_config)
+        noise = DDPMScheduler.from_config(dict(teacher_bundle.scheduler_config))
         self.noise = noise
         self.alphas_cumprod = noise.alphas_cumprod.to(device)
         self.prediction_type = noise.config.prediction_type
@@ -97,7 +96,21 @@ class DistillStage:
         if cfg.distill.adversarial:
             trainable["discriminator"] = EncoderDiscriminator.from_teacher(teacher).train()
             lr["discriminator"] = cfg.distill.discriminator_lr or cfg.train.lr
-        return StageModels(trainable=trainable, frozen={"teacher": teacher}, lr=lr)
+        return StageModels(
+            trainable=trainable,
+            frozen={"teacher": teacher},
+            lr=lr,
+            export_context=self.teacher_context(teacher_bundle.scheduler_config),
+        )
+
+    @staticmethod
+    def teacher_context(teacher_scheduler_config: dict[str, Any]) -> dict[str, Any]:
+        """What the student's export needs from its teacher: the noise schedule (the student's LCMScheduler is
+        derived from it) and the prediction type."""
+        return {
+            "teacher_scheduler_config": dict(teacher_scheduler_config),
+            "prediction_type": teacher_scheduler_config.get("prediction_type", "epsilon"),
+        }
 
     def _x0(
         self, output: torch.Tensor, x: torch.Tensor, t: torch.Tensor
@@ -156,8 +169,13 @@ class DistillStage:
         return metrics
 
     def bundle_metadata(
-        self, cfg: DistillConfig, store: StoreMetadata, card: dict[str, Any]
+        self,
+        cfg: DistillConfig,
+        store: StoreMetadata,
+        card: dict[str, Any],
+        context: dict[str, Any] | None = None,
     ) -> BundleMetadata:
+        context = _required(context)
         sampler = SamplerSpec(
             name="lcm",
             default_steps=cfg.distill.default_steps,
@@ -175,7 +193,7 @@ class DistillStage:
                 else "consistency distillation (no adversarial term)",
                 "allowed_steps": f"1..{cfg.distill.max_sampling_steps}",
                 "real_for_discriminator": cfg.distill.real if cfg.distill.adversarial else None,
-                "prediction_type": self.prediction_type,
+                "prediction_type": context["prediction_type"],
                 **card,
             },
         )
@@ -187,11 +205,22 @@ class DistillStage:
         cfg: DistillConfig,
         store: StoreMetadata,
         card: dict[str, Any],
+        context: dict[str, Any] | None = None,
     ) -> None:
+        context = _required(context)
         write_bundle(
             directory,
-            self.bundle_metadata(cfg, store, card),
+            self.bundle_metadata(cfg, store, card, context),
             ema,
-            student_scheduler(self.teacher_scheduler_config, cfg),
+            student_scheduler(context["teacher_scheduler_config"], cfg),
             dump_config(cfg),
         )
+
+
+def _required(context: dict[str, Any] | None) -> dict[str, Any]:
+    if not context or "teacher_scheduler_config" not in context:
+        raise ValueError(
+            "a student bundle is written from its teacher's noise schedule: pass "
+            "context=DistillStage.teacher_context(teacher_bundle.scheduler_config)"
+        )
+    return context

@@ -73,7 +73,13 @@ class GanStage:
             "d_acc_fake": acc_fake,
         }
 
-    def bundle_metadata(self, cfg: GanConfig, store: StoreMetadata, card: dict[str, Any]) -> BundleMetadata:
+    def bundle_metadata(
+        self,
+        cfg: GanConfig,
+        store: StoreMetadata,
+        card: dict[str, Any],
+        context: dict[str, Any] | None = None,
+    ) -> BundleMetadata:
         sampler = SamplerSpec(name="direct", default_steps=1, allowed=["direct"], max_steps=1)
         return BundleMetadata.for_store(
             "gan",
@@ -84,6 +90,12 @@ class GanStage:
         )
 
     def export(
-        self, directory: str, ema: torch.nn.Module, cfg: GanConfig, store: StoreMetadata, card: dict[str, Any]
+        self,
+        directory: str,
+        ema: torch.nn.Module,
+        cfg: GanConfig,
+        store: StoreMetadata,
+        card: dict[str, Any],
+        context: dict[str, Any] | None = None,
     ) -> None:
         write_bundle(directory, self.bundle_metadata(cfg, store, card), ema.eval(), None, dump_config(cfg))

@@ -110,7 +110,11 @@ class TeacherStage:
         return {"loss": loss.item()}
 
     def bundle_metadata(
-        self, cfg: TeacherConfig, store: StoreMetadata, card: dict[str, Any]
+        self,
+        cfg: TeacherConfig,
+        store: StoreMetadata,
+        card: dict[str, Any],
+        context: dict[str, Any] | None = None,
     ) -> BundleMetadata:
         # No step limit in the spec: DDIM takes any count up to the schedule's timesteps (checked against the
         # bundle's scheduler config when sampling), DDPM always runs its full schedule.
@@ -132,6 +136,7 @@ class TeacherStage:
         cfg: TeacherConfig,
         store: StoreMetadata,
         card: dict[str, Any],
+        context: dict[str, Any] | None = None,
     ) -> None:
         write_bundle(
             directory,
