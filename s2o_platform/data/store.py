@@ -354,4 +354,6 @@ def read_tiles(
     if not paths:
         raise StoreError(f"the store {uri} has no tiles in split(s) {splits}")
     fs, _ = storage.resolve(uri, options)
-    return ray.data.read_parquet(paths, filesystem=fs, columns=columns)
+    dataset = ray.data.read_parquet(paths, filesystem=fs)
+    # Ray 2.60 deprecates read_parquet(columns=); its optimizer pushes this projection down into the read
+    return dataset.select_columns(columns) if columns else dataset
