@@ -30,6 +30,7 @@ class GanStage:
         device: torch.device,
         compute_dtype: torch.dtype = torch.float32,
     ) -> StageModels:
+        cfg = cfg.sized_for_store(store.tile_size)  # a size left null is the store's
         self.cfg = cfg
         generator = UNetGenerator(
             sample_size=cfg.generator.sample_size,
@@ -84,7 +85,7 @@ class GanStage:
         return BundleMetadata.for_store(
             "gan",
             store,
-            cfg.generator.sample_size,
+            cfg.generator.sample_size or store.tile_size,
             sampler,
             {"method": "pix2pix (U-Net + PatchGAN, L1 + adversarial)", **card},
         )

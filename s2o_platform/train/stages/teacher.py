@@ -124,7 +124,7 @@ class TeacherStage:
         return BundleMetadata.for_store(
             "teacher",
             store,
-            cfg.model.sample_size,
+            cfg.model.sample_size or store.tile_size,  # a size left null is the store's
             sampler,
             {"prediction_type": cfg.diffusion.prediction_type, **card},
         )
