@@ -28,7 +28,7 @@ from s2o_platform.data.rasters import (
     open_sar,
 )
 from s2o_platform.data.sources import PairSource
-from s2o_platform.data.store import encode_tile, encode_valid
+from s2o_platform.data.store import tile_row
 from s2o_platform.geo.tiling import grid_windows, window_transform
 
 
@@ -116,29 +116,22 @@ def tiles_from_pair(
                 1, 2, 0
             )
             optical_u8 = np.where(invalid[..., None], 0, optical_u8).astype(np.uint8)
-            sar_bytes, optical_bytes, tile_id = encode_tile(sar_model, np.ascontiguousarray(optical_u8))
-            landcover = (
-                class_map_window(labels.read(window), pair.labels).tobytes() if labels is not None else None
+            yield tile_row(
+                sar_model,
+                np.ascontiguousarray(optical_u8),
+                scene_id=pair.scene_id,
+                split=split,
+                sar_scale=scale.value,
+                row_off=window.row_off,
+                col_off=window.col_off,
+                crs=sar.crs if sar.georeferenced else None,
+                transform=window_transform(sar.transform, window) if sar.georeferenced else None,
+                sar_path=pair.uri_prefix + pair.sar,
+                optical_path=pair.uri_prefix + pair.optical,
+                source_kind=pair.source_kind,
+                landcover=class_map_window(labels.read(window), pair.labels) if labels is not None else None,
+                valid=~invalid,
             )
-            yield {
-                "tile_id": tile_id,
-                "scene_id": pair.scene_id,
-                "split": split,
-                "sar": sar_bytes,
-                "optical": optical_bytes,
-                "tile_size": settings.tile_size,
-                "sar_channels": 1,
-                "sar_scale": scale.value,
-                "row_off": window.row_off,
-                "col_off": window.col_off,
-                "crs": sar.crs if sar.georeferenced else None,
-                "transform": list(window_transform(sar.transform, window)) if sar.georeferenced else None,
-                "sar_path": pair.uri_prefix + pair.sar,
-                "optical_path": pair.uri_prefix + pair.optical,
-                "source_kind": pair.source_kind,
-                "landcover": landcover,
-                "valid": encode_valid(~invalid),
-            }
 
 
 def _as_input_dtype(window: np.ndarray, dtype: str) -> np.ndarray:

@@ -151,6 +151,49 @@ def encode_tile(sar: np.ndarray, optical: np.ndarray) -> tuple[bytes, bytes, str
     return sar_bytes, optical_bytes, tile_id
 
 
+def tile_row(
+    sar: np.ndarray,
+    optical: np.ndarray,
+    *,
+    scene_id: str,
+    split: str,
+    sar_scale: str,
+    row_off: int,
+    col_off: int,
+    crs: str | None,
+    transform: Sequence[float] | None,
+    sar_path: str,
+    optical_path: str,
+    source_kind: str,
+    landcover: np.ndarray | None = None,
+    valid: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """One row of TILE_SCHEMA, the one place a stored tile is assembled (ingest and synth alike).
+
+    `sar`: model values in [-1, 1], (H, W) or (H, W, C); `optical`: uint8 (H, W, 3); `landcover`: (H, W) class
+    numbers or None; `valid`: (H, W) bool or None (every pixel valid). The tile id hashes the stored bytes."""
+    sar_bytes, optical_bytes, tile_id = encode_tile(sar, optical)
+    return {
+        "tile_id": tile_id,
+        "scene_id": scene_id,
+        "split": split,
+        "sar": sar_bytes,
+        "optical": optical_bytes,
+        "tile_size": int(optical.shape[0]),
+        "sar_channels": 1 if sar.ndim == 2 else int(sar.shape[2]),
+        "sar_scale": sar_scale,
+        "row_off": int(row_off),
+        "col_off": int(col_off),
+        "crs": crs,
+        "transform": list(transform) if transform is not None else None,
+        "sar_path": sar_path,
+        "optical_path": optical_path,
+        "source_kind": source_kind,
+        "landcover": None if landcover is None else np.ascontiguousarray(landcover, dtype=np.uint8).tobytes(),
+        "valid": None if valid is None else encode_valid(valid),
+    }
+
+
 def decode_sar(data: bytes, tile_size: int, channels: int) -> np.ndarray:
     """(H, W, C) float32 in [-1, 1]."""
     return np.frombuffer(data, dtype="<f2").reshape(tile_size, tile_size, channels).astype(np.float32)

@@ -20,7 +20,7 @@ from s2o_platform.data.ingest import ensure_store_metadata, existing_tiles, shar
 from s2o_platform.data.normalization import SarNormalization, SarScale
 from s2o_platform.data.ray_context import scoped_data_context
 from s2o_platform.data.splits import SPLITS, assign_splits
-from s2o_platform.data.store import StoreMetadata, encode_tile, read_metadata, write_metadata, write_shards
+from s2o_platform.data.store import StoreMetadata, read_metadata, tile_row, write_metadata, write_shards
 from s2o_platform.geo.tiling import grid_windows, window_transform
 
 TILES_PER_SIDE = 4
@@ -56,28 +56,22 @@ def scene_tiles(scene_index: int, n_tiles: int, size: int, seed: int, split: str
         rs = slice(window.row_off, window.row_off + size)
         cs = slice(window.col_off, window.col_off + size)
         optical = scene.optical[rs, cs]
-        sar_bytes, optical_bytes, tile_id = encode_tile(
-            norm.to_model(scene.sar_db[rs, cs], SarScale.DB), optical
-        )
         rows.append(
-            {
-                "tile_id": tile_id,
-                "scene_id": f"synth_{seed}_{scene_index:05d}",
-                "split": split,
-                "sar": sar_bytes,
-                "optical": optical_bytes,
-                "tile_size": size,
-                "sar_channels": 1,
-                "sar_scale": SarScale.DB.value,
-                "row_off": window.row_off,
-                "col_off": window.col_off,
-                "crs": SYNTH_CRS,
-                "transform": list(window_transform(transform, window)),
-                "sar_path": f"synth://seed={seed}/scene={scene_index}",
-                "optical_path": f"synth://seed={seed}/scene={scene_index}",
-                "source_kind": "synth",
-                "landcover": np.ascontiguousarray(scene.classes[rs, cs], dtype=np.uint8).tobytes(),
-            }
+            tile_row(
+                norm.to_model(scene.sar_db[rs, cs], SarScale.DB),
+                optical,
+                scene_id=f"synth_{seed}_{scene_index:05d}",
+                split=split,
+                sar_scale=SarScale.DB.value,
+                row_off=window.row_off,
+                col_off=window.col_off,
+                crs=SYNTH_CRS,
+                transform=window_transform(transform, window),
+                sar_path=f"synth://seed={seed}/scene={scene_index}",
+                optical_path=f"synth://seed={seed}/scene={scene_index}",
+                source_kind="synth",
+                landcover=scene.classes[rs, cs],
+            )
         )
         stats.append(synth.tile_statistics(optical, scene.classes[rs, cs]))
     return rows, stats

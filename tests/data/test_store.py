@@ -15,6 +15,7 @@ from s2o_platform.data.store import (
     read_metadata,
     shard_paths,
     split_counts,
+    tile_row,
     write_metadata,
     write_shards,
 )
@@ -42,6 +43,41 @@ def _row(i: int, split: str, size: int = 8) -> dict:
         "optical_path": "b",
         "source_kind": "folders",
     }
+
+
+def test_tile_row_fits_the_schema_and_decodes_back():
+    """The one builder of stored rows (ingest and synth): every schema column, values that decode to the inputs."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(0)
+    sar = rng.uniform(-1, 1, (8, 8)).astype(np.float32)
+    optical = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    classes = rng.integers(0, 5, (8, 8)).astype(np.uint8)
+    valid = np.ones((8, 8), bool)
+    valid[0, :3] = False
+    common = dict(
+        scene_id="s",
+        split="train",
+        sar_scale="db",
+        row_off=16,
+        col_off=8,
+        crs="EPSG:32631",
+        transform=(10.0, 0.0, 0.0, 0.0, -10.0, 0.0),
+        sar_path="a",
+        optical_path="b",
+        source_kind="folders",
+    )
+    row = tile_row(sar, optical, landcover=classes, valid=valid, **common)
+    bare = tile_row(sar, optical, **common)
+    assert set(row) == set(TILE_SCHEMA.names)
+    table = pa.Table.from_pylist([row, bare], schema=TILE_SCHEMA)  # types and nullability checked by Arrow
+    batch = decode_batch({c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names})
+    assert row["tile_id"] == encode_tile(sar, optical)[2] and (row["row_off"], row["tile_size"]) == (16, 8)
+    np.testing.assert_allclose(batch["sar"][0, 0], sar, atol=1e-3)  # stored as float16
+    np.testing.assert_array_equal(batch["landcover"][0], classes)
+    assert bytes(table.column("optical")[0].as_py()) == optical.tobytes()
+    np.testing.assert_array_equal(batch["valid"][0].reshape(8, 8), valid)
+    assert bare["landcover"] is None and bare["valid"] is None  # all valid: no bits stored
 
 
 def _meta(size: int = 8) -> StoreMetadata:
