@@ -367,7 +367,7 @@ class S2OPipeline:
         bits: int | None = None,
     ) -> _SarImage:
         """Raw SAR values (H, W) or (C, H, W) -> the model's range, by the rules archive translation reads with."""
-        from s2o_platform.data.normalization import model_pixels, sar_pixels, scale_sample
+        from s2o_platform.data.normalization import model_pixels, sar_pixels
 
         if raw.ndim == 2:
             raw = raw[None]
@@ -382,10 +382,7 @@ class S2OPipeline:
         pixels = sar_pixels(
             dtype, palette=palette, bits=bits
         )  # UnsupportedSarPixels (a ValueError) says what to send
-        if sar_scale == "auto":
-            scale, _ = pixels.detect_scale(scale_sample(raw))
-        else:
-            scale = pixels.check_scale(sar_scale)
+        scale, _ = pixels.resolve_scale(sar_scale, raw)
         values, valid = model_pixels(raw, dtype, scale.value, metadata.sar_normalization)
         return _SarImage(values, valid.all(axis=0), name)
 

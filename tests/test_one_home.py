@@ -197,3 +197,37 @@ def test_a_dataset_keeps_the_settings_it_was_created_under(ray_cluster):
     )
     assert mapped.context is inside.context
     assert later.context.enable_progress_bars is bars
+
+
+# -- the SAR scale resolver and the nodata fill ---------------------------------------------------------------
+
+
+def _calls_outside(names: set[str], allowed: set[str]) -> list[str]:
+    """Calls of functions or methods named in `names` in package modules other than `allowed`."""
+    import ast
+
+    from tests.fixtures import REPO_ROOT
+
+    found = []
+    for path in sorted((REPO_ROOT / "s2o_platform").rglob("*.py")):
+        relative = path.relative_to(REPO_ROOT).as_posix()
+        if relative in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                func = node.func
+                name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+                if name in names:
+                    found.append(f"{relative}:{node.lineno} calls {name}")
+    return found
+
+
+def test_sar_scale_is_resolved_in_one_place():
+    # ingest, archive translation, serving and the Python API all go through SarPixels.resolve_scale
+    assert _calls_outside({"detect_sar_scale", "detect_scale"}, {"s2o_platform/data/normalization.py"}) == []
+
+
+def test_sar_pixels_reach_the_model_range_through_one_fill_rule():
+    # model_pixels owns "nodata, NaN and inf -> -1"; only the synthetic writer (dB, no nodata) converts directly
+    allowed = {"s2o_platform/data/normalization.py", "s2o_platform/data/synth_writer.py"}
+    assert _calls_outside({"to_model"}, allowed) == []

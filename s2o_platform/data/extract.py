@@ -18,10 +18,16 @@ import numpy as np
 
 from s2o_platform import storage
 from s2o_platform.data.nodata import invalid_optical
-from s2o_platform.data.normalization import OpticalNormalization, SarNormalization, SarScale, detect_sar_scale
+from s2o_platform.data.normalization import (
+    OpticalNormalization,
+    SarNormalization,
+    SarScale,
+    UnsupportedSarPixels,
+    model_pixels,
+    sar_pixels,
+)
 from s2o_platform.data.rasters import (
     InputError,
-    Raster,
     class_map_window,
     open_labels,
     open_optical,
@@ -84,7 +90,12 @@ def tiles_from_pair(
         sample = sar.sample()
         if not np.isfinite(sample).any():
             raise InputError("SAR is entirely nodata/NaN")
-        scale, reason = _resolve_scale(sar, sample, settings.sar_scale)
+        try:
+            scale, reason = sar_pixels(sar.dtype).resolve_scale(
+                settings.sar_scale, np.ma.masked_invalid(sample), sar.units_hint
+            )
+        except UnsupportedSarPixels as err:
+            raise InputError(f"SAR {pair.sar}: {err}") from None
         report.scale, report.scale_reason = scale.value, reason
         windows = grid_windows(sar.height, sar.width, settings.tile_size, settings.stride)
         if not windows:
@@ -108,8 +119,8 @@ def tiles_from_pair(
                 continue
             if invalid.any():
                 report.windows_masked += 1
-            sar_model = np.where(
-                sar_invalid, -1.0, sar_norm.to_model(np.where(sar_invalid, 0.0, sar_window[0]), scale)
+            sar_model, _ = model_pixels(  # nodata -> -1: the one fill rule
+                np.ma.masked_array(sar_window[0], sar_invalid), sar.dtype, scale.value, sar_norm
             )
             optical_filled = np.where(invalid[None], 0.0, np.nan_to_num(optical_window))
             optical_u8 = optical_norm.to_uint8(_as_input_dtype(optical_filled, optical.dtype)).transpose(
@@ -141,9 +152,3 @@ def _as_input_dtype(window: np.ndarray, dtype: str) -> np.ndarray:
         info = np.iinfo(dt)
         return np.clip(np.rint(window), info.min, info.max).astype(dt)
     return window
-
-
-def _resolve_scale(sar: Raster, sample: np.ndarray, requested: SarScale) -> tuple[SarScale, str]:
-    if requested is not SarScale.AUTO:
-        return requested, "given by --sar-scale"
-    return detect_sar_scale(sample, sar.dtype, sar.units_hint)

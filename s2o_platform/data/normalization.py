@@ -224,6 +224,18 @@ class SarPixels:
             f"{self.dtype} SLC, intensity |z|^2 99th percentile {p99:.3g} >= 10: amplitude |z| as DN",
         )
 
+    def resolve_scale(
+        self, requested: SarScale | str, sample, units_hint: str | None = None
+    ) -> tuple[SarScale, str]:
+        """The one SAR-scale resolver (ingest, archive translation, serving and the Python API): `requested`
+        when it is not auto (checked against these pixels), else detected from `sample` (raw values of the
+        band, an array or a masked array whose mask is nodata; `scale_sample` prepares it) and the metadata's
+        units hint. Returns the scale and why it was chosen."""
+        requested = SarScale(requested)
+        if requested is not SarScale.AUTO:
+            return self.check_scale(requested), f"given: {requested.value}"
+        return self.detect_scale(scale_sample(sample), units_hint)
+
     def to_real(self, raw: np.ndarray, scale: SarScale | str) -> np.ndarray:
         """The values `scale` describes: `raw` itself for real pixels, |z| (DN) or |z|^2 (linear) for complex
         ones. Masked arrays keep their mask."""

@@ -21,7 +21,6 @@ from s2o_platform.data.normalization import (
     UnsupportedSarPixels,
     model_pixels,
     sar_pixels,
-    scale_sample,
 )
 from s2o_platform.data.rasters import InputError, band_pixel_format, select_sar_band, units_hint
 from s2o_platform.geo.tiling import window_starts
@@ -111,17 +110,16 @@ def inspect_scene(
             raise InputError(f"{uri} band {index} ({dtype}): {err}") from None
         if archive and (ds.height < tile or ds.width < tile):
             raise InputError(f"{uri} is {ds.width}x{ds.height} px, smaller than the model's {tile} px tile")
-        if sar_scale == SarScale.AUTO.value:
-            step = max(1, max(ds.height, ds.width) // 512)
-            sample = ds.read(
-                index, out_shape=(max(1, ds.height // step), max(1, ds.width // step)), masked=True
-            )
-            scale, reason = pixels.detect_scale(scale_sample(sample), units_hint(ds, index))
-        else:
-            try:
-                scale, reason = pixels.check_scale(sar_scale), f"--sar-scale {sar_scale}"
-            except UnsupportedSarPixels as err:
-                raise InputError(f"{uri} band {index}: {err}") from None
+        step = max(1, max(ds.height, ds.width) // 512)  # a decimated read is enough to tell the scale
+        sample = (
+            ds.read(index, out_shape=(max(1, ds.height // step), max(1, ds.width // step)), masked=True)
+            if sar_scale == SarScale.AUTO.value
+            else None
+        )
+        try:
+            scale, reason = pixels.resolve_scale(sar_scale, sample, units_hint(ds, index))
+        except UnsupportedSarPixels as err:
+            raise InputError(f"{uri} band {index}: {err}") from None
         return SceneInfo(
             uri=uri,
             name=name,

@@ -39,6 +39,7 @@ from s2o_platform.data.normalization import (
     SarNormalization,
     SarScale,
     UnsupportedSarPixels,
+    model_pixels,
     model_to_uint8,
     sar_pixels,
 )
@@ -486,12 +487,10 @@ def _decode_pillow(
             400, "corrupt_image", f"the {kind.upper()} image cannot be decoded: {err}"
         ) from None
     raw = np.asarray(image)
-    if raw.dtype == np.uint8:
-        scale, reason = SarScale.UINT8, "8-bit image: taken as display-scaled SAR"
-    else:  # 16-bit PNG: digital numbers
-        scale, reason = sar_pixels(header.dtype).detect_scale(raw)
-    values = normalization.to_model(raw.astype(np.float64), scale)[None]
-    return SarImage(values.astype(np.float32), scale.value, reason)
+    # 8-bit: display-scaled; 16-bit: DN
+    scale, reason = sar_pixels(header.dtype).resolve_scale(SarScale.AUTO, raw)
+    values, _ = model_pixels(raw, header.dtype, scale.value, normalization)
+    return SarImage(values[None], scale.value, reason)
 
 
 def _decode_tiff(body: bytes, header: ImageHeader, normalization: SarNormalization) -> SarImage:
@@ -509,10 +508,11 @@ def _decode_tiff(body: bytes, header: ImageHeader, normalization: SarNormalizati
         raise RequestError(
             422, "no_valid_pixels", "every pixel of the TIFF is nodata, NaN or infinite: nothing to translate"
         )
-    scale, reason = pixels.detect_scale(np.where(valid, filled, np.nan), hint)
-    raw = np.asarray(pixels.to_real(np.where(valid, filled, 1.0), scale), dtype=np.float64)
-    values = normalization.to_model(raw, scale)
-    values = np.where(valid, values, -1.0).astype(np.float32)
+    readable = np.ma.masked_array(filled, ~valid)
+    scale, reason = pixels.resolve_scale(SarScale.AUTO, readable, hint)
+    values, _ = model_pixels(
+        readable, header.dtype, scale.value, normalization
+    )  # nodata -> -1, the one fill rule
     return SarImage(values, scale.value, reason, crs, transform)
 
 

@@ -5,8 +5,10 @@ from s2o_platform.data.normalization import (
     OpticalNormalization,
     SarNormalization,
     SarScale,
+    UnsupportedSarPixels,
     detect_sar_scale,
     model_to_uint8,
+    sar_pixels,
     to_db,
     uint8_to_model,
 )
@@ -103,3 +105,18 @@ def test_optical_reflectance_stretch():
     assert norm.to_uint8(np.array([0.15], dtype=np.float32)).tolist() == [128]
     u8 = np.array([1, 2, 3], dtype=np.uint8)
     assert norm.to_uint8(u8) is u8
+
+
+def test_resolve_scale_detects_auto_from_the_valid_sample_only():
+    # the masked (nodata) pixels are negative: were they inspected, float data would read as dB
+    sample = np.ma.masked_array(np.array([[0.02, 0.5], [-99.0, 1.2]], dtype=np.float32), [[0, 0], [1, 0]])
+    scale, reason = sar_pixels("float32").resolve_scale("auto", sample)
+    assert scale is SarScale.LINEAR and "linear power" in reason
+    ints = np.ma.masked_array(np.array([0, 500, 900], dtype=np.uint16), [1, 0, 0])
+    assert sar_pixels("uint16").resolve_scale(SarScale.AUTO, ints)[0] is SarScale.DN
+
+
+def test_resolve_scale_keeps_a_given_scale_and_checks_it_against_the_pixels():
+    assert sar_pixels("float32").resolve_scale("db", None) == (SarScale.DB, "given: db")
+    with pytest.raises(UnsupportedSarPixels, match="complex"):
+        sar_pixels("complex64").resolve_scale("db", None)
