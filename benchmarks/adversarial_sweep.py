@@ -1,13 +1,16 @@
 """Does the adversarial term help? Distil from a teacher trained past the demo's budget, with and without it.
 
     python benchmarks/adversarial_sweep.py --out runs/sweep [--teacher-steps 1500] [--distill-steps 200]
-        [--lambdas 0.1,0.5,1.0] [--limit 192]
+        [--lambdas 0.1,0.5,1.0] [--variant NAME:KEY=VALUE[,KEY=VALUE...]]... [--report report] [--limit 192]
 
 Through the real CLI, on one local Ray cluster per command: a synthetic store (2048 pairs of 32 px),
 the tiny teacher for --teacher-steps, then from that one teacher an ACD student per lambda_adv and the
 no-adversarial ablation, all with configs/tiny/distill.yaml and the same --distill-steps, then one
 `s2o eval` of every student at 1, 2 and 4 steps against the teacher's DDIM-50 on the same test tiles and
-seeds (paired PSNR differences with bootstrap intervals, sharpness, land cover). Every stage is reused
+seeds (paired PSNR differences with bootstrap intervals, sharpness, land cover). --variant adds a student
+with other distillation settings (what the method leaves open: the discriminator's "real", its learning
+rate, its loss), e.g. --variant real-target:distill.real=target --variant dlr-1e-3:distill.discriminator_lr=1e-3
+(at the first of --lambdas unless the variant sets distill.lambda_adv). Every stage is reused
 when its output exists, so an interrupted sweep resumes. The table in docs/MEASUREMENTS.md ("The adversarial term, measured") comes from report.md.
 """
 
@@ -41,6 +44,13 @@ def main() -> None:
     parser.add_argument("--teacher-steps", type=int, default=1500)
     parser.add_argument("--distill-steps", type=int, default=200)
     parser.add_argument("--lambdas", default="0.1,0.5,1.0")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="NAME:KEY=VALUE[,KEY=VALUE...]: another ACD student with these --set keys (repeatable)",
+    )
+    parser.add_argument("--report", default="report", help="the evaluation's folder under --out")
     parser.add_argument("--limit", type=int, default=192, help="test tiles to score")
     args = parser.parse_args()
     out = args.out.resolve()
@@ -65,6 +75,15 @@ def main() -> None:
     )
     students = {f"acd-{lam}": ["--set", f"distill.lambda_adv={lam}"] for lam in args.lambdas.split(",")}
     students["ablation"] = ["--set", "distill.adversarial=false"]
+    first_lambda = args.lambdas.split(",")[0]
+    for variant in args.variant:
+        name, _, keys = variant.partition(":")
+        if not name or "=" not in keys:
+            parser.error(f"--variant {variant!r}: expected NAME:KEY=VALUE[,KEY=VALUE...]")
+        pairs = keys.split(",")
+        if not any(pair.startswith("distill.lambda_adv=") for pair in pairs):
+            pairs.insert(0, f"distill.lambda_adv={first_lambda}")
+        students[name] = [arg for pair in pairs for arg in ("--set", pair)]
     for name, extra in students.items():
         run(
             [

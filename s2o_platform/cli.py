@@ -171,48 +171,45 @@ def data_ingest(
     Exits 1 when nothing valid was found.
     """
     from s2o_platform import storage
-    from s2o_platform.config import IngestConfig, load_config
+    from s2o_platform.config import IngestConfig
 
-    overrides = list(set_ or [])
-    for key, value in (
-        ("tile_size", tile_size),
-        ("stride", stride),
-        ("sar_scale", sar_scale.value if sar_scale else None),
-        ("clip_db", _parse_clip(clip_db) if clip_db else None),
-        ("split.test_fraction", test_fraction),
-        ("split.val_fraction", val_fraction),
-        ("split.seed", seed),
-        ("sar_band", sar_band),
-        ("max_nodata", max_nodata),
-    ):
-        if value is not None:
-            overrides.append(f"{key}={json.dumps(value)}")
-    cfg = load_config(IngestConfig, config, overrides)
+    cfg = _command_config(
+        IngestConfig,
+        config,
+        set_,
+        {
+            "tile_size": tile_size,
+            "stride": stride,
+            "sar_scale": sar_scale.value if sar_scale else None,
+            "clip_db": _parse_clip(clip_db) if clip_db else None,
+            "split.test_fraction": test_fraction,
+            "split.val_fraction": val_fraction,
+            "split.seed": seed,
+            "sar_band": sar_band,
+            "max_nodata": max_nodata,
+        },
+    )
 
     from s2o_platform.data.ingest import format_summary, run_ingest
-    from s2o_platform.data.store import StoreError
     from s2o_platform.ray_cluster import connect
 
     options = storage.StorageOptions.from_env(s3_endpoint)
     typer.echo(f"ingesting {len(sources)} source(s) into {out} on {connect(address)}", err=True)
-    try:
-        summary = run_ingest(
-            sources,
-            out,
-            tile_size=cfg.tile_size,
-            stride=cfg.stride,
-            sar_scale=cfg.sar_scale,
-            clip_db=cfg.clip_db,
-            test_fraction=cfg.split.test_fraction,
-            val_fraction=cfg.split.val_fraction,
-            seed=cfg.split.seed,
-            sar_band=cfg.sar_band,
-            shard_mb=cfg.shard_mb,
-            max_nodata=cfg.max_nodata,
-            options=options,
-        )
-    except (StoreError, ValueError) as err:
-        fail(str(err))
+    summary = run_ingest(
+        sources,
+        out,
+        tile_size=cfg.tile_size,
+        stride=cfg.stride,
+        sar_scale=cfg.sar_scale,
+        clip_db=cfg.clip_db,
+        test_fraction=cfg.split.test_fraction,
+        val_fraction=cfg.split.val_fraction,
+        seed=cfg.split.seed,
+        sar_band=cfg.sar_band,
+        shard_mb=cfg.shard_mb,
+        max_nodata=cfg.max_nodata,
+        options=options,
+    )
     typer.echo(format_summary(summary))
     if summary_json:
         summary_json.write_text(json.dumps(summary.to_dict(), indent=2))
@@ -249,33 +246,26 @@ def data_synth(
     """Write a procedural SEN12-like benchmark set: land-cover maps -> optical colour/texture and
     SAR backscatter with Gamma speckle. Prints the PSNR of two baselines (mean colour, class oracle)."""
     from s2o_platform import storage
-    from s2o_platform.config import SynthConfig, load_config
+    from s2o_platform.config import SynthConfig
 
-    overrides = list(set_ or [])
-    for key, value in (("pairs", pairs), ("size", size), ("split.seed", seed)):
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    cfg = load_config(SynthConfig, config, overrides)
+    cfg = _command_config(SynthConfig, config, set_, {"pairs": pairs, "size": size, "split.seed": seed})
     from s2o_platform.data.synth_writer import run_synth
     from s2o_platform.ray_cluster import connect
 
     typer.echo(f"synthesising {cfg.pairs} pairs of {cfg.size} px into {out} on {connect(address)}", err=True)
-    try:
-        summary = run_synth(
-            out,
-            pairs=cfg.pairs,
-            size=cfg.size,
-            seed=cfg.split.seed,
-            test_fraction=cfg.split.test_fraction,
-            val_fraction=cfg.split.val_fraction,
-            clip_db=cfg.clip_db,
-            scenes_dir=str(scenes) if scenes else None,
-            n_scene_files=cfg.scene_files,
-            scene_size=cfg.scene_size,
-            options=storage.StorageOptions.from_env(s3_endpoint),
-        )
-    except ValueError as err:
-        fail(str(err))
+    summary = run_synth(
+        out,
+        pairs=cfg.pairs,
+        size=cfg.size,
+        seed=cfg.split.seed,
+        test_fraction=cfg.split.test_fraction,
+        val_fraction=cfg.split.val_fraction,
+        clip_db=cfg.clip_db,
+        scenes_dir=str(scenes) if scenes else None,
+        n_scene_files=cfg.scene_files,
+        scene_size=cfg.scene_size,
+        options=storage.StorageOptions.from_env(s3_endpoint),
+    )
     typer.echo(f"scenes:        {summary.scenes}")
     typer.echo("tiles written: " + ", ".join(f"{k} {v}" for k, v in summary.tiles.items()))
     typer.echo(
@@ -400,8 +390,9 @@ def _command_config(model, config: Path | None, set_: list[str] | None, flags: d
 
 
 def _option_name(key: str) -> str:
-    """The command-line option of a config key (batch_size -> --batch-size; eval's models list -> --model)."""
-    return "--model" if key == "models" else "--" + key.replace("_", "-")
+    """The command-line option of a config key (batch_size -> --batch-size, split.test_fraction -> --test-fraction;
+    eval's models list -> --model)."""
+    return "--model" if key == "models" else "--" + key.rsplit(".", 1)[-1].replace("_", "-")
 
 
 def translate_config(config: Path | None = None, set_: list[str] | None = None, **flags):

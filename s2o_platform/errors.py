@@ -15,3 +15,8 @@ class S2OError(Exception):
     #: The `s2o` exit code: 2, a user error (bad input, options, config, a missing store or bundle);
     #: 1, a run that was well asked for but failed (e.g. a demo stage).
     exit_code: int = 2
+
+
+class SettingsError(S2OError, ValueError):
+    """Settings that cannot work together, checked where one config field alone cannot say it (e.g. split
+    fractions that leave nothing to train on), or a library caller's value the CLI's config would refuse."""

@@ -16,6 +16,12 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from s2o_platform.errors import S2OError
+
+
+class UnsupportedURI(S2OError, ValueError):
+    """A location that is neither a local path nor s3:// (the message names it and what to use)."""
+
 
 @dataclass(frozen=True)
 class StorageOptions:
@@ -50,7 +56,7 @@ def resolve(uri: str, options: StorageOptions | None = None) -> tuple[pafs.FileS
     if parsed.scheme in ("", "file"):
         local = parsed.path if parsed.scheme == "file" else uri
         return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(local))
-    raise ValueError(
+    raise UnsupportedURI(
         f"unsupported URI scheme {parsed.scheme!r} in {uri!r}: use a local path or s3://bucket/prefix"
     )
 

@@ -110,6 +110,25 @@ def test_translate_refuses_unknown_keys_and_bad_values(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+# -- data ingest / data synth -------------------------------------------------------------------------------
+
+
+def test_ingest_and_synth_name_the_option_of_a_bad_value_before_any_work(tmp_path, monkeypatch):
+    import s2o_platform.ray_cluster as ray_cluster
+
+    def no_cluster(*args, **kwargs):  # a refusal must come before a Ray cluster is started or joined
+        raise AssertionError("connected to Ray before the settings were checked")
+
+    monkeypatch.setattr(ray_cluster, "connect", no_cluster)
+    out = str(tmp_path / "store")
+    assert_refused(["data", "ingest", str(tmp_path), "--out", out, "--test-fraction", "1.5"], "--test-fraction")
+    assert_refused(["data", "ingest", str(tmp_path), "--out", out, "--tile-size", "4"], "tile_size", "--tile-size")
+    assert_refused(["data", "ingest", str(tmp_path), "--out", out, "--set", "stridee=3"], "unknown key 'stridee'")
+    assert_refused(["data", "synth", "--out", out, "--pairs", "0"], "pairs", "--pairs")
+    assert_refused(["data", "synth", "--out", out, "--seed", "-1", "--size", "4"], "size", "--size")
+    assert not (tmp_path / "store").exists()
+
+
 # -- eval -------------------------------------------------------------------------------------------------
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 
+from s2o_platform.errors import SettingsError
+
 SPLITS = ("train", "val", "test")
 
 
@@ -42,7 +44,7 @@ def assign_splits(
         existing: scene -> split already recorded (e.g. in the store being appended to); kept as is.
     """
     if not (0 <= test_fraction < 1 and 0 <= val_fraction < 1 and test_fraction + val_fraction < 1):
-        raise ValueError(
+        raise SettingsError(
             f"test_fraction ({test_fraction}) and val_fraction ({val_fraction}) must each be in [0, 1) "
             "and sum to less than 1"
         )

@@ -21,6 +21,7 @@ from s2o_platform.data.normalization import SarNormalization, SarScale
 from s2o_platform.data.ray_context import scoped_data_context
 from s2o_platform.data.splits import SPLITS, assign_splits
 from s2o_platform.data.store import StoreMetadata, read_metadata, tile_row, write_metadata, write_shards
+from s2o_platform.errors import SettingsError
 from s2o_platform.geo.tiling import grid_windows, window_transform
 
 TILES_PER_SIDE = 4
@@ -132,7 +133,7 @@ def run_synth(
     from tqdm import tqdm
 
     if pairs < 1 or size < 8:
-        raise ValueError(f"--pairs must be >= 1 and --size >= 8, got pairs={pairs}, size={size}")
+        raise SettingsError(f"--pairs must be >= 1 and --size >= 8, got pairs={pairs}, size={size}")
     options = options or storage.StorageOptions.from_env()
     started = time.perf_counter()
     per_scene = TILES_PER_SIDE**2

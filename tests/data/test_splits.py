@@ -3,6 +3,7 @@ from collections import Counter
 import pytest
 
 from s2o_platform.data.splits import assign_splits, scene_uniform
+from s2o_platform.errors import SettingsError
 
 
 def test_deterministic_and_order_independent():
@@ -42,5 +43,6 @@ def test_uniform_in_unit_interval_and_stable():
 
 @pytest.mark.parametrize("test,val", [(1.0, 0.0), (0.6, 0.5), (-0.1, 0.1)])
 def test_bad_fractions(test, val):
-    with pytest.raises(ValueError, match="fraction"):
+    with pytest.raises(SettingsError, match="fraction") as err:  # an S2OError: the CLI prints it, exit 2
         assign_splits(["a"], test, val, 0)
+    assert err.value.exit_code == 2
