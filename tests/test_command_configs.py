@@ -121,9 +121,15 @@ def test_ingest_and_synth_name_the_option_of_a_bad_value_before_any_work(tmp_pat
 
     monkeypatch.setattr(ray_cluster, "connect", no_cluster)
     out = str(tmp_path / "store")
-    assert_refused(["data", "ingest", str(tmp_path), "--out", out, "--test-fraction", "1.5"], "--test-fraction")
-    assert_refused(["data", "ingest", str(tmp_path), "--out", out, "--tile-size", "4"], "tile_size", "--tile-size")
-    assert_refused(["data", "ingest", str(tmp_path), "--out", out, "--set", "stridee=3"], "unknown key 'stridee'")
+    assert_refused(
+        ["data", "ingest", str(tmp_path), "--out", out, "--test-fraction", "1.5"], "--test-fraction"
+    )
+    assert_refused(
+        ["data", "ingest", str(tmp_path), "--out", out, "--tile-size", "4"], "tile_size", "--tile-size"
+    )
+    assert_refused(
+        ["data", "ingest", str(tmp_path), "--out", out, "--set", "stridee=3"], "unknown key 'stridee'"
+    )
     assert_refused(["data", "synth", "--out", out, "--pairs", "0"], "pairs", "--pairs")
     assert_refused(["data", "synth", "--out", out, "--seed", "-1", "--size", "4"], "size", "--size")
     assert not (tmp_path / "store").exists()
