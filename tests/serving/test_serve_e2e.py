@@ -244,9 +244,10 @@ def test_overload_is_shed_with_503_and_retry_after(server, student):
     # enough that the one queued request finishes well inside the 60 s request timeout on a busy machine
     big = png_bytes(np.random.default_rng(4).integers(0, 255, (192, 192), dtype=np.uint8))
     try:
-        started = time.time()
+        # never a hang: every request is answered (200 or shed with 503) inside its own client timeout, which
+        # raises requests.Timeout and fails the test otherwise
         with ThreadPoolExecutor(12) as pool:
-            responses = list(pool.map(lambda _: post(url, big, query="?steps=2"), range(12)))
+            responses = list(pool.map(lambda _: post(url, big, query="?steps=2", timeout=90), range(12)))
         statuses = [r.status_code for r in responses]
         assert set(statuses) <= {200, 503}, statuses
         assert statuses.count(503) >= 1 and statuses.count(200) >= 1, statuses
@@ -255,7 +256,6 @@ def test_overload_is_shed_with_503_and_retry_after(server, student):
             for r in responses
             if r.status_code == 503
         )
-        assert time.time() - started < 110
         assert requests.get(f"{url}/healthz", timeout=30).status_code == 200
         assert post(url, big, query="?steps=1").status_code == 200
     finally:

@@ -21,7 +21,13 @@ from s2o_platform import storage
 from s2o_platform.data.synth_writer import write_scene_geotiffs
 from s2o_platform.translate.manifest import MANIFEST_FILE, Manifest, SceneRecord
 from s2o_platform.translate.sources import discover_scenes
-from tests.translate.helpers import assert_same_grid_and_nodata, translate
+from tests.translate.helpers import (
+    assert_same_grid_and_nodata,
+    held_translate_command,
+    translate,
+    wait_for,
+    wait_for_free_cpus,
+)
 
 pytestmark = pytest.mark.ray
 # The names users see in DEST, spelled out: what they find there is the contract.
@@ -46,24 +52,6 @@ def write_lock(out: Path, host: str, pid: int) -> Path:
     path = out / LOCK_FILE
     path.write_text(json.dumps({"host": host, "pid": pid, "started_at": time.time() - 60}))
     return path
-
-
-def translate_command(source, bundle, out, cluster, *extra) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "s2o_platform.cli",
-        "translate",
-        str(source),
-        "--model",
-        str(bundle),
-        "--out",
-        str(out),
-        "--no-progress",
-        "--address",
-        cluster.get_runtime_context().gcs_address,
-        *map(str, extra),
-    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,26 +222,21 @@ def test_a_second_run_into_the_same_dest_exits_2_naming_the_first(ray_cluster, b
     archive = tmp_path / "archive"
     write_scene_geotiffs(str(archive), 6, 160, seed=5)
     out = tmp_path / "out"
-    log_path = tmp_path / "first.log"
-    command = translate_command(
-        archive / "sar", bundles["student"], out, ray_cluster, "--steps", 4, "--batch-size", 8
+    log_path, held, release = tmp_path / "first.log", tmp_path / "held", tmp_path / "release"
+    command = held_translate_command(
+        held, release, archive / "sar", bundles["student"], out, ray_cluster, "--steps", 4, "--batch-size", 8
     )
     with open(log_path, "w") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:  # the first run is past its checks
-            if (out / LOCK_FILE).exists() or "SAR scale" in log_path.read_text():
-                break
-            time.sleep(0.05)
-        if proc.poll() is not None:
-            pytest.skip(f"the first run ended before the second started: {log_path.read_text()[-2000:]}")
+        wait_for(held.exists, "first scene recorded as done", proc, log_path)  # it holds DEST's lock now
         second = translate(
             archive / "sar", "--model", bundles["student"], "--out", out, "--steps", 4, "--batch-size", 8
         )
         assert second.exit_code == 2, second.output
         assert f"pid {proc.pid} on {socket.gethostname()}" in second.output, second.output
         assert str(out / LOCK_FILE) in second.output and "Wait for it to finish" in second.output
+        release.touch()
         assert proc.wait(timeout=400) == 0, log_path.read_text()[-3000:]
     finally:
         if proc.poll() is None:
@@ -296,10 +279,21 @@ def test_a_killed_run_leaves_a_stale_lock_and_work_files_that_the_next_run_clear
     out = tmp_path / "out"
     private_tmp = tmp_path / "tmp"
     private_tmp.mkdir()
-    command = translate_command(
-        archive / "sar", bundles["student"], out, ray_cluster, "--steps", 4, "--batch-size", 8
+    held, log_path = tmp_path / "held", tmp_path / "first.log"
+    free_before = ray_cluster.available_resources().get("CPU", 0)
+    command = held_translate_command(
+        held,
+        tmp_path / "never",
+        archive / "sar",
+        bundles["student"],
+        out,
+        ray_cluster,
+        "--steps",
+        4,
+        "--batch-size",
+        8,
     )
-    with open(tmp_path / "first.log", "w") as log:
+    with open(log_path, "w") as log:
         proc = subprocess.Popen(
             command,
             stdout=log,
@@ -308,21 +302,15 @@ def test_a_killed_run_leaves_a_stale_lock_and_work_files_that_the_next_run_clear
             env={**os.environ, "TMPDIR": str(private_tmp)},
         )
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            if (out / MANIFEST_FILE).exists() and '"done"' in (out / MANIFEST_FILE).read_text():
-                break
-            time.sleep(0.05)
+        wait_for(held.exists, "first scene recorded as done", proc, log_path)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     done_before = [r for r in manifest_records(out) if r["status"] == "done"]
-    if len(done_before) == 6:
-        pytest.skip("the first run finished before it could be killed (machine too fast for this check)")
-    assert done_before, (tmp_path / "first.log").read_text()[-3000:]
+    assert [r["scene"] for r in done_before] == [held.read_text()]  # killed with one scene done, five to go
     partial = out / f".tmp-{uuid.uuid4().hex}"  # as a copy into DEST cut off by the kill leaves it
     partial.write_bytes(b"half a COG")
-    time.sleep(2)  # let Ray reap the killed driver's actors
+    wait_for_free_cpus(ray_cluster, free_before)
     monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))  # this process's temp folder, as the child's
     result = translate(
         archive / "sar", "--model", bundles["student"], "--out", out, "--steps", 4, "--batch-size", 8
