@@ -156,3 +156,43 @@ SMALL_TEACHER_UNET = [
     "model.down_block_types=[DownBlock2D, DownBlock2D]",
     "model.up_block_types=[UpBlock2D, UpBlock2D]",
 ]
+
+
+def tile_rows(
+    n: int, size: int = 8, splits: tuple[str, ...] = ("train", "val", "test"), seed: int = 0
+) -> list[dict]:
+    """`n` seeded TILE_SCHEMA rows (data/store.tile_row), the splits taken in turn, three scenes."""
+    from s2o_platform.data.store import tile_row
+
+    rows = []
+    for i in range(n):
+        rng = np.random.default_rng(seed + i)
+        rows.append(
+            tile_row(
+                rng.uniform(-1, 1, (size, size)).astype(np.float32),
+                rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+                scene_id=f"scene{i % 3}",
+                split=splits[i % len(splits)],
+                sar_scale="db",
+                row_off=0,
+                col_off=0,
+                crs=UTM31,
+                transform=[10.0, 0.0, 0.0, 0.0, -10.0, 0.0],
+                sar_path="a",
+                optical_path="b",
+                source_kind="folders",
+            )
+        )
+    return rows
+
+
+def write_small_store(uri: str, tile_size: int = 32, n: int = 12) -> str:
+    """A tile store of `n` random tiles written without Ray (metadata + one shard per split): for checks that
+    only need a store to exist and say what it holds, such as refusals before any work."""
+    from s2o_platform.data.normalization import SarNormalization
+    from s2o_platform.data.store import StoreMetadata, write_metadata, write_shards
+
+    metadata = StoreMetadata(tile_size=tile_size, sar_channels=1, sar_normalization=SarNormalization())
+    write_metadata(uri, metadata)
+    write_shards(uri, tile_rows(n, tile_size), metadata, max_rows_per_shard=n)
+    return uri

@@ -19,30 +19,11 @@ from s2o_platform.data.store import (
     write_metadata,
     write_shards,
 )
+from tests.fixtures import tile_rows
 
 
 def _row(i: int, split: str, size: int = 8) -> dict:
-    rng = np.random.default_rng(i)
-    sar = rng.uniform(-1, 1, (size, size)).astype(np.float32)
-    optical = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-    sar_b, opt_b, tile_id = encode_tile(sar, optical)
-    return {
-        "tile_id": tile_id,
-        "scene_id": f"scene{i % 3}",
-        "split": split,
-        "sar": sar_b,
-        "optical": opt_b,
-        "tile_size": size,
-        "sar_channels": 1,
-        "sar_scale": "db",
-        "row_off": 0,
-        "col_off": 0,
-        "crs": "EPSG:32631",
-        "transform": [10.0, 0.0, 0.0, 0.0, -10.0, 0.0],
-        "sar_path": "a",
-        "optical_path": "b",
-        "source_kind": "folders",
-    }
+    return tile_rows(1, size, splits=(split,), seed=i)[0] | {"scene_id": f"scene{i % 3}"}
 
 
 def test_tile_row_fits_the_schema_and_decodes_back():

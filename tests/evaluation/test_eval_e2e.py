@@ -16,7 +16,7 @@ from s2o_platform.data.store import StoreMetadata, read_metadata
 from s2o_platform.evaluation.quality import FID_SKIPPED
 from s2o_platform.evaluation.runner import EvalError, EvalOptions, plan, run_evaluation
 from s2o_platform.train.untrained import write_untrained_bundles
-from tests.fixtures import REPO_ROOT, TINY_CONFIGS
+from tests.fixtures import REPO_ROOT, TINY_CONFIGS, write_small_store
 
 pytestmark = pytest.mark.ray
 runner = CliRunner()
@@ -143,7 +143,8 @@ def test_a_model_producing_nan_is_reported_and_the_others_still_run(synth_store_
     assert rows[1]["error"] is None and rows[1]["psnr"] > 0
 
 
-def test_bundle_for_other_tiles_is_refused_before_any_work(synth_store_32, tmp_path):
+def test_bundle_for_other_tiles_is_refused_before_any_work(tmp_path):
+    store = write_small_store(str(tmp_path / "store"), tile_size=32)  # Ray-free: a refusal needs no cluster
     other = write_untrained_bundles(
         TINY_CONFIGS,
         tmp_path / "b16",
@@ -151,14 +152,16 @@ def test_bundle_for_other_tiles_is_refused_before_any_work(synth_store_32, tmp_p
     )
     out = tmp_path / "report"
     result = runner.invoke(
-        app, ["eval", "--data", synth_store_32, "--out", str(out), "--model", f"s={other['student']}@lcm:1"]
+        app, ["eval", "--data", store, "--out", str(out), "--model", f"s={other['student']}@lcm:1"]
     )
     assert result.exit_code == 2
     assert "tile_size=16" in result.output and "32" in result.output
     assert not out.exists()
 
 
-def test_bad_specs_are_refused_before_any_work(synth_store_32, bundles, tmp_path):
+def test_bad_specs_are_refused_before_any_work(tmp_path):
+    store = write_small_store(str(tmp_path / "store"), tile_size=32)  # Ray-free: a refusal needs no cluster
+    bundles = write_untrained_bundles(TINY_CONFIGS, tmp_path / "b32", read_metadata(store))
     for spec, words in [
         (f"t={bundles['teacher']}@ddpm:50", "ddpm:1000"),
         (f"s={bundles['student']}@ddim:5", "allowed"),
@@ -166,7 +169,7 @@ def test_bad_specs_are_refused_before_any_work(synth_store_32, bundles, tmp_path
         (f"s={tmp_path}/nothing", "no inference bundle"),
     ]:
         with pytest.raises(EvalError, match=words):
-            plan(EvalOptions(data=synth_store_32, models=[spec], out=str(tmp_path / "r")))
+            plan(EvalOptions(data=store, models=[spec], out=str(tmp_path / "r")))
 
 
 def test_fid_with_a_feature_network_from_a_path(synth_store_32, bundles, tmp_path):

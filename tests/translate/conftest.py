@@ -2,17 +2,19 @@
 
 import pytest
 
-from s2o_platform.data.store import read_metadata
+from s2o_platform.data.normalization import SarNormalization
+from s2o_platform.data.store import StoreMetadata
 from s2o_platform.data.synth_writer import write_scene_geotiffs
 from s2o_platform.train.untrained import write_untrained_bundles
 from tests.fixtures import TINY_CONFIGS
 
 
 @pytest.fixture(scope="module")
-def bundles(synth_store_32, tmp_path_factory):
-    return write_untrained_bundles(
-        TINY_CONFIGS, tmp_path_factory.mktemp("untrained-tr"), read_metadata(synth_store_32)
-    )
+def bundles(tmp_path_factory):
+    """Untrained bundles for 32 px single-band tiles, written without Ray (so refusal tests need no cluster);
+    their normalisation is the synthetic store's (SarNormalization's defaults), so they fit synth_store_32."""
+    store = StoreMetadata(tile_size=32, sar_channels=1, sar_normalization=SarNormalization())
+    return write_untrained_bundles(TINY_CONFIGS, tmp_path_factory.mktemp("untrained-tr"), store)
 
 
 @pytest.fixture(scope="module")
