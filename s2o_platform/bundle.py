@@ -30,6 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from s2o_platform import storage
+from s2o_platform.config import STUDENT_MAX_STEPS
 from s2o_platform.data.normalization import OpticalNormalization, SarNormalization
 from s2o_platform.errors import S2OError
 
@@ -41,10 +42,6 @@ STAGES = ("teacher", "student", "gan")
 
 class BundleError(S2OError, ValueError):
     """A bundle that is missing, corrupt or unfit for what it is asked to do."""
-
-
-#: The step range a consistency student advertises unless its bundle says otherwise (METHOD.md section 5).
-STUDENT_MAX_STEPS = 8
 
 
 def default_max_steps(name: str) -> int | None:

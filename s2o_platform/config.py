@@ -27,6 +27,10 @@ from pydantic import (
 from s2o_platform.data.normalization import SarScale
 from s2o_platform.errors import S2OError
 
+#: The step range 1..N a consistency student samples with unless its config or bundle says otherwise
+#: (METHOD.md section 5): distill.max_sampling_steps' default, older bundles' sampler.max_steps, the samplers'.
+STUDENT_MAX_STEPS = 8
+
 ConfigT = TypeVar("ConfigT", bound="StageConfig")
 
 #: The presets shipped inside the package (package data: they are in the wheel), read by `s2o demo` and
@@ -447,7 +451,7 @@ class DistillSection(Section):
         4, ge=1, description="student steps the bundle advertises (at most max_sampling_steps)"
     )
     max_sampling_steps: int = Field(
-        8,
+        STUDENT_MAX_STEPS,
         ge=1,
         le=50,
         description="the student bundle's step range 1..N, written as its "

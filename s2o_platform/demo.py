@@ -23,7 +23,7 @@ from typing import Annotated, Any
 
 from pydantic import ConfigDict, Field
 
-from s2o_platform.config import PRESETS_DIR, StageConfig, dump_config, load_config
+from s2o_platform.config import PRESETS_DIR, STUDENT_MAX_STEPS, StageConfig, dump_config, load_config
 from s2o_platform.errors import S2OError
 
 # The tiny presets shipped in the package (copies of the repository's configs/tiny/, the source of truth),
@@ -54,7 +54,7 @@ class DemoPreset(StageConfig):
     )
     gan_steps: int = Field(ge=1, description="optimizer steps of the pix2pix baseline")
     eval_limit: int = Field(ge=1, description="test tiles the evaluation scores")
-    student_steps: tuple[Annotated[int, Field(ge=1, le=8)], ...] = Field(
+    student_steps: tuple[Annotated[int, Field(ge=1, le=STUDENT_MAX_STEPS)], ...] = Field(
         (1, 4),
         min_length=1,
         description="the student's step counts evaluated (the last also for the ablation)",

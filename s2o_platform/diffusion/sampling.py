@@ -14,6 +14,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, LCMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
+from s2o_platform.config import STUDENT_MAX_STEPS
 from s2o_platform.models.unet import OPTICAL_CHANNELS, predict
 
 TEACHER_SAMPLERS = ("ddpm", "ddim")
@@ -85,14 +86,14 @@ def sample_student(
     scheduler_config: dict[str, Any],
     steps: int = 4,
     generator: torch.Generator | None = None,
-    max_steps: int = 8,
+    max_steps: int = STUDENT_MAX_STEPS,
 ) -> torch.Tensor:
     """LCM multi-step sampling: at each of N timesteps taken evenly from the solver grid, denoise with the
     boundary scalings (c_skip x + c_out x0_hat); between steps, re-noise the estimate to the next timestep.
 
     The LCMScheduler is built from the config saved in the student's bundle (itself derived from the
     teacher's noise schedule), never from library defaults. `max_steps`: the largest step count the student
-    samples with (its bundle's `sampler.max_steps`; 8, METHOD.md section 5's range, by default).
+    samples with (its bundle's `sampler.max_steps`; config.STUDENT_MAX_STEPS by default).
     """
     if not 1 <= steps <= max_steps:
         raise ValueError(f"student steps must be in 1..{max_steps}, got {steps}")
