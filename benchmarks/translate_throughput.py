@@ -46,7 +46,7 @@ from s2o_platform.devices import cpu_threads, resolve_dtype  # noqa: E402
 from s2o_platform.inference import resolve_sampler, translate_tiles  # noqa: E402
 from s2o_platform.inference_compile import compile_bundle, resolve_compile  # noqa: E402
 from s2o_platform.train.untrained import write_untrained_bundles  # noqa: E402
-from s2o_platform.translate.pipeline import TranslateOptions, run_translate  # noqa: E402
+from s2o_platform.translate.pipeline import TranslateRun, run_translate  # noqa: E402
 
 
 def bare_model(
@@ -123,7 +123,7 @@ def main() -> None:
             for t in bare:
                 bare[t].append(bare_model(model, tiles, args.batch_size, args.steps, args.dtype, kind, t))
             summary = run_translate(
-                TranslateOptions(
+                TranslateRun(
                     source=str(small),
                     model=model,
                     dest=str(tmp / f"out-{kind}"),
@@ -181,7 +181,7 @@ def main() -> None:
             tracemalloc.start()
             started = time.perf_counter()
             result = run_translate(
-                TranslateOptions(
+                TranslateRun(
                     source=str(folder),
                     model=untrained["gan"],
                     dest=str(tmp / f"mem-{label}"),

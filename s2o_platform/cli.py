@@ -596,7 +596,7 @@ def translate(
     resolved settings of the latest run.
     """
     from s2o_platform import storage
-    from s2o_platform.translate.pipeline import TranslateOptions, run_translate, run_translate_store
+    from s2o_platform.translate.pipeline import TranslateRun, run_translate, run_translate_store
 
     cfg = translate_config(
         config,
@@ -614,7 +614,7 @@ def translate(
         compile=compile_,
         split=split,
     )
-    options = TranslateOptions.from_config(
+    options = TranslateRun.from_config(
         cfg,
         source,
         out,
@@ -767,7 +767,7 @@ def evaluate(
     """
     from s2o_platform import storage
     from s2o_platform.evaluation.report import console_table
-    from s2o_platform.evaluation.runner import EvalOptions
+    from s2o_platform.evaluation.runner import EvalRun
     from s2o_platform.evaluation.runner import evaluate as run
 
     cfg = eval_config(
@@ -787,7 +787,7 @@ def evaluate(
         workers=workers,
         speed_references=speed_references,
     )
-    options = EvalOptions.from_config(
+    options = EvalRun.from_config(
         cfg,
         data,
         str(out),

@@ -266,10 +266,10 @@ class Demo:
     def evaluate(
         self, data: str, out: str, models: list[str], limit: int, references: bool
     ) -> dict[str, Any]:
-        from s2o_platform.evaluation.runner import EvalOptions, evaluate
+        from s2o_platform.evaluation.runner import EvalRun, evaluate
 
         # one timed call per setting: the teacher's 1000-step reference alone takes ~25 s a call on 2 CPU cores
-        options = EvalOptions(
+        options = EvalRun(
             data=data,
             models=models,
             out=out,
@@ -305,11 +305,11 @@ class Demo:
         }
 
     def translate(self, scenes: str, model: str) -> dict[str, Any]:
-        from s2o_platform.translate.pipeline import TranslateOptions, run_translate
+        from s2o_platform.translate.pipeline import TranslateRun, run_translate
 
         dest = self.out / "translated"
         summary = run_translate(
-            TranslateOptions(source=scenes, model=model, dest=str(dest), progress=False), log=self.log
+            TranslateRun(source=scenes, model=model, dest=str(dest), progress=False), log=self.log
         )
         if summary.failed:
             raise DemoError(f"archive translation failed for {summary.failed}")

@@ -75,9 +75,9 @@ def test_translate_file_then_set_then_explicit_options(tmp_path):
     )
     assert translate_config() == TranslateConfig()  # no file, no --set, no option: the defaults the flags had
 
-    from s2o_platform.translate.pipeline import TranslateOptions
+    from s2o_platform.translate.pipeline import TranslateRun
 
-    options = TranslateOptions.from_config(cfg, "scenes/", "out/", progress=False)
+    options = TranslateRun.from_config(cfg, "scenes/", "out/", progress=False)
     assert (
         options.source,
         options.dest,
@@ -163,9 +163,9 @@ def test_eval_file_then_set_then_explicit_options(tmp_path):
     assert eval_config(path, [], models=["b=x", "c=y"]).models == ["b=x", "c=y"]  # --model replaces the list
     assert eval_config() == EvalConfig()
 
-    from s2o_platform.evaluation.runner import EvalOptions
+    from s2o_platform.evaluation.runner import EvalRun
 
-    options = EvalOptions.from_config(cfg, "store", "report")
+    options = EvalRun.from_config(cfg, "store", "report")
     assert (options.data, options.out, options.models, options.references, options.limit) == (
         "store",
         "report",
@@ -220,7 +220,7 @@ def test_eval_saves_its_resolved_config_with_the_report(tmp_path, monkeypatch):
     cfg = eval_config(None, ["models=['t=teacher@ddim:50']", "limit=8"], repeats=1, speed_references=False)
     out = tmp_path / "report"
     _, written = runner_module.evaluate(
-        runner_module.EvalOptions.from_config(cfg, "store", str(out)), log=lambda m: None
+        runner_module.EvalRun.from_config(cfg, "store", str(out)), log=lambda m: None
     )
     assert out / "config.yaml" in written
     saved = yaml.safe_load((out / "config.yaml").read_text())

@@ -81,21 +81,17 @@ def store_dir(tmp_path, metadata: StoreMetadata) -> str:
 def test_callers_refuse_a_store_normalised_otherwise_in_their_own_error(small_bundles, tmp_path):
     """Evaluation, translating a store and distilling from a teacher all use the one rule, optical
     normalisation included, each raising its own error type."""
-    from s2o_platform.evaluation.runner import EvalError, EvalOptions, plan
+    from s2o_platform.evaluation.runner import EvalError, EvalRun, plan
     from s2o_platform.train.launcher import TrainingSetupError, check_teacher_bundle
-    from s2o_platform.translate.pipeline import TranslateError, TranslateOptions, run_translate_store
+    from s2o_platform.translate.pipeline import TranslateError, TranslateRun, run_translate_store
 
     other = replace(STORE, optical_normalization=OTHER_OPTICAL)
     data = store_dir(tmp_path, other)
     with pytest.raises(EvalError, match="optical normalisation"):
-        plan(
-            EvalOptions(
-                data=data, models=[f"s={small_bundles['student']}@lcm:1"], out=str(tmp_path / "report")
-            )
-        )
+        plan(EvalRun(data=data, models=[f"s={small_bundles['student']}@lcm:1"], out=str(tmp_path / "report")))
     with pytest.raises(TranslateError, match="optical normalisation"):
         run_translate_store(
-            TranslateOptions(source=data, model=small_bundles["student"], dest=str(tmp_path / "out")),
+            TranslateRun(source=data, model=small_bundles["student"], dest=str(tmp_path / "out")),
             log=lambda m: None,
         )
     with pytest.raises(

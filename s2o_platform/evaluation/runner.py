@@ -68,7 +68,9 @@ from s2o_platform.inference_compile import CompiledNetwork, compile_bundle, reso
 
 
 @dataclass
-class EvalOptions:
+class EvalRun:
+    """One run of `s2o eval`: the store, the report folder and the fields of its EvalConfig."""
+
     data: str
     models: list[str]
     out: str
@@ -104,7 +106,7 @@ class EvalOptions:
         address: str | None = None,
         storage_options: storage.StorageOptions | None = None,
         mlflow_run_id: str | None = None,
-    ) -> EvalOptions:
+    ) -> EvalRun:
         """The run's options from a resolved `s2o eval` config."""
         values = config.model_dump(mode="json", exclude={"speed_references"})
         return cls(
@@ -128,6 +130,10 @@ class EvalOptions:
             return EvalConfig.model_construct(speed_references=self.references, **values)
 
 
+#: The name before 2026-12 (kept so existing callers keep working).
+EvalOptions = EvalRun
+
+
 #: The resolved config of the run, saved in REPORT_DIR beside the report (yaml.safe_dump).
 CONFIG_FILE = "config.yaml"
 
@@ -149,7 +155,7 @@ def check_fits_store(metadata: BundleMetadata, where: str, store: StoreMetadata,
         raise EvalError(str(err)) from None
 
 
-def plan(options: EvalOptions) -> tuple[StoreMetadata, list[PlannedSetting]]:
+def plan(options: EvalRun) -> tuple[StoreMetadata, list[PlannedSetting]]:
     """Resolve and check every setting against its bundle and the store; no network is loaded."""
     if options.split not in SPLITS:
         raise EvalError(f"--split {options.split!r}: choose from {list(SPLITS)}")
@@ -228,7 +234,7 @@ def _speed_references(planned: list[PlannedSetting], cache: dict) -> list[Planne
 
 
 def fit_landcover_classifier(
-    options: EvalOptions, test_tiles: dict[str, np.ndarray], store: StoreMetadata, log: Callable[[str], None]
+    options: EvalRun, test_tiles: dict[str, np.ndarray], store: StoreMetadata, log: Callable[[str], None]
 ) -> tuple[landcover.FittedClassifier | None, dict]:
     """Fit the land-cover classifier on the train split's ground truth, where the store carries class maps.
 
@@ -273,7 +279,7 @@ def fit_landcover_classifier(
     return fitted, info
 
 
-def _train_ground_truth(options: EvalOptions) -> dict[str, np.ndarray] | None:
+def _train_ground_truth(options: EvalRun) -> dict[str, np.ndarray] | None:
     """Optical tiles and class maps of the train split (the first `landcover_fit_tiles` by tile id); only the
     columns the classifier needs are read, so a large store costs no more than those tiles."""
     paths = shard_paths(options.data, ["train"], options.storage)
@@ -310,7 +316,7 @@ class LocalQuality:
     def __init__(
         self,
         tiles: dict[str, np.ndarray],
-        options: EvalOptions,
+        options: EvalRun,
         fid_network: InceptionFeatures | None,
         classifier: landcover.PixelClassifier | None = None,
     ):
@@ -497,7 +503,7 @@ def add_paired(rows: list[Row], per_tile_psnr: dict[str, np.ndarray]) -> str | N
 
 
 def run_evaluation(
-    options: EvalOptions, log: Callable[[str], None] = print
+    options: EvalRun, log: Callable[[str], None] = print
 ) -> tuple[Report, dict[str, np.ndarray]]:
     store, planned = plan(options)
     device = _checked(resolve_device, options.device)
@@ -660,7 +666,7 @@ def _checked(fn, *args):
         raise EvalError(str(err)) from None
 
 
-def evaluate(options: EvalOptions, log: Callable[[str], None] = print) -> tuple[Report, list[Path]]:
+def evaluate(options: EvalRun, log: Callable[[str], None] = print) -> tuple[Report, list[Path]]:
     """Run the evaluation and write REPORT_DIR; returns the report and the files written."""
     from s2o_platform.evaluation.report import write_report
     from s2o_platform.tracking import log_evaluation, resolve_uri

@@ -50,7 +50,10 @@ class TranslateError(S2OError, ValueError):
 
 
 @dataclass
-class TranslateOptions:
+class TranslateRun:
+    """One run of `s2o translate`: what to translate and where (source, dest, the cluster, storage) and how
+    (the fields of its TranslateConfig); `storage` is where object storage lives (StorageOptions)."""
+
     source: str
     model: str
     dest: str
@@ -79,7 +82,7 @@ class TranslateOptions:
         address: str | None = None,
         progress: bool = True,
         storage_options: storage.StorageOptions | None = None,
-    ) -> TranslateOptions:
+    ) -> TranslateRun:
         """The run's options from a resolved `s2o translate` config (config.model must be set)."""
         if not config.model:
             raise TranslateError("no model bundle: pass --model BUNDLE (or set model: in --config)")
@@ -102,11 +105,15 @@ class TranslateOptions:
             return TranslateConfig.model_construct(split=split, **values)
 
 
+#: The name before 2026-12 (kept so existing callers keep working).
+TranslateOptions = TranslateRun
+
+
 #: The resolved config of the latest run into DEST (yaml.safe_dump), next to its manifest.
 CONFIG_FILE = "_s2o_config.yaml"
 
 
-def save_config(options: TranslateOptions, split: str = "test") -> str:
+def save_config(options: TranslateRun, split: str = "test") -> str:
     """Write DEST/_s2o_config.yaml (local or s3://, through the storage layer); returns its path."""
     fs, root = storage.resolve(options.dest, options.storage)
     path = storage.join(root, CONFIG_FILE)
@@ -200,7 +207,7 @@ class StripTranslator(LoadedModel):
         return {**batch, "optical": optical}
 
 
-def check_options(options: TranslateOptions):
+def check_options(options: TranslateRun):
     metadata = check_bundle(options.model, options.storage)
     if metadata.sar_channels != 1:
         raise TranslateError(
@@ -228,7 +235,7 @@ def check_options(options: TranslateOptions):
     return metadata, steps, overlap
 
 
-def run_translate(options: TranslateOptions, log: Callable[[str], None] = print) -> TranslateSummary:
+def run_translate(options: TranslateRun, log: Callable[[str], None] = print) -> TranslateSummary:
     """Translate the scenes of options.source into options.dest, holding DEST's lock for the whole run (a
     second run into DEST stops with TranslateError) and starting from a DEST cleared of a killed run's work."""
     from s2o_platform.bundle import BundleError
@@ -276,7 +283,7 @@ def run_translate(options: TranslateOptions, log: Callable[[str], None] = print)
     return summary
 
 
-def _output_is_the_scene(scene: Scene, options: TranslateOptions, dest_root: str) -> bool:
+def _output_is_the_scene(scene: Scene, options: TranslateRun, dest_root: str) -> bool:
     """DEST/<name>.tif is the scene itself (DEST = the scene's folder): translating would overwrite the input."""
     if storage.is_uri(options.dest) or storage.is_uri(scene.uri):
         return storage.join(options.dest, scene.output_name) == scene.uri
@@ -288,7 +295,7 @@ def _translate_scenes(
     metadata,
     steps,
     overlap,
-    options: TranslateOptions,
+    options: TranslateRun,
     manifest: Manifest,
     summary: TranslateSummary,
     workdir: str,
@@ -507,7 +514,7 @@ class StoreTileTranslator(LoadedModel):
 
 
 def run_translate_store(
-    options: TranslateOptions, split: str = "test", log: Callable[[str], None] = print
+    options: TranslateRun, split: str = "test", log: Callable[[str], None] = print
 ) -> TranslateSummary:
     """Translate a tile store's split into Parquet files of predicted tiles under DEST (one run; DEST is replaced)."""
     from s2o_platform.bundle import BundleError, check_fits

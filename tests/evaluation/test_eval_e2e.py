@@ -14,7 +14,7 @@ from s2o_platform.cli import app
 from s2o_platform.data.normalization import SarNormalization
 from s2o_platform.data.store import StoreMetadata, read_metadata
 from s2o_platform.evaluation.quality import FID_SKIPPED
-from s2o_platform.evaluation.runner import EvalError, EvalOptions, plan, run_evaluation
+from s2o_platform.evaluation.runner import EvalError, EvalRun, plan, run_evaluation
 from s2o_platform.train.untrained import write_untrained_bundles
 from tests.fixtures import REPO_ROOT, TINY_CONFIGS, write_small_store
 
@@ -169,7 +169,7 @@ def test_bad_specs_are_refused_before_any_work(tmp_path):
         (f"s={tmp_path}/nothing", "no inference bundle"),
     ]:
         with pytest.raises(EvalError, match=words):
-            plan(EvalOptions(data=store, models=[spec], out=str(tmp_path / "r")))
+            plan(EvalRun(data=store, models=[spec], out=str(tmp_path / "r")))
 
 
 def test_fid_with_a_feature_network_from_a_path(synth_store_32, bundles, tmp_path):
@@ -178,7 +178,7 @@ def test_fid_with_a_feature_network_from_a_path(synth_store_32, bundles, tmp_pat
     net = tmp_path / "features.pt"
     torch.jit.script(TinyFeatureNet()).save(str(net))
     report, _ = run_evaluation(
-        EvalOptions(
+        EvalRun(
             data=synth_store_32,
             models=[f"pix2pix={bundles['gan']}"],
             out=str(tmp_path / "r"),
@@ -207,10 +207,8 @@ def test_quality_pass_on_ray_data_matches_the_local_one(ray_cluster, synth_store
         references=False,
         dtype="fp32",
     )
-    local, _ = run_evaluation(EvalOptions(**common), log=lambda m: None)
-    distributed, samples = run_evaluation(
-        EvalOptions(**common, address="auto", workers=2), log=lambda m: None
-    )
+    local, _ = run_evaluation(EvalRun(**common), log=lambda m: None)
+    distributed, samples = run_evaluation(EvalRun(**common, address="auto", workers=2), log=lambda m: None)
     assert "Ray Data" in distributed.context["quality_pass"]
     assert distributed.rows[0].tiles == 12
     assert distributed.rows[0].psnr == pytest.approx(local.rows[0].psnr, abs=1e-6)
