@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import rasterio
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_origin
 
 from s2o_platform import storage
@@ -304,14 +305,12 @@ def test_class_map_with_other_values_is_refused_with_its_path(tmp_path):
         write_png(tmp_path / "s.png", sar_png(rng, 64)),
         write_png(tmp_path / "o.png", optical_png(rng, 64)),
     )
-    with pytest.raises(InputError, match=r"l\.tif.*whole class numbers"):
-        _labelled(
-            sar,
-            opt,
-            write_geotiff(
-                tmp_path / "l.tif", np.full((1, 64, 64), 2.5, np.float32), from_origin(0, 0, 1, 1), crs=None
-            ),
+    with pytest.warns(NotGeoreferencedWarning):  # a class map on the image's pixel grid, no georeference
+        labels = write_geotiff(
+            tmp_path / "l.tif", np.full((1, 64, 64), 2.5, np.float32), from_origin(0, 0, 1, 1), crs=None
         )
+    with pytest.raises(InputError, match=r"l\.tif.*whole class numbers"):
+        _labelled(sar, opt, labels)
     with pytest.raises(InputError, match="one band"):
         _labelled(sar, opt, write_png(tmp_path / "rgb.png", optical_png(rng, 64)))
 

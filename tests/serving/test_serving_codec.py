@@ -586,8 +586,11 @@ def test_encoders_round_trip():
         assert (ds.count, ds.width, ds.height, ds.dtypes[0]) == (3, 30, 20, "uint8")
         assert ds.crs.to_epsg() == 32631 and tuple(ds.transform)[:6] == transform
         assert ds.read(3)[0, 0] == 255
-    with rasterio.io.MemoryFile(encode_tiff(optical, None, None)) as m, m.open() as ds:
-        assert ds.crs is None
+    with rasterio.io.MemoryFile(encode_tiff(optical, None, None)) as m:
+        with pytest.warns(rasterio.errors.NotGeoreferencedWarning):  # as asked: no georeference
+            ds = m.open()
+        with ds:
+            assert ds.crs is None
 
 
 @pytest.mark.parametrize("height,width", [(256, 256), (32, 32), (70, 33), (20, 50), (9, 9)])

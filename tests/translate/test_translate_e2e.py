@@ -81,10 +81,13 @@ def test_a_bad_scene_is_recorded_and_the_others_complete(scenes, bundles, tmp_pa
     mixed = tmp_path / "mixed"
     shutil.copytree(scenes, mixed)
     truncate(shutil.copy(mixed / "scene_000_db.tif", mixed / "broken.tif"), 0.3)
-    with rasterio.open(
-        mixed / "plain.tif", "w", driver="GTiff", width=64, height=64, count=1, dtype="float32"
-    ) as ds:
-        ds.write(np.zeros((1, 64, 64), np.float32))  # no CRS
+    with (
+        pytest.warns(rasterio.errors.NotGeoreferencedWarning),  # no CRS, no transform: as meant
+        rasterio.open(
+            mixed / "plain.tif", "w", driver="GTiff", width=64, height=64, count=1, dtype="float32"
+        ) as ds,
+    ):
+        ds.write(np.zeros((1, 64, 64), np.float32))
     with rasterio.open(mixed / "scene_000_db.tif") as src:
         profile = {**src.profile, "count": 3}
         with rasterio.open(mixed / "rgb.tif", "w", **profile) as ds:
