@@ -108,13 +108,14 @@ def main() -> None:
     models = ["--model", f"teacher={teacher / 'bundle'}@ddim:50"]
     for name in students:
         models += ["--model", f"{name}={out / name / 'bundle'}@lcm:1,2,4"]
+    report = out / args.report
     run(
         [
             "eval",
             "--data",
             str(store),
             "--out",
-            str(out / "report"),
+            str(report),
             "--limit",
             str(args.limit),
             "--repeats",
@@ -122,9 +123,9 @@ def main() -> None:
             "--no-speed-references",
             *models,
         ],
-        out / "report" / "report.md",
+        report / "report.md",
     )
-    print((out / "report" / "report.md").read_text())
+    print((report / "report.md").read_text())
 
 
 if __name__ == "__main__":
