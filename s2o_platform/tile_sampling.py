@@ -102,6 +102,63 @@ def translate_tiles(
     return np.concatenate(outputs) if outputs else np.zeros((0, 3, *sar_t.shape[-2:]), np.float32)
 
 
+#: What a translation with uncertainty outputs per pixel: the mean of the samples, or the first sample (which is
+#: what a plain translation with the same seed and keys gives).
+UNCERTAINTY_OUTPUTS = ("mean", "sample")
+
+
+def translate_tiles_with_uncertainty(
+    bundle: Bundle,
+    sar: np.ndarray | torch.Tensor,
+    samples: int,
+    sampler: str | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    keys: Sequence[str] | None = None,
+    output: str = "mean",
+) -> tuple[np.ndarray, np.ndarray]:
+    """`samples` translations of each SAR tile with independent noise -> (optical (N, 3, H, W) in [-1, 1], their
+    per-pixel uncertainty (N, H, W) float32): the standard deviation over the samples (ddof 1), averaged over
+    RGB, in the model's units (half the [-1, 1] range is 1.0; times 127.5 in 8-bit output levels).
+
+    Sample j of the tile keyed K draws its noise from `batch_seed(seed, K)` for j = 0 (so `output="sample"` is
+    what `translate_tiles` gives with the same seed and keys) and `batch_seed(seed, f"{K}#{j}")` after: a re-run
+    reproduces it, whatever the batch. Without `keys` a tile is keyed by its index. A tile's samples share its
+    forward passes (the batch is `batch_size` rounded down to a multiple of `samples`, at least `samples`).
+    A direct (pix2pix) bundle has no noise to draw, hence no uncertainty: refused.
+    """
+    name, _ = resolve_sampler(bundle, sampler, steps)
+    if name == "direct":
+        raise BundleError(
+            f"{bundle.path} ({bundle.metadata.stage}) is deterministic: one forward pass per tile, no noise to "
+            "sample, so it has no uncertainty to estimate; use a student or teacher bundle"
+        )
+    if samples < 2:
+        raise ValueError(f"an uncertainty needs at least 2 samples per tile, {samples} asked for")
+    if output not in UNCERTAINTY_OUTPUTS:
+        raise ValueError(f"output must be one of {UNCERTAINTY_OUTPUTS}, got {output!r}")
+    sar_np = np.asarray(sar, dtype=np.float32)
+    tile_keys = list(keys) if keys is not None else [f"tile{i}" for i in range(len(sar_np))]
+    if len(tile_keys) != len(sar_np):
+        raise ValueError(f"{len(tile_keys)} keys for {len(sar_np)} tiles")
+    repeated = np.repeat(sar_np, samples, axis=0)  # tile-major: a tile's samples sit side by side
+    sample_keys = [key if j == 0 else f"{key}#{j}" for key in tile_keys for j in range(samples)]
+    drawn = translate_tiles(
+        bundle,
+        repeated,
+        sampler,
+        steps,
+        seed,
+        batch_size=max(samples, batch_size // samples * samples),
+        keys=sample_keys,
+    )
+    drawn = drawn.reshape(len(sar_np), samples, *drawn.shape[1:])
+    optical = drawn.mean(axis=1) if output == "mean" else drawn[:, 0]
+    uncertainty = drawn.std(axis=1, ddof=1).mean(axis=1)
+    return optical.astype(np.float32), uncertainty.astype(np.float32)
+
+
 def batch_seed(seed: int, key: str) -> int:
     """The seed of one batch: the run's seed plus a hash of the batch's first item, so an item's noise
     does not depend on which actor or replica translates it."""

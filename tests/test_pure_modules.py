@@ -20,6 +20,7 @@ PURE_MODULES = [
     "train/progress.py",
     "config.py",
     "errors.py",
+    "evaluation/uncertainty.py",
 ]
 FORBIDDEN = {"ray", "deepspeed", "rasterio", "fastapi", "starlette", "boto3", "pyarrow"}
 
