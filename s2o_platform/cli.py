@@ -562,6 +562,27 @@ def translate(
     ] = None,
     dtype: DtypeOption = None,
     compile_: CompileOption = None,
+    uncertainty: Annotated[
+        Optional[int],
+        typer.Option(
+            "--uncertainty",
+            help="K >= 2: draw K samples per tile (independent noise, seeded per tile and sample) and write a "
+            "fourth COG band, the per-pixel standard deviation over them (mean of RGB, in the RGB bands' units: "
+            "8-bit levels 1..255 for uint8 output, [0, 1] for float32; 0 / NaN nodata), blended across overlaps "
+            "like the image. Costs K forward passes per tile. Student or teacher bundles (pix2pix has no noise). "
+            "Default: 0 (no band).",
+            show_default=False,
+        ),
+    ] = None,
+    output: Annotated[
+        Optional[str],
+        typer.Option(
+            "--output",
+            help="With --uncertainty: the RGB bands hold the samples' mean (mean) or the first sample (sample: "
+            "the pixels a run without --uncertainty writes). Default: mean.",
+            show_default=False,
+        ),
+    ] = None,
     address: AddressOption = None,
     s3_endpoint: S3EndpointOption = None,
     progress: Annotated[
@@ -591,7 +612,7 @@ def translate(
 
     Settings also come from --config FILE and --set key=value, with the options' names as keys
     (model, steps, overlap, batch_size, actors, band, sar_scale, output_dtype, seed, dtype, compile,
-    split; and device: auto|cpu|cuda); an explicit option wins over both. SOURCE, --out, --address,
+    uncertainty, output, split; and device: auto|cpu|cuda); an explicit option wins over both. SOURCE, --out, --address,
     --s3-endpoint and --progress are the command line's only. DEST/_s2o_config.yaml keeps the
     resolved settings of the latest run.
     """
@@ -612,6 +633,8 @@ def translate(
         seed=seed,
         dtype=dtype,
         compile=compile_,
+        uncertainty=uncertainty,
+        output=output,
         split=split,
     )
     options = TranslateRun.from_config(

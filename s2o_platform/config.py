@@ -578,6 +578,19 @@ class TranslateConfig(StageConfig):
         description="the forward pass: off (eager), auto, "
         "default or max (torch.compile; see `s2o translate --help`)",
     )
+    uncertainty: int = Field(
+        0,
+        ge=0,
+        description="samples per tile for an uncertainty band (0: none; else at least 2): each scene's COG gains "
+        "a fourth band, the per-pixel standard deviation over the samples (mean of RGB, in the RGB bands' units), "
+        "blended across overlaps like the image; costs that many forward passes (a student or teacher bundle)",
+    )
+    output: str = Field(
+        "mean",
+        pattern="^(mean|sample)$",
+        description="with --uncertainty: the RGB bands hold the samples' mean, or the first sample "
+        "(what a run without --uncertainty gives)",
+    )
     split: str = Field("test", description="for a tile store SOURCE: the split translated into Parquet")
 
 

@@ -210,6 +210,31 @@ class S2OPipeline:
             keys=keys,
         )
 
+    def run_tiles_with_uncertainty(
+        self,
+        tiles: np.ndarray | torch.Tensor,
+        seed: int,
+        samples: int,
+        keys: Sequence[str] | None = None,
+        steps: int | None = None,
+        output: str = "mean",
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`run_tiles` with `samples` draws per tile: (optical (N, 3, T, T), uncertainty (N, T, T)), both in the
+        model's units (`tile_sampling.translate_tiles_with_uncertainty`)."""
+        from s2o_platform.tile_sampling import translate_tiles_with_uncertainty
+
+        return translate_tiles_with_uncertainty(
+            self.bundle,
+            tiles,
+            samples,
+            self.sampler,
+            self.steps if steps is None else steps,
+            seed=seed,
+            batch_size=self.batch_size,
+            keys=keys,
+            output=output,
+        )
+
     @torch.no_grad()
     def __call__(
         self,

@@ -155,18 +155,29 @@ def mosaic_image(
     return out[:, :height, :width]
 
 
-def mosaic_tile(optical: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """What one tile adds to a scene's mosaic: optical (3, T, T) in [-1, 1] as [0, 1], and its (T, T) validity
-    as a fourth channel (validity blends exactly: every tile sees the same pixel's validity). (4, T, T) float32."""
-    return np.concatenate([(optical.astype(np.float32) + 1.0) / 2.0, valid[None].astype(np.float32)])
+def mosaic_tile(optical: np.ndarray, valid: np.ndarray, uncertainty: np.ndarray | None = None) -> np.ndarray:
+    """What one tile adds to a scene's mosaic: optical (3, T, T) in [-1, 1] as [0, 1], with `uncertainty` (T, T)
+    (a spread in the model's units) as a fourth channel in the same [0, 1] units, and its (T, T) validity as the
+    last channel (validity blends exactly: every tile sees the same pixel's validity). (4 or 5, T, T) float32."""
+    channels = [(optical.astype(np.float32) + 1.0) / 2.0]
+    if uncertainty is not None:
+        channels.append(uncertainty[None].astype(np.float32) / 2.0)
+    return np.concatenate([*channels, valid[None].astype(np.float32)])
+
+
+#: What the 8-bit uncertainty band holds: the spread in the RGB bands' own 8-bit levels (std x 255 of the [0, 1]
+#: image), clipped to 1..255 (0 is nodata, as in the RGB bands); the float32 band holds it in [0, 1] units.
+UNCERTAINTY_BAND_DESCRIPTION = (
+    "uncertainty: per-pixel std over samples, mean of RGB, in this file's RGB units"
+)
 
 
 def output_pixels(band: np.ndarray, output_dtype: str = "uint8") -> np.ndarray:
-    """A blended (4, rows, W) band of `mosaic_tile`s -> the (3, rows, W) output pixels: uint8 1..255 (0 is nodata)
-    or float32 [0, 1] (NaN is nodata)."""
-    rgb, valid = np.clip(band[:3], 0.0, 1.0), band[3] > 0.5
+    """A blended (4 or 5, rows, W) band of `mosaic_tile`s -> the (3 or 4, rows, W) output pixels: RGB (and the
+    uncertainty, where the tiles had one) as uint8 1..255 (0 is nodata) or float32 [0, 1] (NaN is nodata)."""
+    values, valid = np.clip(band[:-1], 0.0, 1.0), band[-1] > 0.5
     if output_dtype == "uint8":
-        return np.where(valid, np.clip(np.rint(rgb * 255.0), 1, 255), 0).astype(np.uint8)
+        return np.where(valid, np.clip(np.rint(values * 255.0), 1, 255), 0).astype(np.uint8)
     if output_dtype == "float32":
-        return np.where(valid, rgb, np.nan).astype(np.float32)
+        return np.where(valid, values, np.nan).astype(np.float32)
     raise ValueError(f"output dtype must be one of {OUTPUT_DTYPES}, got {output_dtype!r}")

@@ -33,6 +33,7 @@ from s2o_platform.errors import S2OError
 from s2o_platform.geo.blending import OPTICAL_TILE_DTYPE, OUTPUT_DTYPES
 from s2o_platform.inference import LoadedModel, resolve_sampler_for, tile_key
 from s2o_platform.inference_compile import CompileError, check_compile_here
+from s2o_platform.tile_sampling import UNCERTAINTY_OUTPUTS
 from s2o_platform.translate.manifest import (
     DestLock,
     DestLockedError,
@@ -68,6 +69,8 @@ class TranslateRun:
     device: str = "auto"
     dtype: str = "auto"  # auto | fp32 | fp16 | bf16 (devices.resolve_dtype)
     compile: str = "off"  # off | auto | default | max (inference_compile.resolve_compile)
+    uncertainty: int = 0  # samples per tile for an uncertainty band (0: none; else >= 2)
+    output: str = "mean"  # with uncertainty: the samples' mean, or the first sample
     address: str | None = None
     progress: bool = True
     storage: storage.StorageOptions = field(default_factory=storage.StorageOptions)
@@ -174,7 +177,14 @@ class StripTranslator(LoadedModel):
     so blocks stay one window row in size (the actor pool is fed strips, not whole scenes).
     Optical tiles are float16 (OPTICAL_TILE_DTYPE) in [-1, 1]; an unreadable strip passes through as an error row."""
 
-    def __init__(self, infos: list[SceneInfo], driver_node: str | None = None, **kwargs):
+    def __init__(
+        self,
+        infos: list[SceneInfo],
+        driver_node: str | None = None,
+        uncertainty: int = 0,
+        uncertainty_output: str = "mean",
+        **kwargs,
+    ):
         if kwargs.get("device") == "cpu" and kwargs.get("threads") is None:
             import ray
 
@@ -188,12 +198,14 @@ class StripTranslator(LoadedModel):
         super().__init__(**kwargs)
         self.infos = infos
         self.reader = SceneReader()
+        self.uncertainty, self.uncertainty_output = uncertainty, uncertainty_output
 
     def __call__(self, strips: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = read_strip_tiles(strips, self.infos, self.reader)
         ok = batch["error"] == ""
         n, t = len(ok), batch["sar"].shape[-1]
         optical = np.zeros((n, 3, t, t), OPTICAL_TILE_DTYPE)
+        spread = np.zeros((n, t, t), OPTICAL_TILE_DTYPE) if self.uncertainty else None
         # One forward batch per strip, each tile's noise keyed by its scene's name and window: what a tile
         # becomes depends on nothing else (not the scene's position in this run, not its batch neighbours),
         # so a resumed run reproduces an uninterrupted one exactly.
@@ -202,9 +214,20 @@ class StripTranslator(LoadedModel):
             if len(index):
                 name = self.infos[scene].name
                 keys = [tile_key(name, row, col) for col in batch["col"][index].tolist()]
-                optical[index] = self.translate(batch["sar"][index], "", keys=keys).astype(OPTICAL_TILE_DTYPE)
+                if spread is None:
+                    optical[index] = self.translate(batch["sar"][index], "", keys=keys).astype(
+                        OPTICAL_TILE_DTYPE
+                    )
+                else:
+                    optical[index], spread[index] = self.run_tiles_with_uncertainty(
+                        batch["sar"][index],
+                        self.seed,
+                        self.uncertainty,
+                        keys=keys,
+                        output=self.uncertainty_output,
+                    )
         del batch["sar"]
-        return {**batch, "optical": optical}
+        return {**batch, "optical": optical, **({"uncertainty": spread} if spread is not None else {})}
 
 
 def check_options(options: TranslateRun):
@@ -220,6 +243,18 @@ def check_options(options: TranslateRun):
         raise TranslateError(
             f"--overlap must be in 0..{tile - 1} px for the model's {tile} px tiles, got {overlap}"
         )
+    if options.uncertainty:
+        if options.uncertainty < 2:
+            raise TranslateError(
+                f"--uncertainty takes at least 2 samples per tile, got {options.uncertainty}"
+            )
+        if metadata.sampler.name == "direct":
+            raise TranslateError(
+                f"{options.model} ({metadata.stage}) is deterministic (one forward pass, no noise), so it has no "
+                "uncertainty: --uncertainty needs a student or teacher bundle"
+            )
+    if options.output not in UNCERTAINTY_OUTPUTS:
+        raise TranslateError(f"--output must be one of {UNCERTAINTY_OUTPUTS}, got {options.output!r}")
     if options.output_dtype not in OUTPUT_DTYPES:
         raise TranslateError(f"--output-dtype must be one of {OUTPUT_DTYPES}")
     if options.sar_scale not in [s.value for s in SarScale]:
@@ -390,6 +425,8 @@ def _stream_in_order(infos, options, steps, manifest, summary, dest_fs, dest_roo
             batch_size=options.batch_size,
             compile=options.compile,
             warm_up=False,
+            uncertainty=options.uncertainty,
+            uncertainty_output=options.output,
         ),
         batch_size=strips_per_call,
         **actors.map_batches_args(),
@@ -426,9 +463,13 @@ def _stream_in_order(infos, options, steps, manifest, summary, dest_fs, dest_roo
                     first_tile_at = time.perf_counter()
                 if i not in writers:
                     scene_started[i] = time.perf_counter()
-                    writers[i] = SceneWriter(info, workdir, options.output_dtype)
+                    writers[i] = SceneWriter(info, workdir, options.output_dtype, bool(options.uncertainty))
                 writers[i].add(
-                    int(batch["row"][k]), int(batch["col"][k]), batch["optical"][k], batch["valid"][k]
+                    int(batch["row"][k]),
+                    int(batch["col"][k]),
+                    batch["optical"][k],
+                    batch["valid"][k],
+                    batch["uncertainty"][k] if options.uncertainty else None,
                 )
                 received[i] += 1
                 summary.tiles += 1

@@ -16,6 +16,7 @@ from s2o_platform import storage
 from s2o_platform.data.scene import SceneInfo
 from s2o_platform.geo.blending import (  # the tile and output-pixel rules are geo.blending's
     OUTPUT_DTYPES,
+    UNCERTAINTY_BAND_DESCRIPTION,
     StripMosaic,
     mosaic_tile,
     output_pixels,
@@ -23,7 +24,7 @@ from s2o_platform.geo.blending import (  # the tile and output-pixel rules are g
 
 
 class SceneWriter:
-    def __init__(self, info: SceneInfo, workdir: str, output_dtype: str = "uint8"):
+    def __init__(self, info: SceneInfo, workdir: str, output_dtype: str = "uint8", uncertainty: bool = False):
         import rasterio
         from rasterio.crs import CRS
         from rasterio.transform import Affine
@@ -32,8 +33,10 @@ class SceneWriter:
             raise ValueError(f"output dtype must be one of {OUTPUT_DTYPES}, got {output_dtype!r}")
         self.info, self.output_dtype = info, output_dtype
         self.tmp_path = os.path.join(workdir, f"{abs(hash(info.uri))}.tif")
-        # RGB + validity: validity blends exactly (every tile sees the same pixel's validity)
-        self.mosaic = StripMosaic(info.height, info.width, 4, info.tile, info.overlap)
+        # RGB (+ uncertainty) + validity: validity blends exactly (every tile sees the same pixel's validity)
+        self.uncertainty = uncertainty
+        bands = 4 if uncertainty else 3
+        self.mosaic = StripMosaic(info.height, info.width, bands + 1, info.tile, info.overlap)
         self.nodata = 0 if output_dtype == "uint8" else float("nan")
         self.dataset = rasterio.open(
             self.tmp_path,
@@ -41,7 +44,7 @@ class SceneWriter:
             driver="GTiff",
             width=info.width,
             height=info.height,
-            count=3,
+            count=bands,
             dtype=output_dtype,
             crs=CRS.from_wkt(info.crs_wkt),
             transform=Affine(*info.transform),
@@ -52,11 +55,34 @@ class SceneWriter:
             photometric="RGB" if output_dtype == "uint8" else None,
             BIGTIFF="IF_SAFER",
         )
+        if uncertainty:
+            from rasterio.enums import ColorInterp
+
+            # the fourth band is data, not alpha: said by its colour interpretation and its description
+            self.dataset.colorinterp = [
+                ColorInterp.red,
+                ColorInterp.green,
+                ColorInterp.blue,
+                ColorInterp.undefined,
+            ]
+            self.dataset.descriptions = ("red", "green", "blue", UNCERTAINTY_BAND_DESCRIPTION)
         self.tiles = 0
 
-    def add(self, row: int, col: int, optical: np.ndarray, valid: np.ndarray) -> None:
-        """optical (3, T, T) in [-1, 1]; valid (T, T) bool."""
-        for start, band in self.mosaic.add(row, col, mosaic_tile(optical, valid)):
+    def add(
+        self,
+        row: int,
+        col: int,
+        optical: np.ndarray,
+        valid: np.ndarray,
+        uncertainty: np.ndarray | None = None,
+    ) -> None:
+        """optical (3, T, T) in [-1, 1]; valid (T, T) bool; uncertainty (T, T) in the model's units, when the
+        writer was made for one."""
+        if (uncertainty is not None) != self.uncertainty:
+            raise ValueError(
+                "a tile's uncertainty must be given exactly when the writer writes an uncertainty band"
+            )
+        for start, band in self.mosaic.add(row, col, mosaic_tile(optical, valid, uncertainty)):
             self._write(start, band)
         self.tiles += 1
 

@@ -86,3 +86,36 @@ def test_largest_side_within_nothing_fits():
     from s2o_platform.geo.blending import largest_side_within
 
     assert largest_side_within(0, 32, 8) == 0
+
+
+def test_a_constant_uncertainty_band_stays_constant_across_seams_while_rgb_cross_fades():
+    from s2o_platform.geo.blending import mosaic_tile, output_pixels
+
+    height, width, tile, overlap = 40, 88, 16, 6
+    mosaic = StripMosaic(height, width, 5, tile, overlap)
+    bands = []
+    for k, w in enumerate(grid_windows(height, width, tile, tile - overlap)):
+        optical = np.full((3, tile, tile), -0.8 + 0.1 * (k % 7), np.float32)  # neighbours disagree
+        uncertainty = np.full((tile, tile), 0.4, np.float32)  # model units: 0.2 of the [0, 1] image
+        bands += mosaic.add(
+            w.row_off, w.col_off, mosaic_tile(optical, np.ones((tile, tile), bool), uncertainty)
+        )
+    bands += mosaic.finish()
+    image = np.concatenate([output_pixels(band, "uint8") for _, band in bands], axis=1)
+    floats = np.concatenate([output_pixels(band, "float32") for _, band in bands], axis=1)
+    assert image.shape == (4, height, width)
+    assert np.unique(image[3]).tolist() == [51]  # 0.2 x 255: the same on every seam
+    np.testing.assert_allclose(floats[3], 0.2, atol=1e-6)
+    assert len(np.unique(image[0])) > 3  # the RGB bands blend their disagreeing tiles
+
+
+def test_nodata_pixels_are_nodata_in_the_uncertainty_band_too():
+    from s2o_platform.geo.blending import mosaic_tile, output_pixels
+
+    valid = np.ones((8, 8), bool)
+    valid[:, :3] = False
+    band = mosaic_tile(np.zeros((3, 8, 8), np.float32), valid, np.full((8, 8), 0.5, np.float32))
+    uint8, floats = output_pixels(band, "uint8"), output_pixels(band, "float32")
+    assert (uint8[:, :, :3] == 0).all() and (uint8[3, :, 3:] == 64).all()  # 0.25 x 255 = 63.75
+    assert np.isnan(floats[:, :, :3]).all() and np.allclose(floats[3, :, 3:], 0.25)
+    assert output_pixels(mosaic_tile(np.zeros((3, 8, 8)), valid), "uint8").shape == (3, 8, 8)  # no band asked

@@ -14,7 +14,7 @@ import rasterio
 from s2o_platform.data.synth_writer import write_scene_geotiffs
 from s2o_platform.translate.manifest import MANIFEST_FILE
 from tests.fixtures import truncate
-from tests.translate.helpers import assert_same_grid_and_nodata, translate
+from tests.translate.helpers import assert_same_grid_and_nodata, translate, valid_mask
 
 pytestmark = pytest.mark.ray
 
@@ -114,12 +114,50 @@ def test_bad_arguments_fail_before_any_scene(scenes, bundles, tmp_path):
         (["--overlap", "32"], "overlap"),
         (["--steps", "9"], "1..8"),
         (["--dtype", "fp8"], "--dtype"),
+        (["--uncertainty", "1"], "at least 2 samples"),
+        (["--uncertainty", "3", "--output", "median"], "mean|sample"),
     ]:
         result = translate(scenes, "--model", bundles["student"], "--out", tmp_path / "o", *args)
         assert result.exit_code == 2 and words in result.output, result.output
+    result = translate(scenes, "--model", bundles["gan"], "--out", tmp_path / "o", "--uncertainty", "3")
+    assert result.exit_code == 2 and "deterministic" in result.output, result.output
     result = translate(tmp_path / "nothing-here", "--model", bundles["student"], "--out", tmp_path / "o")
     assert result.exit_code == 2 and "SOURCE" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_an_uncertainty_band_from_several_samples(scenes, bundles, tmp_path):
+    """--uncertainty 3: a fourth band, the spread of three samples, nodata where the image is; --output sample
+    keeps the RGB of a plain run (its first sample draws the plain run's noise)."""
+    from rio_cogeo.cogeo import cog_validate
+
+    runs = {
+        "plain": [],
+        "spread": ["--uncertainty", "3"],
+        "sample": ["--uncertainty", "3", "--output", "sample"],
+    }
+    for name, extra in runs.items():
+        result = translate(
+            scenes, "--model", bundles["student"], "--out", tmp_path / name, "--steps", 2, *extra
+        )
+        assert result.exit_code == 0, result.output
+    for source in sorted(scenes.glob("*.tif")):
+        valid = valid_mask(source)
+        with rasterio.open(tmp_path / "spread" / source.name) as ds:
+            assert ds.count == 4 and ds.descriptions[3].startswith("uncertainty"), ds.descriptions
+            assert ds.colorinterp[3] == rasterio.enums.ColorInterp.undefined  # data, not alpha
+            spread = ds.read(4)
+        assert (spread[~valid] == 0).all() and (spread[valid] >= 1).all()
+        assert spread[valid].mean() > 2  # an untrained student's samples disagree everywhere
+        assert cog_validate(str(tmp_path / "spread" / source.name))[0]
+        with (
+            rasterio.open(tmp_path / "plain" / source.name) as plain,
+            rasterio.open(tmp_path / "sample" / source.name) as sample,
+        ):
+            assert plain.count == 3
+            # the same noise per tile; batches of 32 vs 30 tiles may round a float differently, by one level at most
+            difference = np.abs(plain.read().astype(int) - sample.read([1, 2, 3]).astype(int))
+            assert difference.max() <= 1 and (difference == 0).mean() > 0.999
 
 
 def test_real_sentinel1_geotiffs(real_data, bundles, tmp_path):
