@@ -720,6 +720,17 @@ def evaluate(
             show_default=False,
         ),
     ] = None,
+    uncertainty: Annotated[
+        Optional[int],
+        typer.Option(
+            "--uncertainty",
+            help="K >= 2: sample every tile K times (independent noise keyed by tile id) and report how well the "
+            "per-pixel spread predicts the error of the first sample, the one scored: Spearman's rho (the table's "
+            "'unc rho'), a calibration table (report.json) and a reliability plot (uncertainty.png). Student and "
+            "teacher settings; pix2pix is deterministic and noted. Costs K forward passes per tile. Default: 0.",
+            show_default=False,
+        ),
+    ] = None,
     repeats: Annotated[
         Optional[int],
         typer.Option(
@@ -783,7 +794,7 @@ def evaluate(
     DDIM-50, timed in the same run even when not listed (quality of those is only measured when listed).
 
     Settings also come from --config FILE and --set key=value, with the options' names as keys (models,
-    the --model list; split, limit, batch_size, fid_weights, device, dtype, compile, seed, repeats,
+    the --model list; split, limit, batch_size, fid_weights, device, dtype, compile, seed, uncertainty, repeats,
     ddpm_limit, workers, speed_references; and sample_tiles, landcover_fit_tiles); an explicit option
     wins over both. --data, --out, --address, --s3-endpoint and --mlflow-run-id are the command line's
     only. REPORT_DIR/config.yaml keeps the resolved settings.
@@ -805,6 +816,7 @@ def evaluate(
         dtype=dtype,
         compile=compile_,
         seed=seed,
+        uncertainty=uncertainty,
         repeats=repeats,
         ddpm_limit=ddpm_limit,
         workers=workers,

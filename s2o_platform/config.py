@@ -629,6 +629,13 @@ class EvalConfig(StageConfig):
         description="the forward pass of every model, speed references included: off, auto, default or max",
     )
     seed: int = Field(0, description="noise seed: batch i uses seed + i, the same for every model")
+    uncertainty: int = Field(
+        0,
+        ge=0,
+        description="samples per tile (0: none; else at least 2): how well the per-pixel spread of K samples "
+        "predicts the first sample's error, per student or teacher setting (Spearman rho, calibration table, "
+        "uncertainty.png); costs K forward passes per tile",
+    )
     repeats: int = Field(
         3, ge=1, description="timed calls per latency measurement (median; after one warm-up)"
     )

@@ -14,7 +14,13 @@ from s2o_platform.bundle import Bundle
 from s2o_platform.data.store import decode_batch, read_tiles
 from s2o_platform.devices import cluster_gpus, inference_actors
 from s2o_platform.evaluation.landcover import confusion_per_tile
-from s2o_platform.evaluation.quality import SettingOutput, inception_features, tile_scores, to_unit
+from s2o_platform.evaluation.quality import (
+    SettingOutput,
+    inception_features,
+    tile_scores,
+    to_unit,
+    uncertainty_pixels,
+)
 from s2o_platform.evaluation.spec import ModelSetting
 from s2o_platform.evaluation.tiles import load_test_tiles
 from s2o_platform.inference import LoadedModel, translate_tiles
@@ -29,18 +35,27 @@ SCORE_COLUMNS = (
     "abs_to_sar",
     "abs_to_truth",
 )
+#: Per-tile pixel samples of an uncertainty pass (`uncertainty_pixels`), kept as (N, P) arrays.
+UNCERTAINTY_COLUMNS = ("unc_spread", "unc_error")
 
 
 class TileScorer(LoadedModel):
     """A Ray Data actor: store rows -> per-tile scores (and FID features) of one model setting."""
 
-    def __init__(self, fid_weights: str | None, classifier: dict | None = None, **kwargs):
+    def __init__(
+        self,
+        fid_weights: str | None,
+        classifier: dict | None = None,
+        uncertainty: int | None = None,
+        **kwargs,
+    ):
         import torch
 
         from s2o_platform.evaluation.landcover import PixelClassifier
         from s2o_platform.evaluation.quality import load_fid_network
 
         super().__init__(**kwargs)
+        self.uncertainty = uncertainty
         self.fid = load_fid_network(fid_weights, self.device) if fid_weights else None
         self.classifier = None
         if classifier is not None:  # {"num_classes": K, "state": state dict}
@@ -53,13 +68,21 @@ class TileScorer(LoadedModel):
         batch = decode_batch(rows)
         order = np.argsort(batch["tile_id"])
         ids = batch["tile_id"][order]
-        prediction = self.translate(batch["sar"][order], str(ids[0]))
+        spread = None
+        if self.uncertainty:  # keyed by tile id, as runner.translate_and_score keys them
+            prediction, spread = self.run_tiles_with_uncertainty(
+                batch["sar"][order], self.seed, self.uncertainty, keys=[str(i) for i in ids], output="sample"
+            )
+        else:
+            prediction = self.translate(batch["sar"][order], str(ids[0]))
         unit, target = to_unit(prediction), to_unit(batch["optical"][order])
         valid = batch["valid"][order] if "valid" in batch else None
         out: dict[str, np.ndarray] = {
             "tile_id": ids.astype(str),
             **tile_scores(unit, target, to_unit(batch["sar"][order]), valid),
         }
+        if spread is not None:
+            out.update(uncertainty_pixels(spread, unit, target, valid))
         if self.classifier is not None and "landcover" in batch:
             out["landcover_confusion"] = confusion_per_tile(
                 self.classifier, unit.nan_to_num(0.0), batch["landcover"][order]
@@ -101,7 +124,9 @@ class RayQuality:
         ds = read_tiles(self.options.data, self.options.split, self.options.storage).sort("tile_id")
         return ds.limit(count) if count < self.available else ds
 
-    def run(self, bundle: Bundle, setting: ModelSetting, count: int, keep: int):
+    def run(
+        self, bundle: Bundle, setting: ModelSetting, count: int, keep: int, uncertainty: int | None = None
+    ):
         o = self.options
         scored = self.dataset(count).map_batches(
             TileScorer,
@@ -114,6 +139,7 @@ class RayQuality:
                 dtype=o.dtype if self.gpus else "fp32",
                 fid_weights=o.fid_weights,
                 classifier=self.classifier,
+                uncertainty=uncertainty,
                 storage_options=o.storage,
                 batch_size=o.batch_size,
                 cpu_share=self.actors.cpu_share,
@@ -131,8 +157,9 @@ class RayQuality:
         order = np.argsort(merged["tile_id"])
         merged = {k: v[order] for k, v in merged.items()}
         scores = {k: merged[k].astype(np.float64) for k in SCORE_COLUMNS}
-        if "landcover_confusion" in merged:
-            scores["landcover_confusion"] = merged["landcover_confusion"]
+        for key in ("landcover_confusion", *UNCERTAINTY_COLUMNS):
+            if key in merged:
+                scores[key] = merged[key]
         # the sample grid: the first tiles, translated here with the driver's copy of the model
         first = load_test_tiles(o.data, o.split, keep, o.storage)
         preview = to_unit(

@@ -21,6 +21,7 @@ import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from s2o_platform.errors import S2OError
+from s2o_platform.evaluation.uncertainty import UNCERTAINTY_PIXELS_PER_TILE
 from s2o_platform.losses import masked_mean
 
 #: A tile predicted exactly has infinite PSNR; capped so that means and JSON stay finite.
@@ -100,6 +101,29 @@ def tile_scores(
     out = {k: torch.where(finite, v.float(), nan).double().numpy() for k, v in scores.items()}
     out["finite"] = finite.double().numpy()
     return out
+
+
+def uncertainty_pixels(
+    spread: np.ndarray,
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    valid: torch.Tensor | np.ndarray | None = None,
+    per_tile: int = UNCERTAINTY_PIXELS_PER_TILE,
+) -> dict[str, np.ndarray]:
+    """A fixed sample of each tile's pixels (the same positions in every tile, one fixed draw, so the pass in this
+    process and the Ray Data pass keep the same pixels): the predicted spread (`translate_tiles_with_uncertainty`'s, in model
+    units, halved to [0, 1] units) and the actual absolute error of the prediction (N, 3, H, W) in [0, 1] against
+    the target, averaged over RGB as the spread is. Returns {"unc_spread", "unc_error"}: float64 (N, P) arrays,
+    NaN where the pixel holds no data (`valid` (N, H, W) False) or the prediction is not finite."""
+    n, h, w = spread.shape
+    positions = np.sort(np.random.default_rng(0).choice(h * w, size=min(per_tile, h * w), replace=False))
+    picked_spread = np.asarray(spread, dtype=np.float64).reshape(n, -1)[:, positions] / 2.0
+    error = (prediction.double() - target.double()).abs().mean(dim=1).reshape(n, -1).numpy()[:, positions]
+    if valid is not None:
+        holds_data = np.asarray(valid, dtype=bool).reshape(n, -1)[:, positions]
+        picked_spread = np.where(holds_data, picked_spread, np.nan)
+        error = np.where(holds_data, error, np.nan)
+    return {"unc_spread": picked_spread, "unc_error": error}
 
 
 def ratio_of_means(numerator: np.ndarray, denominator: np.ndarray) -> float | None:

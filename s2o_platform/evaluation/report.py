@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from s2o_platform.evaluation.uncertainty import GAUSSIAN_ABS_ERROR_PER_SIGMA, UNCERTAINTY_PIXELS_PER_TILE
+
 #: The paper's speed references: the teacher with ancestral DDPM over all steps and DDIM with 50 steps.
 REFERENCE_DDIM_STEPS = 50
 #: FID from fewer images than this is biased upwards and noisy (the usual minimum; Heusel et al. use 50k).
@@ -35,6 +37,10 @@ class Row:
         None  # the land-cover classifier on the translations, against the true classes
     )
     landcover_miou: float | None = None
+    uncertainty: dict | None = (
+        None  # s2o eval --uncertainty: {"samples", "pixels", "spearman", "mean_spread",
+    )
+    # "mean_abs_error", "calibration": [{"lo", "hi", "pixels", "mean_uncertainty", "mean_abs_error"}, ...]}
     paired: dict | None = (
         None  # {"reference", "tiles", "delta_psnr", "ci95": [lo, hi]}: per-tile PSNR difference
     )
@@ -104,6 +110,7 @@ TABLE_COLUMNS = (
     "ident",
     "LC acc",
     "LC mIoU",
+    "unc rho",
     "FID (n)",
     "ms/img b1",
     "img/s",
@@ -135,6 +142,7 @@ def table_cells(row: Row) -> list[str]:
         _fmt(row.identity_ratio, ".2f"),
         _fmt(row.landcover_accuracy, ".3f"),
         _fmt(row.landcover_miou, ".3f"),
+        _fmt(row.uncertainty["spearman"] if row.uncertainty else None, ".2f"),
         _fmt(row.fid, ".2f") + (f" ({row.fid_samples})" if row.fid is not None else ""),
         _fmt(row.latency_ms, ".1f"),
         _fmt(row.throughput, ".1f"),
@@ -160,6 +168,13 @@ def context_lines(report: Report) -> list[str]:
         "sharp: mean gradient magnitude / the ground truth's (1 = as sharp; blur < 1, noise > 1); "
         "ident: mean |prediction - SAR| / mean |prediction - truth| (below 1: closer to its input than to the truth)"
     )
+    if c.get("uncertainty_samples"):
+        lines.append(
+            f"unc rho: Spearman's rank correlation between each pixel's spread over {c['uncertainty_samples']} "
+            "samples (std, averaged over RGB) and the first sample's absolute error (the scored one), on "
+            f"{UNCERTAINTY_PIXELS_PER_TILE} fixed pixel positions per tile; the calibration table is in report.json, the reliability plot in "
+            "uncertainty.png"
+        )
     lc = c.get("landcover_classifier") or {}
     if lc.get("status") == "fitted":
         lines.append(
@@ -210,6 +225,8 @@ def write_report(report: Report, out: Path, samples: dict[str, np.ndarray] | Non
     written.append(plot_tradeoff(report, out / "tradeoff.png"))
     if samples:
         written.append(plot_samples(samples, out / "samples.png"))
+    if any(r.uncertainty and r.uncertainty["calibration"] for r in report.rows):
+        written.append(plot_uncertainty(report, out / "uncertainty.png"))
     return written
 
 
@@ -256,6 +273,41 @@ def plot_tradeoff(report: Report, path: Path) -> Path:
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_uncertainty(report: Report, path: Path) -> Path:
+    """The reliability plot of `--uncertainty`: per setting, the mean actual error of each calibration bin against
+    its mean predicted spread, beside the line an honest Gaussian spread would follow (error = 0.80 x spread)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report.rows if r.uncertainty and r.uncertainty["calibration"]]
+    fig, ax = plt.subplots(figsize=(5.6, 4.6))
+    top = 0.0
+    for i, row in enumerate(rows):
+        bins = row.uncertainty["calibration"]
+        x = [b["mean_uncertainty"] for b in bins]
+        y = [b["mean_abs_error"] for b in bins]
+        top = max(top, *x, *y)
+        rho = _fmt(row.uncertainty["spearman"], ".2f")
+        ax.plot(x, y, "o-", color=plt.get_cmap("tab10")(i % 10), label=f"{row.label} (rho {rho})")
+    line = np.linspace(0.0, top or 1.0, 2)
+    ax.plot(
+        line, GAUSSIAN_ABS_ERROR_PER_SIGMA * line, "k--", lw=1, label="calibrated (Gaussian: 0.80 x spread)"
+    )
+    ax.set_xlabel("predicted spread per pixel (std over samples, [0, 1] units)")
+    ax.set_ylabel("mean absolute error of the first sample")
+    ax.set_title(f"Is the uncertainty honest? {report.context.get('uncertainty_samples')} samples per tile")
+    ax.set_xlim(left=0.0)
+    ax.set_ylim(bottom=0.0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

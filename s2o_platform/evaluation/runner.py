@@ -52,6 +52,7 @@ from s2o_platform.evaluation.quality import (
     ratio_of_means,
     tile_scores,
     to_unit,
+    uncertainty_pixels,
 )
 from s2o_platform.evaluation.report import (
     FID_RECOMMENDED_SAMPLES,
@@ -63,8 +64,10 @@ from s2o_platform.evaluation.report import (
 from s2o_platform.evaluation.spec import EvalError, ModelSetting, parse_model_spec, unique_labels
 from s2o_platform.evaluation.speed import time_calls
 from s2o_platform.evaluation.tiles import load_test_tiles
+from s2o_platform.evaluation.uncertainty import calibration_table, spearman
 from s2o_platform.inference import resolve_sampler_for, translate_tiles
 from s2o_platform.inference_compile import CompiledNetwork, compile_bundle, resolve_compile
+from s2o_platform.tile_sampling import translate_tiles_with_uncertainty
 
 
 @dataclass
@@ -84,6 +87,9 @@ class EvalRun:
         "off"  # off | auto | default | max (inference_compile): every model, speed references included
     )
     seed: int = 0
+    uncertainty: int = (
+        0  # K samples per tile (0: none): how well their spread predicts the error (student, teacher)
+    )
     repeats: int = 3
     ddpm_limit: int = 32  # ancestral DDPM walks every training step: its quality is measured on a subset
     sample_tiles: int = 4
@@ -161,6 +167,10 @@ def plan(options: EvalRun) -> tuple[StoreMetadata, list[PlannedSetting]]:
         raise EvalError(f"--split {options.split!r}: choose from {list(SPLITS)}")
     if options.batch_size < 1 or (options.limit is not None and options.limit < 1):
         raise EvalError("--batch-size and --limit must be >= 1")
+    if options.uncertainty == 1 or options.uncertainty < 0:
+        raise EvalError(
+            f"--uncertainty {options.uncertainty}: a spread needs at least 2 samples per tile (0: no uncertainty)"
+        )
     if not options.models:
         raise EvalError(
             "no --model given: pass at least one NAME=BUNDLE[@SAMPLER:STEPS] (or list them under models: in --config)"
@@ -325,7 +335,9 @@ class LocalQuality:
         self.where = "in this process"
         self._real: np.ndarray | None = None
 
-    def run(self, bundle: Bundle, setting: ModelSetting, count: int, keep: int) -> SettingOutput:
+    def run(
+        self, bundle: Bundle, setting: ModelSetting, count: int, keep: int, uncertainty: int | None = None
+    ) -> SettingOutput:
         o = self.options
         labels = self.tiles["landcover"][:count] if self.classifier is not None else None
         valid = self.tiles["valid"][:count] if "valid" in self.tiles else None
@@ -341,6 +353,8 @@ class LocalQuality:
             classifier=self.classifier,
             labels=labels,
             valid=valid,
+            uncertainty=uncertainty,
+            tile_ids=self.tiles["tile_id"][:count],
         )
         if self.fid_network is not None:
             if self._real is None:
@@ -369,27 +383,48 @@ def translate_and_score(
     classifier: landcover.PixelClassifier | None = None,
     labels: np.ndarray | None = None,
     valid: np.ndarray | None = None,
+    uncertainty: int | None = None,
+    tile_ids: np.ndarray | None = None,
 ) -> SettingOutput:
     """Translate tiles batch by batch (batch i seeded with seed + i) and score each tile (with land-cover
-    confusion counts where a classifier and the tiles' class maps are given)."""
+    confusion counts where a classifier and the tiles' class maps are given).
+
+    With `uncertainty` K: each tile is sampled K times, keyed by its tile id (so the Ray Data pass draws the same
+    noise), the first sample is scored as above, and a fixed sample of its pixels' spread and absolute error is
+    kept (`uncertainty_pixels`)."""
+    if uncertainty and tile_ids is None:
+        raise ValueError("an uncertainty pass keys each tile's samples by its tile id: pass tile_ids")
     scores: dict[str, list[np.ndarray]] = {}
     features, kept = [], []
     for i, start in enumerate(range(0, len(sar), batch_size)):
-        prediction = translate_tiles(
-            bundle,
-            sar[start : start + batch_size],
-            setting.sampler,
-            setting.steps,
-            seed=seed + first_batch_index + i,
-            batch_size=batch_size,
-        )
-        unit = to_unit(prediction)
-        batch_scores = tile_scores(
-            unit,
-            to_unit(optical[start : start + batch_size]),
-            to_unit(sar[start : start + batch_size]),
-            None if valid is None else valid[start : start + batch_size],
-        )
+        window = slice(start, start + batch_size)
+        spread = None
+        if uncertainty:
+            prediction, spread = translate_tiles_with_uncertainty(
+                bundle,
+                sar[window],
+                uncertainty,
+                setting.sampler,
+                setting.steps,
+                seed=seed,
+                batch_size=batch_size,
+                keys=[str(t) for t in tile_ids[window]],
+                output="sample",
+            )
+        else:
+            prediction = translate_tiles(
+                bundle,
+                sar[window],
+                setting.sampler,
+                setting.steps,
+                seed=seed + first_batch_index + i,
+                batch_size=batch_size,
+            )
+        unit, target = to_unit(prediction), to_unit(optical[window])
+        batch_valid = None if valid is None else valid[window]
+        batch_scores = tile_scores(unit, target, to_unit(sar[window]), batch_valid)
+        if spread is not None:
+            batch_scores.update(uncertainty_pixels(spread, unit, target, batch_valid))
         if classifier is not None and labels is not None:
             batch_scores["landcover_confusion"] = landcover.confusion_per_tile(
                 classifier, unit.nan_to_num(0.0), labels[start : start + batch_size]
@@ -469,6 +504,21 @@ def summarise(row: Row, scores: dict[str, np.ndarray]) -> None:
         confusion = scores["landcover_confusion"].sum(axis=0)
         row.landcover_accuracy = landcover.accuracy(confusion)
         row.landcover_miou = landcover.mean_iou(confusion)
+
+
+def summarise_uncertainty(row: Row, scores: dict[str, np.ndarray], samples: int) -> None:
+    """Row.uncertainty: how well the per-pixel spread of `samples` draws predicts the first draw's absolute error
+    (Spearman's rho, an equal-count calibration table, the means), from the kept pixels."""
+    spread, error = scores["unc_spread"].ravel(), scores["unc_error"].ravel()
+    both = np.isfinite(spread) & np.isfinite(error)
+    row.uncertainty = {
+        "samples": samples,
+        "pixels": int(both.sum()),
+        "spearman": spearman(spread, error),
+        "mean_spread": float(spread[both].mean()) if both.any() else None,
+        "mean_abs_error": float(error[both].mean()) if both.any() else None,
+        "calibration": calibration_table(spread, error),
+    }
 
 
 def add_paired(rows: list[Row], per_tile_psnr: dict[str, np.ndarray]) -> str | None:
@@ -572,8 +622,16 @@ def run_evaluation(
                     row.notes.append(
                         f"quality on the first {count} of {n_tiles} tiles (ancestral DDPM is slow; --ddpm-limit)"
                     )
-                out = quality.run(bundle, s, count, keep)
+                samples_per_tile = options.uncertainty if s.sampler != "direct" else 0
+                if options.uncertainty and not samples_per_tile:
+                    row.notes.append(
+                        "no uncertainty: one forward pass per tile draws no noise (deterministic), so there is "
+                        "no spread to sample"
+                    )
+                out = quality.run(bundle, s, count, keep, uncertainty=samples_per_tile)
                 summarise(row, out.scores)
+                if samples_per_tile and not row.error:
+                    summarise_uncertainty(row, out.scores, samples_per_tile)
                 if not row.error:
                     per_tile_psnr[s.label] = out.scores["psnr"]
                     samples[s.label] = out.predictions.transpose(0, 2, 3, 1)
@@ -600,6 +658,7 @@ def run_evaluation(
                 if row.error
                 else f"PSNR {_f(row.psnr)} dB, SSIM {_f(row.ssim, '.3f')}, colour err {_f(row.colour_error)}, "
                 f"{row.latency_ms:.1f} ms/img at batch 1"
+                + (f", uncertainty rho {_f(row.uncertainty['spearman'], '.2f')}" if row.uncertainty else "")
             )
             + f" ({time.perf_counter() - started:.0f} s)"
         )
@@ -638,6 +697,7 @@ def run_evaluation(
         "quality_pass": quality.where,
         "speedup_references": used,
         "paired_reference": paired_reference,
+        "uncertainty_samples": options.uncertainty or None,
         "landcover_classifier": landcover_info,
         "notes": notes,
     }

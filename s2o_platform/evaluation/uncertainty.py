@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
+#: Pixels per tile whose predicted spread and actual error `s2o eval --uncertainty` keeps (bounded memory on any
+#: store: 256 of a 256 px tile's 65536 pixels still give tens of thousands of pixels per setting).
+UNCERTAINTY_PIXELS_PER_TILE = 256
+
 #: E|X| / sigma for a zero-mean Gaussian X: what a calibrated spread's bins show as error over spread.
 GAUSSIAN_ABS_ERROR_PER_SIGMA = float(np.sqrt(2.0 / np.pi))
 

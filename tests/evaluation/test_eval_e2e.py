@@ -219,6 +219,31 @@ def test_quality_pass_on_ray_data_matches_the_local_one(ray_cluster, synth_store
     assert samples["acd lcm-1"].shape == (4, 32, 32, 3)
 
 
+def test_uncertainty_on_ray_data_matches_the_local_pass(ray_cluster, synth_store_32, bundles, tmp_path):
+    """Samples keyed by tile id and pixels kept at fixed positions: the actors' spread and error are the local
+    pass's (fp32), whatever batches the tiles fall into."""
+    common = dict(
+        data=synth_store_32,
+        models=[f"acd={bundles['student']}@lcm:2"],
+        out=str(tmp_path / "r"),
+        limit=10,
+        batch_size=4,
+        repeats=1,
+        references=False,
+        dtype="fp32",
+        uncertainty=2,
+    )
+    local, _ = run_evaluation(EvalRun(**common), log=lambda m: None)
+    distributed, _ = run_evaluation(EvalRun(**common, address="auto", workers=2), log=lambda m: None)
+    here, there = local.rows[0].uncertainty, distributed.rows[0].uncertainty
+    assert there["pixels"] == here["pixels"] == 10 * 256
+    assert there["spearman"] == pytest.approx(here["spearman"], abs=1e-4)
+    for a, b in zip(there["calibration"], here["calibration"], strict=True):
+        assert a["mean_abs_error"] == pytest.approx(b["mean_abs_error"], abs=1e-5)
+        assert a["mean_uncertainty"] == pytest.approx(b["mean_uncertainty"], abs=1e-5)
+    assert distributed.rows[0].psnr == pytest.approx(local.rows[0].psnr, abs=1e-4)
+
+
 def test_eval_job_uploads_its_report_to_s3(ray_cluster, synth_store_32, bundles, s3_endpoint, monkeypatch):
     """jobs/evaluate.py (the RayJob's entrypoint) with an s3:// --out: the driver's disk goes with its pod."""
     import runpy

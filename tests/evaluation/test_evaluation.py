@@ -427,7 +427,7 @@ def test_report_renderings_show_errors_and_fid_status():
     }
     report = Report(rows, context)
     md = markdown(report)
-    assert "| s lcm-1 | 8 | 20.50 | - | 0.500 | 3.00 | - | - | - | - | - | 2.0 | 100.0 |" in md
+    assert "| s lcm-1 | 8 | 20.50 | - | 0.500 | 3.00 | - | - | - | - | - | - | 2.0 | 100.0 |" in md
     assert "non-finite" in md and FID_SKIPPED in md
     table = console_table(report)
     assert "bad lcm-2" in table and "error: non-finite" in table

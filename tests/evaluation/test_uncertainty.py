@@ -66,12 +66,17 @@ def test_a_calibrated_gaussian_spread_shows_its_expected_error_in_every_bin():
 
 
 @pytest.fixture(scope="module")
-def student(tmp_path_factory):
+def untrained(tmp_path_factory):
+    """Untrained student and pix2pix bundles for 16 px single-channel tiles (the stages' own exporters)."""
     from s2o_platform.train.untrained import write_untrained_bundles
 
     store = StoreMetadata(tile_size=16, sar_channels=1, sar_normalization=SarNormalization())
-    paths = write_untrained_bundles(TINY_CONFIGS, tmp_path_factory.mktemp("uncertainty"), store)
-    return load_bundle(paths["student"]), load_bundle(paths["gan"])
+    return write_untrained_bundles(TINY_CONFIGS, tmp_path_factory.mktemp("uncertainty"), store)
+
+
+@pytest.fixture(scope="module")
+def student(untrained):
+    return load_bundle(untrained["student"]), load_bundle(untrained["gan"])
 
 
 def sar_tiles(n: int) -> np.ndarray:
@@ -140,3 +145,73 @@ def test_pix2pix_and_too_few_samples_are_refused(student):
         tile_sampling.translate_tiles_with_uncertainty(bundle, sar_tiles(1), samples=1)
     with pytest.raises(ValueError, match="output must be one of"):
         tile_sampling.translate_tiles_with_uncertainty(bundle, sar_tiles(1), samples=2, output="median")
+
+
+# -- s2o eval --uncertainty ---------------------------------------------------------------------------------
+
+
+def test_eval_reports_how_well_the_spread_of_samples_predicts_the_error(untrained, tmp_path):
+    from PIL import Image
+
+    from s2o_platform.evaluation.quality import tile_scores, to_unit, uncertainty_pixels
+    from s2o_platform.evaluation.runner import EvalRun, evaluate
+    from s2o_platform.evaluation.tiles import load_test_tiles
+    from s2o_platform.storage import StorageOptions
+    from tests.fixtures import write_small_store
+
+    store = write_small_store(str(tmp_path / "store"), tile_size=16, n=24)  # 8 test tiles
+    options = EvalRun(
+        data=store,
+        models=[f"acd={untrained['student']}@lcm:2", f"gan={untrained['gan']}"],
+        out=str(tmp_path / "report"),
+        batch_size=3,  # batches that split the tiles unevenly: a tile's noise must not depend on its batch
+        repeats=1,
+        references=False,
+        dtype="fp32",
+        uncertainty=3,
+    )
+    report, written = evaluate(options, log=lambda m: None)
+    acd, gan = report.rows
+    assert acd.error is None and gan.error is None
+    u = acd.uncertainty
+    assert u["samples"] == 3 and u["pixels"] == 8 * 256  # a 16 px tile has 256 pixels: all of them kept
+    assert sum(b["pixels"] for b in u["calibration"]) == u["pixels"]
+    spreads = [b["mean_uncertainty"] for b in u["calibration"]]
+    assert spreads == sorted(spreads) and spreads[0] < spreads[-1]
+    # by hand: the first of 3 samples keyed by tile id is what is scored; its spread against its error gives rho
+    tiles = load_test_tiles(store, "test", None, StorageOptions())
+    bundle = load_bundle(untrained["student"])
+    keys = [str(t) for t in tiles["tile_id"]]
+    first, spread = tile_sampling.translate_tiles_with_uncertainty(
+        bundle, tiles["sar"], 3, "lcm", 2, seed=0, keys=keys, output="sample"
+    )
+    unit, truth = to_unit(first), to_unit(tiles["optical"])
+    assert acd.psnr == pytest.approx(tile_scores(unit, truth)["psnr"].mean(), abs=1e-4)
+    kept = uncertainty_pixels(spread, unit, truth)
+    assert u["spearman"] == pytest.approx(spearman(kept["unc_spread"], kept["unc_error"]), abs=1e-4)
+    assert u["mean_spread"] == pytest.approx(kept["unc_spread"].mean(), rel=1e-4)
+    # pix2pix draws no noise: scored as usual, with a note instead of an uncertainty
+    assert gan.uncertainty is None and gan.psnr is not None
+    assert any("deterministic" in note for note in gan.notes)
+    assert (tmp_path / "report" / "uncertainty.png") in written
+    with Image.open(tmp_path / "report" / "uncertainty.png") as image:
+        assert image.format == "PNG" and image.width > 300
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "unc rho" in md and "Spearman" in md and f"| {u['spearman']:.2f} |" in md
+
+
+def test_eval_refuses_a_single_sample_before_any_work(untrained, tmp_path):
+    from typer.testing import CliRunner
+
+    from s2o_platform.cli import app
+    from tests.fixtures import write_small_store
+
+    store = write_small_store(str(tmp_path / "store"), tile_size=16, n=6)
+    result = CliRunner().invoke(
+        app,
+        ["eval", "--data", store, "--out", str(tmp_path / "r"), "--model", f"acd={untrained['student']}"]
+        + ["--uncertainty", "1"],
+    )
+    assert result.exit_code != 0
+    assert "--uncertainty 1" in result.output and "at least 2 samples" in result.output
+    assert not (tmp_path / "r").exists()
