@@ -57,6 +57,10 @@ class S2OPipelineOutput(BaseOutput):
     images differ in size)."""
 
     images: Union[list, np.ndarray]  # noqa: UP007 - BaseOutput evaluates field types on Python 3.9 as well
+    #: With `uncertainty=K`: per image the per-pixel spread of the K samples (std, mean of RGB), as `s2o translate
+    #: --uncertainty` writes its fourth band: single-band "L" PIL images in the RGB images' 8-bit levels (0 nodata)
+    #: for output_type="pil", float32 (N, H, W) in [0, 1] units (NaN nodata) for "np". None without it.
+    uncertainty: Union[list, np.ndarray, None] = None  # noqa: UP007
 
 
 @dataclass
@@ -218,6 +222,7 @@ class S2OPipeline:
         keys: Sequence[str] | None = None,
         steps: int | None = None,
         output: str = "mean",
+        sampler: str | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """`run_tiles` with `samples` draws per tile: (optical (N, 3, T, T), uncertainty (N, T, T)), both in the
         model's units (`tile_sampling.translate_tiles_with_uncertainty`)."""
@@ -227,7 +232,7 @@ class S2OPipeline:
             self.bundle,
             tiles,
             samples,
-            self.sampler,
+            sampler or self.sampler,
             self.steps if steps is None else steps,
             seed=seed,
             batch_size=self.batch_size,
@@ -250,6 +255,8 @@ class S2OPipeline:
         name: str | Sequence[str] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        uncertainty: int = 0,
+        uncertainty_output: str = "mean",
     ) -> S2OPipelineOutput | tuple:
         """Translate SAR images of any size into optical RGB, tiled and blended as `s2o translate` does.
 
@@ -270,7 +277,12 @@ class S2OPipeline:
                 `s2o translate` names a scene given the file; "" for arrays and images).
             output_type: "pil" (uint8 RGB, 1..255, 0 where the input was nodata) or "np" (float32 [0, 1], NaN where
                 nodata; N x H x W x 3).
-            return_dict: False returns the tuple `(images,)`.
+            return_dict: False returns the tuple `(images,)` (`(images, uncertainty)` with `uncertainty`).
+            uncertainty: K >= 2 draws K samples per window (seeded per window and sample, as `s2o translate
+                --uncertainty K`): `.uncertainty` holds their per-pixel spread, blended like the image. Not for a
+                pix2pix bundle (deterministic). 0: none.
+            uncertainty_output: with `uncertainty`, the images are the samples' "mean" or the first "sample" (what
+                a call without `uncertainty` gives).
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
@@ -287,33 +299,36 @@ class S2OPipeline:
             raise ValueError(
                 f"overlap must be in 0..{tile - 1} px for the model's {tile} px tiles, got {overlap}"
             )
+        if uncertainty == 1 or uncertainty < 0:
+            raise ValueError(f"uncertainty needs at least 2 samples per window (0: none), got {uncertainty}")
         images = self._read_inputs(sar, sar_scale, band, name)
         seeds = _run_seeds(generator, self.seed if seed is None else seed, seed is not None, len(images))
         out_dtype = "uint8" if output_type == "pil" else "float32"
-        results = [
-            self._translate_image(image, run_seed, sampler_name, steps, overlap, out_dtype)
+        sampling = (uncertainty, uncertainty_output) if uncertainty else None
+        pixels = [
+            self._translate_image(image, run_seed, sampler_name, steps, overlap, out_dtype, sampling)
             for image, run_seed in zip(images, seeds)
         ]
-        if output_type == "pil":
-            from PIL import Image
-
-            result: list | np.ndarray = [
-                Image.fromarray(np.ascontiguousarray(p.transpose(1, 2, 0))) for p in results
-            ]
-        else:
-            hwc = [np.ascontiguousarray(p.transpose(1, 2, 0)) for p in results]
-            same = len({a.shape for a in hwc}) == 1
-            result = np.stack(hwc) if same else hwc
+        result = _as_output([p[:3] for p in pixels], output_type)
+        spread = _as_output([p[3:] for p in pixels], output_type) if uncertainty else None
         if not return_dict:
-            return (result,)
-        return S2OPipelineOutput(images=result)
+            return (result,) if spread is None else (result, spread)
+        return S2OPipelineOutput(images=result, uncertainty=spread)
 
     # -- one image ----------------------------------------------------------------------------------------------
 
     def _translate_image(
-        self, image: _SarImage, seed: int, sampler: str, steps: int, overlap: int, output_dtype: str
+        self,
+        image: _SarImage,
+        seed: int,
+        sampler: str,
+        steps: int,
+        overlap: int,
+        output_dtype: str,
+        sampling: tuple[int, str] | None = None,
     ) -> np.ndarray:
-        """One image -> its (3, H, W) output pixels, as `s2o translate` makes a scene's (see the module doc)."""
+        """One image -> its (3, H, W) output pixels (4 with `sampling` (samples, output): the spread band), as
+        `s2o translate` makes a scene's (see the module doc)."""
         from s2o_platform.geo.blending import (
             OPTICAL_TILE_DTYPE,
             cut_image,
@@ -329,14 +344,27 @@ class S2OPipeline:
             np.concatenate([image.values, image.valid[None].astype(np.float32)]), tile, overlap
         )
         tiles, masks = windows[:, :channels], windows[:, channels] > 0.5
-        stacked = np.empty((len(windows), 4, tile, tile), np.float32)
+        stacked = np.empty((len(windows), 5 if sampling else 4, tile, tile), np.float32)
         # one forward batch per window row, as s2o translate runs a scene's strips
         for row in dict.fromkeys(r for r, _ in positions):
             index = [i for i, (r, _) in enumerate(positions) if r == row]
             keys = [tile_key(image.name, r, c) for r, c in (positions[i] for i in index)]
-            optical = self.run_tiles(tiles[index], seed=seed, keys=keys, steps=steps, sampler=sampler)
-            for i, tile_optical in zip(index, optical.astype(OPTICAL_TILE_DTYPE)):
-                stacked[i] = mosaic_tile(tile_optical, masks[i])
+            if sampling:
+                optical, spread = self.run_tiles_with_uncertainty(
+                    tiles[index],
+                    seed,
+                    sampling[0],
+                    keys=keys,
+                    steps=steps,
+                    output=sampling[1],
+                    sampler=sampler,
+                )
+                spreads = spread.astype(OPTICAL_TILE_DTYPE)
+            else:
+                optical = self.run_tiles(tiles[index], seed=seed, keys=keys, steps=steps, sampler=sampler)
+                spreads = [None] * len(index)
+            for i, tile_optical, tile_spread in zip(index, optical.astype(OPTICAL_TILE_DTYPE), spreads):
+                stacked[i] = mosaic_tile(tile_optical, masks[i], tile_spread)
         return output_pixels(mosaic_image(stacked, positions, height, width, overlap), output_dtype)
 
     # -- inputs -------------------------------------------------------------------------------------------------
@@ -499,3 +527,17 @@ def _run_seeds(
     if len(generators) != count:
         raise ValueError(f"{len(generators)} generators for {count} images")
     return [int(g.initial_seed()) for g in generators]
+
+
+def _as_output(pixels: list[np.ndarray], output_type: str) -> list | np.ndarray:
+    """Per image (bands, H, W) output pixels -> PIL images (RGB, or "L" for one band) or an (N, H, W, bands) array
+    ((N, H, W) for one band; a list where the images differ in size)."""
+    if output_type == "pil":
+        from PIL import Image
+
+        return [
+            Image.fromarray(np.ascontiguousarray(p[0] if len(p) == 1 else p.transpose(1, 2, 0)))
+            for p in pixels
+        ]
+    arrays = [np.ascontiguousarray(p[0] if len(p) == 1 else p.transpose(1, 2, 0)) for p in pixels]
+    return np.stack(arrays) if len({a.shape for a in arrays}) == 1 else arrays

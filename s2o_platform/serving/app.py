@@ -1,6 +1,6 @@
 """The Ray Serve application: a light HTTP ingress (SarGateway) in front of the model replicas (SarTranslator).
 
-    POST /v1/translate?steps=N&format=png|tiff   body: the SAR image (image/png, image/jpeg, image/tiff)
+    POST /v1/translate?steps=N&format=png|tiff&uncertainty=K   body: the SAR image (image/png, image/jpeg, image/tiff)
     GET  /healthz                                200 when a model replica can take work now; else 503, within 1 s
     GET  /v1/model                               what a client needs: stage, tile size, steps, limits
     GET  /docs                                   OpenAPI (FastAPI's default)
@@ -18,7 +18,10 @@ decoded, cut into model tiles with overlap (geo.blending.cut_image) and handed t
 one model thread, each forward pass at most `model_batch_tiles` tiles merged across requests, a
 large request's chunks taking turns with other requests, and chunks of a caller that went away
 (disconnected, timed out) dropped before the next pass. Tiles are blended back (mosaic_image) and
-encoded. Bad input is a 4xx JSON answer {"error": kind, "detail": message}; an unexpected failure is
+encoded. With ?uncertainty=K each tile is sampled K times (one forward pass: the request's tiles are K times
+heavier, for admission and for merging, which groups requests by (steps, K)): the answer is the samples' mean,
+its X-S2O-Uncertainty-Mean header the mean per-pixel spread (std over samples, mean of RGB) in 8-bit output
+levels, and a TIFF answer carries the spread as a fourth band. Bad input is a 4xx JSON answer {"error": kind, "detail": message}; an unexpected failure is
 a 500 whose body carries only an error id (the detail is in the replica's log).
 """
 
@@ -48,7 +51,9 @@ from s2o_platform.serving.codec import (
     media_kind,
     parse_format,
     parse_steps,
+    parse_uncertainty,
     read_header,
+    uncertainty_levels,
 )
 from s2o_platform.serving.settings import ServeSettings, settings_from_args
 
@@ -252,9 +257,11 @@ class SarTranslator:
         }
 
     def backlog_s(self) -> float:
+        # the runner's keys are (steps, samples per tile); its weights count each tile's samples already
         pending = self.runner.pending_weight().items()
         return (
-            sum(tiles * self._network_calls(steps) for steps, tiles in pending) * self.seconds_per_tile_step
+            sum(weight * self._network_calls(steps) for (steps, _), weight in pending)
+            * self.seconds_per_tile_step
         )
 
     async def info(self) -> dict[str, Any]:
@@ -272,23 +279,35 @@ class SarTranslator:
             "max_body_bytes": s.max_body_bytes,
             "max_decode_bytes": s.max_decode_bytes,
             "max_request_model_s": s.max_request_model_s,
+            "max_uncertainty_samples": s.max_uncertainty_samples if self.sampler != "direct" else 0,
             "model_batch_tiles": s.model_batch_tiles,
             "seconds_per_tile_step": round(self.seconds_per_tile_step, 6),
             "dtype": self.model.dtype_name,
             "model_card": m.model_card,
         }
 
-    async def translate(self, body: bytes, kind: str, steps: "int | None", fmt: str) -> Answer:
+    async def translate(
+        self, body: bytes, kind: str, steps: "int | None", fmt: str, uncertainty: int = 0
+    ) -> Answer:
         try:
-            return await self._translate(body, kind, steps, fmt)
+            return await self._translate(body, kind, steps, fmt, uncertainty)
         except RequestError as err:
             return Answer(err.status, error=err.to_json())
 
-    async def _translate(self, body: bytes, kind: str, asked_steps: "int | None", fmt: str) -> Answer:
+    async def _translate(
+        self, body: bytes, kind: str, asked_steps: "int | None", fmt: str, samples: int
+    ) -> Answer:
         from s2o_platform.geo.blending import cut_image, mosaic_image, tile_count
 
         s = self.settings
         n_steps = self._steps(asked_steps)
+        if samples and self.sampler == "direct":
+            raise RequestError(
+                422,
+                "no_uncertainty",
+                f"the served {self.metadata.stage} model is deterministic (one forward pass, no noise to "
+                "sample): it has no uncertainty; ask without ?uncertainty, or serve a student bundle",
+            )
         header = await self._offload(
             len(body) > INLINE_BYTES,
             read_header,
@@ -299,7 +318,8 @@ class SarTranslator:
             s.max_decode_bytes,
         )
         tiles_needed = tile_count(header.height, header.width, self.tile, self.overlap)
-        calls = self._network_calls(n_steps)
+        # K samples per tile cost K tiles' forward passes: priced as K times the tiles
+        calls = self._network_calls(n_steps) * max(samples, 1)
         refusal = admission_error(
             tiles_needed,
             calls,
@@ -340,24 +360,26 @@ class SarTranslator:
         # on which other requests share a forward pass, and a retried request gets the same answer.
         digest = await self._offload(len(body) > INLINE_BYTES, lambda: hashlib.sha256(body).hexdigest()[:16])
         keys = [f"{digest}-{n_steps}-{i}" for i in range(len(tiles))]
-        chunk = s.model_batch_tiles
+        per_tile = max(samples, 1)  # forward-pass tiles per image tile
+        chunk = max(1, s.model_batch_tiles // per_tile)
         starts = range(0, len(tiles), chunk)
         results = await self.runner.submit(
-            [(n_steps, (tiles[a : a + chunk], keys[a : a + chunk])) for a in starts],
-            weights=[len(tiles[a : a + chunk]) for a in starts],
+            [((n_steps, samples), (tiles[a : a + chunk], keys[a : a + chunk])) for a in starts],
+            weights=[len(tiles[a : a + chunk]) * per_tile for a in starts],
             turns=list(range(len(starts))),
         )
-        predictions = np.concatenate([out for out, _, _ in results])
+        predictions = np.concatenate([out for out, _, _ in results])  # (N, 3 or 4: RGB + spread, T, T)
         model_s = sum(seconds for _, seconds, _ in results)
         merged = max(count for _, _, count in results)
         t2 = time.perf_counter()
-        optical = await self._offload(
+        blended = await self._offload(
             large, mosaic_image, predictions, positions, image.height, image.width, self.overlap
         )
+        optical, spread = blended[:3], (blended[3] if samples else None)
         big_out = optical.size > INLINE_BYTES
         if fmt == "tiff":
             content, media = (
-                await self._offload(big_out, encode_tiff, optical, image.crs_wkt, image.transform),
+                await self._offload(big_out, encode_tiff, optical, image.crs_wkt, image.transform, spread),
                 "image/tiff",
             )
         else:
@@ -375,6 +397,9 @@ class SarTranslator:
             "X-S2O-Batch-Requests": str(merged),
             "Server-Timing": timing,
         }
+        if spread is not None:
+            headers["X-S2O-Uncertainty-Samples"] = str(samples)
+            headers["X-S2O-Uncertainty-Mean"] = f"{float(uncertainty_levels(spread).mean()):.3f}"
         return Answer(200, content, media, headers)
 
     @staticmethod
@@ -410,18 +435,26 @@ class SarTranslator:
             self.reported_dropped += dropped
             log.info("dropped %d tiles of requests whose callers went away", dropped)
 
-    def _run_group(self, chunks: list, n_steps: int) -> list:
-        """One forward pass over chunks of several requests with the same step count (model thread)."""
+    def _run_group(self, chunks: list, key: "tuple[int, int]") -> list:
+        """One forward pass over chunks of several requests with the same step count and samples per tile (model
+        thread). With samples, each tile's output is its RGB mean and its spread as a fourth channel."""
+        n_steps, samples = key
         self.pass_started = started = time.perf_counter()
         try:
             tiles = np.concatenate([t for t, _ in chunks])
             keys = [k for _, chunk_keys in chunks for k in chunk_keys]
-            out = self.model.translate(tiles, "pass", steps=n_steps, keys=keys)
+            if samples:
+                optical, spread = self.model.run_tiles_with_uncertainty(
+                    tiles, self.model.seed, samples, keys=keys, steps=n_steps
+                )
+                out = np.concatenate([optical, spread[:, None]], axis=1)
+            else:
+                out = self.model.translate(tiles, "pass", steps=n_steps, keys=keys)
         finally:
             self.pass_started = None
         seconds = time.perf_counter() - started
         if len(tiles) >= SPEED_SAMPLE_TILES:  # follow the replica's real speed (load, thermal, neighbours)
-            observed = seconds / (len(tiles) * self._network_calls(n_steps))
+            observed = seconds / (len(tiles) * max(samples, 1) * self._network_calls(n_steps))
             low, high = self.speed_band
             self.seconds_per_tile_step = min(
                 high, max(low, 0.7 * self.seconds_per_tile_step + 0.3 * observed)
@@ -548,10 +581,16 @@ class SarGateway:
             None, description="sampling steps (student: 1..the bundle's max_steps; GET /v1/model lists them)"
         ),
         output_format: "str | None" = Query(None, alias="format", description="png (default) or tiff"),
+        uncertainty: "str | None" = Query(
+            None,
+            description="K samples per tile (2..max_uncertainty_samples of GET /v1/model): the answer is their "
+            "mean, X-S2O-Uncertainty-Mean their mean per-pixel spread in 8-bit levels, and a TIFF answer "
+            "carries the spread as a fourth band; costs K forward passes per tile",
+        ),
     ):
         started = time.perf_counter()
         try:
-            response = await self._translate(request, steps, output_format)
+            response = await self._translate(request, steps, output_format, uncertainty)
         except RequestError as err:
             response = JSONResponse(err.to_json(), status_code=err.status)
         except Exception:  # noqa: BLE001 - reported with an id; the detail stays in the log
@@ -572,7 +611,13 @@ class SarGateway:
         self.metrics.latency.observe(time.perf_counter() - started)
         return response
 
-    async def _translate(self, request: Request, raw_steps: "str | None", raw_format: "str | None"):
+    async def _translate(
+        self,
+        request: Request,
+        raw_steps: "str | None",
+        raw_format: "str | None",
+        raw_uncertainty: "str | None" = None,
+    ):
         from ray.exceptions import RayActorError
         from ray.serve.exceptions import (
             BackPressureError,
@@ -583,12 +628,13 @@ class SarGateway:
         s = self.settings
         n_steps = parse_steps(raw_steps)
         fmt = parse_format(raw_format)
+        samples = parse_uncertainty(raw_uncertainty, s.max_uncertainty_samples)
         kind = media_kind(request.headers.get("content-type"))
         body = await read_body(request, s.max_body_bytes, s.body_timeout_s, s.body_chunk_timeout_s)
         check_body(body, s.max_body_bytes)
         for attempt in (1, 2):
             try:
-                answer: Answer = await self.translator.translate.remote(body, kind, n_steps, fmt)
+                answer: Answer = await self.translator.translate.remote(body, kind, n_steps, fmt, samples)
                 break
             except BackPressureError:
                 return _unavailable("every model replica is busy; retry after Retry-After seconds")

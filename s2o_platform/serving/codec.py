@@ -142,6 +142,25 @@ def parse_steps(raw: str | None) -> int | None:
         raise RequestError(422, "bad_steps", f"steps must be a whole number, got {raw!r}") from None
 
 
+def parse_uncertainty(raw: str | None, max_samples: int) -> int:
+    """`?uncertainty=K`: samples per tile for an uncertainty band, 0 (none, the default) or 2..max_samples."""
+    if raw is None or raw == "":
+        return 0
+    try:
+        samples = int(raw)
+    except ValueError:
+        raise RequestError(
+            422, "bad_uncertainty", f"uncertainty must be a whole number of samples, got {raw!r}"
+        ) from None
+    if samples != 0 and not 2 <= samples <= max_samples:
+        raise RequestError(
+            422,
+            "bad_uncertainty",
+            f"uncertainty={samples}: ask for 2..{max_samples} samples per tile (0 or none: no uncertainty)",
+        )
+    return samples
+
+
 def parse_format(raw: str | None) -> str:
     fmt = (raw or "png").lower()
     if fmt not in OUTPUT_FORMATS:
@@ -525,9 +544,13 @@ def encode_png(optical: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def geotiff_bytes(array: np.ndarray, crs=None, transform=None, nodata=None, **creation) -> bytes:
+def geotiff_bytes(
+    array: np.ndarray, crs=None, transform=None, nodata=None, extra_band: str | None = None, **creation
+) -> bytes:
     """A (bands, H, W) array as in-memory GeoTIFF bytes; crs (rasterio CRS, 'EPSG:n' or WKT) and an
-    affine transform are written where given, extra creation options (compress=, photometric=) pass through."""
+    affine transform are written where given, extra creation options (compress=, photometric=) pass through.
+    `extra_band`: the description of a last band that is data beside RGB (colour interpretation undefined, not
+    alpha), as `s2o translate` marks its uncertainty band."""
     import rasterio
     from affine import Affine
     from rasterio.errors import NotGeoreferencedWarning
@@ -551,16 +574,44 @@ def geotiff_bytes(array: np.ndarray, crs=None, transform=None, nodata=None, **cr
         with MemoryFile() as memfile:
             with memfile.open(**profile) as ds:
                 ds.write(array)
+                if extra_band is not None:
+                    from rasterio.enums import ColorInterp
+
+                    ds.colorinterp = [
+                        ColorInterp.red,
+                        ColorInterp.green,
+                        ColorInterp.blue,
+                        ColorInterp.undefined,
+                    ]
+                    ds.descriptions = ("red", "green", "blue", extra_band)
             return memfile.read()
 
 
-def encode_tiff(optical: np.ndarray, crs_wkt: str | None, transform: tuple[float, ...] | None) -> bytes:
-    """(3, H, W) in [-1, 1] -> 3-band uint8 GeoTIFF bytes, with the request's georeference where it had one."""
+def encode_tiff(
+    optical: np.ndarray,
+    crs_wkt: str | None,
+    transform: tuple[float, ...] | None,
+    uncertainty: np.ndarray | None = None,
+) -> bytes:
+    """(3, H, W) in [-1, 1] -> 3-band uint8 GeoTIFF bytes, with the request's georeference where it had one.
+    With `uncertainty` (H, W) (a spread in the model's units) a fourth uint8 band holds it in the RGB bands' 8-bit
+    levels (`uncertainty_levels`), described as `s2o translate` describes its band."""
+    from s2o_platform.geo.blending import UNCERTAINTY_BAND_DESCRIPTION
+
     georeferenced = crs_wkt is not None and transform is not None
+    bands = model_to_uint8(optical)
+    if uncertainty is not None:
+        bands = np.concatenate([bands, uncertainty_levels(uncertainty)[None]])
     return geotiff_bytes(
-        model_to_uint8(optical),
+        bands,
         crs=crs_wkt if georeferenced else None,
         transform=transform if georeferenced else None,
+        extra_band=UNCERTAINTY_BAND_DESCRIPTION if uncertainty is not None else None,
         photometric="RGB",
         compress="deflate",
     )
+
+
+def uncertainty_levels(spread: np.ndarray) -> np.ndarray:
+    """A spread in the model's units ([-1, 1] images) -> the RGB bands' 8-bit levels (x 127.5), uint8 0..255."""
+    return np.clip(np.rint(np.asarray(spread, dtype=np.float32) * 127.5), 0, 255).astype(np.uint8)

@@ -57,6 +57,11 @@ class ServeSettings(BaseModel):
     max_batch_size: int = Field(
         16, ge=1, description="requests merged into one forward pass (1 turns merging off)"
     )
+    max_uncertainty_samples: int = Field(
+        8,
+        ge=2,
+        description="most samples per tile a request may ask for with ?uncertainty=K (each costs a forward pass)",
+    )
     model_batch_tiles: int = Field(
         64, ge=1, description="the most tiles in one forward pass, merged across requests"
     )

@@ -139,6 +139,42 @@ def test_any_size_comes_back_at_that_size_with_nodata_kept(student):
         student(sar, overlap=TILE)
 
 
+def test_an_uncertainty_band_beside_the_image(student, bundles):
+    """`uncertainty=K`: the spread of K samples per window, blended like the image, with the nodata kept; its first
+    sample is the plain call's image; a re-run reproduces it; the GAN has none."""
+    sar = sar_db(40, 37)
+    sar[:6, :6] = np.nan
+    common = dict(num_inference_steps=2, seed=4)
+    as_np = student(sar, output_type="np", uncertainty=3, **common)
+    spread = as_np.uncertainty
+    assert spread.shape == (1, 40, 37) and spread.dtype == np.float32
+    assert np.isnan(spread[0, :6, :6]).all() and np.isfinite(spread[0, 6:, 6:]).all()
+    assert (spread[0, 6:, 6:] > 0).mean() > 0.9  # an untrained student spreads almost everywhere
+    assert as_np.images.shape == (1, 40, 37, 3)
+    as_pil = student(sar, uncertainty=3, **common)
+    band = np.asarray(as_pil.uncertainty[0])
+    assert as_pil.uncertainty[0].mode == "L" and band.shape == (40, 37)
+    assert (band[:6, :6] == 0).all()
+    expected = np.clip(np.rint(spread[0] * 255.0), 1, 255)
+    np.testing.assert_array_equal(
+        band[6:, 6:], expected[6:, 6:]
+    )  # one rule: the 8-bit levels of the [0, 1] band
+    again = student(sar, uncertainty=3, **common)
+    np.testing.assert_array_equal(np.asarray(again.uncertainty[0]), band)
+    first = student(sar, uncertainty=3, uncertainty_output="sample", **common).images[0]
+    np.testing.assert_array_equal(np.asarray(first), np.asarray(student(sar, **common).images[0]))
+    assert not np.array_equal(
+        np.asarray(as_pil.images[0]), np.asarray(first)
+    )  # the mean of 3 is not the first
+    images, spreads = student(sar, uncertainty=2, return_dict=False, **common)
+    assert len(images) == len(spreads) == 1
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        student(sar, uncertainty=1)
+    gan = S2OPipeline.from_pretrained(bundles["gan"], device="cpu", dtype="fp32")
+    with pytest.raises(BundleError, match="deterministic"):
+        gan(sar, uncertainty=2)
+
+
 def test_teacher_samples_ddim_and_the_gan_needs_no_steps(bundles):
     teacher = S2OPipeline.from_pretrained(bundles["teacher"], device="cpu", torch_dtype=torch.float32)
     sar = sar_db(28, 28)

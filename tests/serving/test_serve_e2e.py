@@ -124,6 +124,33 @@ def test_geotiff_keeps_its_georeference(server):
     assert as_png.status_code == 200 and Image.open(io.BytesIO(as_png.content)).size == (80, 48)
 
 
+def test_uncertainty_comes_as_a_fourth_tiff_band_and_a_header(server):
+    """?uncertainty=K: K samples per tile in the replica's forward passes; the TIFF answer carries their spread as
+    a described fourth band (data, not alpha), the header its mean; a retried request gets the same answer."""
+    db = np.random.default_rng(5).uniform(-22, -2, (1, 40, 72)).astype(np.float32)
+    response = post(server, tiff_bytes(db), "image/tiff", "?format=tiff&steps=2&uncertainty=3")
+    assert response.status_code == 200, response.text
+    assert response.headers["x-s2o-uncertainty-samples"] == "3"
+    with rasterio.io.MemoryFile(response.content) as memfile, memfile.open() as ds:
+        assert (ds.count, ds.width, ds.height, ds.dtypes[3]) == (4, 72, 40, "uint8")
+        assert ds.descriptions[3].startswith("uncertainty") and ds.colorinterp[3].name == "undefined"
+        assert ds.crs.to_epsg() == 32631
+        spread = ds.read(4)
+    assert float(response.headers["x-s2o-uncertainty-mean"]) == pytest.approx(spread.mean(), abs=1e-3)
+    assert spread.mean() > 0  # an untrained student's samples differ
+    again = post(server, tiff_bytes(db), "image/tiff", "?format=tiff&steps=2&uncertainty=3")
+    assert again.content == response.content
+    plain = post(server, tiff_bytes(db), "image/tiff", "?format=tiff&steps=2")
+    assert "x-s2o-uncertainty-mean" not in plain.headers
+    with rasterio.io.MemoryFile(plain.content) as memfile, memfile.open() as ds:
+        assert ds.count == 3
+    as_png = post(server, tiff_bytes(db), "image/tiff", "?steps=2&uncertainty=2")
+    assert as_png.status_code == 200 and "x-s2o-uncertainty-mean" in as_png.headers
+    for bad in ("1", "99", "many"):
+        refused = post(server, tiff_bytes(db), "image/tiff", f"?uncertainty={bad}")
+        assert refused.status_code == 422 and refused.json()["error"] == "bad_uncertainty", bad
+
+
 def _bad_inputs():
     rng = np.random.default_rng(0)
     good_png = png_bytes(rng.integers(0, 255, (64, 64), dtype=np.uint8))
