@@ -478,7 +478,8 @@ def translate(
         str,
         typer.Argument(
             help="SAR scenes: a folder (recursive), a glob ('archive/**/*.tif'), a .txt file "
-            "listing paths/URIs, an s3:// prefix, or one GeoTIFF."
+            "listing paths/URIs, an s3:// prefix, one GeoTIFF, or STAC JSON (an Item, an ItemCollection, a "
+            "catalog.json or collection.json, local or s3://: one scene per item, see --asset)."
         ),
     ],
     model: Annotated[
@@ -531,6 +532,34 @@ def translate(
             "--band",
             help="SAR band by name (VV, VH) or 1-based index. Default: "
             "the band described VV, else the first.",
+        ),
+    ] = None,
+    target_crs: Annotated[
+        Optional[str],
+        typer.Option(
+            "--target-crs",
+            help="For scenes referenced by ground control points instead of a CRS (Sentinel-1 GRD measurement "
+            "TIFFs): the CRS of the regular grid they are warped onto (bilinear, window by window), e.g. EPSG:32633. "
+            "Default: the UTM zone of the scene centre.",
+            show_default=False,
+        ),
+    ] = None,
+    target_resolution: Annotated[
+        Optional[float],
+        typer.Option(
+            "--target-resolution",
+            help="For GCP-referenced scenes: the grid's pixel size in the target CRS's units (metres for UTM). "
+            "Default: the source's ground spacing.",
+            show_default=False,
+        ),
+    ] = None,
+    asset: Annotated[
+        Optional[str],
+        typer.Option(
+            "--asset",
+            help="For a STAC SOURCE (Item, ItemCollection, catalog.json or collection.json): the key of each "
+            "item's SAR asset. Default: the asset whose sar:polarizations or key says VV, else the only data asset.",
+            show_default=False,
         ),
     ] = None,
     sar_scale: Annotated[
@@ -608,10 +637,16 @@ def translate(
     scene is blended (overlaps cross-fade: no seams) and written as a COG with the source CRS,
     transform and nodata. Memory per scene is two window rows across its width, whatever its height.
     A scene that cannot be read is recorded in the manifest with its reason; the others go on; the
-    exit code is 1 when any failed.
+    exit code is 1 when any failed. Scenes referenced by ground control points (Sentinel-1 GRD) are warped
+    onto a regular grid (--target-crs, --target-resolution).
+
+    DEST also gets, rebuilt every run: a PNG quicklook of each output and of its SAR (and of its
+    uncertainty band), catalog.json (a STAC catalog with one item per scene, links relative) and
+    index.html (a gallery that opens from disk). SOURCE may itself be STAC (an Item, an ItemCollection,
+    catalog.json or collection.json; --asset picks each item's SAR asset).
 
     Settings also come from --config FILE and --set key=value, with the options' names as keys
-    (model, steps, overlap, batch_size, actors, band, sar_scale, output_dtype, seed, dtype, compile,
+    (model, steps, overlap, batch_size, actors, band, asset, target_crs, target_resolution, sar_scale, output_dtype, seed, dtype, compile,
     uncertainty, output, split; and device: auto|cpu|cuda); an explicit option wins over both. SOURCE, --out, --address,
     --s3-endpoint and --progress are the command line's only. DEST/_s2o_config.yaml keeps the
     resolved settings of the latest run.
@@ -628,6 +663,9 @@ def translate(
         batch_size=batch_size,
         actors=actors,
         band=band,
+        asset=asset,
+        target_crs=target_crs,
+        target_resolution=target_resolution,
         sar_scale=sar_scale.value if sar_scale else None,
         output_dtype=output_dtype,
         seed=seed,

@@ -547,6 +547,22 @@ class TranslateConfig(StageConfig):
         None,
         description="SAR band by name (VV, VH) or 1-based index; null: the band described VV, else the first",
     )
+    target_crs: str | None = Field(
+        None,
+        description="for scenes referenced by ground control points (Sentinel-1 GRD): the CRS of the grid they are "
+        "warped onto (EPSG:32633, WKT...); null: the UTM zone of the scene centre",
+    )
+    target_resolution: float | None = Field(
+        None,
+        gt=0,
+        description="for GCP-referenced scenes: the grid's pixel size in the target CRS's units; null: the "
+        "source's ground spacing",
+    )
+    asset: str | None = Field(
+        None,
+        description="for a STAC SOURCE: the key of each item's SAR asset; null: the asset whose sar:polarizations "
+        "or key says VV, else the only data asset",
+    )
     sar_scale: SarScale = Field(
         SarScale.AUTO,
         description="how SAR values are expressed: auto decides per scene "

@@ -325,6 +325,8 @@ class Demo:
             "outputs": outputs,
             "tiles": summary.tiles,
             "tiles_per_s": round(summary.tiles_per_s, 1),
+            "gallery": str(dest / "index.html"),
+            "catalog": str(dest / "catalog.json"),
             **quality,
         }
 
@@ -609,6 +611,11 @@ def summary_text(s: dict[str, Any]) -> str:
     lines.append(
         f"- translated COGs: {', '.join(s['translate']['outputs'])} ({s['translate']['tiles']} tiles)"
     )
+    if s["translate"].get("gallery"):
+        lines.append(
+            f"- their gallery (open it in a browser): {s['translate']['gallery']}; "
+            f"STAC catalog: {s['translate']['catalog']}"
+        )
     for answer in s["serve"]["answers"]:
         lines.append(
             f"- served: POST {answer['request']} -> HTTP {answer['status']} in {answer['ms']:.0f} ms -> {answer['output']}"

@@ -72,3 +72,13 @@ def synth_store_32(ray_cluster, tmp_path_factory):
     path = tmp_path_factory.mktemp("synth32") / "store"
     run_synth(str(path), pairs=256, size=32, seed=1, progress=False)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium driven by Selenium (tests/browser.py); skipped, with the reason, where it cannot run."""
+    from tests.browser import start_browser
+
+    driver = start_browser()
+    yield driver
+    driver.quit()

@@ -1,6 +1,7 @@
 """The Ray Serve application: a light HTTP ingress (SarGateway) in front of the model replicas (SarTranslator).
 
     POST /v1/translate?steps=N&format=png|tiff&uncertainty=K   body: the SAR image (image/png, image/jpeg, image/tiff)
+    GET  /                                       a page to try the model in a browser (serving/page.py)
     GET  /healthz                                200 when a model replica can take work now; else 503, within 1 s
     GET  /v1/model                               what a client needs: stage, tile size, steps, limits
     GET  /docs                                   OpenAPI (FastAPI's default)
@@ -37,7 +38,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 from starlette.requests import ClientDisconnect
 
@@ -545,6 +546,14 @@ class SarGateway:
     async def _a_replica_is_ready(self) -> bool:
         state = await self._readiness()
         return bool(state and state["ready"])
+
+    @api.get("/", response_class=HTMLResponse)
+    async def page(self):
+        """A page to try the model by hand: choose a SAR PNG or GeoTIFF and the steps, see the translation beside
+        it with the latency and the Server-Timing breakdown (serving/page.py; no external resources)."""
+        from s2o_platform.serving.page import PAGE
+
+        return HTMLResponse(PAGE)
 
     @api.get("/healthz")
     async def healthz(self):

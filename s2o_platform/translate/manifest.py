@@ -48,6 +48,9 @@ class SceneRecord:
     seconds: float = 0.0
     scale: str | None = None  # the SAR scale used, and why
     finished_at: float = field(default_factory=time.time)
+    source_item: str | None = None  # the STAC item the scene came from (a STAC SOURCE)
+    datetime: str | None = None  # the source item's acquisition time (ISO 8601)
+    model: dict | None = None  # what made the output: stage, steps, bundle_sha256, seed, uncertainty_samples
 
 
 class Manifest:
@@ -62,6 +65,10 @@ class Manifest:
         shown_root = self.root if self.local else dest.rstrip("/")  # as the user names DEST
         self.shown = storage.join(shown_root, MANIFEST_FILE)
         self.records: dict[str, SceneRecord] = {}
+        # Set by the run before it records anything: what every done record of this run says of its model, and
+        # what each scene's source said of it (a STAC item's href and datetime), by scene URI.
+        self.run_model: dict | None = None
+        self.scene_sources: dict[str, dict] = {}
         self._lines = 0  # lines in the .jsonl, superseded and unreadable ones included
         self._ends_with_newline = True
         self._record_objects: list[str] = []
@@ -98,6 +105,10 @@ class Manifest:
         return storage.exists(fs, path)
 
     def record(self, record: SceneRecord) -> None:
+        if record.status == "done":
+            record.model = record.model or self.run_model
+            for key, value in self.scene_sources.get(record.scene, {}).items():
+                setattr(record, key, getattr(record, key) or value)
         self.records[record.scene] = record
         line = (json.dumps(asdict(record)) + "\n").encode()
         if self.local:

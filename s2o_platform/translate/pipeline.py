@@ -42,6 +42,7 @@ from s2o_platform.translate.manifest import (
     remove_leftovers,
     work_folder,
 )
+from s2o_platform.translate.publish import model_identity, publish
 from s2o_platform.translate.sources import Scene, discover_scenes
 from s2o_platform.translate.writer import SceneWriter
 
@@ -63,6 +64,13 @@ class TranslateRun:
     batch_size: int = 32
     actors: int = 1
     band: str | None = None
+    asset: str | None = None  # a STAC SOURCE's SAR asset key (default: translate/stac.choose_asset)
+    target_crs: str | None = (
+        None  # GCP-referenced scenes: the grid's CRS (default: the scene centre's UTM zone)
+    )
+    target_resolution: float | None = (
+        None  # ... and its pixel size in map units (default: the source's spacing)
+    )
     sar_scale: str = "auto"
     output_dtype: str = "uint8"
     seed: int = 0
@@ -132,6 +140,9 @@ class TranslateSummary:
     tiles: int = 0
     seconds: float = 0.0
     stream_seconds: float = 0.0  # from the first translated tile to the last output written (steady state)
+    warnings: list[str] = field(
+        default_factory=list
+    )  # quicklooks, catalog or gallery not written (outputs are)
 
     @property
     def tiles_per_s(self) -> float:
@@ -143,6 +154,7 @@ class TranslateSummary:
             f"{len(self.failed)} failed; {self.tiles} tiles in {self.seconds:.1f} s ({self.tiles_per_s:.1f} tiles/s)"
         ]
         lines += [f"[translate] failed: {scene}: {reason}" for scene, reason in self.failed]
+        lines += [f"[translate] warning: {warning}" for warning in self.warnings]
         return "\n".join(lines)
 
 
@@ -261,6 +273,20 @@ def check_options(options: TranslateRun):
         raise TranslateError(f"--sar-scale must be one of {[s.value for s in SarScale]}")
     if options.batch_size < 1 or options.actors < 1:
         raise TranslateError("--batch-size and --actors must be >= 1")
+    if options.target_crs is not None:
+        from rasterio.crs import CRS
+        from rasterio.errors import CRSError
+
+        try:
+            CRS.from_user_input(options.target_crs)
+        except CRSError as err:
+            raise TranslateError(
+                f"--target-crs {options.target_crs!r} is not a CRS rasterio knows ({err}); give e.g. EPSG:32633"
+            ) from None
+    if options.target_resolution is not None and not options.target_resolution > 0:
+        raise TranslateError(
+            f"--target-resolution must be > 0 map units per pixel, got {options.target_resolution}"
+        )
     if options.dtype not in ("auto", *DTYPES):
         raise TranslateError(f"--dtype must be auto, {', '.join(DTYPES)}; got {options.dtype!r}")
     try:
@@ -278,7 +304,7 @@ def run_translate(options: TranslateRun, log: Callable[[str], None] = print) -> 
 
     try:
         metadata, steps, overlap = check_options(options)
-        scenes = discover_scenes(options.source, options.storage, dest=options.dest)
+        scenes = discover_scenes(options.source, options.storage, dest=options.dest, asset=options.asset)
     except (BundleError, SourceError) as err:
         raise TranslateError(str(err)) from None
     started = time.perf_counter()
@@ -301,6 +327,12 @@ def run_translate(options: TranslateRun, log: Callable[[str], None] = print) -> 
         os.makedirs(workdir)
         save_config(options)
         manifest = Manifest(options.dest, options.storage, log)
+        manifest.run_model = model_identity(
+            options.model, metadata.stage, steps, options.seed, options.uncertainty, options.storage
+        )
+        manifest.scene_sources = {
+            s.uri: {"source_item": s.source_item, "datetime": s.datetime} for s in scenes if s.source_item
+        }
         try:
             _translate_scenes(scenes, metadata, steps, overlap, options, manifest, summary, workdir, log)
         finally:
@@ -311,6 +343,14 @@ def run_translate(options: TranslateRun, log: Callable[[str], None] = print) -> 
                     f"[translate] warning: could not compact {manifest.shown} ({type(err).__name__}: {err}); "
                     f"its records stay as written"
                 )
+        # quicklooks, DEST/catalog.json and DEST/index.html from the manifest: after the scenes, never instead
+        try:
+            summary.warnings = publish(
+                options.dest, manifest, set(summary.done), options.band, options.storage, log
+            )
+        except Exception as err:  # noqa: BLE001 - the outputs and the manifest are written: this only shows them
+            summary.warnings = [f"quicklooks, catalog and gallery not written ({type(err).__name__}: {err})"]
+            log(f"[translate] warning: {summary.warnings[0]}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         lock.release()
@@ -365,6 +405,8 @@ def _translate_scenes(
                 overlap,
                 metadata.sar_normalization,
                 options.storage,
+                target_crs=options.target_crs,
+                target_resolution=options.target_resolution,
             )
         except InputError as err:
             _fail(manifest, summary, scene.uri, str(err), log)
@@ -372,8 +414,9 @@ def _translate_scenes(
         except Exception as err:  # noqa: BLE001 - a read failing anywhere in the checks (a file cut off midway) is this scene's reason
             _fail(manifest, summary, scene.uri, f"cannot read it: {type(err).__name__}: {err}", log)
             continue
+        warped = " (ground control points, warped onto a regular grid)" if info.warp else ""
         log(
-            f"[translate] {scene.uri}: {info.width}x{info.height} px, {info.n_tiles} tiles, SAR scale {info.scale} ({info.scale_reason})"
+            f"[translate] {scene.uri}: {info.width}x{info.height} px{warped}, {info.n_tiles} tiles, SAR scale {info.scale} ({info.scale_reason})"
         )
         infos.append(info)
     if infos:

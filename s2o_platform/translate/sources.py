@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from s2o_platform import storage
 from s2o_platform.data.rasters import TIFF_SUFFIXES, strip_suffix
 from s2o_platform.errors import S2OError
+from s2o_platform.translate.stac import StacSourceError, item_name, looks_like_stac, read_stac_source
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 
@@ -23,6 +24,8 @@ class Scene:
     uri: str  # local path or s3://bucket/key
     name: str  # relative name, '/'-separated, without suffix: the output is DEST/<name>.tif
     refused: str | None = None  # why it cannot be translated (recorded as failed; the others go on)
+    source_item: str | None = None  # a STAC SOURCE's item this scene is the asset of
+    datetime: str | None = None  # that item's acquisition time (ISO 8601)
 
     @property
     def output_name(self) -> str:
@@ -77,16 +80,40 @@ def _prefix_scene(scheme: str, source: str, root: str, path: str) -> Scene:
     return Scene(uri, strip_suffix(key))
 
 
+def _stac_scenes(source: str, asset: str | None, options: storage.StorageOptions | None) -> list[Scene]:
+    try:
+        items = read_stac_source(source, asset, options)
+    except StacSourceError as err:
+        raise SourceError(str(err)) from None
+    return [
+        Scene(
+            item.asset_href or item.item_href or item.item_id,
+            item_name(item.item_id),
+            refused=item.refused,
+            source_item=item.item_href,
+            datetime=item.datetime,
+        )
+        for item in items
+    ]
+
+
 def discover_scenes(
-    source: str, options: storage.StorageOptions | None = None, dest: str | None = None
+    source: str,
+    options: storage.StorageOptions | None = None,
+    dest: str | None = None,
+    asset: str | None = None,
 ) -> list[Scene]:
     """GeoTIFF scenes named by `source`: a folder (searched recursively), a glob pattern, a text file
-    listing one path or URI per line ('#' comments), an s3:// prefix, or a single GeoTIFF.
+    listing one path or URI per line ('#' comments), an s3:// prefix, a single GeoTIFF, or STAC JSON (an Item,
+    ItemCollection, Catalog or Collection, local or s3://: one scene per item, its SAR asset chosen by `asset`
+    or by translate/stac.choose_asset; scenes named by item id).
 
     `dest`: the output folder; when it lies inside the folder, glob root or prefix searched, the files under it
     are left out (else every re-run would take its own outputs for scenes). Listed and single files are taken
     as named."""
-    if storage.is_uri(source) and not source.startswith("file://"):
+    if looks_like_stac(source):
+        scenes = _stac_scenes(source, asset, options)
+    elif storage.is_uri(source) and not source.startswith("file://"):
         fs, root = storage.resolve(source, options)
         scheme = source.split("://", 1)[0]
         files = [p for p in storage.list_files(fs, root) if _is_tiff(p)]
@@ -132,7 +159,7 @@ def discover_scenes(
         scenes = [Scene(os.path.abspath(source), strip_suffix(os.path.basename(source)))]
     else:
         raise SourceError(
-            f"SOURCE {source!r} is not a folder, glob, list file (.txt), GeoTIFF or s3:// prefix"
+            f"SOURCE {source!r} is not a folder, glob, list file (.txt), GeoTIFF, STAC JSON or s3:// prefix"
         )
     if not scenes:
         raise SourceError(f"SOURCE {source!r} holds no GeoTIFF scenes (.tif, .tiff)")

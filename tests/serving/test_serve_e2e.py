@@ -151,6 +151,54 @@ def test_uncertainty_comes_as_a_fourth_tiff_band_and_a_header(server):
         assert refused.status_code == 422 and refused.json()["error"] == "bad_uncertainty", bad
 
 
+def test_the_page_translates_an_uploaded_png_in_a_real_browser(server, browser, tmp_path):
+    """GET / in headless Chromium: the steps come from /v1/model, a SAR PNG is chosen in the form and uploaded,
+    the translation loads at the input's size beside the SAR preview, the timing table fills in; a file the API
+    refuses shows its JSON error on the page."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    from tests.browser import image_state
+
+    sar = tmp_path / "sar.png"
+    sar.write_bytes(png_bytes(np.random.default_rng(7).integers(0, 255, (72, 104), dtype=np.uint8)))
+    browser.get(server + "/")
+    steps = WebDriverWait(browser, 60).until(
+        lambda d: len(Select(d.find_element(By.ID, "steps")).options) > 0 and d.find_element(By.ID, "steps")
+    )
+    assert [o.text for o in Select(steps).options] == [str(n) for n in range(1, 9)]
+    browser.find_element(By.ID, "file").send_keys(str(sar))
+    Select(steps).select_by_value("2")
+    browser.find_element(By.ID, "go").click()
+    WebDriverWait(browser, 120).until(
+        lambda d: (
+            d.find_element(By.ID, "result").get_attribute("data-loaded") == "true"
+            or d.find_element(By.ID, "error").text
+        )
+    )
+    assert browser.find_element(By.ID, "error").text == ""
+    [result] = image_state(browser, "result")
+    assert result["complete"] and (result["width"], result["height"]) == (104, 72)
+    [preview] = image_state(browser, "sar")
+    assert (preview["width"], preview["height"]) == (104, 72)
+    status = browser.find_element(By.ID, "status").text
+    assert status.startswith("HTTP 200") and "2 step(s)" in status
+    timing = browser.find_element(By.ID, "timing").text
+    assert "server: model" in timing and "latency in the browser" in timing
+    shot = tmp_path / "result.png"
+    assert browser.find_element(By.ID, "result").screenshot(str(shot))
+    with Image.open(shot) as image:
+        assert np.asarray(image.convert("RGB")).astype(float).std() > 5  # a translation, not a blank image
+    browser.save_screenshot(str(tmp_path / "page.png"))
+    bad = tmp_path / "notes.png"
+    bad.write_bytes(b"this is not an image")
+    browser.find_element(By.ID, "file").send_keys(str(bad))
+    browser.find_element(By.ID, "go").click()
+    error = WebDriverWait(browser, 60).until(lambda d: d.find_element(By.ID, "error").text)
+    assert error.startswith("not_an_image: "), error  # the API's JSON error, kind and detail
+    assert browser.find_element(By.ID, "status").text.startswith("HTTP 4")
+
+
 def _bad_inputs():
     rng = np.random.default_rng(0)
     good_png = png_bytes(rng.integers(0, 255, (64, 64), dtype=np.uint8))

@@ -1,0 +1,167 @@
+"""STAC in (which asset of an item is the SAR, hrefs, SOURCEs that are not STAC), quicklooks and the gallery page,
+without Ray: pystac objects and small GeoTIFFs written here."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import datetime, timezone
+
+import numpy as np
+import pystac
+import pytest
+import rasterio
+from PIL import Image
+from rasterio.transform import from_origin
+
+from s2o_platform.translate.gallery import Card, gallery_html, heat_map, output_quicklooks, sar_quicklook
+from s2o_platform.translate.sources import SourceError, discover_scenes
+from s2o_platform.translate.stac import choose_asset, item_name
+
+UTM31 = "EPSG:32631"
+
+
+def asset(roles=("data",), polarisation=None, media=pystac.MediaType.GEOTIFF, href="./x.tif"):
+    extra = {"sar:polarizations": [polarisation]} if polarisation else {}
+    return pystac.Asset(href=href, media_type=media, roles=list(roles), extra_fields=extra)
+
+
+def test_the_sar_asset_is_chosen_by_polarisation_then_key_then_the_only_data_asset():
+    assert choose_asset({"a": asset(polarisation="VH"), "b": asset(polarisation="VV")}, None)[0] == "b"
+    assert choose_asset({"measurement-vh": asset(), "measurement-vv": asset()}, None)[0] == "measurement-vv"
+    assert choose_asset({"image": asset(), "thumb": asset(roles=("thumbnail",))}, None)[0] == "image"
+    only_tiff = {"img": asset(roles=()), "meta": asset(roles=(), media="application/xml")}
+    assert choose_asset(only_tiff, None)[0] == "img"
+    assert choose_asset({"a": asset(), "b": asset()}, "b")[0] == "b"
+    key, why = choose_asset({"a": asset(), "b": asset()}, None)
+    assert key is None and "--asset KEY" in why and "['a', 'b']" in why
+    key, why = choose_asset({"a": asset()}, "vv")
+    assert key is None and "no asset 'vv'" in why
+    assert choose_asset({}, None) == (None, "it has no assets")
+    # several data assets, none named VV ("covid" and "vvx" only contain the letters): none chosen
+    assert choose_asset({"covid": asset(), "vvx": asset(), "x": asset()}, None)[0] is None
+
+
+def test_item_names_are_safe_file_names():
+    assert item_name("S1A_IW_GRDH_1SDV_20200607T010800") == "S1A_IW_GRDH_1SDV_20200607T010800"
+    assert item_name("../../etc/passwd") == "etc_passwd"
+    assert item_name("a b/c:d") == "a_b_c_d"
+
+
+def _item(item_id, assets, when=datetime(2021, 5, 1, 10, 30, tzinfo=timezone.utc)):
+    made = pystac.Item(item_id, {"type": "Point", "coordinates": [0, 0]}, [0, 0, 0, 0], when, {})
+    for key, value in assets.items():
+        made.add_asset(key, value)
+    return made
+
+
+def test_an_item_file_becomes_a_scene_with_its_relative_and_vsis3_hrefs_resolved(tmp_path):
+    (tmp_path / "items").mkdir()
+    one = _item("scene-1", {"vv": asset(href="../data/VV.tif", polarisation="VV")})
+    one.save_object(include_self_link=False, dest_href=str(tmp_path / "items" / "scene-1.json"))
+    [scene] = discover_scenes(str(tmp_path / "items" / "scene-1.json"))
+    assert scene.uri == str(tmp_path / "data" / "VV.tif") and scene.name == "scene-1"
+    assert scene.source_item == str(tmp_path / "items" / "scene-1.json")
+    assert scene.datetime == "2021-05-01T10:30:00+00:00" and scene.refused is None
+    on_s3 = _item("scene-2", {"vv": asset(href="/vsis3/bucket/archive/VV.tif", polarisation="VV")})
+    collection = tmp_path / "collection.json"
+    collection.write_text(json.dumps(pystac.ItemCollection([on_s3]).to_dict()))
+    [scene] = discover_scenes(str(collection))
+    assert scene.uri == "s3://bucket/archive/VV.tif"
+
+
+def test_sources_that_are_not_stac_are_refused_with_what_they_are(tmp_path):
+    not_json = tmp_path / "a.json"
+    not_json.write_text("{ not json")
+    with pytest.raises(SourceError, match="cannot read it as STAC JSON"):
+        discover_scenes(str(not_json))
+    geojson = tmp_path / "b.json"
+    geojson.write_text(json.dumps({"type": "Polygon", "coordinates": []}))
+    with pytest.raises(SourceError, match="type 'Polygon', not a STAC Item"):
+        discover_scenes(str(geojson))
+    with pytest.raises(SourceError, match="no such file"):
+        discover_scenes(str(tmp_path / "missing.json"))
+    empty = tmp_path / "c.json"
+    empty.write_text(json.dumps({"type": "FeatureCollection", "features": []}))
+    with pytest.raises(SourceError, match="holds no items"):
+        discover_scenes(str(empty))
+
+
+def _write_cog(path, bands: np.ndarray, nodata=0) -> str:
+    profile = dict(
+        driver="COG",
+        width=bands.shape[2],
+        height=bands.shape[1],
+        count=bands.shape[0],
+        dtype=str(bands.dtype),
+        crs=UTM31,
+        transform=from_origin(500_000, 5_000_000, 10, 10),
+        nodata=nodata,
+    )
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(bands)
+    return str(path)
+
+
+def test_quicklooks_are_small_keep_nodata_transparent_and_map_the_uncertainty(tmp_path):
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(1, 256, (3, 1000, 700), dtype=np.uint8)
+    spread = np.tile(np.linspace(1, 60, 700, dtype=np.float32), (1000, 1)).astype(np.uint8)[None]
+    bands = np.concatenate([rgb, spread])
+    bands[:, :200, :200] = 0  # nodata corner
+    looks = output_quicklooks(_write_cog(tmp_path / "out.tif", bands), None)
+    assert set(looks) == {"quicklook", "uncertainty_quicklook"}
+    with Image.open(io.BytesIO(looks["quicklook"])) as image:
+        assert image.mode == "RGBA" and image.size == (269, 384)  # the longest side 384 px
+        pixels = np.asarray(image)
+    assert (pixels[:70, :70, 3] == 0).all() and (pixels[100:, 100:, 3] == 255).all()
+    with Image.open(io.BytesIO(looks["uncertainty_quicklook"])) as image:
+        heat = np.asarray(image).astype(int)
+    assert heat[300, 10, :3].sum() < heat[300, 260, :3].sum()  # low spread dark, high spread bright (magma)
+    assert (heat[:70, :70, 3] == 0).all()
+
+
+def test_heat_map_scales_to_the_99th_percentile_and_hides_nan():
+    values = np.linspace(0, 1, 1000, dtype=np.float32).reshape(20, 50)
+    values[0, 0] = np.nan
+    values[-1, -1] = 100.0  # one outlier does not wash the map out
+    rgba = heat_map(values)
+    assert rgba.shape == (20, 50, 4) and rgba[0, 0, 3] == 0 and (rgba[1:, :, 3] == 255).all()
+    assert rgba[10, 0, :3].sum() < rgba[10, 49, :3].sum()
+
+
+def test_sar_quicklook_in_db_of_a_linear_scene(tmp_path):
+    """The quicklook shows the scale the scene was translated with (the manifest's): linear power in dB."""
+    linear = (10 ** (np.random.default_rng(1).uniform(-25, 0, (1, 300, 300)) / 10)).astype(np.float32)
+    linear[:, :50, :50] = np.nan
+    path = tmp_path / "sar.tif"
+    with rasterio.open(
+        path, "w", driver="GTiff", width=300, height=300, count=1, dtype="float32", crs=UTM31,
+        transform=from_origin(0, 0, 10, 10), nodata=np.nan,
+    ) as ds:  # fmt: skip
+        ds.write(linear)
+    with Image.open(io.BytesIO(sar_quicklook(str(path), None, "linear", None))) as image:
+        pixels = np.asarray(image)
+    assert pixels.shape == (300, 300, 4) and (pixels[:40, :40, 3] == 0).all()
+    grey = pixels[60:, 60:, 0].astype(float)
+    assert (
+        100 < grey.mean() < 160 and grey.std() > 40
+    )  # dB, stretched: linear power would be nearly all black
+
+
+def test_the_gallery_page_escapes_names_and_lists_errors():
+    cards = [
+        Card(
+            "a<b>",
+            12,
+            3.5,
+            "db (metadata)",
+            {"quicklook": "a<b>.quicklook.png", "sar_quicklook": "a.sar.png"},
+        )
+    ]
+    page = gallery_html(
+        cards, [("s3://x/bad.tif", "cannot open <it>")], "title", {"stage": "student", "steps": 1}
+    )
+    assert "<b>" not in page.replace("<body>", "") and "a&lt;b&gt;" in page
+    assert page.count('class="card"') == 1 and "Errors (1)" in page and "cannot open &lt;it&gt;" in page
+    assert "http://" not in page and "https://" not in page and "<script" not in page  # offline, static
