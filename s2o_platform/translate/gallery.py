@@ -20,6 +20,8 @@ from s2o_platform import storage
 #: The longest side of a quicklook, px.
 QUICKLOOK_SIDE = 384
 GALLERY_FILE = "index.html"
+#: Every quicklook of a card is shown at this width, px, so that SAR, translation and uncertainty line up.
+DISPLAY_SIDE = 300
 #: File names beside DEST/<name>.tif, by asset key (stac.QUICKLOOK_TITLES says what each shows).
 QUICKLOOK_SUFFIXES = {
     "quicklook": ".quicklook.png",
@@ -162,8 +164,8 @@ body {{ font-family: system-ui, sans-serif; margin: 1.5rem; background: #fafafa;
 .card {{ background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: 0.8rem; margin: 0 0 1rem; }}
 .card h2 {{ font-size: 1rem; margin: 0 0 0.5rem; word-break: break-all; }}
 .row {{ display: flex; gap: 0.8rem; flex-wrap: wrap; }}
-figure {{ margin: 0; }}
-img {{ max-width: {QUICKLOOK_SIDE}px; width: 100%; image-rendering: pixelated; background: #eee
+figure {{ margin: 0; width: {DISPLAY_SIDE}px; }}
+img {{ width: 100%; height: auto; image-rendering: pixelated; background: #eee
   repeating-conic-gradient(#ddd 0 25%, #f5f5f5 0 50%) 0 0 / 16px 16px; }}
 figcaption {{ font-size: 0.8rem; color: #555; }}
 .errors li {{ margin-bottom: 0.3rem; }}
