@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from s2o_platform import storage
+from s2o_platform.errors import S2OError
 
 #: What DEST holds for STAC clients: the root catalog, and one item file per scene under the items folder.
 CATALOG_FILE = "catalog.json"
@@ -42,7 +43,7 @@ PNG_MEDIA_TYPE = "image/png"
 _TIFF_MEDIA = ("image/tiff", "image/vnd.stac.geotiff", "application/geotiff")
 
 
-class StacSourceError(ValueError):
+class StacSourceError(S2OError, ValueError):
     """A SOURCE that is STAC JSON but cannot be read as an Item, ItemCollection, Catalog or Collection."""
 
 
