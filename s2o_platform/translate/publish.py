@@ -27,7 +27,15 @@ from s2o_platform.translate.gallery import (
     write_file,
 )
 from s2o_platform.translate.manifest import Manifest, SceneRecord
-from s2o_platform.translate.stac import OutputScene, catalog_items, write_catalog
+from s2o_platform.translate.stac import CATALOG_FILE, ITEMS_FOLDER, OutputScene, catalog_items, write_catalog
+
+
+def is_view_file(name: str) -> bool:
+    """Whether a file or folder directly in DEST is one of the views this module writes (quicklooks, catalog,
+    its items folder, the gallery), as opposed to an output, the manifest or a leftover."""
+    return name in (CATALOG_FILE, ITEMS_FOLDER, GALLERY_FILE) or name.endswith(
+        tuple(QUICKLOOK_SUFFIXES.values())
+    )
 
 
 def model_identity(bundle: str, stage: str, steps: int, seed: int, uncertainty: int, options) -> dict:
