@@ -37,7 +37,7 @@ class Handle:
         self.readiness = Call(readiness or ready)
 
 
-async def ok(call, body, kind, steps, fmt):
+async def ok(call, body, kind, steps, fmt, samples=0):
     return Answer(200, b"png-bytes", "image/png", {"X-S2O-Steps": "4"})
 
 
@@ -77,12 +77,26 @@ def gateway(handle: Handle, **settings) -> GatewayClass:
     return GatewayClass(handle, {"model": "unused", **settings})
 
 
-def answer(gw, req=None, steps=None, fmt=None):
-    return asyncio.run(gw.translate(req or request(), steps, fmt))
+def answer(gw, req=None, steps=None, fmt=None, uncertainty=None):
+    return asyncio.run(gw.translate(req or request(), steps, fmt, uncertainty))
 
 
 def as_json(response) -> dict:
     return json.loads(response.body)
+
+
+def test_uncertainty_is_parsed_at_the_gateway_and_passed_on():
+    seen = []
+
+    async def records(call, body, kind, steps, fmt, samples):
+        seen.append(samples)
+        return await ok(call, body, kind, steps, fmt)
+
+    gw = gateway(Handle(translate=records))
+    assert answer(gw, uncertainty="4").status_code == 200 and seen == [4]
+    assert answer(gw).status_code == 200 and seen == [4, 0]
+    refused = answer(gw, uncertainty="1")
+    assert refused.status_code == 422 and as_json(refused)["error"] == "bad_uncertainty" and seen == [4, 0]
 
 
 def test_an_image_answer_passes_through():
