@@ -20,6 +20,7 @@ class ServingPlan:
     host: str
     port: int
     request_timeout_s: float | None
+    proxy_location: str = "HeadOnly"  # where Serve runs its HTTP proxies (the config's proxy_location)
 
     @property
     def url(self) -> str:
@@ -85,6 +86,7 @@ def plan_serving(
         host or http.host or "127.0.0.1",
         int(port if port is not None else http.port),
         http.request_timeout_s,
+        getattr(schema.proxy_location, "value", schema.proxy_location) or "HeadOnly",
     )
 
 
@@ -128,7 +130,9 @@ def start_serving(plan: ServingPlan, address: str | None = None) -> str:
     http_options: dict[str, Any] = {"host": plan.host, "port": plan.port}
     if plan.request_timeout_s:
         http_options["request_timeout_s"] = plan.request_timeout_s
-    serve.start(http_options=http_options)
+    # the config's proxy_location, not Serve's default (EveryNode): on a multi-node cluster a proxy on every node
+    # would each bind plan.host:plan.port, where the config asks for the head's only
+    serve.start(proxy_location=plan.proxy_location, http_options=http_options)
     serve.run(
         application(plan.settings, plan.deployment_options),
         name=plan.app_name,
