@@ -321,6 +321,13 @@ class ScalingSection(Section):
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
+    placement_strategy: str = Field(
+        "PACK",
+        pattern="^(PACK|SPREAD|STRICT_PACK|STRICT_SPREAD)$",
+        description="how workers are placed on the nodes (Ray placement groups): PACK fills a node before the "
+        "next (fast links inside a node); SPREAD one worker per node where it can, STRICT_SPREAD always (losing "
+        "a node then takes one worker, and each node's cores or GPUs and I/O are used)",
+    )
     torch_threads: int | None = Field(
         None, ge=1, description="CPU workers: torch threads; default cores / workers on the node"
     )

@@ -98,11 +98,13 @@ class ActorPlan:
         return self.actors
 
     def map_batches_args(self) -> dict:
-        """`compute` and `num_gpus` for Dataset.map_batches: an autoscaling pool of 1..actors actors."""
+        """`compute` and `num_gpus` for Dataset.map_batches: a pool of exactly `actors` actors. Ray Data spreads
+        them over the cluster's nodes (its default scheduling strategy, SPREAD), so several nodes' cores or GPUs
+        are used, and restarts an actor elsewhere when its node is lost (actors restartable by default)."""
         import ray.data
 
         return {
-            "compute": ray.data.ActorPoolStrategy(min_size=1, max_size=self.actors),
+            "compute": ray.data.ActorPoolStrategy(size=self.actors),
             "num_gpus": self.gpus_per_actor,
         }
 

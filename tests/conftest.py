@@ -33,6 +33,25 @@ def ray_cluster():
     ray.shutdown()
 
 
+def pytest_collection_modifyitems(config, items):
+    """Multi-node tests run last: their cluster replaces the session's single-node one, which Ray allows only
+    one of per process."""
+    items.sort(key=lambda item: item.get_closest_marker("multinode") is not None)  # stable: order kept otherwise
+
+
+@pytest.fixture(scope="session")
+def multinode_cluster():
+    """A head and two worker nodes (tests/multinode/cluster.py), token authentication on, this process its driver.
+    It shuts the session's single-node cluster down first; the multi-node tests run after every other test."""
+    import ray
+
+    from tests.multinode.cluster import LocalMultiNodeCluster
+
+    ray.shutdown()
+    with LocalMultiNodeCluster(workers=2) as cluster:
+        yield cluster
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """moto's S3 server on 127.0.0.1; yields its endpoint URL with a bucket 's2o-test' created."""

@@ -123,7 +123,7 @@ def test_actor_pool_arguments():
     args = inference_actors(4, 1).map_batches_args()
     assert set(args) == {"compute", "num_gpus"} and args["num_gpus"] == 1
     assert isinstance(args["compute"], ray.data.ActorPoolStrategy)
-    assert (args["compute"].min_size, args["compute"].max_size) == (1, 4)
+    assert (args["compute"].min_size, args["compute"].max_size) == (4, 4)  # the actors asked for, all of them
 
 
 # -- data.ray_context.scoped_data_context -----------------------------------------------------------------

@@ -43,6 +43,7 @@ from s2o_platform.train.runtime import build_runtime, get_stage
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
+    import ray
     import ray.train
     import ray.train.torch
     from safetensors.torch import load_file, save_file
@@ -52,12 +53,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     store = StoreMetadata.from_dict(loop_config["store_metadata"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    node_id = ray.get_runtime_context().get_node_id()
     device = ray.train.torch.get_device()
     if device.type == "cpu":
         torch.set_num_threads(cpu_threads(cfg.scaling.torch_threads, context.get_local_world_size()))
-    runtime = build_runtime(
-        loop_config["stage"], cfg, store, loop_config.get("extra", {}), device, rank, world
-    )
+    extra = {**loop_config.get("extra", {}), "storage_options": loop_config.get("storage_options")}
+    runtime = build_runtime(loop_config["stage"], cfg, store, extra, device, rank, world)
     stage, engines, ema, main, precision = (
         runtime.stage,
         runtime.engines,
@@ -106,8 +107,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             for name, engine in engines.items():
                 engine.save_checkpoint(os.path.join(tmp, DEEPSPEED_DIR, name), tag=DEEPSPEED_TAG)
             generator_state = runtime.generator.get_state().tolist()
+            # with where the rank ran: which node held which rank at this checkpoint, for a multi-node post-mortem
             Path(tmp, GENERATOR_FILE.format(rank=rank)).write_text(
-                json.dumps({"torch_generator": generator_state})
+                json.dumps({"torch_generator": generator_state, "node_id": node_id})
             )
             if rank == 0:
                 save_file(

@@ -343,6 +343,9 @@ def run_training(
             "store_metadata": store.to_dict(),
             "data_uri": data,
             "extra": extra or {},
+            # the object store's endpoint for what workers read themselves (the distillation teacher): a worker
+            # on another node has neither the driver's environment nor its --s3-endpoint
+            "storage_options": options,
             # a fully shuffled split needs no local shuffle buffer on top (it only costs copies per batch)
             "local_shuffle": not materialized(store, train_rows, cfg),
             "tracking": tracker.worker_spec(),  # rank 0 logs its progress metrics there
@@ -354,6 +357,7 @@ def run_training(
                 "CPU": cfg.scaling.cpus_per_worker,
                 **({"GPU": 1} if cfg.scaling.use_gpu else {}),
             },
+            placement_strategy=cfg.scaling.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
             name=RUN_NAME,

@@ -78,7 +78,7 @@ class DistillStage:
         device: torch.device,
         compute_dtype: torch.dtype = torch.float32,
     ) -> StageModels:
-        teacher_bundle = load_bundle(extra["teacher"], device)
+        teacher_bundle = load_bundle(extra["teacher"], device, extra.get("storage_options"))
         noise = DDPMScheduler.from_config(dict(teacher_bundle.scheduler_config))
         self.noise = noise
         self.alphas_cumprod = noise.alphas_cumprod.to(device)
