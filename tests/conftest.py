@@ -36,7 +36,9 @@ def ray_cluster():
 def pytest_collection_modifyitems(config, items):
     """Multi-node tests run last: their cluster replaces the session's single-node one, which Ray allows only
     one of per process."""
-    items.sort(key=lambda item: item.get_closest_marker("multinode") is not None)  # stable: order kept otherwise
+    items.sort(
+        key=lambda item: item.get_closest_marker("multinode") is not None
+    )  # stable: order kept otherwise
 
 
 @pytest.fixture(scope="session")

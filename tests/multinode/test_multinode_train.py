@@ -47,7 +47,9 @@ def _rank_nodes(out: str, options) -> dict[int, str]:
     _, path = latest_checkpoint_step(out, options)
     fs, _ = storage.resolve(out, options)
     return {
-        rank: json.loads(storage.read_bytes(fs, storage.join(path, GENERATOR_FILE.format(rank=rank))))["node_id"]
+        rank: json.loads(storage.read_bytes(fs, storage.join(path, GENERATOR_FILE.format(rank=rank))))[
+            "node_id"
+        ]
         for rank in (0, 1)
     }
 
@@ -69,14 +71,18 @@ def test_teacher_on_two_nodes_survives_losing_rank_1s_node(multinode_cluster, s3
 
     def train():
         try:
-            outcome["result"] = run_training("teacher", cfg, store, out, 32, options=options, log=lambda m: None)
+            outcome["result"] = run_training(
+                "teacher", cfg, store, out, 32, options=options, log=lambda m: None
+            )
         except BaseException as err:  # noqa: BLE001 - reported by the test thread
             outcome["error"] = err
 
     thread = threading.Thread(target=train, daemon=True)
     thread.start()
     first = wait_for(
-        lambda: latest_checkpoint_step(out, options)[0] or outcome, "the first checkpoint", timeout=RUN_TIMEOUT_S
+        lambda: latest_checkpoint_step(out, options)[0] or outcome,
+        "the first checkpoint",
+        timeout=RUN_TIMEOUT_S,
     )
     assert "error" not in outcome, outcome.get("error")
     assert first < MAX_STEPS, "the run finished before a node could be lost"
@@ -95,7 +101,10 @@ def test_teacher_on_two_nodes_survives_losing_rank_1s_node(multinode_cluster, s3
     after = _rank_nodes(out, options)
     assert before[1] not in after.values()  # rank 1 ran on the replacement node after the restart
     bundle = load_bundle(result.bundle, options=options)
-    assert bundle.metadata.model_card["trained_steps"] == MAX_STEPS and bundle.metadata.model_card["workers"] == 2
+    assert (
+        bundle.metadata.model_card["trained_steps"] == MAX_STEPS
+        and bundle.metadata.model_card["workers"] == 2
+    )
 
 
 def test_distillation_on_two_nodes_checkpoints_to_s3(multinode_cluster, s3_store):

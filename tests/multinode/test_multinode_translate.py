@@ -80,7 +80,9 @@ def test_translation_survives_losing_a_node_with_every_scene_once_and_identical(
             # both actors run, one on each worker node (spread), when the first scene is complete
             assert len(placed) == 2 and len(set(placed.values())) == 2, placed
             node = cluster.node_of(next(iter(placed.values())))
-            lost.update(node=node.node_id, done_before=len([r for r in self.records.values() if r.status == "done"]))
+            lost.update(
+                node=node.node_id, done_before=len([r for r in self.records.values() if r.status == "done"])
+            )
             cluster.kill(node)
 
     monkeypatch.setattr(Manifest, "record", lose_a_node_after_the_first_scene)
