@@ -2,93 +2,20 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import Counter
 
 import numpy as np
 import pytest
-import requests
 
 from s2o_platform.serving.runner import DEFAULT_CONFIG, free_port, plan_serving, start_serving
 from tests.fixtures import png_bytes, write_smallest_bundles
 from tests.multinode.cluster import actor_nodes, wait_for
+from tests.multinode.load import ClosedLoopClients
 
 pytestmark = pytest.mark.multinode
 
-CLIENTS = 4
 #: Answers before the node is lost, and after the application is back to two replicas.
 ANSWERS_BEFORE, ANSWERS_AFTER = 24, 24
-#: The README's client retry rule: on 503 wait Retry-After and retry (up to 3 times); on a connection reset
-#: retry once. A request is lost when it still has no 200 after that.
-RETRIES_503, RETRIES_CONNECTION = 3, 1
-#: A hang bound per attempt: an attempt without an answer by then fails the test (never a hang).
-ATTEMPT_TIMEOUT_S = 60
-
-
-class ClosedLoopClients:
-    """CLIENTS threads, each posting a SAR tile, waiting for the answer, then posting the next, with the retry
-    rule. Records every attempt's outcome and every request's final outcome."""
-
-    def __init__(self, url: str, body: bytes):
-        self.url, self.body = url, body
-        self.attempts: Counter[str] = Counter()  # '200', '503 (Retry-After 1)', 'ConnectionError', ...
-        self.lost: list[str] = []
-        self.answered = 0
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._client, daemon=True) for _ in range(CLIENTS)]
-
-    def _count(self, outcome: str) -> None:
-        with self.lock:
-            self.attempts[outcome] += 1
-
-    def _request(self) -> None:
-        waits = resets = 0
-        while True:
-            try:
-                answer = requests.post(
-                    f"{self.url}/v1/translate?steps=1",
-                    data=self.body,
-                    headers={"Content-Type": "image/png"},
-                    timeout=ATTEMPT_TIMEOUT_S,
-                )
-            except requests.exceptions.ConnectionError as err:
-                self._count(type(err).__name__)
-                if resets < RETRIES_CONNECTION:
-                    resets += 1
-                    continue
-                return self._lose(type(err).__name__)
-            if answer.status_code == 200:
-                self._count("200")
-                with self.lock:
-                    self.answered += 1
-                return
-            retry_after = answer.headers.get("Retry-After")
-            self._count(f"{answer.status_code}" + (f" (Retry-After {retry_after})" if retry_after else ""))
-            if answer.status_code == 503 and retry_after and waits < RETRIES_503:
-                waits += 1
-                time.sleep(float(retry_after))  # what the rule tells a client to do, not a test's wait
-                continue
-            return self._lose(f"{answer.status_code}: {answer.text[:200]}")
-
-    def _lose(self, why: str) -> None:
-        with self.lock:
-            self.lost.append(why)
-
-    def _client(self) -> None:
-        while not self.stop.is_set():
-            self._request()
-
-    def __enter__(self) -> ClosedLoopClients:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(ATTEMPT_TIMEOUT_S * (RETRIES_503 + RETRIES_CONNECTION + 1))
 
 
 def _translator_replicas_running(app: str) -> int:
