@@ -54,25 +54,46 @@ def multinode_cluster():
         yield cluster
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint():
-    """moto's S3 server on 127.0.0.1; yields its endpoint URL with a bucket 's2o-test' created."""
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
+class LoopbackS3:
+    """moto's S3 server on 127.0.0.1 (its buckets live in this process, so they outlast a restart)."""
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    def __init__(self):
+        from moto.server import ThreadedMotoServer
+
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._server_class = ThreadedMotoServer
+        self.server = None
+
+    def start(self) -> None:
+        self.server = self._server_class(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """The loopback S3 server; a fault test may stop it and start it again (an endpoint outage)."""
+    boto3 = pytest.importorskip("boto3")
+    server = LoopbackS3()
     server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    client = boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1")
     for _ in range(50):
         try:
             client.create_bucket(Bucket="s2o-test")
             break
         except Exception:  # noqa: BLE001 - server still starting
             time.sleep(0.1)
-    yield endpoint
+    yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(s3_server):
+    """moto's S3 server on 127.0.0.1: its endpoint URL, with a bucket 's2o-test' created."""
+    return s3_server.endpoint
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 
@@ -107,21 +108,113 @@ def test_teacher_on_two_nodes_survives_losing_rank_1s_node(multinode_cluster, s3
     )
 
 
-def test_distillation_on_two_nodes_checkpoints_to_s3(multinode_cluster, s3_store):
-    """ACD distillation with one worker on each worker node (ZeRO-2): the teacher read from S3, checkpoints
-    written there, each rank on its own node."""
+#: How long the S3 endpoint is down in the outage test (the fault's length, not a wait for a result).
+S3_OUTAGE_S = 5
+
+
+def test_distillation_on_two_nodes_survives_an_s3_outage_while_checkpointing(
+    multinode_cluster, s3_store, s3_server
+):
+    """ACD distillation with one worker on each worker node (ZeRO-2), the teacher read from S3 and a checkpoint
+    written there every step. Once the first is registered the S3 endpoint goes down for S3_OUTAGE_S seconds
+    (connections refused) and comes back. The run finishes with every logged step once, each rank on its own
+    node, and the student bundle loads."""
     store, options = s3_store
     teacher = "s3://s2o-test/mn-runs/teacher/bundle"
     out = "s3://s2o-test/mn-runs/student"
+    steps = 8
     cfg = load_config(
         DistillConfig,
         TINY_CONFIGS / "distill.yaml",
-        [*ACROSS_NODES, "train.max_steps=4", "checkpoint.every_steps=2", "train.log_every_steps=2"],
+        [*ACROSS_NODES, f"train.max_steps={steps}", "checkpoint.every_steps=1", "train.log_every_steps=1"],
     )
-    result = run_training(
-        "distill", cfg, store, out, 32, extra={"teacher": teacher}, options=options, log=lambda m: None
+    outcome: dict = {}
+
+    def train():
+        try:
+            outcome["result"] = run_training(
+                "distill",
+                cfg,
+                store,
+                out,
+                32,
+                extra={"teacher": teacher},
+                options=options,
+                log=lambda m: None,
+            )
+        except BaseException as err:  # noqa: BLE001 - reported by the test thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=train, daemon=True)
+    thread.start()
+    first = wait_for(
+        lambda: latest_checkpoint_step(out, options)[0] or outcome,
+        "the first checkpoint",
+        timeout=RUN_TIMEOUT_S,
     )
-    assert result.step == 4
+    assert "error" not in outcome, outcome.get("error")
+    assert first < steps, "the run finished before the outage"
+    s3_server.stop()
+    try:
+        time.sleep(S3_OUTAGE_S)  # the outage itself
+    finally:
+        s3_server.start()
+    thread.join(RUN_TIMEOUT_S)
+    assert not thread.is_alive(), "distillation did not finish after the outage"
+    assert "error" not in outcome, outcome.get("error")
+    result = outcome["result"]
+    assert result.step == steps
+    assert [h["step"] for h in result.history] == list(range(1, steps + 1))
     ranks = _rank_nodes(out, options)
     assert ranks[0] != ranks[1] and set(ranks.values()) == {n.node_id for n in multinode_cluster.workers}
     assert load_bundle(result.bundle, options=options).metadata.stage == "student"
+
+
+def _read_one_epoch(config: dict) -> None:
+    """A Ray Train worker that reads its shard of one epoch, as the training loop does, and writes the tile ids
+    it saw and its node to S3 (the driver's only window on a worker on another node)."""
+    import ray
+    import ray.train
+
+    shard = ray.train.get_dataset_shard("train")
+    ids = [
+        str(t) for batch in shard.iter_batches(batch_size=64, batch_format="numpy") for t in batch["tile_id"]
+    ]
+    record = {"tile_ids": ids, "node_id": ray.get_runtime_context().get_node_id()}
+    fs, root = storage.resolve(config["out"], config["options"])
+    rank = ray.train.get_context().get_world_rank()
+    storage.write_bytes_atomic(fs, storage.join(root, f"rank{rank}.json"), json.dumps(record).encode())
+
+
+def test_each_worker_reads_a_disjoint_shard_of_the_epoch(multinode_cluster, s3_store):
+    """The training data path (launcher.training_dataset and ingest_config, as run_training passes them to Ray
+    Train) with one worker on each node: the two shards of an epoch share no tile, and together they are the
+    train split (less at most one row per worker, which an equal split may hold back)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from s2o_platform.data.store import read_metadata, split_counts
+    from s2o_platform.train.launcher import ingest_config, training_dataset
+
+    store, options = s3_store
+    out = "s3://s2o-test/mn-shards"
+    metadata = read_metadata(store, options)
+    train_rows = split_counts(store, options)["train"]
+    cfg = load_config(TeacherConfig, TINY_CONFIGS / "teacher.yaml", ACROSS_NODES)
+    TorchTrainer(
+        _read_one_epoch,
+        train_loop_config={"out": out, "options": options},
+        scaling_config=ray.train.ScalingConfig(num_workers=2, placement_strategy="STRICT_SPREAD"),
+        datasets={"train": training_dataset(store, metadata, train_rows, cfg, options)},
+        dataset_config=ingest_config(),
+        run_config=ray.train.RunConfig(
+            storage_path="s2o-test/mn-shards-run", storage_filesystem=storage.resolve(out, options)[0]
+        ),
+    ).fit()
+    fs, root = storage.resolve(out, options)
+    reports = [json.loads(storage.read_bytes(fs, storage.join(root, f"rank{r}.json"))) for r in (0, 1)]
+    assert reports[0]["node_id"] != reports[1]["node_id"]
+    first, second = (set(r["tile_ids"]) for r in reports)
+    assert len(first) == len(reports[0]["tile_ids"]) and len(second) == len(reports[1]["tile_ids"])
+    assert not first & second
+    assert train_rows - 2 <= len(first | second) <= train_rows and abs(len(first) - len(second)) <= 1

@@ -57,18 +57,25 @@ def _outputs(client, prefix: str) -> dict[str, np.ndarray]:
     return found
 
 
+@pytest.fixture(scope="module")
+def clean_outputs(multinode_cluster, archive_on_s3, s3_endpoint):
+    """The archive translated on the cluster with nothing going wrong: {name: pixels}."""
+    source, bundle, client = archive_on_s3
+    _run(source, bundle, f"s3://{BUCKET}/mn-clean", s3_endpoint)
+    clean = _outputs(client, "mn-clean/")
+    assert len(clean) == N_SCENES
+    return clean
+
+
 def test_translation_survives_losing_a_node_with_every_scene_once_and_identical(
-    multinode_cluster, archive_on_s3, s3_endpoint, monkeypatch
+    multinode_cluster, archive_on_s3, clean_outputs, s3_endpoint, monkeypatch
 ):
     """A worker node that holds a model actor dies (every process SIGKILLed) just after the first scene is
     recorded done. Ray Data restarts the actor on the surviving node and re-runs the lost work; the run ends
     with no user action, every scene written once (one manifest record each, no partial file), pixel for pixel
     what an uninterrupted run writes."""
     source, bundle, client = archive_on_s3
-    cluster = multinode_cluster
-    _run(source, bundle, f"s3://{BUCKET}/mn-clean", s3_endpoint)
-    clean = _outputs(client, "mn-clean/")
-    assert len(clean) == N_SCENES
+    cluster, clean = multinode_cluster, clean_outputs
 
     lost = {}
     record = Manifest.record
@@ -104,3 +111,35 @@ def test_translation_survives_losing_a_node_with_every_scene_once_and_identical(
     assert [r["status"] for r in records] == ["done"] * N_SCENES
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="mn-killed/")["Contents"]]
     assert not [k for k in keys if "partial" in k or k.endswith(".tmp")], keys
+
+
+#: Objects put into the driver's object store to fill it: more than the node's whole store.
+FILL_OBJECTS, FILL_OBJECT_BYTES = 6, 64 * 1024 * 1024
+
+
+def test_translation_with_the_driver_nodes_object_store_full(
+    multinode_cluster, archive_on_s3, clean_outputs, s3_endpoint
+):
+    """The head's object store (where the driver receives every translated block) is filled past its size with
+    objects the driver holds. Ray spills them to disk to make room; the run finishes with the same pixels."""
+    import ray
+    from ray._private.internal_api import memory_summary
+
+    from tests.multinode.cluster import OBJECT_STORE_BYTES
+
+    assert FILL_OBJECTS * FILL_OBJECT_BYTES > OBJECT_STORE_BYTES
+    source, bundle, client = archive_on_s3
+    held = [ray.put(np.full(FILL_OBJECT_BYTES, k, dtype=np.uint8)) for k in range(FILL_OBJECTS)]
+    try:
+        _run(source, bundle, f"s3://{BUCKET}/mn-full-store", s3_endpoint)
+        spilled = memory_summary(stats_only=True)
+        assert (
+            ray.get(held[0])[0] == 0 and ray.get(held[-1])[-1] == FILL_OBJECTS - 1
+        )  # nothing of ours lost either
+    finally:
+        del held
+    assert "Spilled" in spilled, spilled  # the store really overflowed
+    full = _outputs(client, "mn-full-store/")
+    assert sorted(full) == sorted(clean_outputs)
+    for name, pixels in clean_outputs.items():
+        np.testing.assert_array_equal(full[name], pixels, err_msg=name)
