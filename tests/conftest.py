@@ -28,17 +28,25 @@ def ray_cluster():
 
     from s2o_platform.ray_cluster import connect
 
+    if _MULTINODE_STARTED:  # connect() would quietly use the multi-node cluster (a head with no CPUs)
+        pytest.fail("a single-node Ray test ran after the multi-node tests: they must run last")
     connect(num_cpus=4)
     yield ray
     ray.shutdown()
 
 
+@pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config, items):
     """Multi-node tests run last: their cluster replaces the session's single-node one, which Ray allows only
-    one of per process."""
-    items.sort(
-        key=lambda item: item.get_closest_marker("multinode") is not None
-    )  # stable: order kept otherwise
+    one of per process. Sorted after every other hook has ordered the items (--ff, --nf), so it holds."""
+    result = yield
+    # a stable sort: the order is kept otherwise
+    items.sort(key=lambda item: item.get_closest_marker("multinode") is not None)
+    return result
+
+
+#: Set once the multi-node cluster has replaced the session's single-node one.
+_MULTINODE_STARTED = []
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +58,7 @@ def multinode_cluster():
     from tests.multinode.cluster import LocalMultiNodeCluster
 
     ray.shutdown()
+    _MULTINODE_STARTED.append(True)
     with LocalMultiNodeCluster(workers=2) as cluster:
         yield cluster
 
@@ -70,7 +79,9 @@ class LoopbackS3:
         self.server.start()
 
     def stop(self) -> None:
+        """Stop serving and close the listening socket: connections are refused until start()."""
         self.server.stop()
+        self.server._server.server_close()  # moto's stop() leaves the socket open: connections would hang
 
 
 @pytest.fixture(scope="session")

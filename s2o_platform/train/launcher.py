@@ -121,6 +121,21 @@ def check_resources(cfg: TrainingStageConfig) -> None:
             f"{cfg.scaling.num_workers} worker(s) x {cfg.scaling.cpus_per_worker} CPU need {cpus_needed:g} CPUs, "
             f"the Ray cluster has {resources.get('CPU', 0):g}: lower scaling.num_workers or scaling.cpus_per_worker"
         )
+    if cfg.scaling.placement_strategy == "STRICT_SPREAD":
+        # one worker per node, always: Ray would wait for more nodes for ever (an autoscaler may add them, but
+        # this check runs on the cluster as it is: say so rather than hang)
+        worker_shape = {"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})}
+        fitting = [
+            node
+            for node in ray.nodes()
+            if node["Alive"] and all(node["Resources"].get(k, 0) >= v for k, v in worker_shape.items())
+        ]
+        if len(fitting) < cfg.scaling.num_workers:
+            raise TrainingSetupError(
+                f"scaling.placement_strategy=STRICT_SPREAD puts each of the {cfg.scaling.num_workers} workers on its "
+                f"own node, but {len(fitting)} node(s) of the Ray cluster can hold a worker ({worker_shape}): use "
+                "SPREAD (one per node where possible) or PACK, or add nodes"
+            )
 
 
 def check_store(

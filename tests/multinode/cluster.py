@@ -6,10 +6,10 @@ given to every process through $RAY_AUTH_TOKEN). The layout is the KubeRay one (
 runs the GCS, the dashboard, the driver and Serve's controller and proxy, and no tasks (0 CPUs); every
 worker node has `worker_cpus` logical CPUs and one unit of the resource WORKER_RESOURCE.
 
-Losing a node is simulated as a crash: every process of the node is killed at once (SIGKILL, no
-graceful shutdown), as when a machine or pod disappears. The GCS health checks are set to notice
-within about 2 s (Ray's default is 30 s), so a test waits on Ray's own view of the node, not on a
-clock.
+Losing a node is simulated as a crash: the node's Ray processes are killed at once (SIGKILL, no graceful
+shutdown; its workers die with their raylet), as when a machine or pod disappears. The GCS health checks
+are set to notice within about 2 s (Ray's default is 30 s), so a test waits on Ray's own view of the node,
+not on a clock.
 """
 
 from __future__ import annotations
@@ -86,7 +86,6 @@ class LocalMultiNodeCluster:
     def start(self) -> LocalMultiNodeCluster:
         import ray
         from ray._private.ray_constants import WORKER_PROCESS_SETUP_HOOK_ENV_VAR
-        from ray.cluster_utils import Cluster
 
         from s2o_platform import ray_cluster
 
@@ -99,14 +98,26 @@ class LocalMultiNodeCluster:
             RAY_AUTH_TOKEN=self.token,
             RAY_AUTH_TOKEN_PATH=None,
             RAY_worker_niceness=str(ray_cluster.LOCAL_WORKER_NICENESS),
-            **{
-                ray_cluster.RAY_LOOPBACK_SWITCH: "0",
-                WORKER_PROCESS_SETUP_HOOK_ENV_VAR: f"{ray_cluster.__name__}.loopback_worker_setup",
-            },
+            **{WORKER_PROCESS_SETUP_HOOK_ENV_VAR: f"{ray_cluster.__name__}.loopback_worker_setup"},
         )
         self._env.__enter__()
-        ray_cluster._use_loopback(True)  # Ray's constant too: this process imported ray already
+        # Ray on loopback (its switch in the environment and its constant: this process imported ray already); it
+        # stays so while the process runs, as after ray_cluster.connect()
+        ray_cluster._use_loopback(True)
         reload_ray_auth()
+        try:
+            self._start_nodes()
+        except BaseException:
+            self.shutdown()  # no half-started cluster, and the environment restored
+            raise
+        return self
+
+    def _start_nodes(self) -> None:
+        import ray
+        from ray.cluster_utils import Cluster
+
+        from s2o_platform import ray_cluster
+
         self.cluster = Cluster(
             initialize_head=True,
             head_node_args=dict(
@@ -122,7 +133,6 @@ class LocalMultiNodeCluster:
             self.add_worker()
         self.cluster.wait_for_nodes()
         ray.init(address=self.address, logging_level="WARNING")
-        return self
 
     def add_worker(self):
         """Add a worker node (as KubeRay does when it replaces a lost pod); returns it once Ray sees it."""
@@ -145,8 +155,8 @@ class LocalMultiNodeCluster:
         raise KeyError(f"no live worker node {node_id}")
 
     def kill(self, node) -> None:
-        """Lose a worker node: SIGKILL every one of its processes at once, then wait until the GCS has
-        declared it dead (its health checks fail)."""
+        """Lose a worker node: SIGKILL its Ray processes at once (raylet, object store, agents; its workers die
+        with their raylet), then wait until the GCS has declared it dead (its health checks fail)."""
         self.workers.remove(node)
         self.cluster.remove_node(node, allow_graceful=False)
         wait_for(lambda: not node_alive(node.node_id), f"Ray to declare node {node.node_id} dead")

@@ -25,6 +25,7 @@ class ClosedLoopClients:
         self.url, self.body, self.steps = url, body, steps
         self.attempts: Counter[str] = Counter()  # '200', '503 (Retry-After 1)', 'ConnectionError', ...
         self.lost: list[str] = []
+        self.hung: list[str] = []  # client threads still waiting at the end
         self.answered = 0
         self.lock = threading.Lock()
         self.stop = threading.Event()
@@ -50,6 +51,9 @@ class ClosedLoopClients:
                     resets += 1
                     continue
                 return self._lose(type(err).__name__)
+            except requests.RequestException as err:  # a read timeout (a hang) or a broken answer: no retry
+                self._count(type(err).__name__)
+                return self._lose(f"{type(err).__name__}: {err}")
             if answer.status_code == 200:
                 self._count("200")
                 with self.lock:
@@ -80,3 +84,5 @@ class ClosedLoopClients:
         self.stop.set()
         for thread in self.threads:
             thread.join(ATTEMPT_TIMEOUT_S * (RETRIES_503 + RETRIES_CONNECTION + 1))
+            if thread.is_alive():
+                self.hung.append(thread.name)

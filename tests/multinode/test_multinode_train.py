@@ -117,7 +117,7 @@ def test_distillation_on_two_nodes_survives_an_s3_outage_while_checkpointing(
 ):
     """ACD distillation with one worker on each worker node (ZeRO-2), the teacher read from S3 and a checkpoint
     written there every step. Once the first is registered the S3 endpoint goes down for S3_OUTAGE_S seconds
-    (connections refused) and comes back. The run finishes with every logged step once, each rank on its own
+    (connections refused), with the run still going at its end, and comes back. The run finishes with every logged step once, each rank on its own
     node, and the student bundle loads."""
     store, options = s3_store
     teacher = "s3://s2o-test/mn-runs/teacher/bundle"
@@ -159,6 +159,10 @@ def test_distillation_on_two_nodes_survives_an_s3_outage_while_checkpointing(
         time.sleep(S3_OUTAGE_S)  # the outage itself
     finally:
         s3_server.start()
+    # the run was going through the whole outage (a checkpoint a step: it met the outage while checkpointing)
+    assert thread.is_alive() and latest_checkpoint_step(out, options)[0] < steps, (
+        "the run ended during the outage"
+    )
     thread.join(RUN_TIMEOUT_S)
     assert not thread.is_alive(), "distillation did not finish after the outage"
     assert "error" not in outcome, outcome.get("error")

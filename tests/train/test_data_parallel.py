@@ -79,51 +79,53 @@ from safetensors.torch import save_file
 from tests.train.test_data_parallel import HALF_BATCH, first_update
 rank, world, port, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-rows = slice(rank * HALF_BATCH, (rank + 1) * HALF_BATCH) if world == 2 else slice(0, int(sys.argv[5]))
-save_file(first_update(rank, world, rows), out)
+if world == 2:
+    save_file(first_update(rank, world, slice(rank * HALF_BATCH, (rank + 1) * HALF_BATCH)), out)
+else:  # one worker: the whole batch, then (the negative control) its first half alone
+    save_file(first_update(0, 1, slice(0, 2 * HALF_BATCH)), out)
+    save_file(first_update(0, 1, slice(0, HALF_BATCH)), out.replace(".safetensors", "-half.safetensors"))
 dist.destroy_process_group()
 """
 
 
-def run_group(world: int, tmp_path, rows_for_one: int = 2 * HALF_BATCH) -> list[dict[str, torch.Tensor]]:
+def run_group(world: int, tmp_path) -> list[dict[str, torch.Tensor]]:
+    """Each rank's first update (world 2), or one worker's on the whole batch and on its first half (world 1)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    outs = [tmp_path / f"world{world}-rows{rows_for_one}-rank{r}.safetensors" for r in range(world)]
+    outs = [tmp_path / f"world{world}-rank{r}.safetensors" for r in range(world)]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(r), str(world), str(port), str(outs[r]), str(rows_for_one)],
-            env={
-                **env,
-                "RANK": str(r),
-                "LOCAL_RANK": str(r),
-                "WORLD_SIZE": str(world),
-                "LOCAL_WORLD_SIZE": str(world),
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": str(port),
-            },
+            [sys.executable, "-c", WORKER, str(r), str(world), str(port), str(outs[r])],
+            env={**env, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world),
+                 "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)},
             cwd=REPO_ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
         for r in range(world)
-    ]
-    for proc in procs:
-        output, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, output[-3000:]
+    ]  # fmt: skip
+    try:
+        for proc in procs:
+            output, _ = proc.communicate(timeout=300)
+            assert proc.returncode == 0, output[-3000:]
+    finally:
+        for proc in procs:  # a rank left waiting in gloo for one that failed
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    if world == 1:
+        return [load_file(outs[0]), load_file(str(outs[0]).replace(".safetensors", "-half.safetensors"))]
     return [load_file(out) for out in outs]
 
 
 @pytest.fixture(scope="module")
 def updates(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dp")
-    return {
-        "two_workers": run_group(2, tmp),
-        "one_worker": run_group(1, tmp)[0],
-        "one_worker_half": run_group(1, tmp, rows_for_one=HALF_BATCH)[0],
-    }
+    one_worker, one_worker_half = run_group(1, tmp)
+    return {"two_workers": run_group(2, tmp), "one_worker": one_worker, "one_worker_half": one_worker_half}
 
 
 #: Tolerance on a first moment, (1 - beta1) x gradient: the real gradients here are 1e-4..1e-1, and one worker

@@ -185,6 +185,11 @@ def test_setup_errors_before_any_worker(ray_cluster, store, tmp_path):
         run(cfg("model.sample_size=64"))
     with pytest.raises(TrainingSetupError, match="need 20 CPUs"):
         run(cfg("scaling.num_workers=20"))
+    # one worker per node on a one-node cluster would wait for a second node for ever
+    with pytest.raises(
+        TrainingSetupError, match="STRICT_SPREAD puts each of the 2 workers on its own node, but 1"
+    ):
+        run(cfg("scaling.num_workers=2", "scaling.placement_strategy=STRICT_SPREAD"))
     # A run folder from another architecture.
     other = tmp_path / "other"
     other.mkdir()
