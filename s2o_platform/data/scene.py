@@ -52,6 +52,9 @@ class SceneInfo:
     # A GCP-referenced scene (Sentinel-1 GRD measurement TIFFs) is read through a WarpedVRT onto this regular grid
     # (`gcp_grid`); height, width, crs_wkt and transform above are the grid's. None: read as stored.
     warp: dict | None = None
+    file_datetime: str | None = (
+        None  # the file's TIFFTAG_DATETIME (acquisition time where nothing better says)
+    )
 
     @property
     def row_starts(self) -> list[int]:
@@ -219,6 +222,7 @@ def inspect_scene(
             overlap=overlap,
             normalization=normalization.to_dict(),
             warp=warp,
+            file_datetime=raw.tags().get("TIFFTAG_DATETIME"),
         )
 
 

@@ -38,6 +38,12 @@ WORK_FOLDER = "_s2o_work"  # local DEST: half-written scenes, removed at the end
 PARTIAL_FILE = re.compile(r"\.tmp-[0-9a-f]{32}")  # storage.write_bytes_atomic / put_file_atomic, cut off
 
 
+#: where a scene's acquisition time came from (SceneRecord.datetime_source; said in its STAC item)
+DATETIME_FROM_ITEM = "the source item"
+DATETIME_FROM_FILE = "the source file's TIFFTAG_DATETIME"
+DATETIME_NONE = "none"
+
+
 @dataclass
 class SceneRecord:
     scene: str  # the source URI
@@ -49,7 +55,12 @@ class SceneRecord:
     scale: str | None = None  # the SAR scale used, and why
     finished_at: float = field(default_factory=time.time)
     source_item: str | None = None  # the STAC item the scene came from (a STAC SOURCE)
-    datetime: str | None = None  # the source item's acquisition time (ISO 8601)
+    datetime: str | None = (
+        None  # the acquisition time (ISO 8601 or the TIFF tag's form), where the source gave one
+    )
+    # where `datetime` came from: DATETIME_FROM_ITEM / _FILE, or DATETIME_NONE; None in a manifest written before
+    # this was recorded (the catalog then reads the source file's tag once more)
+    datetime_source: str | None = None
     model: dict | None = None  # what made the output: stage, steps, bundle_sha256, seed, uncertainty_samples
 
 
@@ -108,7 +119,8 @@ class Manifest:
         if record.status == "done":
             record.model = record.model or self.run_model
             for key, value in self.scene_sources.get(record.scene, {}).items():
-                setattr(record, key, getattr(record, key) or value)
+                if value is not None:  # a STAC item's time wins over the file's tag
+                    setattr(record, key, value)
         self.records[record.scene] = record
         line = (json.dumps(asdict(record)) + "\n").encode()
         if self.local:

@@ -35,6 +35,9 @@ from s2o_platform.inference import LoadedModel, resolve_sampler_for, tile_key
 from s2o_platform.inference_compile import CompileError, check_compile_here
 from s2o_platform.tile_sampling import UNCERTAINTY_OUTPUTS
 from s2o_platform.translate.manifest import (
+    DATETIME_FROM_FILE,
+    DATETIME_FROM_ITEM,
+    DATETIME_NONE,
     DestLock,
     DestLockedError,
     Manifest,
@@ -43,7 +46,7 @@ from s2o_platform.translate.manifest import (
     work_folder,
 )
 from s2o_platform.translate.publish import model_identity, publish
-from s2o_platform.translate.sources import Scene, discover_scenes
+from s2o_platform.translate.sources import Scene, discover_scenes, output_file
 from s2o_platform.translate.writer import SceneWriter
 
 
@@ -331,7 +334,13 @@ def run_translate(options: TranslateRun, log: Callable[[str], None] = print) -> 
             options.model, metadata.stage, steps, options.seed, options.uncertainty, options.storage
         )
         manifest.scene_sources = {
-            s.uri: {"source_item": s.source_item, "datetime": s.datetime} for s in scenes if s.source_item
+            s.uri: {
+                "source_item": s.source_item,
+                "datetime": s.datetime,
+                "datetime_source": DATETIME_FROM_ITEM if s.datetime else None,
+            }
+            for s in scenes
+            if s.source_item
         }
         try:
             _translate_scenes(scenes, metadata, steps, overlap, options, manifest, summary, workdir, log)
@@ -548,8 +557,8 @@ def _stream_in_order(infos, options, steps, manifest, summary, dest_fs, dest_roo
 def _complete(i, infos, writers, manifest, summary, dest_fs, dest_root, dest_uri, scene_started, log) -> None:
     info = infos[i]
     writer = writers.pop(i)
-    dest_path = storage.join(dest_root, f"{info.name}.tif")
-    output_uri = storage.join(dest_uri, f"{info.name}.tif")
+    dest_path = storage.join(dest_root, output_file(info.name))
+    output_uri = storage.join(dest_uri, output_file(info.name))
     try:
         writer.finish(dest_fs, dest_path)
     except Exception as err:  # noqa: BLE001
@@ -565,6 +574,8 @@ def _complete(i, infos, writers, manifest, summary, dest_fs, dest_root, dest_uri
             tiles=writer.tiles,
             seconds=round(seconds, 3),
             scale=f"{info.scale} ({info.scale_reason})",
+            datetime=info.file_datetime,
+            datetime_source=DATETIME_FROM_FILE if info.file_datetime else DATETIME_NONE,
         )
     )
     summary.done.append(info.uri)

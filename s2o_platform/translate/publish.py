@@ -26,7 +26,8 @@ from s2o_platform.translate.gallery import (
     sar_quicklook,
     write_file,
 )
-from s2o_platform.translate.manifest import Manifest, SceneRecord
+from s2o_platform.translate.manifest import DATETIME_FROM_FILE, DATETIME_FROM_ITEM, Manifest, SceneRecord
+from s2o_platform.translate.sources import output_scene_name
 from s2o_platform.translate.stac import CATALOG_FILE, ITEMS_FOLDER, OutputScene, catalog_items, write_catalog
 
 
@@ -78,14 +79,15 @@ def publish(
     cards: list[Card] = []
     for output in sorted(latest):
         record = latest[output]
-        fs, path = storage.resolve(output, options)
-        if not storage.exists(fs, path):  # deleted since: it is translated again on the next run, not listed
+        if not manifest.is_done(record.scene):  # output deleted since: translated again next run, not listed
             continue
-        name = _relative_name(record.output, dest_uri)
+        name = output_scene_name(record.output, dest_uri)
         images = _quicklooks(record, name, fresh, band, dest, dest_fs, dest_root, options, warnings, log)
-        when, when_from = record.datetime, "the source item"
-        if when is None:
-            when, when_from = _source_datetime(record.scene, options), "the source file's TIFFTAG_DATETIME"
+        when, when_from = record.datetime, record.datetime_source
+        if when_from is None:  # recorded by an older version: the item's time, else the file's tag read now
+            when, when_from = record.datetime, DATETIME_FROM_ITEM
+            if when is None:
+                when, when_from = _source_datetime(record.scene, options), DATETIME_FROM_FILE
         scenes.append(
             OutputScene(
                 name=name,
@@ -148,15 +150,9 @@ def _quicklooks(record: SceneRecord, name, fresh, band, dest, dest_fs, dest_root
     return made
 
 
-def _relative_name(output: str, dest_uri: str) -> str:
-    """DEST/<name>.tif -> name ('/'-separated; the output's file name where it lies outside DEST)."""
-    root = dest_uri.rstrip("/") + "/"
-    relative = output[len(root) :] if output.startswith(root) else posixpath.basename(output)
-    return relative[: -len(".tif")] if relative.endswith(".tif") else relative
-
-
 def _source_datetime(uri: str, options) -> str | None:
-    """The source file's TIFFTAG_DATETIME, when it has one and can still be opened."""
+    """The source file's TIFFTAG_DATETIME, when it has one and can still be opened (for records of older
+    versions only: a run records it when it translates the scene)."""
     from s2o_platform.data.scene import open_dataset
 
     try:

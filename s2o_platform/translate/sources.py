@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import itertools
 import os
+import posixpath
 from dataclasses import dataclass
 
 from s2o_platform import storage
@@ -13,6 +14,20 @@ from s2o_platform.errors import S2OError
 from s2o_platform.translate.stac import StacSourceError, item_name, looks_like_stac, read_stac_source
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
+OUTPUT_SUFFIX = ".tif"
+
+
+def output_file(name: str) -> str:
+    """A scene's output file, relative to DEST: DEST/<name>.tif (the one place that names outputs)."""
+    return f"{name}{OUTPUT_SUFFIX}"
+
+
+def output_scene_name(output: str, dest_uri: str) -> str:
+    """The inverse of output_file: DEST/<name>.tif -> name ('/'-separated; the output's file name where it lies
+    outside DEST, as an output recorded by a run into another DEST does)."""
+    root = dest_uri.rstrip("/") + "/"
+    relative = output[len(root) :] if output.startswith(root) else posixpath.basename(output)
+    return relative.removesuffix(OUTPUT_SUFFIX)
 
 
 class SourceError(S2OError, ValueError):
@@ -29,7 +44,7 @@ class Scene:
 
     @property
     def output_name(self) -> str:
-        return f"{self.name}.tif"
+        return output_file(self.name)
 
 
 def _is_tiff(path: str) -> bool:

@@ -25,6 +25,7 @@ from typing import Any
 
 from s2o_platform import storage
 from s2o_platform.errors import S2OError
+from s2o_platform.translate.manifest import DATETIME_FROM_ITEM
 
 #: What DEST holds for STAC clients: the root catalog, and one item file per scene under the items folder.
 CATALOG_FILE = "catalog.json"
@@ -265,7 +266,7 @@ def catalog_items(
         if when is None:  # STAC needs a time: say that this one is the translation's, not the acquisition's
             when = datetime.fromtimestamp(scene.finished_at, tz=timezone.utc)
             properties["s2o:datetime_is"] = "translation time: the source gave no acquisition time"
-        elif scene.datetime_source and scene.datetime_source != "the source item":
+        elif scene.datetime_source not in (None, DATETIME_FROM_ITEM):
             properties["s2o:datetime_is"] = f"{scene.datetime_source} (may be when the file was written)"
         item = pystac.Item(
             id=scene.name.replace("/", "__"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import pystac
@@ -16,7 +17,7 @@ import pytest
 import rasterio
 from PIL import Image
 
-from s2o_platform.translate.manifest import MANIFEST_FILE
+from s2o_platform.translate.manifest import DATETIME_FROM_FILE, DATETIME_NONE, MANIFEST_FILE
 from tests.translate.helpers import translate
 
 pytestmark = pytest.mark.ray
@@ -307,3 +308,56 @@ def test_a_gcp_referenced_scene_is_warped_onto_the_grid_its_points_give(real_dat
         scene, "--model", bundles["student"], "--out", tmp_path / "x", "--target-crs", "EPSG:0"
     )
     assert refused.exit_code != 0 and "--target-crs 'EPSG:0'" in refused.output
+
+
+def test_a_scenes_tiff_datetime_is_recorded_when_translated_and_kept_when_the_source_is_gone(
+    real_data, bundles, tmp_path
+):
+    """The file's TIFFTAG_DATETIME is read once, when the scene is translated, and kept in the manifest: the
+    catalog of a later run states it without opening the source again (here: moved away since). A manifest of an
+    older version (no datetime recorded) still gets the tag, read from the file."""
+    sar, kept = tmp_path / "sar", tmp_path / "kept.tif"
+    sar.mkdir()
+    shutil.copy(real_data / SSL4EO.format("VV"), kept)  # real Sentinel-1, 264 x 264 px
+    with rasterio.open(kept, "r+") as ds:
+        ds.update_tags(TIFFTAG_DATETIME="2020:06:07 01:08:00")
+    shutil.copy(kept, sar / "tagged.tif")
+    out = tmp_path / "out"
+    args = ("--model", bundles["student"], "--out", out, "--steps", 1)
+
+    def records() -> dict[str, dict]:
+        lines = (out / MANIFEST_FILE).read_text().splitlines()
+        return {Path(r["scene"]).name: r for r in map(json.loads, lines)}
+
+    def items() -> dict[str, pystac.Item]:
+        return {
+            i.id: i for i in pystac.Catalog.from_file(str(out / "catalog.json")).get_items(recursive=True)
+        }
+
+    acquired = datetime(2020, 6, 7, 1, 8, tzinfo=timezone.utc)
+    first = translate(sar, *args)
+    assert first.exit_code == 0, first.output
+    record = records()["tagged.tif"]
+    assert (record["datetime"], record["datetime_source"]) == ("2020:06:07 01:08:00", DATETIME_FROM_FILE)
+    assert items()["tagged"].datetime == acquired
+    assert "TIFFTAG_DATETIME" in items()["tagged"].properties["s2o:datetime_is"]
+
+    # the tagged scene moved away, an untagged one added: the next run's catalog still dates the first
+    (sar / "tagged.tif").unlink()
+    shutil.copy(real_data / SSL4EO.format("VH"), sar / "untagged.tif")
+    second = translate(sar, *args)
+    assert second.exit_code == 0 and "1 scene(s) translated" in second.output, second.output
+    assert records()["untagged.tif"]["datetime_source"] == DATETIME_NONE
+    tagged, untagged = items()["tagged"], items()["untagged"]
+    assert tagged.datetime == acquired and "TIFFTAG_DATETIME" in tagged.properties["s2o:datetime_is"]
+    assert untagged.properties["s2o:datetime_is"].startswith("translation time")
+
+    # an older version's manifest (no datetime recorded): the tag is read from the file, which is back
+    shutil.copy(kept, sar / "tagged.tif")
+    old = [
+        {k: v for k, v in r.items() if k not in ("datetime", "datetime_source")} for r in records().values()
+    ]
+    (out / MANIFEST_FILE).write_text("".join(json.dumps(r) + "\n" for r in old))
+    third = translate(sar, *args)
+    assert third.exit_code == 0 and "0 scene(s) translated, 2 skipped" in third.output, third.output
+    assert items()["tagged"].datetime == acquired
