@@ -64,7 +64,7 @@ from s2o_platform.evaluation.report import (
 from s2o_platform.evaluation.spec import EvalError, ModelSetting, parse_model_spec, unique_labels
 from s2o_platform.evaluation.speed import time_calls
 from s2o_platform.evaluation.tiles import load_test_tiles
-from s2o_platform.evaluation.uncertainty import calibration_table, spearman
+from s2o_platform.evaluation.uncertainty import calibration_table, finite_pairs, spearman
 from s2o_platform.inference import resolve_sampler_for, translate_tiles
 from s2o_platform.inference_compile import CompiledNetwork, compile_bundle, resolve_compile
 from s2o_platform.tile_sampling import translate_tiles_with_uncertainty
@@ -509,14 +509,13 @@ def summarise(row: Row, scores: dict[str, np.ndarray]) -> None:
 def summarise_uncertainty(row: Row, scores: dict[str, np.ndarray], samples: int) -> None:
     """Row.uncertainty: how well the per-pixel spread of `samples` draws predicts the first draw's absolute error
     (Spearman's rho, an equal-count calibration table, the means), from the kept pixels."""
-    spread, error = scores["unc_spread"].ravel(), scores["unc_error"].ravel()
-    both = np.isfinite(spread) & np.isfinite(error)
+    spread, error = finite_pairs(scores["unc_spread"], scores["unc_error"])
     row.uncertainty = {
         "samples": samples,
-        "pixels": int(both.sum()),
+        "pixels": int(spread.size),
         "spearman": spearman(spread, error),
-        "mean_spread": float(spread[both].mean()) if both.any() else None,
-        "mean_abs_error": float(error[both].mean()) if both.any() else None,
+        "mean_spread": float(spread.mean()) if spread.size else None,
+        "mean_abs_error": float(error.mean()) if error.size else None,
         "calibration": calibration_table(spread, error),
     }
 

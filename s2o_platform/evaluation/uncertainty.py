@@ -34,15 +34,20 @@ def average_ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def spearman(uncertainty: np.ndarray, abs_error: np.ndarray) -> float | None:
-    """Spearman's rank correlation of two equally shaped arrays (NaN pixels left out); None when either is
-    constant over the pixels left (a rank correlation is undefined then)."""
+def finite_pairs(uncertainty: np.ndarray, abs_error: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The two equally shaped arrays flattened to float64, with the pixels where either is NaN or inf left out."""
     a = np.asarray(uncertainty, dtype=np.float64).ravel()
     b = np.asarray(abs_error, dtype=np.float64).ravel()
     if a.shape != b.shape:
         raise ValueError(f"uncertainty has {a.size} values, the error {b.size}")
     keep = np.isfinite(a) & np.isfinite(b)
-    a, b = a[keep], b[keep]
+    return a[keep], b[keep]
+
+
+def spearman(uncertainty: np.ndarray, abs_error: np.ndarray) -> float | None:
+    """Spearman's rank correlation of two equally shaped arrays (NaN pixels left out); None when either is
+    constant over the pixels left (a rank correlation is undefined then)."""
+    a, b = finite_pairs(uncertainty, abs_error)
     if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return None
     ra, rb = average_ranks(a), average_ranks(b)
@@ -57,12 +62,7 @@ def calibration_table(uncertainty: np.ndarray, abs_error: np.ndarray, bins: int 
     equal spreads would split are merged (a pixel's bin depends only on its spread)."""
     if bins < 1:
         raise ValueError(f"bins must be at least 1, got {bins}")
-    a = np.asarray(uncertainty, dtype=np.float64).ravel()
-    b = np.asarray(abs_error, dtype=np.float64).ravel()
-    if a.shape != b.shape:
-        raise ValueError(f"uncertainty has {a.size} values, the error {b.size}")
-    keep = np.isfinite(a) & np.isfinite(b)
-    a, b = a[keep], b[keep]
+    a, b = finite_pairs(uncertainty, abs_error)
     if a.size == 0:
         return []
     edges = np.unique(np.quantile(a, np.linspace(0.0, 1.0, bins + 1)))
