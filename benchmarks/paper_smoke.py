@@ -99,7 +99,8 @@ def run_stage(name: str, args: list[str], log_dir: Path, results: list[dict]) ->
 
 
 def serve_once(bundle: str, sar_png: Path, port: int, log_dir: Path, results: list[dict]) -> None:
-    """Start `s2o serve`, wait until /healthz says ready, send one request, stop it with Ctrl-C."""
+    """Start `s2o serve`, wait until /healthz says ready, send one request, stop it with SIGTERM (Ctrl-C's path;
+    SIGINT itself is ignored by a command started in the background of a non-interactive shell, as CI jobs are)."""
     name = "serve"
     args = ["serve", "--model", bundle, "--port", str(port), "--dtype", "bf16"]
     print(f"[smoke] {name}: s2o {' '.join(args)} + one POST /v1/translate", flush=True)
@@ -143,12 +144,17 @@ def serve_once(bundle: str, sar_png: Path, port: int, log_dir: Path, results: li
             if dtype != "bf16":
                 raise SystemExit(f"[smoke] the replica runs {dtype}, not bf16")
         finally:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
+            except subprocess.TimeoutExpired:  # its local Ray cluster too, or its processes outlive the run
+                for child in psutil.Process(proc.pid).children(recursive=True):
+                    child.kill()
                 proc.kill()
+                proc.wait()
     peak = memory.stop()
+    if proc.returncode < 0:  # killed above: a serve that does not stop on SIGTERM is a failure too
+        raise SystemExit(f"[smoke] s2o serve did not stop within 120 s of SIGTERM; log: {log_path}")
     seconds = time.perf_counter() - started
     results.append(
         {
