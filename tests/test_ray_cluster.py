@@ -49,7 +49,7 @@ def _kill_processes_mentioning(marker: str) -> None:
             proc.terminate()
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(procs, timeout=20)
+    _, alive = psutil.wait_procs(procs, timeout=5)  # some of Ray's ignore SIGTERM: no need to wait long
     for proc in alive:
         proc.kill()
 

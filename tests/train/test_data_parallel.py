@@ -88,8 +88,8 @@ dist.destroy_process_group()
 """
 
 
-def run_group(world: int, tmp_path) -> list[dict[str, torch.Tensor]]:
-    """Each rank's first update (world 2), or one worker's on the whole batch and on its first half (world 1)."""
+def start_group(world: int, tmp_path) -> tuple[list[subprocess.Popen], list]:
+    """The ranks of a group of `world` processes, started (each writes its first updates; see WORKER)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -107,6 +107,11 @@ def run_group(world: int, tmp_path) -> list[dict[str, torch.Tensor]]:
         )
         for r in range(world)
     ]  # fmt: skip
+    return procs, outs
+
+
+def finish_group(world: int, procs: list[subprocess.Popen], outs: list) -> list[dict[str, torch.Tensor]]:
+    """Each rank's first update (world 2), or one worker's on the whole batch and on its first half (world 1)."""
     try:
         for proc in procs:
             output, _ = proc.communicate(timeout=300)
@@ -124,8 +129,17 @@ def run_group(world: int, tmp_path) -> list[dict[str, torch.Tensor]]:
 @pytest.fixture(scope="module")
 def updates(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dp")
-    one_worker, one_worker_half = run_group(1, tmp)
-    return {"two_workers": run_group(2, tmp), "one_worker": one_worker, "one_worker_half": one_worker_half}
+    # both groups side by side (they share nothing but the cores); a failure in one stops the other
+    groups = {world: start_group(world, tmp) for world in (1, 2)}
+    try:
+        one_worker, one_worker_half = finish_group(1, *groups[1])
+        two_workers = finish_group(2, *groups[2])
+    finally:
+        for proc in groups[2][0]:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return {"two_workers": two_workers, "one_worker": one_worker, "one_worker_half": one_worker_half}
 
 
 #: Tolerance on a first moment, (1 - beta1) x gradient: the real gradients here are 1e-4..1e-1, and one worker
