@@ -92,10 +92,14 @@ class ActorPlan:
     device: str  # cuda | cpu (or what was asked for where the cluster has no GPU: resolve_device refuses it there)
     actors: int
     gpus_per_actor: int
+    cpu_nodes: int = 1  # the cluster's nodes with CPUs to run actors on (a KubeRay head with none is not one)
 
     @property
     def cpu_share(self) -> int:
-        return self.actors
+        """Actors per node, so each takes its node's cores / this many threads: Ray Data spreads the pool over
+        the nodes (SPREAD), so N actors on N nodes get a node each. SPREAD is best effort: actors packed onto one
+        node anyway oversubscribe its cores by up to the number of nodes."""
+        return -(-self.actors // max(1, min(self.cpu_nodes, self.actors)))
 
     def map_batches_args(self) -> dict:
         """`compute` and `num_gpus` for Dataset.map_batches: a pool of exactly `actors` actors. Ray Data spreads
@@ -109,15 +113,17 @@ class ActorPlan:
         }
 
 
-def inference_actors(actors: int, cluster_gpus: int, device: str = "auto") -> ActorPlan:
+def inference_actors(actors: int, cluster_gpus: int, device: str = "auto", cpu_nodes: int = 1) -> ActorPlan:
     """The one rule for model actors on Ray Data (evaluation, translation of scenes and of stores): where the
-    cluster has GPUs every actor takes one and runs on CUDA; else each runs on `device` (auto: the CPU).
+    cluster has GPUs every actor takes one and runs on CUDA; else each runs on `device` (auto: the CPU), sharing
+    its node's cores with the pool's other actors there (`cpu_nodes`: the cluster's nodes with CPUs).
     At least one actor."""
     on_gpu = cluster_gpus > 0
     return ActorPlan(
         device="cuda" if on_gpu else ("cpu" if device == "auto" else device),
         actors=max(1, actors),
         gpus_per_actor=1 if on_gpu else 0,
+        cpu_nodes=max(1, cpu_nodes),
     )
 
 
@@ -126,3 +132,10 @@ def cluster_gpus() -> int:
     import ray
 
     return int(ray.cluster_resources().get("GPU", 0))
+
+
+def cluster_cpu_nodes() -> int:
+    """Alive nodes of the connected Ray cluster with CPUs (where CPU actors can run)."""
+    import ray
+
+    return sum(1 for node in ray.nodes() if node["Alive"] and node["Resources"].get("CPU", 0) > 0)

@@ -28,6 +28,9 @@ def test_three_nodes_each_its_own_raylet_and_resources(multinode_cluster):
     workers = [n for n in nodes if WORKER_RESOURCE in n["Resources"]]
     assert len(workers) == 2 and all(n["Resources"]["CPU"] == multinode_cluster.worker_cpus for n in workers)
     assert {n["NodeManagerAddress"] for n in nodes} == {"127.0.0.1"}  # loopback only
+    from s2o_platform.devices import cluster_cpu_nodes
+
+    assert cluster_cpu_nodes() == 2  # model actors share the cores of their own node only
 
 
 def test_a_client_needs_the_clusters_token(multinode_cluster):
