@@ -98,6 +98,24 @@ def run_stage(name: str, args: list[str], log_dir: Path, results: list[dict]) ->
         raise SystemExit(f"[smoke] {name} failed (rc {rc}); log: {log_path}")
 
 
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a process, every descendant it still has and its process group (what left it for init)."""
+    try:
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
+    for child in descendants:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
 def serve_once(bundle: str, sar_png: Path, port: int, log_dir: Path, results: list[dict]) -> None:
     """Start `s2o serve`, wait until /healthz says ready, send one request, stop it with SIGTERM (Ctrl-C's path;
     SIGINT itself is ignored by a command started in the background of a non-interactive shell, as CI jobs are)."""
@@ -107,8 +125,12 @@ def serve_once(bundle: str, sar_png: Path, port: int, log_dir: Path, results: li
     log_path = log_dir / "serve.log"
     started = time.perf_counter()
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([*S2O, *args], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        # its own process group, so that a serve that hangs is killed whole, its Ray cluster's processes too
+        proc = subprocess.Popen(
+            [*S2O, *args], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+        )
         memory = TreeMemory(proc.pid)
+        killed = False
         try:
             url = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 900
@@ -147,14 +169,13 @@ def serve_once(bundle: str, sar_png: Path, port: int, log_dir: Path, results: li
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:  # its local Ray cluster too, or its processes outlive the run
-                for child in psutil.Process(proc.pid).children(recursive=True):
-                    child.kill()
-                proc.kill()
-                proc.wait()
+            except subprocess.TimeoutExpired:
+                killed = True
+                kill_tree(proc)
     peak = memory.stop()
-    if proc.returncode < 0:  # killed above: a serve that does not stop on SIGTERM is a failure too
-        raise SystemExit(f"[smoke] s2o serve did not stop within 120 s of SIGTERM; log: {log_path}")
+    if killed or proc.returncode != 0:  # a serve that does not stop cleanly on SIGTERM fails the stage too
+        why = "did not stop within 120 s of SIGTERM" if killed else f"exited {proc.returncode} on SIGTERM"
+        raise SystemExit(f"[smoke] s2o serve {why}; log: {log_path}")
     seconds = time.perf_counter() - started
     results.append(
         {

@@ -92,14 +92,15 @@ class ActorPlan:
     device: str  # cuda | cpu (or what was asked for where the cluster has no GPU: resolve_device refuses it there)
     actors: int
     gpus_per_actor: int
-    cpu_nodes: int = 1  # the cluster's nodes with CPUs to run actors on (a KubeRay head with none is not one)
+    cpu_hosts: int = 1  # the machines with CPUs to run actors on (cluster_cpu_hosts)
 
     @property
     def cpu_share(self) -> int:
-        """Actors per node, so each takes its node's cores / this many threads: Ray Data spreads the pool over
-        the nodes (SPREAD), so N actors on N nodes get a node each. SPREAD is best effort: actors packed onto one
-        node anyway oversubscribe its cores by up to the number of nodes."""
-        return -(-self.actors // max(1, min(self.cpu_nodes, self.actors)))
+        """Actors per machine, so each takes its machine's cores / this many threads: Ray Data spreads the pool
+        over the nodes (SPREAD), so N actors on N machines get one each. Rounded up: of 3 actors on 2 machines,
+        the one alone uses half its cores (never more than all). SPREAD is best effort: actors packed onto one
+        machine anyway oversubscribe it by up to the number of machines."""
+        return -(-self.actors // max(1, min(self.cpu_hosts, self.actors)))
 
     def map_batches_args(self) -> dict:
         """`compute` and `num_gpus` for Dataset.map_batches: a pool of exactly `actors` actors. Ray Data spreads
@@ -113,17 +114,17 @@ class ActorPlan:
         }
 
 
-def inference_actors(actors: int, cluster_gpus: int, device: str = "auto", cpu_nodes: int = 1) -> ActorPlan:
+def inference_actors(actors: int, cluster_gpus: int, device: str = "auto", cpu_hosts: int = 1) -> ActorPlan:
     """The one rule for model actors on Ray Data (evaluation, translation of scenes and of stores): where the
     cluster has GPUs every actor takes one and runs on CUDA; else each runs on `device` (auto: the CPU), sharing
-    its node's cores with the pool's other actors there (`cpu_nodes`: the cluster's nodes with CPUs).
+    its machine's cores with the pool's other actors there (`cpu_hosts`: the cluster's machines with CPUs).
     At least one actor."""
     on_gpu = cluster_gpus > 0
     return ActorPlan(
         device="cuda" if on_gpu else ("cpu" if device == "auto" else device),
         actors=max(1, actors),
         gpus_per_actor=1 if on_gpu else 0,
-        cpu_nodes=max(1, cpu_nodes),
+        cpu_hosts=max(1, cpu_hosts),
     )
 
 
@@ -134,8 +135,11 @@ def cluster_gpus() -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
 
-def cluster_cpu_nodes() -> int:
-    """Alive nodes of the connected Ray cluster with CPUs (where CPU actors can run)."""
+def cluster_cpu_hosts() -> int:
+    """Machines (node addresses) of the connected Ray cluster with alive nodes that have CPUs, where CPU actors
+    can run. Addresses, not nodes: several raylets on one machine (a test cluster) share its cores, which is
+    what cpu_threads divides."""
     import ray
 
-    return sum(1 for node in ray.nodes() if node["Alive"] and node["Resources"].get("CPU", 0) > 0)
+    nodes = [node for node in ray.nodes() if node["Alive"] and node["Resources"].get("CPU", 0) > 0]
+    return len({node["NodeManagerAddress"] for node in nodes})

@@ -117,13 +117,13 @@ def test_actors_run_on_the_cpu_without_gpus():
     assert inference_actors(0, 0).actors == 1
 
 
-def test_cpu_actors_share_the_cores_of_their_node_only():
-    """Ray Data spreads the pool over the nodes: N actors on N nodes get a node's cores each."""
-    assert inference_actors(4, 0).cpu_share == 4  # one node: its cores among all four
-    assert inference_actors(2, 0, cpu_nodes=2).cpu_share == 1  # a node each
-    assert inference_actors(3, 0, cpu_nodes=2).cpu_share == 2  # one node holds two
-    assert inference_actors(2, 0, cpu_nodes=5).cpu_share == 1
-    assert inference_actors(2, 0, cpu_nodes=0).cpu_share == 2  # (an unknown count: one node)
+def test_cpu_actors_share_the_cores_of_their_machine_only():
+    """Ray Data spreads the pool over the nodes: N actors on N machines get a machine's cores each."""
+    assert inference_actors(4, 0).cpu_share == 4  # one machine: its cores among all four
+    assert inference_actors(2, 0, cpu_hosts=2).cpu_share == 1  # a machine each
+    assert inference_actors(3, 0, cpu_hosts=2).cpu_share == 2  # one machine holds two
+    assert inference_actors(2, 0, cpu_hosts=5).cpu_share == 1
+    assert inference_actors(2, 0, cpu_hosts=0).cpu_share == 2  # (an unknown count: one machine)
 
 
 def test_actor_pool_arguments():

@@ -51,7 +51,10 @@ def _kill_processes_mentioning(marker: str) -> None:
             pass
     _, alive = psutil.wait_procs(procs, timeout=5)  # some of Ray's ignore SIGTERM: no need to wait long
     for proc in alive:
-        proc.kill()
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:  # ended since
+            pass
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import numpy as np
 
 from s2o_platform.bundle import Bundle
 from s2o_platform.data.store import decode_batch, read_tiles
-from s2o_platform.devices import cluster_cpu_nodes, cluster_gpus, inference_actors
+from s2o_platform.devices import cluster_cpu_hosts, cluster_gpus, inference_actors
 from s2o_platform.evaluation.landcover import confusion_per_tile
 from s2o_platform.evaluation.quality import (
     SettingOutput,
@@ -112,7 +112,7 @@ class RayQuality:
         connect(None if options.address == "local" else options.address)
         self.gpus = cluster_gpus()
         # on CUDA where the cluster has GPUs, else the CPU
-        self.actors = inference_actors(options.workers, self.gpus, cpu_nodes=cluster_cpu_nodes())
+        self.actors = inference_actors(options.workers, self.gpus, cpu_hosts=cluster_cpu_hosts())
         self.available = split_counts(options.data, options.storage)[options.split]
         self.n_tiles = min(self.available, options.limit or self.available)
         self.where = f"on Ray Data, {options.workers} actor(s) per setting" + (

@@ -23,7 +23,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 
 import pyarrow.fs as pafs
@@ -64,6 +64,9 @@ class SceneRecord:
     model: dict | None = None  # what made the output: stage, steps, bundle_sha256, seed, uncertainty_samples
 
 
+RECORD_FIELDS = frozenset(f.name for f in fields(SceneRecord))
+
+
 class Manifest:
     def __init__(
         self, dest: str, options: storage.StorageOptions | None = None, log: Callable[[str], None] = print
@@ -98,8 +101,10 @@ class Manifest:
 
     def _load(self, raw: bytes, where: str) -> None:
         try:
-            record = SceneRecord(**json.loads(raw.decode()))
-        except (UnicodeDecodeError, json.JSONDecodeError, TypeError):
+            data = json.loads(raw.decode())
+            # keys of a newer version's record are left out (its scene is not translated again for them)
+            record = SceneRecord(**{k: v for k, v in data.items() if k in RECORD_FIELDS})
+        except (UnicodeDecodeError, json.JSONDecodeError, TypeError, AttributeError):
             self.log(
                 f"[translate] warning: {where} is not a complete record (a run stopped while writing it?): "
                 f"skipped, so the scene it would record is translated again"

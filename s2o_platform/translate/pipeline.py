@@ -28,7 +28,7 @@ from s2o_platform.config import TranslateConfig, dump_config
 from s2o_platform.data.normalization import SarScale
 from s2o_platform.data.rasters import InputError
 from s2o_platform.data.scene import SceneInfo, SceneReader, inspect_scene
-from s2o_platform.devices import DTYPES, cluster_cpu_nodes, cluster_gpus, cpu_threads, inference_actors
+from s2o_platform.devices import DTYPES, cluster_cpu_hosts, cluster_gpus, cpu_threads, inference_actors
 from s2o_platform.errors import S2OError
 from s2o_platform.geo.blending import OPTICAL_TILE_DTYPE, OUTPUT_DTYPES
 from s2o_platform.inference import LoadedModel, resolve_sampler_for, tile_key
@@ -457,7 +457,7 @@ def _stream_in_order(infos, options, steps, manifest, summary, dest_fs, dest_roo
     from s2o_platform.ray_cluster import connect
 
     connect(None if options.address == "local" else options.address)
-    actors = inference_actors(options.actors, cluster_gpus(), options.device, cluster_cpu_nodes())
+    actors = inference_actors(options.actors, cluster_gpus(), options.device, cluster_cpu_hosts())
     strips = [{"scene": i, "row": r} for i, info in enumerate(infos) for r in info.row_starts]
     # The model actors read their strips themselves (a strip is milliseconds of rasterio): each call
     # returns one block of a few window rows, so blocks, and the driver's buffers, stay small.
@@ -637,7 +637,7 @@ def run_translate_store(
     started = time.perf_counter()
     connect(None if options.address == "local" else options.address)
     # (--device is not consulted here: auto)
-    actors = inference_actors(options.actors, cluster_gpus(), cpu_nodes=cluster_cpu_nodes())
+    actors = inference_actors(options.actors, cluster_gpus(), cpu_hosts=cluster_cpu_hosts())
     log(f"[translate] {total} {split} tiles of {options.source} -> Parquet in {options.dest}")
     predicted = read_tiles(options.source, split, options.storage).map_batches(
         StoreTileTranslator,

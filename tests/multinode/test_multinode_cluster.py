@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -13,7 +14,7 @@ from tests.multinode.cluster import WORKER_RESOURCE
 pytestmark = pytest.mark.multinode
 
 #: A client that only lists the nodes of the cluster at argv[1].
-CLIENT = "import sys, ray; ray.init(address=sys.argv[1], logging_level='ERROR'); print(len(ray.nodes()))"
+CLIENT = "import sys, ray; ray.init(address=sys.argv[1], logging_level='ERROR'); print(len(ray.nodes()), flush=True)"
 
 
 def test_three_nodes_each_its_own_raylet_and_resources(multinode_cluster):
@@ -28,9 +29,10 @@ def test_three_nodes_each_its_own_raylet_and_resources(multinode_cluster):
     workers = [n for n in nodes if WORKER_RESOURCE in n["Resources"]]
     assert len(workers) == 2 and all(n["Resources"]["CPU"] == multinode_cluster.worker_cpus for n in workers)
     assert {n["NodeManagerAddress"] for n in nodes} == {"127.0.0.1"}  # loopback only
-    from s2o_platform.devices import cluster_cpu_nodes
+    from s2o_platform.devices import cluster_cpu_hosts
 
-    assert cluster_cpu_nodes() == 2  # model actors share the cores of their own node only
+    # its raylets share this one machine's cores, so model actors on them share those cores (not a node each)
+    assert cluster_cpu_hosts() == 1
 
 
 def test_a_client_needs_the_clusters_token(multinode_cluster):
@@ -46,6 +48,9 @@ def test_a_client_needs_the_clusters_token(multinode_cluster):
         stderr=subprocess.PIPE,
         text=True,
     )
+    # a client that hangs silently is killed: the loop below then ends and the test fails
+    watchdog = threading.Timer(120, wrong.kill)
+    watchdog.start()
     try:
         said = []
         for line in wrong.stderr:  # ends at the refusal, or when the client exits
@@ -53,6 +58,7 @@ def test_a_client_needs_the_clusters_token(multinode_cluster):
             if "InvalidAuthToken" in line:
                 break
     finally:
+        watchdog.cancel()
         wrong.kill()
         out, _ = wrong.communicate(timeout=60)
     assert said and "InvalidAuthToken" in said[-1], "".join(said)[-2000:]

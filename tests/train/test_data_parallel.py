@@ -88,11 +88,21 @@ dist.destroy_process_group()
 """
 
 
-def start_group(world: int, tmp_path) -> tuple[list[subprocess.Popen], list]:
-    """The ranks of a group of `world` processes, started (each writes its first updates; see WORKER)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports (all held open while picked, so no two are the same)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def start_group(world: int, port: int, tmp_path) -> tuple[list[subprocess.Popen], list]:
+    """The ranks of a group of `world` processes meeting at `port`, started (each writes its first updates; see
+    WORKER)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     outs = [tmp_path / f"world{world}-rank{r}.safetensors" for r in range(world)]
     procs = [
@@ -129,16 +139,19 @@ def finish_group(world: int, procs: list[subprocess.Popen], outs: list) -> list[
 @pytest.fixture(scope="module")
 def updates(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dp")
-    # both groups side by side (they share nothing but the cores); a failure in one stops the other
-    groups = {world: start_group(world, tmp) for world in (1, 2)}
+    # both groups side by side (they share nothing but the cores); a failure anywhere stops every rank
+    groups = {}
     try:
+        for world, port in zip((1, 2), free_ports(2)):
+            groups[world] = start_group(world, port, tmp)
         one_worker, one_worker_half = finish_group(1, *groups[1])
         two_workers = finish_group(2, *groups[2])
     finally:
-        for proc in groups[2][0]:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        for procs, _ in groups.values():
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
     return {"two_workers": two_workers, "one_worker": one_worker, "one_worker_half": one_worker_half}
 
 

@@ -165,3 +165,43 @@ def test_the_gallery_page_escapes_names_and_lists_errors():
     assert "<b>" not in page.replace("<body>", "") and "a&lt;b&gt;" in page
     assert page.count('class="card"') == 1 and "Errors (1)" in page and "cannot open &lt;it&gt;" in page
     assert "http://" not in page and "https://" not in page and "<script" not in page  # offline, static
+
+
+def test_a_stac_items_time_wins_over_the_files_tag_and_an_item_without_one_keeps_it(tmp_path):
+    """Manifest.record: what the run recorded (the file's TIFFTAG_DATETIME) is replaced by the source item's
+    values where the item has them, and kept where it has none; the manifest read back says the same."""
+    from s2o_platform.translate.manifest import (
+        DATETIME_FROM_FILE,
+        DATETIME_FROM_ITEM,
+        Manifest,
+        SceneRecord,
+    )
+
+    manifest = Manifest(str(tmp_path), log=lambda message: None)
+    manifest.scene_sources = {
+        "dated.tif": {"source_item": "a.json", "datetime": "2020-06-07T01:08:00Z", "datetime_source": DATETIME_FROM_ITEM},
+        "undated.tif": {"source_item": "b.json", "datetime": None, "datetime_source": None},
+    }  # fmt: skip
+    for scene in ("dated.tif", "undated.tif", "plain.tif"):
+        manifest.record(
+            SceneRecord(
+                scene=scene,
+                status="done",
+                output=str(tmp_path / scene),
+                datetime="2019:01:02 03:04:05",
+                datetime_source=DATETIME_FROM_FILE,
+            )
+        )
+    expected = {
+        "dated.tif": ("a.json", "2020-06-07T01:08:00Z", DATETIME_FROM_ITEM),
+        "undated.tif": ("b.json", "2019:01:02 03:04:05", DATETIME_FROM_FILE),
+        "plain.tif": (None, "2019:01:02 03:04:05", DATETIME_FROM_FILE),
+    }
+    for records in (manifest.records, Manifest(str(tmp_path), log=lambda message: None).records):
+        got = {k: (r.source_item, r.datetime, r.datetime_source) for k, r in records.items()}
+        assert got == expected
+    # a record of a newer version, with a key this one does not know, is read (not dropped and redone)
+    line = json.dumps({"scene": "newer.tif", "status": "done", "output": "x.tif", "from_the_future": 1})
+    with open(manifest.path, "a") as f:
+        f.write(line + "\n")
+    assert Manifest(str(tmp_path), log=lambda message: None).records["newer.tif"].output == "x.tif"
