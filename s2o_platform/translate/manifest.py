@@ -62,6 +62,9 @@ class SceneRecord:
     # this was recorded (the catalog then reads the source file's tag once more)
     datetime_source: str | None = None
     model: dict | None = None  # what made the output: stage, steps, bundle_sha256, seed, uncertainty_samples
+    # the output's grid, as written (crs_wkt, transform, shape [height, width], bands): the catalog's footprint and
+    # projection without opening the output again; None in a record of an older version (the output is read)
+    grid: dict | None = None
 
 
 RECORD_FIELDS = frozenset(f.name for f in fields(SceneRecord))
@@ -112,12 +115,21 @@ class Manifest:
             return
         self.records[record.scene] = record
 
-    def is_done(self, scene_uri: str) -> bool:
-        """Done = recorded as done and its output still there (a deleted output is translated again)."""
+    def listing(self) -> set[str]:
+        """Every file under DEST, from one listing (on S3 a LIST request per 1000 objects), for is_done and the
+        publishing step to consult instead of a request per file: on a large archive on S3 that is thousands
+        of requests fewer per run. Taken when needed: it does not see files written after it."""
+        return set(storage.list_files(self.fs, self.root))
+
+    def is_done(self, scene_uri: str, listing: set[str] | None = None) -> bool:
+        """Done = recorded as done and its output still there (a deleted output is translated again); an output
+        in DEST is looked up in `listing` where one is given, else asked for."""
         record = self.records.get(scene_uri)
         if not (record and record.status == "done" and record.output):
             return False
         fs, path = storage.resolve(record.output, self.options)
+        if listing is not None and path.startswith(self.root.rstrip("/") + "/"):
+            return path in listing
         return storage.exists(fs, path)
 
     def record(self, record: SceneRecord) -> None:

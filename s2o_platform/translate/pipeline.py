@@ -386,6 +386,7 @@ def _translate_scenes(
     log,
 ) -> None:
     dest_fs, dest_root = storage.resolve(options.dest, options.storage)
+    listing = manifest.listing() if manifest.records else set()  # which outputs are there: one listing
     infos: list[SceneInfo] = []
     for scene in scenes:
         if scene.refused:
@@ -401,7 +402,7 @@ def _translate_scenes(
                 log,
             )
             continue
-        if manifest.is_done(scene.uri):
+        if manifest.is_done(scene.uri, listing):
             summary.skipped.append(scene.uri)
             continue
         try:
@@ -576,6 +577,7 @@ def _complete(i, infos, writers, manifest, summary, dest_fs, dest_root, dest_uri
             scale=f"{info.scale} ({info.scale_reason})",
             datetime=info.file_datetime,
             datetime_source=DATETIME_FROM_FILE if info.file_datetime else DATETIME_NONE,
+            grid=writer.grid(),
         )
     )
     summary.done.append(info.uri)

@@ -77,12 +77,17 @@ def publish(
             latest[r.output] = r
     scenes: list[OutputScene] = []
     cards: list[Card] = []
+    listing = (
+        manifest.listing()
+    )  # what is in DEST now, outputs and quicklooks: one listing, no request per file
     for output in sorted(latest):
         record = latest[output]
-        if not manifest.is_done(record.scene):  # output deleted since: translated again next run, not listed
+        if not manifest.is_done(record.scene, listing):  # output deleted since: translated again next run
             continue
         name = output_scene_name(record.output, dest_uri)
-        images = _quicklooks(record, name, fresh, band, dest, dest_fs, dest_root, options, warnings, log)
+        images = _quicklooks(
+            record, name, fresh, band, dest, listing, dest_fs, dest_root, options, warnings, log
+        )
         when, when_from = record.datetime, record.datetime_source
         if when_from is None:  # recorded by an older version: the item's time, else the file's tag read now
             when, when_from = record.datetime, DATETIME_FROM_ITEM
@@ -102,6 +107,7 @@ def publish(
                 quicklooks=tuple((key, posixpath.basename(path)) for key, path in images.items()),
                 finished_at=record.finished_at,
                 model=record.model or {},
+                grid=record.grid,
             )
         )
         cards.append(Card(name, record.tiles, record.seconds, record.scale, images))
@@ -122,11 +128,13 @@ def publish(
     return warnings
 
 
-def _quicklooks(record: SceneRecord, name, fresh, band, dest, dest_fs, dest_root, options, warnings, log):
+def _quicklooks(
+    record: SceneRecord, name, fresh, band, dest, listing, dest_fs, dest_root, options, warnings, log
+):
     """The scene's quicklook files (asset key -> path relative to DEST), made where this run translated the scene
-    or they are missing."""
+    or they are missing (`listing`: DEST's files, Manifest.listing)."""
     paths = {key: quicklook_name(name, key) for key in QUICKLOOK_SUFFIXES}
-    present = {k: p for k, p in paths.items() if storage.exists(dest_fs, storage.join(dest_root, p))}
+    present = {k: p for k, p in paths.items() if storage.join(dest_root, p) in listing}
     if record.scene not in fresh and {"quicklook", "sar_quicklook"} <= set(present):
         return present
     made: dict[str, str] = {}

@@ -35,7 +35,7 @@ class SceneWriter:
         self.tmp_path = os.path.join(workdir, f"{abs(hash(info.uri))}.tif")
         # RGB (+ uncertainty) + validity: validity blends exactly (every tile sees the same pixel's validity)
         self.uncertainty = uncertainty
-        bands = 4 if uncertainty else 3
+        self.bands = bands = 4 if uncertainty else 3
         self.mosaic = StripMosaic(info.height, info.width, bands + 1, info.tile, info.overlap)
         self.nodata = 0 if output_dtype == "uint8" else float("nan")
         self.dataset = rasterio.open(
@@ -91,6 +91,16 @@ class SceneWriter:
 
         data = output_pixels(band, self.output_dtype)
         self.dataset.write(data, window=Window(0, start, self.info.width, band.shape[1]))
+
+    def grid(self) -> dict:
+        """The output's grid as written: what the catalog needs of it (translate/stac.py), kept in the manifest."""
+        info = self.info
+        return {
+            "crs_wkt": info.crs_wkt,
+            "transform": list(info.transform),
+            "shape": [info.height, info.width],
+            "bands": self.bands,
+        }
 
     def finish(self, dest_fs, dest_path: str) -> None:
         """Flush the last rows, convert to a COG and put it at dest_path (never a partial file there)."""

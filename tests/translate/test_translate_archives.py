@@ -361,3 +361,65 @@ def test_a_scenes_tiff_datetime_is_recorded_when_translated_and_kept_when_the_so
     third = translate(sar, *args)
     assert third.exit_code == 0 and "0 scene(s) translated, 2 skipped" in third.output, third.output
     assert items()["tagged"].datetime == acquired
+
+
+def test_a_rerun_asks_nothing_per_output_and_its_catalog_equals_one_read_from_the_outputs(
+    real_data, bundles, tmp_path, monkeypatch
+):
+    """On a large archive on S3 a request per output and quicklook on every re-run is thousands of requests:
+    which files DEST holds comes from one listing, and the catalog's footprints and projection from the grids
+    the manifest kept. What they give equals what reading the outputs gives (a manifest of an older version)."""
+    from s2o_platform import storage
+    from s2o_platform.data import scene as scene_module
+
+    sar = tmp_path / "sar"
+    sar.mkdir()
+    for pol in ("VV", "VH"):  # real Sentinel-1 GRD, 264 x 264 px
+        shutil.copy(real_data / SSL4EO.format(pol), sar / f"{pol}.tif")
+    out = tmp_path / "out"
+    args = ("--model", bundles["student"], "--out", out, "--steps", 1, "--uncertainty", 2)
+    first = translate(sar, *args)
+    assert first.exit_code == 0, first.output
+
+    def catalog() -> dict[str, dict]:
+        return {
+            p.stem: {k: v for k, v in json.loads(p.read_text()).items() if k not in ("links",)}
+            for p in (out / "stac").glob("*.json")
+        }
+
+    recorded = catalog()
+    assert sorted(recorded) == ["VH", "VV"] and recorded["VV"]["properties"]["s2o:uncertainty_band"] is True
+
+    asked: list[str] = []  # requests about files in DEST's outputs and quicklooks, and opens of an output
+    exists, open_dataset = storage.exists, scene_module.open_dataset
+
+    def counted_exists(fs, path):
+        if str(path).startswith(str(out)) and str(path).endswith((".tif", ".png")):
+            asked.append(f"exists {path}")
+        return exists(fs, path)
+
+    def counted_open(path, env):
+        if str(path).startswith(str(out)):
+            asked.append(f"open {path}")
+        return open_dataset(path, env)
+
+    monkeypatch.setattr(storage, "exists", counted_exists)
+    monkeypatch.setattr(scene_module, "open_dataset", counted_open)
+    again = translate(sar, *args)
+    assert again.exit_code == 0 and "0 scene(s) translated, 2 skipped" in again.output, again.output
+    assert asked == []
+    assert catalog() == recorded
+
+    # the same manifest as an older version wrote it (no grids): the outputs are read, and give the same catalog
+    lines = (out / MANIFEST_FILE).read_text().splitlines()
+    old = [{k: v for k, v in json.loads(line).items() if k != "grid"} for line in lines]
+    (out / MANIFEST_FILE).write_text("".join(json.dumps(r) + "\n" for r in old))
+    third = translate(sar, *args)
+    assert third.exit_code == 0, third.output
+    assert sorted(a.split()[0] for a in asked) == ["open", "open"]
+    read = catalog()
+    for name, item in recorded.items():
+        assert read[name]["bbox"] == pytest.approx(item["bbox"])
+        np.testing.assert_allclose(read[name]["geometry"]["coordinates"], item["geometry"]["coordinates"])
+        for key in ("proj:code", "proj:wkt2", "proj:transform", "proj:shape", "s2o:uncertainty_band"):
+            assert read[name]["properties"].get(key) == item["properties"].get(key), (name, key)

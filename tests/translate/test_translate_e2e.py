@@ -192,23 +192,25 @@ def test_s3_source_and_destination(s3_endpoint, scenes, bundles, tmp_path):
 
     client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     client.upload_file(str(scenes / "scene_001_linear.tif"), "s2o-test", "archive/2024/scene_001_linear.tif")
-    result = translate(
-        "s3://s2o-test/archive/",
-        "--model",
-        bundles["student"],
-        "--out",
-        "s3://s2o-test/optical",
-        "--steps",
-        1,
-        "--s3-endpoint",
-        s3_endpoint,
-    )
+    args = ("s3://s2o-test/archive/", "--model", bundles["student"], "--out", "s3://s2o-test/optical")
+    args += ("--steps", 1, "--s3-endpoint", s3_endpoint)
+    result = translate(*args)
     assert result.exit_code == 0, result.output
     local = tmp_path / "scene.tif"
     client.download_file("s2o-test", "optical/2024/scene_001_linear.tif", str(local))
     assert_same_grid_and_nodata(scenes / "scene_001_linear.tif", local)
     manifest = client.get_object(Bucket="s2o-test", Key=f"optical/{MANIFEST_FILE}")["Body"].read().decode()
     assert json.loads(manifest.splitlines()[0])["output"] == "s3://s2o-test/optical/2024/scene_001_linear.tif"
+
+    # a re-run finds the output and its quicklooks in one listing of the bucket's prefix: nothing redone (a
+    # quicklook found missing would be made again, over the marker put in its place)
+    looks = [f"optical/2024/scene_001_linear{suffix}" for suffix in (".quicklook.png", ".sar.png")]
+    for key in looks:
+        assert client.head_object(Bucket="s2o-test", Key=key)["ContentLength"] > 100  # the first run's PNG
+        client.put_object(Bucket="s2o-test", Key=key, Body=b"kept")
+    again = translate(*args)
+    assert again.exit_code == 0 and "0 scene(s) translated, 1 skipped" in again.output, again.output
+    assert [client.get_object(Bucket="s2o-test", Key=key)["Body"].read() for key in looks] == [b"kept"] * 2
 
 
 def test_tile_store_split_to_parquet(synth_store_32, bundles, tmp_path):
