@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import re
 import shutil
 import socket
@@ -70,6 +71,20 @@ class SceneRecord:
 RECORD_FIELDS = frozenset(f.name for f in fields(SceneRecord))
 
 
+@dataclass(frozen=True)
+class DestListing:
+    """Files of some of DEST's folders, listed at once (Manifest.listing)."""
+
+    folders: frozenset[str]
+    files: frozenset[str]
+
+    def has(self, fs, path: str) -> bool:
+        """Whether a file is there: looked up where its folder was listed, else asked for."""
+        if posixpath.dirname(path) in self.folders:
+            return path in self.files
+        return storage.exists(fs, path)
+
+
 class Manifest:
     def __init__(
         self, dest: str, options: storage.StorageOptions | None = None, log: Callable[[str], None] = print
@@ -115,29 +130,52 @@ class Manifest:
             return
         self.records[record.scene] = record
 
-    def listing(self) -> set[str]:
-        """Every file under DEST, from one listing (on S3 a LIST request per 1000 objects), for is_done and the
-        publishing step to consult instead of a request per file: on a large archive on S3 that is thousands
-        of requests fewer per run. Taken when needed: it does not see files written after it."""
-        return set(storage.list_files(self.fs, self.root))
+    def listing(self) -> DestListing | None:
+        """The files beside the recorded outputs in DEST (outputs and their quicklooks), from one listing per
+        folder that holds any (on S3 a LIST request per 1000 objects), for is_done and the publishing step to
+        consult instead of a request per file: on a large archive on S3 that is thousands of requests fewer per
+        run. Only those folders, not all of DEST (its catalog items, manifest records, anything else kept there).
+        Taken when needed: it does not see files written after it. None where a folder cannot be listed (a
+        warning; the files are then asked for one by one, as before)."""
+        folders = set()
+        for record in self.records.values():
+            if record.status == "done" and record.output:
+                path = storage.resolve(record.output, self.options)[1]
+                if path.startswith(self.root.rstrip("/") + "/"):
+                    folders.add(posixpath.dirname(path))
+        files: set[str] = set()
+        for folder in sorted(folders):
+            try:
+                files.update(storage.list_files(self.fs, folder, recursive=False))
+            except OSError as err:
+                self.log(
+                    f"[translate] warning: {folder} could not be listed ({type(err).__name__}: {err}): "
+                    "outputs are looked for one by one"
+                )
+                return None
+        return DestListing(frozenset(folders), frozenset(files))
 
-    def is_done(self, scene_uri: str, listing: set[str] | None = None) -> bool:
-        """Done = recorded as done and its output still there (a deleted output is translated again); an output
-        in DEST is looked up in `listing` where one is given, else asked for."""
+    def is_done(self, scene_uri: str, listing: DestListing | None = None) -> bool:
+        """Done = recorded as done and its output still there (a deleted output is translated again), looked up
+        in `listing` (Manifest.listing) where one is given."""
         record = self.records.get(scene_uri)
         if not (record and record.status == "done" and record.output):
             return False
         fs, path = storage.resolve(record.output, self.options)
-        if listing is not None and path.startswith(self.root.rstrip("/") + "/"):
-            return path in listing
-        return storage.exists(fs, path)
+        return listing.has(fs, path) if listing is not None else storage.exists(fs, path)
 
     def record(self, record: SceneRecord) -> None:
+        """Record a scene this run translated or failed (a done one gets the run's model and its STAC item's
+        values)."""
         if record.status == "done":
             record.model = record.model or self.run_model
             for key, value in self.scene_sources.get(record.scene, {}).items():
                 if value is not None:  # a STAC item's time wins over the file's tag
                     setattr(record, key, value)
+        self.amend(record)
+
+    def amend(self, record: SceneRecord) -> None:
+        """Store a record as it is (also one of an earlier run, completed with what it lacked)."""
         self.records[record.scene] = record
         line = (json.dumps(asdict(record)) + "\n").encode()
         if self.local:

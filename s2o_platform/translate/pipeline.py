@@ -386,7 +386,7 @@ def _translate_scenes(
     log,
 ) -> None:
     dest_fs, dest_root = storage.resolve(options.dest, options.storage)
-    listing = manifest.listing() if manifest.records else set()  # which outputs are there: one listing
+    listing = manifest.listing()  # which outputs are there: a listing, not a request per scene
     infos: list[SceneInfo] = []
     for scene in scenes:
         if scene.refused:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Callable
+from dataclasses import replace
 
 from s2o_platform import storage
 from s2o_platform.translate.gallery import (
@@ -29,6 +30,7 @@ from s2o_platform.translate.gallery import (
 from s2o_platform.translate.manifest import DATETIME_FROM_FILE, DATETIME_FROM_ITEM, Manifest, SceneRecord
 from s2o_platform.translate.sources import output_scene_name
 from s2o_platform.translate.stac import CATALOG_FILE, ITEMS_FOLDER, OutputScene, catalog_items, write_catalog
+from s2o_platform.translate.writer import read_output_grid
 
 
 def is_view_file(name: str) -> bool:
@@ -107,7 +109,7 @@ def publish(
                 quicklooks=tuple((key, posixpath.basename(path)) for key, path in images.items()),
                 finished_at=record.finished_at,
                 model=record.model or {},
-                grid=record.grid,
+                grid=record.grid or _read_grid(record, manifest, options, warnings, log),
             )
         )
         cards.append(Card(name, record.tiles, record.seconds, record.scale, images))
@@ -134,7 +136,11 @@ def _quicklooks(
     """The scene's quicklook files (asset key -> path relative to DEST), made where this run translated the scene
     or they are missing (`listing`: DEST's files, Manifest.listing)."""
     paths = {key: quicklook_name(name, key) for key in QUICKLOOK_SUFFIXES}
-    present = {k: p for k, p in paths.items() if storage.join(dest_root, p) in listing}
+
+    def there(path: str) -> bool:
+        return listing.has(dest_fs, path) if listing is not None else storage.exists(dest_fs, path)
+
+    present = {k: p for k, p in paths.items() if there(storage.join(dest_root, p))}
     if record.scene not in fresh and {"quicklook", "sar_quicklook"} <= set(present):
         return present
     made: dict[str, str] = {}
@@ -156,6 +162,18 @@ def _quicklooks(
     except Exception as err:  # noqa: BLE001 - the source may have moved since it was translated
         _warn(warnings, log, f"no SAR quicklook of {record.scene}: {type(err).__name__}: {err}")
     return made
+
+
+def _read_grid(record: SceneRecord, manifest: Manifest, options, warnings, log) -> dict | None:
+    """The grid of an output recorded by an older version, read from the output once: kept in its record, so the
+    next run need not read it."""
+    try:
+        grid = read_output_grid(record.output, options)
+    except Exception as err:  # noqa: BLE001 - one unreadable output must not keep the others out
+        _warn(warnings, log, f"{record.output} left out of the catalog: {type(err).__name__}: {err}")
+        return None
+    manifest.amend(replace(record, grid=grid))
+    return grid
 
 
 def _source_datetime(uri: str, options) -> str | None:

@@ -223,7 +223,9 @@ class OutputScene:
     quicklooks: tuple[tuple[str, str], ...] = ()  # (asset key, file name beside the COG)
     finished_at: float = 0.0  # when it was translated (the item's datetime where the source gave none)
     model: dict = field(default_factory=dict)  # what made it (translate/publish.model_identity)
-    grid: dict | None = None  # the output's grid as recorded (SceneWriter.grid); None: read from the output
+    grid: dict | None = (
+        None  # the output's grid (translate/writer.py: output_grid); None: left out of the catalog
+    )
 
 
 def catalog_items(
@@ -231,32 +233,27 @@ def catalog_items(
     options: storage.StorageOptions | None,
     warn: Callable[[str], None] = print,
 ):
-    """One pystac Item per translated scene: footprint and bbox in WGS84 from the COG's bounds, the projection
-    extension (`proj:epsg` or `proj:wkt2`, `proj:transform`, `proj:shape`), datetime, the COG ("data") and
-    quicklook ("overview") assets, a "derived_from" link to the source item and the model that made it (the
-    bundle's identity) as `s2o:` properties. A scene whose output cannot be read is left out, with `warn`."""
+    """One pystac Item per translated scene: footprint and bbox in WGS84 from the COG's grid (as recorded), the
+    projection extension (`proj:epsg` or `proj:wkt2`, `proj:transform`, `proj:shape`), datetime, the COG
+    ("data") and quicklook ("overview") assets, a "derived_from" link to the source item and the model that made
+    it (the bundle's identity) as `s2o:` properties. A scene without a grid is left out; one whose grid cannot be
+    used is left out with `warn`. Reads nothing."""
     import pystac
     from pystac.extensions.projection import ProjectionExtension
     from rasterio.crs import CRS
     from rasterio.transform import Affine, array_bounds
     from rasterio.warp import transform_bounds, transform_geom
 
-    from s2o_platform.data.scene import open_dataset
-
     items = []
     for scene in scenes:
-        try:
-            if scene.grid:  # as recorded when the output was written: nothing to read
-                crs = CRS.from_wkt(scene.grid["crs_wkt"])
-                transform, (height, width) = Affine(*scene.grid["transform"]), scene.grid["shape"]
-                shape, bands = (height, width), scene.grid["bands"]
-                bounds = array_bounds(height, width, transform)  # (left, bottom, right, top), as ds.bounds
-            else:  # a record of an older version
-                path, env = storage.gdal_path(scene.output, options)
-                with open_dataset(path, env) as ds:
-                    crs, transform, shape, bounds = ds.crs, ds.transform, (ds.height, ds.width), ds.bounds
-                    bands = ds.count
-        except Exception as err:  # noqa: BLE001 - one unreadable output must not keep the others out
+        if not scene.grid:  # its output could not be read (publish has said why)
+            continue
+        try:  # the grid as recorded when the output was written (translate/writer.py): nothing to read
+            crs = CRS.from_wkt(scene.grid["crs_wkt"])
+            transform, (height, width) = Affine(*scene.grid["transform"]), scene.grid["shape"]
+            shape, bands = (height, width), scene.grid["bands"]
+            bounds = array_bounds(height, width, transform)  # (left, bottom, right, top), as ds.bounds
+        except Exception as err:  # noqa: BLE001 - one bad record must not keep the others out
             warn(f"{scene.output} left out of the catalog: {type(err).__name__}: {err}")
             continue
         left, bottom, right, top = bounds

@@ -93,14 +93,11 @@ class SceneWriter:
         self.dataset.write(data, window=Window(0, start, self.info.width, band.shape[1]))
 
     def grid(self) -> dict:
-        """The output's grid as written: what the catalog needs of it (translate/stac.py), kept in the manifest."""
+        """The output's grid as written: what the catalog needs of it (translate/stac.py), kept in the manifest.
+        The CRS is the one the output was written with (a CRS GeoTIFF's keys cannot hold whole may read back
+        slightly differently from the file; the EPSG-coded CRSs of SAR products do not)."""
         info = self.info
-        return {
-            "crs_wkt": info.crs_wkt,
-            "transform": list(info.transform),
-            "shape": [info.height, info.width],
-            "bands": self.bands,
-        }
+        return grid_of(info.crs_wkt, info.transform, info.height, info.width, self.bands)
 
     def finish(self, dest_fs, dest_path: str) -> None:
         """Flush the last rows, convert to a COG and put it at dest_path (never a partial file there)."""
@@ -131,3 +128,17 @@ class SceneWriter:
             self.dataset.close()
         if os.path.exists(self.tmp_path):
             os.remove(self.tmp_path)
+
+
+def grid_of(crs_wkt: str, transform, height: int, width: int, bands: int) -> dict:
+    """An output's grid as the manifest keeps it (SceneRecord.grid)."""
+    return {"crs_wkt": crs_wkt, "transform": list(transform)[:6], "shape": [height, width], "bands": bands}
+
+
+def read_output_grid(uri: str, options: storage.StorageOptions | None) -> dict:
+    """The grid of an output already written (for records of versions that did not keep it)."""
+    from s2o_platform.data.scene import open_dataset
+
+    path, env = storage.gdal_path(uri, options)
+    with open_dataset(path, env) as ds:
+        return grid_of(ds.crs.to_wkt(), ds.transform, ds.height, ds.width, ds.count)

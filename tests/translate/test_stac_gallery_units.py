@@ -205,3 +205,55 @@ def test_a_stac_items_time_wins_over_the_files_tag_and_an_item_without_one_keeps
     with open(manifest.path, "a") as f:
         f.write(line + "\n")
     assert Manifest(str(tmp_path), log=lambda message: None).records["newer.tif"].output == "x.tif"
+
+
+@pytest.mark.parametrize("form", ["absolute", "relative", "file://", "nested"])
+def test_is_done_looks_outputs_up_in_one_listing_whatever_form_dest_is_given_in(form, tmp_path, monkeypatch):
+    """Manifest.listing lists the folders of the recorded outputs (not the rest of DEST), and is_done answers
+    from it: an output there is done, one deleted since is not, with no request per output."""
+    from s2o_platform import storage
+    from s2o_platform.translate.manifest import Manifest, SceneRecord
+
+    monkeypatch.chdir(tmp_path)
+    dest = {"absolute": str(tmp_path / "out"), "relative": "out", "file://": f"file://{tmp_path}/out"}.get(
+        form, str(tmp_path / "out")
+    )
+    sub = "2024/06/" if form == "nested" else ""
+    (tmp_path / "out" / sub).mkdir(parents=True)
+    (tmp_path / "out" / "stac").mkdir()
+    (tmp_path / "out" / "stac" / "unrelated.json").write_text("{}")
+    manifest = Manifest(dest, log=lambda message: None)
+    for name in ("kept", "deleted"):
+        (tmp_path / "out" / sub / f"{name}.tif").write_bytes(b"x")
+        output = storage.join(manifest.root, f"{sub}{name}.tif")
+        manifest.record(SceneRecord(scene=f"{name}.src", status="done", output=output))
+    (tmp_path / "out" / sub / "deleted.tif").unlink()
+
+    manifest = Manifest(dest, log=lambda message: None)  # as the next run reads it
+    asked = []
+    monkeypatch.setattr(storage, "exists", lambda fs, path: asked.append(path) or True)
+    listing = manifest.listing()
+    assert listing.folders == {str(tmp_path / "out" / sub).rstrip("/")}  # not stac/
+    assert manifest.is_done("kept.src", listing) and not manifest.is_done("deleted.src", listing)
+    assert not manifest.is_done("never.src", listing)
+    assert asked == []
+    assert manifest.is_done("deleted.src")  # without a listing: asked for (the stub above says "there")
+    assert asked == [str(tmp_path / "out" / sub / "deleted.tif")]
+
+
+def test_a_folder_that_cannot_be_listed_is_a_warning_and_outputs_are_asked_for(tmp_path, monkeypatch):
+    from s2o_platform import storage
+    from s2o_platform.translate.manifest import Manifest, SceneRecord
+
+    said = []
+    manifest = Manifest(str(tmp_path), log=said.append)
+    (tmp_path / "a.tif").write_bytes(b"x")
+    manifest.record(SceneRecord(scene="a.src", status="done", output=str(tmp_path / "a.tif")))
+
+    def refused(*args, **kwargs):
+        raise PermissionError("listing refused")
+
+    monkeypatch.setattr(storage, "list_files", refused)
+    assert manifest.listing() is None
+    assert any("could not be listed" in line and "PermissionError" in line for line in said)
+    assert manifest.is_done("a.src", None)

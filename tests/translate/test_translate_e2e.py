@@ -187,7 +187,7 @@ def test_real_sentinel1_geotiffs(real_data, bundles, tmp_path):
         assert_same_grid_and_nodata(source, out / source.name)
 
 
-def test_s3_source_and_destination(s3_endpoint, scenes, bundles, tmp_path):
+def test_s3_source_and_destination(s3_endpoint, scenes, bundles, tmp_path, monkeypatch):
     import boto3
 
     client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
@@ -208,9 +208,14 @@ def test_s3_source_and_destination(s3_endpoint, scenes, bundles, tmp_path):
     for key in looks:
         assert client.head_object(Bucket="s2o-test", Key=key)["ContentLength"] > 100  # the first run's PNG
         client.put_object(Bucket="s2o-test", Key=key, Body=b"kept")
+    from s2o_platform import storage
+
+    asked, exists = [], storage.exists
+    monkeypatch.setattr(storage, "exists", lambda fs, path: asked.append(path) or exists(fs, path))
     again = translate(*args)
     assert again.exit_code == 0 and "0 scene(s) translated, 1 skipped" in again.output, again.output
     assert [client.get_object(Bucket="s2o-test", Key=key)["Body"].read() for key in looks] == [b"kept"] * 2
+    assert not [p for p in asked if p.endswith((".tif", ".png"))], asked  # no HEAD per output or quicklook
 
 
 def test_tile_store_split_to_parquet(synth_store_32, bundles, tmp_path):
