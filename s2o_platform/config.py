@@ -351,7 +351,16 @@ class CheckpointSection(Section):
 
 class FailureSection(Section):
     max_failures: int = Field(
-        2, ge=0, description="worker/node failures survived by restarting from the latest checkpoint"
+        2,
+        ge=0,
+        description="worker/node failures survived by restarting from the latest checkpoint; "
+        "and, counted apart, storage outages that stopped Ray Train's controller",
+    )
+    storage_wait_s: float = Field(
+        600,
+        gt=0,
+        description="how long a run whose storage became unreachable waits for it to come back before it "
+        "resumes from the latest checkpoint (and fails, naming the storage error, after that)",
     )
 
 

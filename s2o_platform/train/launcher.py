@@ -49,6 +49,10 @@ class TrainingSetupError(S2OError, ValueError):
     """A problem found before any worker starts (config, data, checkpoint, resources)."""
 
 
+class TrainingStorageError(S2OError, OSError):
+    """The run's storage (OUT) stopped answering and did not come back in time; its checkpoints are kept."""
+
+
 @dataclass
 class TrainingResult:
     out: str
@@ -350,47 +354,77 @@ def run_training(
         log(f"[{stage}] MLflow run {tracker.run_id} on {redact(tracker.uri)}")
 
     storage_path = root if storage.is_uri(out) else os.path.abspath(root)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={
-            "stage": stage,
-            "config": cfg.model_dump(mode="json"),
-            "store_metadata": store.to_dict(),
-            "data_uri": data,
-            "extra": extra or {},
-            # the object store's endpoint for what workers read themselves (the distillation teacher): a worker
-            # on another node has neither the driver's environment nor its --s3-endpoint
-            "storage_options": options,
-            # a fully shuffled split needs no local shuffle buffer on top (it only costs copies per batch)
-            "local_shuffle": not materialized(store, train_rows, cfg),
-            "tracking": tracker.worker_spec(),  # rank 0 logs its progress metrics there
-        },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.scaling.num_workers,
-            use_gpu=cfg.scaling.use_gpu,
-            resources_per_worker={
-                "CPU": cfg.scaling.cpus_per_worker,
-                **({"GPU": 1} if cfg.scaling.use_gpu else {}),
+
+    def make_trainer() -> TorchTrainer:
+        return TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={
+                "stage": stage,
+                "config": cfg.model_dump(mode="json"),
+                "store_metadata": store.to_dict(),
+                "data_uri": data,
+                "extra": extra or {},
+                # the object store's endpoint for what workers read themselves (the distillation teacher): a worker
+                # on another node has neither the driver's environment nor its --s3-endpoint
+                "storage_options": options,
+                # a fully shuffled split needs no local shuffle buffer on top (it only costs copies per batch)
+                "local_shuffle": not materialized(store, train_rows, cfg),
+                "tracking": tracker.worker_spec(),  # rank 0 logs its progress metrics there
             },
-            placement_strategy=cfg.scaling.placement_strategy,
-        ),
-        run_config=ray.train.RunConfig(
-            name=RUN_NAME,
-            storage_path=storage_path,
-            storage_filesystem=fs if storage.is_uri(out) else None,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.failure.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
-        ),
-        datasets={"train": dataset},
-        dataset_config=ingest_config(),
-    )
-    try:
-        result = trainer.fit()
-        if result.checkpoint is None:
-            raise RuntimeError(f"training finished without a checkpoint in {out}")
-    except BaseException as err:
-        tracker.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-        raise
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=cfg.scaling.num_workers,
+                use_gpu=cfg.scaling.use_gpu,
+                resources_per_worker={
+                    "CPU": cfg.scaling.cpus_per_worker,
+                    **({"GPU": 1} if cfg.scaling.use_gpu else {}),
+                },
+                placement_strategy=cfg.scaling.placement_strategy,
+            ),
+            run_config=ray.train.RunConfig(
+                name=RUN_NAME,
+                storage_path=storage_path,
+                storage_filesystem=fs if storage.is_uri(out) else None,
+                failure_config=ray.train.FailureConfig(max_failures=cfg.failure.max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
+            ),
+            datasets={"train": dataset},
+            dataset_config=ingest_config(),
+        )
+
+    storage_restarts = 0
+    while True:
+        try:
+            result = make_trainer().fit()
+            break
+        except BaseException as err:
+            failure = storage_failure(err, fs, root)
+            if failure is None or storage_restarts >= cfg.failure.max_failures:
+                tracker.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+                raise
+            # an outage of OUT ends a Ray Train run for good (the controller's failed write of its checkpoint
+            # index is fatal; workers that kept failing to upload use up max_failures); the checkpoints already
+            # written are intact, so resume from them once OUT answers again
+            storage_restarts += 1
+            log(
+                f"[{stage}] Ray Train stopped: it could not write to {out} ({failure}); waiting up to "
+                f"{cfg.failure.storage_wait_s:g} s for the storage, then resuming from the latest checkpoint "
+                f"(storage restart {storage_restarts} of failure.max_failures={cfg.failure.max_failures})"
+            )
+            try:
+                back = wait_for_storage(fs, root, cfg.failure.storage_wait_s)
+            except BaseException:
+                tracker.end("KILLED")  # interrupted while waiting
+                raise
+            if not back:
+                tracker.end("FAILED")
+                raise TrainingStorageError(
+                    f"{out} stayed unreachable for failure.storage_wait_s={cfg.failure.storage_wait_s:g} s "
+                    f"after it stopped the run ({failure}); run the same command again once it is back, "
+                    "it resumes from the latest checkpoint"
+                ) from err
+    if result.checkpoint is None:
+        tracker.end("FAILED")
+        raise RuntimeError(f"training finished without a checkpoint in {out}")
     bundle_uri = out.rstrip("/") + "/" + BUNDLE_DIR
     _copy_tree(
         result.checkpoint.filesystem,
@@ -419,6 +453,50 @@ def run_training(
     return TrainingResult(
         out, bundle_uri, step, metrics, resumed_from, time.perf_counter() - started, history
     )
+
+
+def storage_failure(err: BaseException, fs: pafs.FileSystem, root: str) -> OSError | None:
+    """The storage error behind a failed Ray Train run, if storage is what ended it.
+
+    Either the controller could not write its checkpoint index to OUT (Ray Train treats that as fatal, with
+    no retry budget), or the run failed while OUT does not answer (its workers' uploads kept failing until
+    `max_failures` ran out). Anything else, including an interrupt, is not a storage failure."""
+    from ray.train import ControllerError, TrainingFailedError
+
+    if isinstance(err, ControllerError) and isinstance(err.controller_failure, OSError):
+        return err.controller_failure
+    if isinstance(err, TrainingFailedError):
+        try:
+            fs.get_file_info(root)
+        except OSError as unreachable:
+            return unreachable
+    return None
+
+
+def wait_for_storage(
+    fs: pafs.FileSystem,
+    root: str,
+    timeout_s: float,
+    first_delay_s: float = 0.5,
+    max_delay_s: float = 15.0,
+    on_unreachable=None,
+) -> bool:
+    """Wait, backing off, until `root` on `fs` answers again; False if it did not within `timeout_s`.
+
+    `on_unreachable(error)` is called after each probe that failed (tests use it to end an outage)."""
+    deadline = time.monotonic() + timeout_s
+    delay = first_delay_s
+    while True:
+        try:
+            fs.get_file_info(root)
+            return True
+        except OSError as err:
+            if on_unreachable is not None:
+                on_unreachable(err)
+            if time.monotonic() + delay > deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, max_delay_s)
 
 
 def _copy_tree(src_fs: pafs.FileSystem, src: str, dst_fs: pafs.FileSystem, dst: str) -> None:

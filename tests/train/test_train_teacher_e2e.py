@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from tests.fixtures import REPO_ROOT, SMALL_TEACHER_UNET, TINY_CONFIGS
 pytestmark = pytest.mark.ray
 REPO = REPO_ROOT
 TINY_PRESET = TINY_CONFIGS / "teacher.yaml"
+RUN_TIMEOUT_S = 600  # a bound on a hang, not a timing assertion
 # A smaller network than the tiny preset keeps these tests quick; the preset itself is checked elsewhere.
 FAST = [
     *SMALL_TEACHER_UNET,
@@ -73,6 +75,62 @@ def test_train_on_s3_loss_falls_and_bundle_loads(ray_cluster, s3_endpoint, store
     assert out_tiles.shape == (4, 3, 32, 32) and np.isfinite(out_tiles).all()
     fs, root = storage.resolve(out, options)
     assert json.loads(storage.read_bytes(fs, root + "/result.json"))["step"] == 40
+
+
+def test_run_waits_out_an_s3_outage_that_stopped_ray_train_and_resumes(ray_cluster, s3_server, store):
+    """OUT on S3 goes down (connections refused) after the first checkpoint and stays down until the
+    launcher reports that the outage ended the Ray Train run; the launcher waits for S3, resumes from the
+    latest checkpoint and finishes: every logged step once, and the bundle loads."""
+    options = storage.StorageOptions(s3_endpoint=s3_server.endpoint)
+    out = "s3://s2o-test/runs/teacher-outage"
+    steps = 6
+    run_cfg = cfg(
+        f"train.max_steps={steps}",
+        "checkpoint.every_steps=1",
+        "train.log_every_steps=1",
+        "failure.max_failures=1",
+        "failure.storage_wait_s=300",
+    )
+    messages: list[str] = []
+    stopped_by_outage = threading.Event()
+    outcome: dict = {}
+
+    def log(message: str) -> None:
+        messages.append(message)
+        if "Ray Train stopped" in message:
+            stopped_by_outage.set()
+
+    def train():
+        try:
+            outcome["result"] = run_training(
+                "teacher", run_cfg, store, out, run_cfg.model_tile_size(), options=options, log=log
+            )
+        except BaseException as err:  # noqa: BLE001 - reported by the test thread
+            outcome["error"] = err
+        finally:
+            stopped_by_outage.set()  # nothing more to wait for
+
+    thread = threading.Thread(target=train, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while latest_checkpoint_step(out, options)[0] is None and "error" not in outcome:
+        assert time.monotonic() < deadline, "no checkpoint was registered"
+        time.sleep(0.2)
+    assert "error" not in outcome, outcome.get("error")
+    s3_server.stop()
+    try:
+        assert stopped_by_outage.wait(RUN_TIMEOUT_S), "the outage never ended the Ray Train run"
+    finally:
+        s3_server.start()
+    thread.join(RUN_TIMEOUT_S)
+    assert not thread.is_alive(), "the run did not finish once S3 was back"
+    assert "error" not in outcome, outcome.get("error")
+    assert any("storage restart 1 of failure.max_failures=1" in m for m in messages), messages
+    result = outcome["result"]
+    assert result.step == steps
+    assert [h["step"] for h in result.history] == list(range(1, steps + 1))
+    bundle = load_bundle(result.bundle, options=options)
+    assert bundle.metadata.model_card["trained_steps"] == steps
 
 
 def test_killed_run_resumes_past_its_last_checkpoint(ray_cluster, store, tmp_path):
