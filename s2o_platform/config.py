@@ -359,8 +359,8 @@ class FailureSection(Section):
     storage_wait_s: float = Field(
         600,
         gt=0,
-        description="how long a run whose storage became unreachable waits for it to come back before it "
-        "resumes from the latest checkpoint (and fails, naming the storage error, after that)",
+        description="at most how long a run whose storage stopped answering waits for it; it resumes from "
+        "the latest checkpoint as soon as the storage answers, and fails naming the storage error after this",
     )
 
 

@@ -13,8 +13,11 @@ Running the same command again with the same OUT resumes from the latest checkpo
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -394,20 +397,28 @@ def run_training(
     storage_restarts = 0
     while True:
         try:
-            result = make_trainer().fit()
+            result = fit_keeping_sigint(make_trainer())
             break
         except BaseException as err:
             failure = storage_failure(err, fs, root)
-            if failure is None or storage_restarts >= cfg.failure.max_failures:
-                tracker.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+            interrupted = isinstance(err, (KeyboardInterrupt, SystemExit))
+            if failure is None:
+                tracker.end("KILLED" if interrupted else "FAILED")
                 raise
+            if storage_restarts >= cfg.failure.max_failures:
+                tracker.end("FAILED")
+                raise TrainingStorageError(
+                    f"{out} failed again after {storage_restarts} storage restart(s) "
+                    f"(failure.max_failures={cfg.failure.max_failures}): {failure}. Run the same command again "
+                    "once it answers: it resumes from the latest checkpoint"
+                ) from err
             # an outage of OUT ends a Ray Train run for good (the controller's failed write of its checkpoint
             # index is fatal; workers that kept failing to upload use up max_failures); the checkpoints already
-            # written are intact, so resume from them once OUT answers again
+            # registered are intact, so resume from them once OUT answers again
             storage_restarts += 1
             log(
-                f"[{stage}] Ray Train stopped: it could not write to {out} ({failure}); waiting up to "
-                f"{cfg.failure.storage_wait_s:g} s for the storage, then resuming from the latest checkpoint "
+                f"[{stage}] Ray Train stopped on a storage error of {out} ({failure}); waiting at most "
+                f"{cfg.failure.storage_wait_s:g} s for it to answer, then resuming from the latest checkpoint "
                 f"(storage restart {storage_restarts} of failure.max_failures={cfg.failure.max_failures})"
             )
             try:
@@ -425,6 +436,16 @@ def run_training(
     if result.checkpoint is None:
         tracker.end("FAILED")
         raise RuntimeError(f"training finished without a checkpoint in {out}")
+    try:
+        removed = prune_unregistered_checkpoints(fs, storage.join(storage_path, RUN_NAME), result)
+    except OSError as err:
+        log(f"[{stage}] warning: could not remove unregistered checkpoint folders in {out}: {err}")
+    else:
+        if removed:
+            log(
+                f"[{stage}] removed {len(removed)} checkpoint folder(s) Ray Train never registered "
+                f"(cut short by a kill or a storage error): {', '.join(removed)}"
+            )
     bundle_uri = out.rstrip("/") + "/" + BUNDLE_DIR
     _copy_tree(
         result.checkpoint.filesystem,
@@ -455,21 +476,55 @@ def run_training(
     )
 
 
+#: errors an outage does not explain: waiting for the storage to come back would not help
+PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+PERMANENT_MARKERS = (
+    "ACCESS_DENIED",
+    "AccessDenied",
+    "No space left",
+    "Read-only file system",
+    "Permission denied",
+)
+
+
+def transient_storage_error(err: BaseException | None) -> OSError | None:
+    """The first OSError in `err` or its causes, unless it is one an outage cannot explain (disk full,
+    read-only, access denied): then None, as for no OSError at all."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError):
+            if err.errno in PERMANENT_ERRNOS or any(m in str(err) for m in PERMANENT_MARKERS):
+                return None
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def storage_failure(err: BaseException, fs: pafs.FileSystem, root: str) -> OSError | None:
-    """The storage error behind a failed Ray Train run, if storage is what ended it.
+    """The storage error behind a failed Ray Train run, if an outage of OUT is what ended it.
 
-    Either the controller could not write its checkpoint index to OUT (Ray Train treats that as fatal, with
-    no retry budget), or the run failed while OUT does not answer (its workers' uploads kept failing until
-    `max_failures` ran out). Anything else, including an interrupt, is not a storage failure."""
-    from ray.train import ControllerError, TrainingFailedError
+    Ray Train's controller could not write its checkpoint index (fatal to the run, with no retry budget), a
+    worker failed on a storage error (its uploads kept failing until `max_failures` ran out), or the run failed
+    while OUT does not answer. Errors an outage cannot explain (disk full, access denied) and interrupts are
+    not storage failures."""
+    from ray.train import ControllerError, TrainingFailedError, WorkerGroupError
 
-    if isinstance(err, ControllerError) and isinstance(err.controller_failure, OSError):
-        return err.controller_failure
-    if isinstance(err, TrainingFailedError):
-        try:
-            fs.get_file_info(root)
-        except OSError as unreachable:
-            return unreachable
+    if not isinstance(err, TrainingFailedError):
+        return None
+    if isinstance(err, ControllerError):
+        found = transient_storage_error(err.controller_failure)
+        if found is not None:
+            return found
+    if isinstance(err, WorkerGroupError):
+        for worker_error in err.worker_failures.values():
+            found = transient_storage_error(worker_error)
+            if found is not None:
+                return found
+    try:
+        fs.get_file_info(root)
+    except OSError as unreachable:
+        return unreachable
     return None
 
 
@@ -481,7 +536,8 @@ def wait_for_storage(
     max_delay_s: float = 15.0,
     on_unreachable=None,
 ) -> bool:
-    """Wait, backing off, until `root` on `fs` answers again; False if it did not within `timeout_s`.
+    """Probe `root` on `fs`, backing off, until it answers (True) or `timeout_s` has passed (False, after
+    a last probe at the deadline).
 
     `on_unreachable(error)` is called after each probe that failed (tests use it to end an outage)."""
     deadline = time.monotonic() + timeout_s
@@ -493,10 +549,45 @@ def wait_for_storage(
         except OSError as err:
             if on_unreachable is not None:
                 on_unreachable(err)
-            if time.monotonic() + delay > deadline:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 return False
-            time.sleep(delay)
+            time.sleep(min(delay, remaining))
             delay = min(delay * 2, max_delay_s)
+
+
+def fit_keeping_sigint(trainer):
+    """`trainer.fit()`, with the process's Ctrl-C handler put back afterwards.
+
+    Ray Train installs its own handler for the run (abort the controller; exit 0 on the third Ctrl-C) and
+    leaves it installed, so a Ctrl-C after the run, e.g. while waiting out a storage outage, would do nothing."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if in_main_thread else None
+    try:
+        return trainer.fit()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def prune_unregistered_checkpoints(fs: pafs.FileSystem, run_dir: str, result) -> list[str]:
+    """Remove the checkpoint folders of a finished run that Ray Train never registered; their names.
+
+    A checkpoint whose upload a kill or a storage error cut short, or whose registration failed, is never
+    resumed from and not counted by `checkpoint.num_to_keep`, so nothing else would remove it."""
+    registered = [checkpoint for checkpoint, _ in (result.best_checkpoints or [])]
+    if result.checkpoint is not None:
+        registered.append(result.checkpoint)
+    if not registered:
+        return []  # no record of what was registered: remove nothing
+    keep = {checkpoint.path.rstrip("/").rsplit("/", 1)[-1] for checkpoint in registered}
+    removed = []
+    for info in fs.get_file_info(pafs.FileSelector(run_dir, recursive=False)):
+        if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+            if info.base_name not in keep:
+                fs.delete_dir(info.path)
+                removed.append(info.base_name)
+    return sorted(removed)
 
 
 def _copy_tree(src_fs: pafs.FileSystem, src: str, dst_fs: pafs.FileSystem, dst: str) -> None:

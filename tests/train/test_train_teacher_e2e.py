@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.fs as pafs
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -79,11 +80,14 @@ def test_train_on_s3_loss_falls_and_bundle_loads(ray_cluster, s3_endpoint, store
 
 def test_run_waits_out_an_s3_outage_that_stopped_ray_train_and_resumes(ray_cluster, s3_server, store):
     """OUT on S3 goes down (connections refused) after the first checkpoint and stays down until the
-    launcher reports that the outage ended the Ray Train run; the launcher waits for S3, resumes from the
-    latest checkpoint and finishes: every logged step once, and the bundle loads."""
+    launcher reports that the outage ended the Ray Train run; the launcher waits for S3 and resumes from the
+    latest registered checkpoint (its history is kept as it was, not computed again) and finishes: every
+    logged step once, only registered checkpoint folders left in OUT, and the bundle loads."""
+    import ray.train
+
     options = storage.StorageOptions(s3_endpoint=s3_server.endpoint)
     out = "s3://s2o-test/runs/teacher-outage"
-    steps = 6
+    steps = 12
     run_cfg = cfg(
         f"train.max_steps={steps}",
         "checkpoint.every_steps=1",
@@ -113,15 +117,18 @@ def test_run_waits_out_an_s3_outage_that_stopped_ray_train_and_resumes(ray_clust
     thread = threading.Thread(target=train, daemon=True)
     thread.start()
     deadline = time.monotonic() + RUN_TIMEOUT_S
-    while latest_checkpoint_step(out, options)[0] is None and "error" not in outcome:
+    while (registered := latest_checkpoint_step(out, options))[0] is None and "error" not in outcome:
         assert time.monotonic() < deadline, "no checkpoint was registered"
         time.sleep(0.2)
     assert "error" not in outcome, outcome.get("error")
+    fs, _ = storage.resolve(out, options)
+    before_outage = json.loads(storage.read_bytes(fs, storage.join(registered[1], "trainer_state.json")))
     s3_server.stop()
     try:
         assert stopped_by_outage.wait(RUN_TIMEOUT_S), "the outage never ended the Ray Train run"
     finally:
         s3_server.start()
+    assert "result" not in outcome, "the run finished before the outage"
     thread.join(RUN_TIMEOUT_S)
     assert not thread.is_alive(), "the run did not finish once S3 was back"
     assert "error" not in outcome, outcome.get("error")
@@ -129,6 +136,20 @@ def test_run_waits_out_an_s3_outage_that_stopped_ray_train_and_resumes(ray_clust
     result = outcome["result"]
     assert result.step == steps
     assert [h["step"] for h in result.history] == list(range(1, steps + 1))
+    # resumed, not started again: the steps up to the checkpoint read before the outage are that
+    # checkpoint's records, throughput figures included (a step computed again measures its own)
+    kept = before_outage["history"]
+    assert kept and result.history[: len(kept)] == kept
+    # what Ray Train registered is all that is left (an upload the outage cut short is removed)
+    _, root = storage.resolve(out, options)
+    run_dir = storage.join(root, "ray_train")
+    folders = {
+        info.base_name
+        for info in fs.get_file_info(pafs.FileSelector(run_dir))
+        if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_")
+    }
+    record = ray.train.Result.from_path(run_dir, storage_filesystem=fs)
+    assert folders == {c.path.rsplit("/", 1)[-1] for c, _ in record.best_checkpoints}
     bundle = load_bundle(result.bundle, options=options)
     assert bundle.metadata.model_card["trained_steps"] == steps
 
@@ -206,6 +227,9 @@ def test_killed_run_resumes_past_its_last_checkpoint(ray_cluster, store, tmp_pat
     )
     assert result.resumed_from == killed_at
     assert any(f"resuming from checkpoint at step {killed_at}" in m for m in messages)
+    # the finished run removed the folder Ray Train never registered (nothing would, else)
+    assert not half_written.exists()
+    assert any("never registered" in m and half_written.name in m for m in messages), messages
     assert result.step == final
     steps = [h["step"] for h in result.history]
     assert steps == sorted(set(steps)), steps  # strictly increasing: no restart from step 0
