@@ -521,10 +521,15 @@ def storage_failure(err: BaseException, fs: pafs.FileSystem, root: str) -> OSErr
             found = transient_storage_error(worker_error)
             if found is not None:
                 return found
+    return unreachable(fs, root)
+
+
+def unreachable(fs: pafs.FileSystem, root: str) -> OSError | None:
+    """The error of one probe of `root` on `fs` (a metadata read), or None if it answered."""
     try:
         fs.get_file_info(root)
-    except OSError as unreachable:
-        return unreachable
+    except OSError as err:
+        return err
     return None
 
 
@@ -542,18 +547,15 @@ def wait_for_storage(
     `on_unreachable(error)` is called after each probe that failed (tests use it to end an outage)."""
     deadline = time.monotonic() + timeout_s
     delay = first_delay_s
-    while True:
-        try:
-            fs.get_file_info(root)
-            return True
-        except OSError as err:
-            if on_unreachable is not None:
-                on_unreachable(err)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            time.sleep(min(delay, remaining))
-            delay = min(delay * 2, max_delay_s)
+    while (err := unreachable(fs, root)) is not None:
+        if on_unreachable is not None:
+            on_unreachable(err)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        time.sleep(min(delay, remaining))
+        delay = min(delay * 2, max_delay_s)
+    return True
 
 
 def fit_keeping_sigint(trainer):

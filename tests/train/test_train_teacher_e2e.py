@@ -23,7 +23,8 @@ from s2o_platform.data.normalization import SarNormalization
 from s2o_platform.data.store import StoreMetadata, decode_batch, read_tiles, write_metadata
 from s2o_platform.data.synth_writer import run_synth
 from s2o_platform.inference import translate_tiles
-from s2o_platform.train.launcher import TrainingSetupError, latest_checkpoint_step, run_training
+from s2o_platform.train.checkpoint_files import TRAINER_STATE_FILE
+from s2o_platform.train.launcher import RUN_NAME, TrainingSetupError, latest_checkpoint_step, run_training
 from tests.fixtures import REPO_ROOT, SMALL_TEACHER_UNET, TINY_CONFIGS
 
 pytestmark = pytest.mark.ray
@@ -122,7 +123,7 @@ def test_run_waits_out_an_s3_outage_that_stopped_ray_train_and_resumes(ray_clust
         time.sleep(0.2)
     assert "error" not in outcome, outcome.get("error")
     fs, _ = storage.resolve(out, options)
-    before_outage = json.loads(storage.read_bytes(fs, storage.join(registered[1], "trainer_state.json")))
+    before_outage = json.loads(storage.read_bytes(fs, storage.join(registered[1], TRAINER_STATE_FILE)))
     s3_server.stop()
     try:
         assert stopped_by_outage.wait(RUN_TIMEOUT_S), "the outage never ended the Ray Train run"
@@ -142,7 +143,7 @@ def test_run_waits_out_an_s3_outage_that_stopped_ray_train_and_resumes(ray_clust
     assert kept and result.history[: len(kept)] == kept
     # what Ray Train registered is all that is left (an upload the outage cut short is removed)
     _, root = storage.resolve(out, options)
-    run_dir = storage.join(root, "ray_train")
+    run_dir = storage.join(root, RUN_NAME)
     folders = {
         info.base_name
         for info in fs.get_file_info(pafs.FileSelector(run_dir))
